@@ -1,0 +1,805 @@
+//! The inbound SMTP session as a sans-I/O state machine (RFC 5321).
+//!
+//! The driver feeds bytes with [`Session::receive`] and gets back
+//! [`Action`]s: replies to send, a message to store, a connection to close.
+//! When the session asks for a message to be stored it stops reading until
+//! the driver reports the outcome with [`Session::transaction_done`]; bytes
+//! the client pipelined meanwhile stay buffered here. Decisions that need
+//! configuration (which recipients we accept) go through the [`Policy`]
+//! trait, so this module never touches the network, files or the clock.
+
+mod data;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use data::{BdatScanner, ContentCheck, ContentError, DataProgress, DataReader};
+
+use crate::address::{AddressError, Mailbox, Path, ReversePath};
+use crate::command::{self, Command, CommandError, MailParams};
+use crate::envelope::{BodyType, ClientInfo, Envelope, QueueId, Recipient};
+use crate::reply::{Reply, status};
+
+/// What the listener is for; it decides which commands and policies apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Inbound from the internet: no AUTH, mail for our domains only.
+    Mx,
+    /// Submission with STARTTLS (port 587 style).
+    Submission,
+    /// Submission with implicit TLS (port 465 style).
+    Submissions,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mx => "mx",
+            Role::Submission => "submission",
+            Role::Submissions => "submissions",
+        }
+    }
+}
+
+/// Limits and identity for one listener's sessions.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub role: Role,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Errors tolerated before the session is closed with 421.
+    pub max_errors: u32,
+    /// RFC 5321 §4.5.3.1.4: 512 octets including CRLF.
+    pub max_command_line: usize,
+    /// RFC 5321 §4.5.3.1.6: 1000 octets including CRLF.
+    pub max_text_line: usize,
+}
+
+impl SessionConfig {
+    pub fn new(hostname: impl Into<String>, role: Role) -> Self {
+        SessionConfig {
+            hostname: hostname.into(),
+            role,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_errors: 10,
+            max_command_line: 512,
+            max_text_line: 1000,
+        }
+    }
+}
+
+/// What policy may look at when deciding on MAIL and RCPT.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub role: Role,
+    pub client_ip: IpAddr,
+    /// The client is in `[relay].trusted_networks`.
+    pub trusted: bool,
+    pub helo: Option<String>,
+    pub authenticated_as: Option<String>,
+    pub tls: Option<String>,
+}
+
+/// Decisions that depend on configuration or on the state of the system.
+pub trait Policy: Send + Sync {
+    /// Called for MAIL FROM after it parsed.
+    fn check_mail(
+        &self,
+        info: &SessionInfo,
+        from: &ReversePath,
+        declared_size: Option<u64>,
+    ) -> Result<(), Reply>;
+    /// Called for RCPT TO after it parsed; returns the mailbox to deliver to.
+    fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply>;
+}
+
+/// Something the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    Reply(Reply),
+    /// Store this message durably, then call [`Session::transaction_done`].
+    Enqueue(Box<Incoming>),
+    /// Flush pending replies and close the connection.
+    Close,
+}
+
+/// A complete message handed over for storage. `envelope.received_at` is
+/// zero: the driver owns the clock.
+#[derive(Debug)]
+pub struct Incoming {
+    pub envelope: Envelope,
+    pub data: Vec<u8>,
+}
+
+/// Which timeout applies while the session waits for input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    Command,
+    Data,
+    /// Waiting for the driver, not the client.
+    Driver,
+    Closed,
+}
+
+enum Step {
+    /// Input was consumed up to here; keep going.
+    Continue(usize),
+    /// Need more input; bytes before this index are consumed.
+    Wait(usize),
+}
+
+struct Transaction {
+    sender: ReversePath,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+    body: Vec<u8>,
+    check: ContentCheck,
+    bdat: Option<BdatScanner>,
+}
+
+enum State {
+    /// No EHLO/HELO yet.
+    Greeted,
+    Ready,
+    Mail(Transaction),
+    Data(Transaction, DataReader),
+    /// Reading a BDAT chunk; `tx` is `None` when the chunk is only being
+    /// skipped because the command was refused.
+    Chunk {
+        tx: Option<Transaction>,
+        remaining: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
+    Enqueuing,
+    Closed,
+}
+
+pub struct Session {
+    config: Arc<SessionConfig>,
+    policy: Arc<dyn Policy>,
+    info: SessionInfo,
+    esmtp: bool,
+    state: State,
+    input: Vec<u8>,
+    /// Dropping the rest of an overlong command line.
+    skipping_line: bool,
+    errors: u32,
+    shutting_down: bool,
+    actions: Vec<Action>,
+}
+
+impl Session {
+    pub fn new(
+        config: Arc<SessionConfig>,
+        policy: Arc<dyn Policy>,
+        client_ip: IpAddr,
+        trusted: bool,
+    ) -> Self {
+        let info = SessionInfo {
+            role: config.role,
+            client_ip,
+            trusted,
+            helo: None,
+            authenticated_as: None,
+            tls: None,
+        };
+        Session {
+            config,
+            policy,
+            info,
+            esmtp: false,
+            state: State::Greeted,
+            input: Vec::new(),
+            skipping_line: false,
+            errors: 0,
+            shutting_down: false,
+            actions: Vec::new(),
+        }
+    }
+
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    /// The 220 greeting, or a 421 when the server is refusing this client.
+    pub fn greeting(&mut self) -> Vec<Action> {
+        let text = format!("{} ESMTP mailgate", self.config.hostname);
+        self.reply(Reply::bare(220, vec![text]));
+        self.take()
+    }
+
+    pub fn waiting(&self) -> Waiting {
+        match self.state {
+            State::Closed => Waiting::Closed,
+            State::Enqueuing => Waiting::Driver,
+            State::Data(..) | State::Chunk { .. } => Waiting::Data,
+            _ => Waiting::Command,
+        }
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8]) -> Vec<Action> {
+        self.input.extend_from_slice(bytes);
+        self.process();
+        self.take()
+    }
+
+    /// Reports the outcome of an [`Action::Enqueue`]: the queue id, or the
+    /// reply to send instead (a 451 on a write failure, a 550 from checks).
+    pub fn transaction_done(&mut self, result: Result<QueueId, Reply>) -> Vec<Action> {
+        if !matches!(self.state, State::Enqueuing) {
+            return self.take();
+        }
+        self.state = State::Ready;
+        match result {
+            Ok(id) => self.reply(Reply::new(250, status::OK, format!("Ok: queued as {id}"))),
+            Err(reply) => self.reply(reply),
+        }
+        if self.shutting_down {
+            self.close_with(Reply::new(
+                421,
+                status::SHUTTING_DOWN,
+                format!("{} Service shutting down", self.config.hostname),
+            ));
+        } else {
+            self.process();
+        }
+        self.take()
+    }
+
+    /// The client said nothing for too long (RFC 5321 §4.5.3.2).
+    pub fn timeout(&mut self) -> Vec<Action> {
+        self.close_with(Reply::new(
+            421,
+            status::TIMEOUT,
+            format!(
+                "{} Timeout exceeded, closing connection",
+                self.config.hostname
+            ),
+        ));
+        self.take()
+    }
+
+    /// The server is stopping: close now if idle, else after the current
+    /// transaction completes.
+    pub fn shutdown(&mut self) -> Vec<Action> {
+        self.shutting_down = true;
+        if matches!(self.state, State::Greeted | State::Ready) {
+            self.close_with(Reply::new(
+                421,
+                status::SHUTTING_DOWN,
+                format!("{} Service shutting down", self.config.hostname),
+            ));
+        }
+        self.take()
+    }
+
+    fn take(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        if reply.code >= 400 {
+            self.errors += 1;
+        }
+        self.actions.push(Action::Reply(reply));
+    }
+
+    fn close_with(&mut self, reply: Reply) {
+        self.actions.push(Action::Reply(reply));
+        self.actions.push(Action::Close);
+        self.state = State::Closed;
+        self.input.clear();
+    }
+
+    fn process(&mut self) {
+        let mut pos = 0;
+        let keep_from = loop {
+            let step = match self.state {
+                State::Closed => break self.input.len(),
+                State::Enqueuing => break pos,
+                State::Data(..) => self.feed_data(pos),
+                State::Chunk { .. } => self.feed_chunk(pos),
+                _ => self.next_command(pos),
+            };
+            match step {
+                Step::Continue(next) => pos = next,
+                Step::Wait(keep_from) => break keep_from,
+            }
+        };
+        if matches!(self.state, State::Closed) {
+            self.input.clear();
+        } else {
+            self.input.drain(..keep_from.min(self.input.len()));
+        }
+    }
+
+    /// Takes one command line starting at `pos`.
+    fn next_command(&mut self, pos: usize) -> Step {
+        let rest = &self.input[pos..];
+        let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            if rest.len() > self.config.max_command_line || self.skipping_line {
+                if !self.skipping_line {
+                    self.reply(Reply::new(500, status::SYNTAX, "Line too long"));
+                }
+                // Drop the partial line; the rest of it is dropped when it comes.
+                self.skipping_line = true;
+                return Step::Wait(self.input.len());
+            }
+            return Step::Wait(pos);
+        };
+        let next = pos + lf + 1;
+        if std::mem::take(&mut self.skipping_line) {
+            return Step::Continue(next);
+        }
+        let line = &rest[..lf];
+        let Some(line) = line.strip_suffix(b"\r") else {
+            self.reply(Reply::new(
+                500,
+                status::SYNTAX,
+                "Bare LF received; commands must end with CRLF",
+            ));
+            return Step::Continue(next);
+        };
+        if line.len() + 2 > self.config.max_command_line {
+            self.reply(Reply::new(500, status::SYNTAX, "Line too long"));
+            return Step::Continue(next);
+        }
+        if line.contains(&b'\r') || line.contains(&0) {
+            self.reply(Reply::new(500, status::SYNTAX, "Bare CR or NUL in command"));
+            return Step::Continue(next);
+        }
+        let line = line.to_vec();
+        if self.errors >= self.config.max_errors {
+            // Closing after repeated errors also stops cross-protocol
+            // attacks that shovel junk at us line by line.
+            self.close_with(Reply::new(
+                421,
+                status::TEMP_POLICY,
+                format!(
+                    "{} Too many errors, closing connection",
+                    self.config.hostname
+                ),
+            ));
+            return Step::Continue(next);
+        }
+        if self.shutting_down && matches!(self.state, State::Greeted | State::Ready) {
+            self.close_with(Reply::new(
+                421,
+                status::SHUTTING_DOWN,
+                format!("{} Service shutting down", self.config.hostname),
+            ));
+            return Step::Continue(next);
+        }
+        self.command(&line);
+        Step::Continue(next)
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        let is_mail = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL");
+        match command::parse(line) {
+            Ok(cmd) => self.execute(cmd),
+            Err(CommandError::Unknown) => self.reply(Reply::new(
+                500,
+                status::INVALID_COMMAND,
+                "Command unrecognized",
+            )),
+            Err(CommandError::Forbidden) => self.close_with(Reply::new(
+                421,
+                status::TEMP_POLICY,
+                format!(
+                    "{} This is an SMTP server, closing connection",
+                    self.config.hostname
+                ),
+            )),
+            Err(CommandError::Syntax(why)) => self.reply(Reply::new(
+                501,
+                status::BAD_ARGS,
+                format!("Syntax error: {why}"),
+            )),
+            Err(CommandError::UnknownParam(p)) => self.reply(Reply::new(
+                555,
+                status::BAD_ARGS,
+                format!("Parameter not recognized: {p}"),
+            )),
+            Err(CommandError::Address(AddressError::NeedsUtf8)) => self.reply(Reply::new(
+                553,
+                status::NEED_UTF8,
+                "Non-ASCII address requires SMTPUTF8",
+            )),
+            Err(CommandError::Address(e)) => {
+                let code = if is_mail {
+                    status::BAD_SENDER_SYNTAX
+                } else {
+                    status::BAD_DEST_SYNTAX
+                };
+                self.reply(Reply::new(501, code, format!("Bad address syntax: {e}")))
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: Command) {
+        match cmd {
+            Command::Ehlo(name) => self.helo(name, true),
+            Command::Helo(name) => self.helo(name, false),
+            Command::Mail(path, params) => self.mail(path, params),
+            Command::Rcpt(path, params) => self.rcpt(path, params),
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                if !matches!(self.state, State::Greeted) {
+                    self.state = State::Ready;
+                }
+                self.reply(Reply::new(250, status::OK, "Ok"));
+            }
+            Command::Noop => self.reply(Reply::new(250, status::OK, "Ok")),
+            Command::Quit => self.close_with(Reply::new(
+                221,
+                status::OK,
+                format!("{} Bye", self.config.hostname),
+            )),
+            Command::Vrfy => self.reply(Reply::new(
+                252,
+                status::VRFY_CANNOT,
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn => self.reply(Reply::new(
+                502,
+                status::INVALID_COMMAND,
+                "EXPN is not supported",
+            )),
+            Command::Help => self.reply(Reply::new(
+                214,
+                status::OK,
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321",
+            )),
+            Command::StartTls | Command::Auth { .. } => self.reply(Reply::new(
+                502,
+                status::INVALID_COMMAND,
+                "Command not available",
+            )),
+        }
+    }
+
+    fn helo(&mut self, name: String, extended: bool) {
+        self.state = State::Ready;
+        self.esmtp = extended;
+        let host = &self.config.hostname;
+        let first = format!("{host} Hello {name} [{}]", self.info.client_ip);
+        self.info.helo = Some(name);
+        if !extended {
+            self.reply(Reply::bare(250, vec![first]));
+            return;
+        }
+        let lines = vec![
+            first,
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+            "DSN".into(),
+        ];
+        self.reply(Reply::bare(250, lines));
+    }
+
+    fn mail(&mut self, path: Path, params: MailParams) {
+        match self.state {
+            State::Greeted => {
+                return self.reply(Reply::new(
+                    503,
+                    status::INVALID_COMMAND,
+                    "Send EHLO or HELO first",
+                ));
+            }
+            State::Ready => {}
+            _ => {
+                return self.reply(Reply::new(
+                    503,
+                    status::INVALID_COMMAND,
+                    "Nested MAIL command",
+                ));
+            }
+        }
+        let extended = params != MailParams::default();
+        if extended && !self.esmtp {
+            return self.reply(Reply::new(
+                555,
+                status::BAD_ARGS,
+                "MAIL parameters need EHLO",
+            ));
+        }
+        let sender = match path {
+            Path::Null => ReversePath::Null,
+            // The source route is ignored, as RFC 5321 §4.1.1.2 says.
+            Path::Mailbox { mailbox, .. } => ReversePath::Mailbox(mailbox),
+            Path::Postmaster => {
+                return self.reply(Reply::new(
+                    501,
+                    status::BAD_SENDER_SYNTAX,
+                    "Bad sender address syntax",
+                ));
+            }
+        };
+        if params
+            .size
+            .is_some_and(|s| s > self.config.max_message_size)
+        {
+            return self.reply(Reply::new(
+                552,
+                status::MSG_TOO_BIG,
+                "Message size exceeds fixed maximum message size",
+            ));
+        }
+        if let Err(reply) = self.policy.check_mail(&self.info, &sender, params.size) {
+            return self.reply(reply);
+        }
+        self.state = State::Mail(Transaction {
+            sender,
+            params,
+            recipients: Vec::new(),
+            body: Vec::new(),
+            check: ContentCheck::default(),
+            bdat: None,
+        });
+        self.reply(Reply::new(250, status::SENDER_OK, "Ok"));
+    }
+
+    fn rcpt(&mut self, path: Path, params: command::RcptParams) {
+        let State::Mail(tx) = &self.state else {
+            return self.reply(Reply::new(
+                503,
+                status::INVALID_COMMAND,
+                "Need MAIL command",
+            ));
+        };
+        if tx.bdat.is_some() {
+            return self.reply(Reply::new(
+                503,
+                status::INVALID_COMMAND,
+                "RCPT not allowed after BDAT",
+            ));
+        }
+        if tx.recipients.len() >= self.config.max_recipients {
+            // 452 makes the client send the rest in another transaction
+            // (RFC 5321 §4.5.3.1.10).
+            return self.reply(Reply::new(
+                452,
+                status::TOO_MANY_RCPTS,
+                "Too many recipients",
+            ));
+        }
+        if let Path::Mailbox { mailbox, .. } = &path {
+            if !mailbox.is_ascii() && !tx.params.smtputf8 {
+                return self.reply(Reply::new(
+                    553,
+                    status::NEED_UTF8,
+                    "Non-ASCII address requires SMTPUTF8",
+                ));
+            }
+        }
+        let mailbox = match self.policy.check_rcpt(&self.info, &path) {
+            Ok(m) => m,
+            Err(reply) => return self.reply(reply),
+        };
+        let State::Mail(tx) = &mut self.state else {
+            return;
+        };
+        if !tx.recipients.iter().any(|r| r.address == mailbox) {
+            let mut r = Recipient::new(mailbox);
+            r.notify = params.notify;
+            r.orcpt = params.orcpt;
+            tx.recipients.push(r);
+        }
+        self.reply(Reply::new(250, status::RCPT_OK, "Ok"));
+    }
+
+    fn data(&mut self) {
+        let tx = match std::mem::replace(&mut self.state, State::Ready) {
+            State::Mail(tx) if tx.bdat.is_some() => {
+                self.state = State::Mail(tx);
+                return self.reply(Reply::new(
+                    503,
+                    status::INVALID_COMMAND,
+                    "DATA not allowed after BDAT",
+                ));
+            }
+            State::Mail(tx) if tx.recipients.is_empty() => {
+                self.state = State::Mail(tx);
+                return self.reply(Reply::new(
+                    554,
+                    status::INVALID_COMMAND,
+                    "No valid recipients",
+                ));
+            }
+            State::Mail(tx) => tx,
+            other => {
+                self.state = other;
+                return self.reply(Reply::new(
+                    503,
+                    status::INVALID_COMMAND,
+                    "Need MAIL and RCPT first",
+                ));
+            }
+        };
+        let reader = DataReader::new(self.config.max_text_line, self.config.max_message_size);
+        self.state = State::Data(tx, reader);
+        self.reply(Reply::bare(
+            354,
+            vec!["End data with <CR><LF>.<CR><LF>".into()],
+        ));
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) {
+        // The chunk's bytes follow the command whatever we answer, so every
+        // branch reads them; otherwise they would be taken for commands.
+        let (tx, refusal) = match std::mem::replace(&mut self.state, State::Ready) {
+            State::Mail(tx) if tx.recipients.is_empty() => (
+                None,
+                Some(Reply::new(
+                    554,
+                    status::INVALID_COMMAND,
+                    "No valid recipients",
+                )),
+            ),
+            State::Mail(mut tx) => {
+                if tx.body.len() as u64 + size > self.config.max_message_size {
+                    (
+                        None,
+                        Some(Reply::new(
+                            552,
+                            status::MSG_TOO_BIG,
+                            "Message size exceeds fixed maximum message size",
+                        )),
+                    )
+                } else {
+                    tx.bdat.get_or_insert_with(BdatScanner::default);
+                    (Some(tx), None)
+                }
+            }
+            // Whatever the state was, a refused chunk leaves no transaction.
+            _ => (
+                None,
+                Some(Reply::new(
+                    503,
+                    status::INVALID_COMMAND,
+                    "Need MAIL and RCPT before BDAT",
+                )),
+            ),
+        };
+        self.state = State::Chunk {
+            tx,
+            remaining: size,
+            last,
+            refusal,
+        };
+        if size == 0 {
+            self.finish_chunk();
+        }
+    }
+
+    /// Reads DATA content from `pos`.
+    fn feed_data(&mut self, pos: usize) -> Step {
+        let State::Data(tx, reader) = &mut self.state else {
+            return Step::Wait(pos);
+        };
+        match reader.feed(&self.input[pos..], &mut tx.body) {
+            // Keep the unconsumed partial line for the next read.
+            DataProgress::NeedMore { consumed } => Step::Wait(pos + consumed),
+            DataProgress::Done { consumed } => {
+                let State::Data(tx, reader) = std::mem::replace(&mut self.state, State::Ready)
+                else {
+                    return Step::Wait(pos);
+                };
+                self.finish_message(tx, reader.check);
+                Step::Continue(pos + consumed)
+            }
+        }
+    }
+
+    fn feed_chunk(&mut self, pos: usize) -> Step {
+        let State::Chunk { tx, remaining, .. } = &mut self.state else {
+            return Step::Wait(pos);
+        };
+        let available = (self.input.len() - pos) as u64;
+        let take = (*remaining).min(available) as usize;
+        let bytes = &self.input[pos..pos + take];
+        if let Some(tx) = tx {
+            if let Some(scanner) = tx.bdat.as_mut() {
+                scanner.scan(bytes, self.config.max_text_line, &mut tx.check);
+            }
+            tx.body.extend_from_slice(bytes);
+        }
+        *remaining -= take as u64;
+        if *remaining > 0 {
+            return Step::Wait(pos + take);
+        }
+        self.finish_chunk();
+        Step::Continue(pos + take)
+    }
+
+    fn finish_chunk(&mut self) {
+        let State::Chunk {
+            tx, last, refusal, ..
+        } = std::mem::replace(&mut self.state, State::Ready)
+        else {
+            return;
+        };
+        if let Some(reply) = refusal {
+            if self.info.helo.is_none() {
+                self.state = State::Greeted;
+            }
+            // RFC 3030 §2: a failed chunk fails the transaction.
+            return self.reply(reply);
+        }
+        let Some(mut tx) = tx else { return };
+        if !last {
+            let n = tx.body.len();
+            self.state = State::Mail(tx);
+            return self.reply(Reply::new(250, status::OK, format!("{n} octets received")));
+        }
+        if let Some(scanner) = tx.bdat.take() {
+            scanner.finish(&mut tx.check);
+        }
+        let check = std::mem::take(&mut tx.check);
+        self.finish_message(tx, check);
+    }
+
+    fn finish_message(&mut self, tx: Transaction, check: ContentCheck) {
+        if let Some(err) = check.error() {
+            self.state = State::Ready;
+            let reply = match err {
+                ContentError::TooBig => Reply::new(
+                    552,
+                    status::MSG_TOO_BIG,
+                    "Message size exceeds fixed maximum message size",
+                ),
+                ContentError::BareLineEnding => Reply::new(
+                    550,
+                    status::MEDIA,
+                    "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
+                ),
+                ContentError::Nul => Reply::new(
+                    550,
+                    status::MEDIA,
+                    "Message refused: NUL character in content",
+                ),
+                ContentError::LineTooLong => Reply::new(
+                    550,
+                    status::MEDIA,
+                    "Message refused: line longer than 1000 octets",
+                ),
+            };
+            return self.reply(reply);
+        }
+        let envelope = Envelope {
+            sender: tx.sender,
+            recipients: tx.recipients,
+            body: tx.params.body.unwrap_or(BodyType::SevenBit),
+            smtputf8: tx.params.smtputf8,
+            ret: tx.params.ret,
+            envid: tx.params.envid,
+            client: ClientInfo {
+                ip: self.info.client_ip,
+                helo: self.info.helo.clone().unwrap_or_default(),
+                authenticated_as: self.info.authenticated_as.clone(),
+                tls: self.info.tls.clone(),
+                listener: self.config.role.as_str().to_string(),
+            },
+            received_at: 0,
+        };
+        self.state = State::Enqueuing;
+        self.actions.push(Action::Enqueue(Box::new(Incoming {
+            envelope,
+            data: tx.body,
+        })));
+    }
+}
+
+#[cfg(test)]
+mod tests;

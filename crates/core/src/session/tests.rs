@@ -1,0 +1,290 @@
+//! Sans-I/O tests of the session: dialogues as data, no sockets.
+
+use super::*;
+use crate::address::Host;
+
+struct TestPolicy;
+
+impl Policy for TestPolicy {
+    fn check_mail(&self, _: &SessionInfo, _: &ReversePath, _: Option<u64>) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
+        match to {
+            Path::Mailbox {
+                mailbox,
+                source_route,
+            } if source_route.is_empty() && mailbox.routing_hack().is_none() => {
+                let ours =
+                    matches!(mailbox.host(), Host::Domain(d) if d.as_str() == "example.test");
+                if ours || info.trusted {
+                    Ok(mailbox.clone())
+                } else {
+                    Err(Reply::new(554, status::POLICY, "Relay access denied"))
+                }
+            }
+            _ => Err(Reply::new(
+                550,
+                status::POLICY,
+                "Sender-specified routing refused",
+            )),
+        }
+    }
+}
+
+fn session() -> Session {
+    let mut cfg = SessionConfig::new("mx.test", Role::Mx);
+    cfg.max_message_size = 1000;
+    cfg.max_recipients = 3;
+    cfg.max_errors = 5;
+    let mut s = Session::new(
+        Arc::new(cfg),
+        Arc::new(TestPolicy),
+        "192.0.2.1".parse().unwrap(),
+        false,
+    );
+    s.greeting();
+    s
+}
+
+/// Replies as "CODE" strings; enqueued messages as "ENQUEUE".
+fn run(s: &mut Session, input: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut actions = s.receive(input);
+    loop {
+        let mut next = Vec::new();
+        for a in actions {
+            match a {
+                Action::Reply(r) => out.push(r.code.to_string()),
+                Action::Enqueue(_) => {
+                    out.push("ENQUEUE".into());
+                    next = s.transaction_done(Ok(QueueId::new(1, 1)));
+                }
+                Action::Close => out.push("CLOSE".into()),
+            }
+        }
+        if next.is_empty() {
+            return out;
+        }
+        actions = next;
+    }
+}
+
+const TX: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n";
+
+#[test]
+fn pipelined_transaction_in_one_write() {
+    let mut s = session();
+    let mut input = TX.to_vec();
+    input.extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        run(&mut s, &input),
+        ["250", "250", "250", "354", "ENQUEUE", "250", "221", "CLOSE"]
+    );
+}
+
+#[test]
+fn enqueue_carries_envelope_and_unstuffed_body() {
+    let mut s = session();
+    let mut input = TX.to_vec();
+    input.extend_from_slice(b"..dot\r\n.\r\n");
+    let actions = s.receive(&input);
+    let incoming = actions
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Enqueue(m) => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(incoming.data, b".dot\r\n");
+    assert_eq!(incoming.envelope.recipients.len(), 1);
+    assert_eq!(incoming.envelope.client.helo, "c.test");
+}
+
+#[test]
+fn waits_for_spool_before_reading_pipelined_commands() {
+    let mut s = session();
+    let mut input = TX.to_vec();
+    input.extend_from_slice(b"x\r\n.\r\nNOOP\r\n");
+    let actions = s.receive(&input);
+    assert!(matches!(actions.last(), Some(Action::Enqueue(_))));
+    assert_eq!(s.waiting(), Waiting::Driver);
+    let after = s.transaction_done(Err(Reply::new(451, status::SYSTEM_ERROR, "disk")));
+    let codes: Vec<u16> = after
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply(r) => Some(r.code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, [451, 250]);
+}
+
+#[test]
+fn smuggling_endings_never_split_a_message() {
+    for fake in [
+        &b"\n.\n"[..],
+        b"\r.\r",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r\n\0.\r\n",
+    ] {
+        let mut s = session();
+        let mut input = TX.to_vec();
+        input.extend_from_slice(b"first");
+        input.extend_from_slice(fake);
+        input.extend_from_slice(
+            b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
+        );
+        let out = run(&mut s, &input);
+        assert_eq!(out, ["250", "250", "250", "354", "550"], "ending {fake:?}");
+    }
+}
+
+#[test]
+fn bare_lf_command_is_refused() {
+    let mut s = session();
+    assert_eq!(run(&mut s, b"EHLO c.test\nNOOP\r\n"), ["500", "250"]);
+}
+
+#[test]
+fn relay_and_routing_refused() {
+    let mut s = session();
+    let out = run(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@other.test>\r\nRCPT TO:<b%other.test@example.test>\r\nRCPT TO:<@example.test:b@other.test>\r\nRCPT TO:<b@example.test.>\r\n",
+    );
+    assert_eq!(out, ["250", "250", "554", "550", "550", "501"]);
+}
+
+#[test]
+fn recipient_limit() {
+    let mut s = session();
+    let out = run(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\nRCPT TO:<d@example.test>\r\n",
+    );
+    assert_eq!(out, ["250", "250", "250", "250", "250", "452"]);
+}
+
+#[test]
+fn size_limits() {
+    let mut s = session();
+    assert_eq!(
+        run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=5000\r\n"),
+        ["250", "552"]
+    );
+    let mut input = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n".to_vec();
+    for _ in 0..30 {
+        input.extend_from_slice(&[b'y'; 60]);
+        input.extend_from_slice(b"\r\n");
+    }
+    input.extend_from_slice(b".\r\n");
+    assert_eq!(run(&mut s, &input), ["250", "250", "354", "552"]);
+}
+
+#[test]
+fn overlong_command_line() {
+    let mut s = session();
+    let mut input = b"NOOP ".to_vec();
+    input.extend(std::iter::repeat_n(b'a', 600));
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    assert_eq!(run(&mut s, &input), ["500", "250"]);
+    // The same, arriving in pieces.
+    let mut s = session();
+    let mut out = run(&mut s, &input[..520]);
+    out.extend(run(&mut s, &input[520..]));
+    assert_eq!(out, ["500", "250"]);
+}
+
+#[test]
+fn error_limit_closes() {
+    let mut s = session();
+    let out = run(&mut s, b"X\r\nX\r\nX\r\nX\r\nX\r\nX\r\nNOOP\r\n");
+    assert_eq!(out, ["500", "500", "500", "500", "500", "421", "CLOSE"]);
+}
+
+#[test]
+fn bdat_chunks() {
+    let mut s = session();
+    let out = run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nBDAT 4\r\nab\r\nBDAT 3 LAST\r\nc\r\nQUIT\r\n");
+    assert_eq!(
+        out,
+        ["250", "250", "250", "250", "ENQUEUE", "250", "221", "CLOSE"]
+    );
+}
+
+#[test]
+fn bdat_without_transaction_consumes_chunk() {
+    let mut s = session();
+    // The chunk holds something that looks like a command; it must not run.
+    let out = run(&mut s, b"EHLO c\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(out, ["250", "503", "250"]);
+}
+
+#[test]
+fn bdat_bare_lf_refused() {
+    let mut s = session();
+    let out = run(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nBDAT 4 LAST\r\na\nb\n",
+    );
+    assert_eq!(out, ["250", "250", "250", "550"]);
+}
+
+#[test]
+fn sequence_errors() {
+    let mut s = session();
+    assert_eq!(run(&mut s, b"MAIL FROM:<a@x.test>\r\n"), ["503"]);
+    assert_eq!(
+        run(&mut s, b"HELO c\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"),
+        ["250", "503", "503"]
+    );
+    assert_eq!(run(&mut s, b"MAIL FROM:<a@x.test> SIZE=1\r\n"), ["555"]);
+    let mut s = session();
+    assert_eq!(
+        run(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\n"
+        ),
+        ["250", "250", "554", "503"]
+    );
+}
+
+#[test]
+fn dsn_parameters_reach_the_envelope() {
+    let mut s = session();
+    let input = b"EHLO c\r\nMAIL FROM:<a@x.test> RET=HDRS ENVID=e1\r\nRCPT TO:<b@example.test> NOTIFY=FAILURE ORCPT=rfc822;b@example.test\r\nDATA\r\nx\r\n.\r\n";
+    let incoming = s
+        .receive(input)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Enqueue(m) => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    let env = incoming.envelope;
+    assert_eq!(env.ret, Some(crate::envelope::Ret::Hdrs));
+    assert_eq!(env.envid.as_deref(), Some("e1"));
+    assert_eq!(env.recipients[0].notify.unwrap().failure, true);
+    assert_eq!(
+        env.recipients[0].orcpt.as_ref().unwrap().address,
+        "b@example.test"
+    );
+}
+
+#[test]
+fn shutdown_waits_for_transaction() {
+    let mut s = session();
+    run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n");
+    assert!(s.shutdown().is_empty());
+    let out = run(&mut s, b"RCPT TO:<b@example.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(out, ["250", "354", "ENQUEUE", "250", "421", "CLOSE"]);
+}
+
+#[test]
+fn cross_protocol_closes() {
+    let mut s = session();
+    assert_eq!(run(&mut s, b"GET / HTTP/1.1\r\n"), ["421", "CLOSE"]);
+}
