@@ -1,1 +1,3 @@
+mod config;
+mod spool;
 fn main() {}

@@ -1,0 +1,482 @@
+//! Configuration: the TOML file read into a raw form, then validated into
+//! [`Config`]. Every error names the file and the key.
+//!
+//! Relative paths are resolved against the directory of the config file, or
+//! the working directory when no file is given.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use mailgate_core::Domain;
+use mailgate_core::session::Role;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid { file: String, key: String, message: String },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    listener: Option<Vec<RawListener>>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    domain: Vec<RawDomain>,
+    #[serde(default)]
+    user: Vec<RawUser>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    spool: RawSpool,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    hostname: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    public_addresses: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    role: Role,
+    bind: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    nameservers: Option<Vec<SocketAddr>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default)]
+    trusted_networks: Vec<IpNet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    #[serde(default = "default_mx_port")]
+    mx_port: u16,
+    smarthost: Option<String>,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery { mx_port: default_mx_port(), smarthost: None }
+    }
+}
+
+fn default_mx_port() -> u16 {
+    25
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    name: String,
+    deliver: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: String,
+    #[serde(default)]
+    send_as: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    bind: Option<SocketAddr>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp { bind: Some(default_http()) }
+    }
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8025))
+}
+
+/// `[limits]`: every limit with its default.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted, in octets (SIZE is advertised with it).
+    pub max_message_size: u64,
+    /// Recipients per message; RFC 5321 requires at least 100.
+    pub max_recipients: usize,
+    /// Errors per session before 421 and close.
+    pub max_errors: u32,
+    /// Simultaneous SMTP connections, all listeners together.
+    pub max_connections: usize,
+    /// Simultaneous SMTP connections from one client IP address.
+    pub max_connections_per_ip: usize,
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2.7: at least 300).
+    pub command_timeout: u64,
+    /// Seconds to wait for the next block of message content.
+    pub data_timeout: u64,
+    /// Seconds in-flight sessions get to finish on shutdown.
+    pub shutdown_grace: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_errors: 10,
+            max_connections: 500,
+            max_connections_per_ip: 50,
+            command_timeout: 300,
+            data_timeout: 300,
+            shutdown_grace: 60,
+        }
+    }
+}
+
+/// `[spool]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+struct RawSpool {
+    min_free_space: u64,
+    segment_size: u64,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        RawSpool { min_free_space: 100 * 1024 * 1024, segment_size: 64 * 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub role: Role,
+    pub bind: SocketAddr,
+}
+
+/// Where mail for a local domain goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    Smtp(String),
+    Lmtp(String),
+    Maildir(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    pub name: Domain,
+    pub deliver: Option<NextHop>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
+    pub send_as: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Refuse new mail with 452 4.3.1 below this many free bytes.
+    pub min_free_space: u64,
+    /// Size at which the spool starts a new segment file.
+    pub segment_size: u64,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages; `None` for built-in defaults.
+    pub source: Option<PathBuf>,
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub public_addresses: Vec<std::net::IpAddr>,
+    pub listeners: Vec<Listener>,
+    pub tls: Option<TlsFiles>,
+    pub nameservers: Option<Vec<SocketAddr>>,
+    pub trusted_networks: Vec<IpNet>,
+    pub mx_port: u16,
+    pub smarthost: Option<String>,
+    pub domains: Vec<DomainConfig>,
+    pub users: Vec<User>,
+    pub http_bind: Option<SocketAddr>,
+    pub limits: Limits,
+    pub spool: SpoolConfig,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Loads `path`, or the built-in defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Config::from_raw(RawConfig::default(), None, Path::new("."));
+        };
+        let file = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.clone(), message: e.to_string().trim_end().to_string() })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Config::from_raw(raw, Some(path), base)
+    }
+
+    fn from_raw(raw: RawConfig, source: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
+        let file = source.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
+        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.clone(), key, message };
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let hostname = match raw.server.hostname {
+            Some(h) => Domain::parse(&h, false)
+                .map_err(|e| invalid("server.hostname".into(), format!("{h:?} is not a hostname: {e}")))?
+                .to_string(),
+            None => system_hostname(),
+        };
+        let data_dir = resolve(raw.server.data_dir.unwrap_or_else(|| PathBuf::from("mailgate-data")));
+
+        let listeners = match raw.listener {
+            Some(list) => list.into_iter().map(|l| Listener { role: l.role, bind: l.bind }).collect(),
+            None => vec![
+                Listener { role: Role::Mx, bind: SocketAddr::from(([127, 0, 0, 1], 2525)) },
+                Listener { role: Role::Submission, bind: SocketAddr::from(([127, 0, 0, 1], 5870)) },
+            ],
+        };
+        for (i, l) in listeners.iter().enumerate() {
+            if l.role == Role::Submissions {
+                return Err(invalid(
+                    format!("listener[{i}].role"),
+                    "\"submissions\" (implicit TLS) is not available in this version".into(),
+                ));
+            }
+            if listeners[..i].iter().any(|o| o.bind == l.bind) {
+                return Err(invalid(format!("listener[{i}].bind"), format!("{} is used by another listener", l.bind)));
+            }
+        }
+
+        let mut domains: Vec<DomainConfig> = Vec::new();
+        for (i, d) in raw.domain.into_iter().enumerate() {
+            let name = Domain::parse(&d.name, true)
+                .map_err(|e| invalid(format!("domain[{i}].name"), format!("{:?} is not a domain: {e}", d.name)))?;
+            if domains.iter().any(|o| o.name == name) {
+                return Err(invalid(format!("domain[{i}].name"), format!("{name} is listed twice")));
+            }
+            let deliver = d
+                .deliver
+                .map(|s| parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m)))
+                .transpose()?;
+            domains.push(DomainConfig { name, deliver });
+        }
+
+        let mut users: Vec<User> = Vec::new();
+        for (i, u) in raw.user.into_iter().enumerate() {
+            if u.name.is_empty() || users.iter().any(|o| o.name == u.name) {
+                return Err(invalid(format!("user[{i}].name"), "must be non-empty and unique".into()));
+            }
+            if !u.password.starts_with("$argon2id$") {
+                return Err(invalid(format!("user[{i}].password"), "must be an argon2id hash ($argon2id$...)".into()));
+            }
+            users.push(User { name: u.name, password_hash: u.password, send_as: u.send_as });
+        }
+
+        if let Some(s) = &raw.delivery.smarthost {
+            if !s.starts_with("smtp://") {
+                return Err(invalid("delivery.smarthost".into(), format!("{s:?} must look like smtp://[user:pass@]host:port")));
+            }
+        }
+        let limits = raw.limits;
+        if limits.max_recipients < 100 {
+            return Err(invalid("limits.max_recipients".into(), "must be at least 100 (RFC 5321 4.5.3.1.8)".into()));
+        }
+        if limits.max_message_size < 1024 {
+            return Err(invalid("limits.max_message_size".into(), "must be at least 1024".into()));
+        }
+        if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
+            return Err(invalid("limits.max_connections".into(), "must be positive".into()));
+        }
+        if limits.command_timeout == 0 || limits.data_timeout == 0 {
+            return Err(invalid("limits.command_timeout".into(), "timeouts must be positive".into()));
+        }
+        if raw.spool.segment_size < 1024 * 1024 {
+            return Err(invalid("spool.segment_size".into(), "must be at least 1 MiB".into()));
+        }
+
+        Ok(Config {
+            source: source.map(Path::to_path_buf),
+            hostname,
+            data_dir,
+            public_addresses: raw.server.public_addresses,
+            listeners,
+            tls: raw.tls.map(|t| TlsFiles { cert: resolve(t.cert), key: resolve(t.key) }),
+            nameservers: raw.dns.nameservers,
+            trusted_networks: raw.relay.trusted_networks,
+            mx_port: raw.delivery.mx_port,
+            smarthost: raw.delivery.smarthost,
+            domains,
+            users,
+            http_bind: raw.http.bind,
+            limits,
+            spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },
+            log_format: raw.log.format,
+        })
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.command_timeout)
+    }
+
+    pub fn data_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.data_timeout)
+    }
+
+    pub fn is_local_domain(&self, d: &Domain) -> bool {
+        self.domains.iter().any(|c| &c.name == d)
+    }
+}
+
+fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
+    let host_port = |rest: &str| -> Result<String, String> {
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{s:?} needs host:port"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{s:?} needs host:port"));
+        }
+        Ok(rest.to_string())
+    };
+    if let Some(rest) = s.strip_prefix("smtp://") {
+        Ok(NextHop::Smtp(host_port(rest)?))
+    } else if let Some(rest) = s.strip_prefix("lmtp://") {
+        Ok(NextHop::Lmtp(host_port(rest)?))
+    } else if let Some(rest) = s.strip_prefix("maildir:") {
+        let p = PathBuf::from(rest);
+        Ok(NextHop::Maildir(if p.is_absolute() { p } else { base.join(p) }))
+    } else {
+        Err(format!("{s:?} must be smtp://host:port, lmtp://host:port or maildir:/path"))
+    }
+}
+
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for writes of its length; gethostname NUL-terminates
+    // on success when the name fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    match Domain::parse(&name, false) {
+        Ok(d) => d.to_string(),
+        Err(_) => "localhost".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/mailgate/test.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.http_bind, Some("127.0.0.1:8025".parse().unwrap()));
+        assert!(c.data_dir.ends_with("mailgate-data"));
+        assert_eq!(c.limits.max_recipients, 1000);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = parse("[server]\nhostnme = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("/etc/mailgate/test.toml"), "{e}");
+        assert!(e.contains("hostnme"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let e = parse("[limits]\nmax_recipients = 5\n").unwrap_err().to_string();
+        assert!(e.contains("limits.max_recipients"), "{e}");
+        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("bind"), "{e}");
+        let e = parse("[[domain]]\nname = \"example.test\"\ndeliver = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("domain[0].deliver"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let c = parse("[server]\ndata_dir = \"spool\"\n[[domain]]\nname = \"Example.TEST\"\ndeliver = \"maildir:mail\"\n").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/mailgate/spool"));
+        assert_eq!(c.domains[0].name.as_str(), "example.test");
+        assert_eq!(c.domains[0].deliver, Some(NextHop::Maildir(PathBuf::from("/etc/mailgate/mail"))));
+    }
+}

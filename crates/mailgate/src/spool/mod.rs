@@ -1,0 +1,258 @@
+//! The durable spool: every accepted message and its envelope, on stable
+//! storage before the client hears 250.
+//!
+//! Messages are appended as self-validating records (see [`record`]) to
+//! segment files `spool/seg-NNNNNNNNNN.log`, through one group-commit writer
+//! thread. Removal appends a tombstone. A segment file is deleted once it is
+//! the oldest and holds no live message; segments are deleted oldest first so
+//! that a tombstone is never deleted before the message it
+//! cancels. On start-up every segment is replayed; a damaged one has its
+//! intact messages copied to a fresh segment and is moved to `spool/corrupt/`.
+//!
+//! May import: `mailgate-core`, std, tokio channels. Knows nothing of SMTP.
+
+mod record;
+mod recover;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mailgate_core::{Envelope, QueueId};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+pub use recover::{CorruptSegment, Recovery};
+
+#[derive(Debug, Error, Clone)]
+pub enum SpoolError {
+    /// The disk is full (or the quota is reached).
+    #[error("insufficient storage: {0}")]
+    Full(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("the spool writer has stopped")]
+    Stopped,
+}
+
+impl SpoolError {
+    fn from_io(e: &io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => SpoolError::Full(e.to_string()),
+            _ => SpoolError::Io(e.to_string()),
+        }
+    }
+}
+
+/// Where a stored message lives.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    segment: u64,
+    data_offset: u64,
+    data_len: u64,
+    envelope: Arc<Envelope>,
+}
+
+/// A queued message as the API and scheduler see it.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub id: QueueId,
+    pub envelope: Arc<Envelope>,
+    pub size: u64,
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<QueueId, Entry>,
+    /// Live messages per segment; every existing segment has an entry.
+    live: BTreeMap<u64, usize>,
+    active: u64,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    fsyncs: AtomicU64,
+    records: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the index half-updated
+        // in a way that matters more than stopping would; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    writer: mpsc::UnboundedSender<writer::WriteOp>,
+    shared: Arc<Shared>,
+    seq: AtomicU32,
+}
+
+impl Spool {
+    /// Opens the spool under `dir`, recovering what a previous run left.
+    pub fn open(dir: &Path, segment_size: u64) -> io::Result<(Spool, Recovery)> {
+        std::fs::create_dir_all(dir)?;
+        let recovered = recover::recover(dir)?;
+        let mut state = State::default();
+        for (segment, _) in &recovered.segments {
+            state.live.insert(*segment, 0);
+        }
+        for (id, entry) in recovered.index {
+            *state.live.entry(entry.segment).or_insert(0) += 1;
+            state.index.insert(id, entry);
+        }
+        let shared = Arc::new(Shared { state: Mutex::new(state), fsyncs: AtomicU64::new(0), records: AtomicU64::new(0) });
+        let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, shared.clone())?;
+        let spool = Spool { dir: dir.to_path_buf(), writer, shared, seq: AtomicU32::new(rand::random::<u32>() & 0xFFFF) };
+        spool.collect_segments();
+        Ok((spool, recovered.report))
+    }
+
+    /// A fresh queue id. Time-ordered; unique within this process and, by
+    /// the microsecond clock, across restarts.
+    pub fn new_id(&self) -> QueueId {
+        let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        QueueId::new(micros, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Stores a message durably. Returns once data and directory entry are
+    /// on stable storage.
+    pub async fn store(&self, id: &QueueId, envelope: Envelope, data: &[u8]) -> Result<(), SpoolError> {
+        let (bytes, data_offset) = record::encode_message(id, &envelope, data);
+        let message = writer::NewMessage { id: id.clone(), envelope: Arc::new(envelope), data_offset, data_len: data.len() };
+        self.write(bytes, Some(message)).await
+    }
+
+    /// Records a new envelope state (recipient statuses) for a message.
+    pub async fn update(&self, id: &QueueId, envelope: Envelope) -> Result<bool, SpoolError> {
+        if !self.shared.lock().index.contains_key(id) {
+            return Ok(false);
+        }
+        self.write(record::encode_update(id, &envelope), None).await?;
+        if let Some(entry) = self.shared.lock().index.get_mut(id) {
+            entry.envelope = Arc::new(envelope);
+        }
+        Ok(true)
+    }
+
+    /// Removes a message; `false` if it was not queued.
+    pub async fn remove(&self, id: &QueueId) -> Result<bool, SpoolError> {
+        if !self.shared.lock().index.contains_key(id) {
+            return Ok(false);
+        }
+        self.write(record::encode_remove(id), None).await?;
+        let removed = {
+            let mut state = self.shared.lock();
+            match state.index.remove(id) {
+                Some(entry) => {
+                    if let Some(n) = state.live.get_mut(&entry.segment) {
+                        *n = n.saturating_sub(1);
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+        self.collect_segments();
+        Ok(removed)
+    }
+
+    async fn write(&self, bytes: Vec<u8>, message: Option<writer::NewMessage>) -> Result<(), SpoolError> {
+        let (ack, done) = oneshot::channel();
+        self.writer.send(writer::WriteOp { bytes, message, ack }).map_err(|_| SpoolError::Stopped)?;
+        done.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    /// Deletes segments that are oldest and empty.
+    fn collect_segments(&self) {
+        let mut doomed = Vec::new();
+        {
+            let mut state = self.shared.lock();
+            let active = state.active;
+            while let Some((&number, &live)) = state.live.iter().next() {
+                if live > 0 || number >= active {
+                    break;
+                }
+                state.live.remove(&number);
+                doomed.push(number);
+            }
+        }
+        for number in &doomed {
+            if let Err(e) = std::fs::remove_file(segment_path(&self.dir, *number)) {
+                tracing::warn!(segment = number, error = %e, "spool: cannot delete empty segment");
+            }
+        }
+        if !doomed.is_empty() {
+            let _ = sync_dir(&self.dir);
+        }
+    }
+
+    pub fn list(&self) -> Vec<Queued> {
+        let state = self.shared.lock();
+        let mut out: Vec<Queued> = state
+            .index
+            .iter()
+            .map(|(id, e)| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub fn get(&self, id: &QueueId) -> Option<Queued> {
+        let state = self.shared.lock();
+        state.index.get(id).map(|e| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.lock().index.len()
+    }
+
+    /// Reads a message's content (with our `Received:` header).
+    pub fn read_data(&self, id: &QueueId) -> io::Result<Option<Vec<u8>>> {
+        let Some(entry) = self.shared.lock().index.get(id).cloned() else { return Ok(None) };
+        let file = File::open(segment_path(&self.dir, entry.segment))?;
+        let mut buf = vec![0; entry.data_len as usize];
+        file.read_exact_at(&mut buf, entry.data_offset)?;
+        Ok(Some(buf))
+    }
+
+    /// fsync calls made and records written since start: their ratio shows
+    /// group commit at work.
+    pub fn sync_stats(&self) -> (u64, u64) {
+        (self.shared.fsyncs.load(Ordering::Relaxed), self.shared.records.load(Ordering::Relaxed))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("seg-{number:010}.log"))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Free bytes available to us on the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() }; // SAFETY: plain C struct, all-zero is valid
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! Start-up recovery: replay every segment, keep what is intact, move
+//! damaged files aside, and report them. Nothing is silently deleted.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mailgate_core::QueueId;
+
+use super::record::{self, Record};
+use super::{Entry, segment_path, sync_dir};
+
+/// A segment that did not read cleanly to its end.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CorruptSegment {
+    /// Where the file now is, under `spool/corrupt/`.
+    pub moved_to: PathBuf,
+    /// Offset of the first bad byte.
+    pub offset: u64,
+    pub reason: String,
+    /// Intact messages copied out of it before it was moved aside.
+    pub rescued: usize,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Recovery {
+    pub messages: usize,
+    pub segments: usize,
+    pub corrupt: Vec<CorruptSegment>,
+}
+
+pub(super) struct Recovered {
+    pub index: HashMap<QueueId, Entry>,
+    /// Segments that remain, with their numbers.
+    pub segments: Vec<(u64, PathBuf)>,
+    pub next_segment: u64,
+    pub report: Recovery,
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse::<u64>().ok()) {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
+    let segments = list_segments(dir)?;
+    let mut index: HashMap<QueueId, Entry> = HashMap::new();
+    let mut damaged: Vec<(u64, PathBuf, u64, String)> = Vec::new();
+    for (number, path) in &segments {
+        let bytes = fs::read(path)?;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            match record::decode(&bytes[pos..]) {
+                Ok((rec, len)) => {
+                    match rec {
+                        Record::Message { id, envelope, data_offset, data } => {
+                            let entry = Entry {
+                                segment: *number,
+                                data_offset: (pos + data_offset) as u64,
+                                data_len: data.len() as u64,
+                                envelope: Arc::new(envelope),
+                            };
+                            index.insert(id, entry);
+                        }
+                        Record::Remove { id } => {
+                            index.remove(&id);
+                        }
+                        Record::Update { id, envelope } => {
+                            if let Some(e) = index.get_mut(&id) {
+                                e.envelope = Arc::new(envelope);
+                            }
+                        }
+                    }
+                    pos += len;
+                }
+                Err(c) => {
+                    damaged.push((*number, path.clone(), pos as u64, c.to_string()));
+                    break;
+                }
+            }
+        }
+    }
+    let mut next_segment = segments.last().map(|(n, _)| n + 1).unwrap_or(1);
+    let mut report = Recovery::default();
+    let mut kept: Vec<(u64, PathBuf)> = segments.clone();
+    if !damaged.is_empty() {
+        let corrupt_dir = dir.join("corrupt");
+        fs::create_dir_all(&corrupt_dir)?;
+        // Copy intact messages out of damaged segments before moving them.
+        let rescue = next_segment;
+        next_segment += 1;
+        let rescue_path = segment_path(dir, rescue);
+        let mut out = OpenOptions::new().create_new(true).append(true).open(&rescue_path)?;
+        let mut offset = 0u64;
+        let mut rescued: HashMap<u64, usize> = HashMap::new();
+        for (number, path, ..) in &damaged {
+            let bytes = fs::read(path)?;
+            for (id, entry) in index.iter_mut().filter(|(_, e)| e.segment == *number) {
+                let start = entry.data_offset as usize;
+                let Some(data) = bytes.get(start..start + entry.data_len as usize) else { continue };
+                let (rec, data_offset) = record::encode_message(id, &entry.envelope, data);
+                out.write_all(&rec)?;
+                entry.segment = rescue;
+                entry.data_offset = offset + data_offset as u64;
+                offset += rec.len() as u64;
+                *rescued.entry(*number).or_insert(0) += 1;
+            }
+        }
+        out.sync_all()?;
+        sync_dir(dir)?;
+        kept.push((rescue, rescue_path));
+        for (number, path, at, reason) in damaged {
+            let moved_to = corrupt_dir.join(path.file_name().unwrap_or_default());
+            fs::rename(&path, &moved_to)?;
+            fs::write(moved_to.with_extension("log.why"), format!("offset {at}: {reason}\n"))?;
+            let n = rescued.get(&number).copied().unwrap_or(0);
+            tracing::warn!(
+                file = %moved_to.display(), offset = at, reason = %reason, rescued = n,
+                "spool: damaged segment moved aside; its intact messages were kept"
+            );
+            kept.retain(|(k, _)| *k != number);
+            report.corrupt.push(CorruptSegment { moved_to, offset: at, reason, rescued: n });
+        }
+        sync_dir(&corrupt_dir)?;
+        sync_dir(dir)?;
+    }
+    report.messages = index.len();
+    report.segments = kept.len();
+    Ok(Recovered { index, segments: kept, next_segment, report })
+}

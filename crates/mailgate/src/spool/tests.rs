@@ -1,0 +1,104 @@
+use super::*;
+use mailgate_core::envelope::ClientInfo;
+use mailgate_core::{Mailbox, Recipient, ReversePath};
+
+fn envelope() -> Envelope {
+    Envelope {
+        sender: ReversePath::Null,
+        recipients: vec![Recipient::new(Mailbox::parse("b@example.test", false).unwrap())],
+        body: Default::default(),
+        smtputf8: false,
+        ret: None,
+        envid: None,
+        client: ClientInfo { ip: "127.0.0.1".parse().unwrap(), helo: "c".into(), authenticated_as: None, tls: None, listener: "mx".into() },
+        received_at: 1,
+    }
+}
+
+#[tokio::test]
+async fn store_recover_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(report.messages, 0);
+        for i in 0..5 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), format!("msg {i}\r\n").as_bytes()).await.unwrap();
+            ids.push(id);
+        }
+        assert!(spool.remove(&ids[0]).await.unwrap());
+        assert!(!spool.remove(&ids[0]).await.unwrap());
+    }
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.messages, 4);
+    assert!(report.corrupt.is_empty());
+    assert_eq!(spool.read_data(&ids[3]).unwrap().unwrap(), b"msg 3\r\n");
+    assert!(spool.get(&ids[0]).is_none());
+}
+
+#[tokio::test]
+async fn concurrent_stores_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), 1 << 24).unwrap();
+    let spool = Arc::new(spool);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), &[b'x'; 5000]).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (fsyncs, records) = spool.sync_stats();
+    assert_eq!(records, 200);
+    assert!(fsyncs < records, "{fsyncs} fsyncs for {records} records");
+}
+
+#[tokio::test]
+async fn torn_tail_is_moved_aside_and_intact_messages_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let id = spool.new_id();
+        spool.store(&id, envelope(), b"keep me\r\n").await.unwrap();
+        id
+    };
+    let seg = segment_path(dir.path(), 1);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, b"MGR1\x01\xff\xff").unwrap();
+    drop(f);
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.corrupt[0].rescued, 1);
+    assert!(report.corrupt[0].moved_to.exists());
+    assert!(!seg.exists());
+    assert_eq!(spool.read_data(&id).unwrap().unwrap(), b"keep me\r\n");
+    drop(spool);
+    // A second restart finds everything clean.
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert!(report.corrupt.is_empty());
+    assert_eq!(spool.len(), 1);
+}
+
+#[tokio::test]
+async fn empty_old_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let big = vec![b'x'; 600 * 1024];
+    let a = spool.new_id();
+    spool.store(&a, envelope(), &big).await.unwrap();
+    let b = spool.new_id();
+    spool.store(&b, envelope(), &big).await.unwrap();
+    // The third store starts segment 2 (the first passed 1 MiB).
+    let c = spool.new_id();
+    spool.store(&c, envelope(), &big).await.unwrap();
+    assert!(segment_path(dir.path(), 1).exists());
+    spool.remove(&a).await.unwrap();
+    spool.remove(&b).await.unwrap();
+    assert!(!segment_path(dir.path(), 1).exists());
+    assert_eq!(spool.read_data(&c).unwrap().unwrap().len(), big.len());
+}
