@@ -27,7 +27,7 @@ use mailgate_core::{Envelope, QueueId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-pub use recover::{CorruptSegment, Recovery};
+pub use recover::Recovery;
 
 #[derive(Debug, Error, Clone)]
 pub enum SpoolError {

@@ -1,0 +1,6 @@
+//! Checks applied to a session's commands and messages before the spool.
+//!
+//! May import: `config`, `events`, `mailgate-core`. Never the spool or
+//! anything downstream of it.
+
+pub mod relay;

@@ -1,0 +1,90 @@
+//! Relay control: who may send mail through us and to whom.
+//!
+//! An `mx` listener accepts recipients only in our `[[domain]]`s, unless the
+//! client is trusted (`[relay].trusted_networks`) or authenticated. Any
+//! sender-specified routing from an untrusted client is refused, as Postfix
+//! does with `allow_untrusted_routing = no`: a next hop might honour it and
+//! forward the message on, which would make us an open relay by proxy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mailgate_core::address::{Host, Path};
+use mailgate_core::reply::{Reply, status};
+use mailgate_core::session::{Policy, Role, SessionInfo};
+use mailgate_core::{Domain, Mailbox, ReversePath};
+
+pub struct RelayPolicy {
+    local_domains: Vec<Domain>,
+    /// Free bytes in the spool's filesystem, refreshed in the background.
+    free_space: Arc<AtomicU64>,
+    min_free_space: u64,
+}
+
+impl RelayPolicy {
+    pub fn new(local_domains: Vec<Domain>, free_space: Arc<AtomicU64>, min_free_space: u64) -> Self {
+        RelayPolicy { local_domains, free_space, min_free_space }
+    }
+
+    fn may_relay(info: &SessionInfo) -> bool {
+        info.trusted || info.authenticated_as.is_some()
+    }
+}
+
+impl Policy for RelayPolicy {
+    fn check_mail(&self, info: &SessionInfo, _from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply> {
+        if info.role != Role::Mx && !Self::may_relay(info) {
+            return Err(Reply::new(530, status::AUTH_REQUIRED, "Authentication required"));
+        }
+        // Like Postfix's queue_minfree: refuse before the client sends data
+        // we could not store.
+        let need = self.min_free_space.saturating_add(declared_size.unwrap_or(0));
+        if self.free_space.load(Ordering::Relaxed) < need {
+            return Err(Reply::new(452, status::NO_SYSTEM_STORAGE, "Insufficient system storage"));
+        }
+        Ok(())
+    }
+
+    fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
+        let denied = || Reply::new(554, status::POLICY, "Relay access denied");
+        let (mailbox, source_route) = match to {
+            Path::Mailbox { mailbox, source_route } => (mailbox, source_route),
+            Path::Postmaster => {
+                // RFC 5321 §4.5.1: <postmaster> must be accepted.
+                let domain = self.local_domains.first().cloned().ok_or_else(denied)?;
+                return Mailbox::from_parts("postmaster", domain).map_err(|_| denied());
+            }
+            Path::Null => return Err(Reply::new(501, status::BAD_DEST_SYNTAX, "Empty recipient")),
+        };
+        if Self::may_relay(info) {
+            return Ok(mailbox.clone());
+        }
+        if !source_route.is_empty() {
+            return Err(Reply::new(550, status::POLICY, "Source routing refused"));
+        }
+        if let Some(hack) = mailbox.routing_hack() {
+            return Err(Reply::new(550, status::POLICY, format!("Sender-specified routing refused: {hack}")));
+        }
+        match mailbox.host() {
+            Host::Domain(d) if self.local_domains.contains(d) => Ok(mailbox.clone()),
+            _ => Err(denied()),
+        }
+    }
+}
+
+/// Keeps `free` updated with the free space under `dir`, once a second.
+pub fn watch_free_space(dir: PathBuf, free: Arc<AtomicU64>, probe: fn(&std::path::Path) -> std::io::Result<u64>) {
+    let update = move || match probe(&dir) {
+        Ok(n) => free.store(n, Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "cannot read free space of the spool filesystem"),
+    };
+    update();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            update();
+        }
+    });
+}

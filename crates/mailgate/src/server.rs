@@ -1,0 +1,96 @@
+//! `mailgate serve`: wires the stages together and runs until SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use mailgate_core::session::SessionConfig;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::checks::relay::{self, RelayPolicy};
+use crate::config::Config;
+use crate::events::Metrics;
+use crate::inbound::Inbound;
+use crate::spool::{self, Spool};
+use crate::{http, listener, scheduler};
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let spool_dir = config.data_dir.join("spool");
+    let (spool, recovery) = Spool::open(&spool_dir, config.spool.segment_size)
+        .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
+    let spool = Arc::new(spool);
+    tracing::info!(
+        messages = recovery.messages, segments = recovery.segments, corrupt = recovery.corrupt.len(),
+        dir = %spool_dir.display(), "spool recovered"
+    );
+
+    let free = Arc::new(AtomicU64::new(u64::MAX));
+    relay::watch_free_space(spool_dir.clone(), free.clone(), spool::free_space);
+    let local_domains = config.domains.iter().map(|d| d.name.clone()).collect();
+    let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space));
+    let metrics = Arc::new(Metrics::default());
+    let scheduler = scheduler::start(spool.clone());
+    let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut tasks = Vec::new();
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {} ({})", l.bind, l.role.as_str()))?;
+        let mut session = SessionConfig::new(config.hostname.clone(), l.role);
+        session.max_message_size = config.limits.max_message_size;
+        session.max_recipients = config.limits.max_recipients;
+        session.max_errors = config.limits.max_errors;
+        let ctx = Arc::new(Inbound {
+            session: Arc::new(session),
+            policy: policy.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            trusted: config.trusted_networks.clone(),
+            command_timeout: config.command_timeout(),
+            data_timeout: config.data_timeout(),
+        });
+        tracing::info!(role = l.role.as_str(), addr = %socket.local_addr()?, "listening");
+        tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
+    }
+
+    if let Some(bind) = config.http_bind {
+        let socket = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} (http)"))?;
+        tracing::info!(role = "http", addr = %socket.local_addr()?, "listening");
+        let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery });
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(socket, http::router(api)).with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }));
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: no new connections; finishing in-flight transactions"),
+        _ = int.recv() => tracing::info!("SIGINT: no new connections; finishing in-flight transactions"),
+    }
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(config.limits.shutdown_grace);
+    let all = futures_join(tasks);
+    if tokio::time::timeout(grace, all).await.is_err() {
+        tracing::warn!(grace_s = grace.as_secs(), "sessions still open after the grace period; closing them");
+    }
+    tracing::info!(queued = spool.len(), "stopped");
+    Ok(())
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
