@@ -16,10 +16,12 @@
 //! - [`received`]: the `Received:` trace header.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod envelope;
 pub mod received;
 pub mod reply;
+pub mod retry;
 pub mod session;
 pub mod xtext;
 

@@ -18,11 +18,18 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     #[error("{file}: {key}: {message}")]
-    Invalid { file: String, key: String, message: String },
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -100,7 +107,10 @@ struct RawDelivery {
 
 impl Default for RawDelivery {
     fn default() -> Self {
-        RawDelivery { mx_port: default_mx_port(), smarthost: None }
+        RawDelivery {
+            mx_port: default_mx_port(),
+            smarthost: None,
+        }
     }
 }
 
@@ -132,7 +142,9 @@ struct RawHttp {
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { bind: Some(default_http()) }
+        RawHttp {
+            bind: Some(default_http()),
+        }
     }
 }
 
@@ -187,7 +199,10 @@ struct RawSpool {
 
 impl Default for RawSpool {
     fn default() -> Self {
-        RawSpool { min_free_space: 100 * 1024 * 1024, segment_size: 64 * 1024 * 1024 }
+        RawSpool {
+            min_free_space: 100 * 1024 * 1024,
+            segment_size: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -276,37 +291,72 @@ impl Config {
             return Config::from_raw(RawConfig::default(), None, Path::new("."));
         };
         let file = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
     /// Parses config text as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.clone(), message: e.to_string().trim_end().to_string() })?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         Config::from_raw(raw, Some(path), base)
     }
 
     fn from_raw(raw: RawConfig, source: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
-        let file = source.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
-        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.clone(), key, message };
+        let file = source
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<defaults>".into());
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.clone(),
+            key,
+            message,
+        };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let hostname = match raw.server.hostname {
             Some(h) => Domain::parse(&h, false)
-                .map_err(|e| invalid("server.hostname".into(), format!("{h:?} is not a hostname: {e}")))?
+                .map_err(|e| {
+                    invalid(
+                        "server.hostname".into(),
+                        format!("{h:?} is not a hostname: {e}"),
+                    )
+                })?
                 .to_string(),
             None => system_hostname(),
         };
-        let data_dir = resolve(raw.server.data_dir.unwrap_or_else(|| PathBuf::from("mailgate-data")));
+        let data_dir = resolve(
+            raw.server
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("mailgate-data")),
+        );
 
         let listeners = match raw.listener {
-            Some(list) => list.into_iter().map(|l| Listener { role: l.role, bind: l.bind }).collect(),
+            Some(list) => list
+                .into_iter()
+                .map(|l| Listener {
+                    role: l.role,
+                    bind: l.bind,
+                })
+                .collect(),
             None => vec![
-                Listener { role: Role::Mx, bind: SocketAddr::from(([127, 0, 0, 1], 2525)) },
-                Listener { role: Role::Submission, bind: SocketAddr::from(([127, 0, 0, 1], 5870)) },
+                Listener {
+                    role: Role::Mx,
+                    bind: SocketAddr::from(([127, 0, 0, 1], 2525)),
+                },
+                Listener {
+                    role: Role::Submission,
+                    bind: SocketAddr::from(([127, 0, 0, 1], 5870)),
+                },
             ],
         };
         for (i, l) in listeners.iter().enumerate() {
@@ -317,20 +367,32 @@ impl Config {
                 ));
             }
             if listeners[..i].iter().any(|o| o.bind == l.bind) {
-                return Err(invalid(format!("listener[{i}].bind"), format!("{} is used by another listener", l.bind)));
+                return Err(invalid(
+                    format!("listener[{i}].bind"),
+                    format!("{} is used by another listener", l.bind),
+                ));
             }
         }
 
         let mut domains: Vec<DomainConfig> = Vec::new();
         for (i, d) in raw.domain.into_iter().enumerate() {
-            let name = Domain::parse(&d.name, true)
-                .map_err(|e| invalid(format!("domain[{i}].name"), format!("{:?} is not a domain: {e}", d.name)))?;
+            let name = Domain::parse(&d.name, true).map_err(|e| {
+                invalid(
+                    format!("domain[{i}].name"),
+                    format!("{:?} is not a domain: {e}", d.name),
+                )
+            })?;
             if domains.iter().any(|o| o.name == name) {
-                return Err(invalid(format!("domain[{i}].name"), format!("{name} is listed twice")));
+                return Err(invalid(
+                    format!("domain[{i}].name"),
+                    format!("{name} is listed twice"),
+                ));
             }
             let deliver = d
                 .deliver
-                .map(|s| parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m)))
+                .map(|s| {
+                    parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m))
+                })
                 .transpose()?;
             domains.push(DomainConfig { name, deliver });
         }
@@ -338,34 +400,62 @@ impl Config {
         let mut users: Vec<User> = Vec::new();
         for (i, u) in raw.user.into_iter().enumerate() {
             if u.name.is_empty() || users.iter().any(|o| o.name == u.name) {
-                return Err(invalid(format!("user[{i}].name"), "must be non-empty and unique".into()));
+                return Err(invalid(
+                    format!("user[{i}].name"),
+                    "must be non-empty and unique".into(),
+                ));
             }
             if !u.password.starts_with("$argon2id$") {
-                return Err(invalid(format!("user[{i}].password"), "must be an argon2id hash ($argon2id$...)".into()));
+                return Err(invalid(
+                    format!("user[{i}].password"),
+                    "must be an argon2id hash ($argon2id$...)".into(),
+                ));
             }
-            users.push(User { name: u.name, password_hash: u.password, send_as: u.send_as });
+            users.push(User {
+                name: u.name,
+                password_hash: u.password,
+                send_as: u.send_as,
+            });
         }
 
         if let Some(s) = &raw.delivery.smarthost {
             if !s.starts_with("smtp://") {
-                return Err(invalid("delivery.smarthost".into(), format!("{s:?} must look like smtp://[user:pass@]host:port")));
+                return Err(invalid(
+                    "delivery.smarthost".into(),
+                    format!("{s:?} must look like smtp://[user:pass@]host:port"),
+                ));
             }
         }
         let limits = raw.limits;
         if limits.max_recipients < 100 {
-            return Err(invalid("limits.max_recipients".into(), "must be at least 100 (RFC 5321 4.5.3.1.8)".into()));
+            return Err(invalid(
+                "limits.max_recipients".into(),
+                "must be at least 100 (RFC 5321 4.5.3.1.8)".into(),
+            ));
         }
         if limits.max_message_size < 1024 {
-            return Err(invalid("limits.max_message_size".into(), "must be at least 1024".into()));
+            return Err(invalid(
+                "limits.max_message_size".into(),
+                "must be at least 1024".into(),
+            ));
         }
         if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
-            return Err(invalid("limits.max_connections".into(), "must be positive".into()));
+            return Err(invalid(
+                "limits.max_connections".into(),
+                "must be positive".into(),
+            ));
         }
         if limits.command_timeout == 0 || limits.data_timeout == 0 {
-            return Err(invalid("limits.command_timeout".into(), "timeouts must be positive".into()));
+            return Err(invalid(
+                "limits.command_timeout".into(),
+                "timeouts must be positive".into(),
+            ));
         }
         if raw.spool.segment_size < 1024 * 1024 {
-            return Err(invalid("spool.segment_size".into(), "must be at least 1 MiB".into()));
+            return Err(invalid(
+                "spool.segment_size".into(),
+                "must be at least 1 MiB".into(),
+            ));
         }
 
         Ok(Config {
@@ -374,7 +464,10 @@ impl Config {
             data_dir,
             public_addresses: raw.server.public_addresses,
             listeners,
-            tls: raw.tls.map(|t| TlsFiles { cert: resolve(t.cert), key: resolve(t.key) }),
+            tls: raw.tls.map(|t| TlsFiles {
+                cert: resolve(t.cert),
+                key: resolve(t.key),
+            }),
             nameservers: raw.dns.nameservers,
             trusted_networks: raw.relay.trusted_networks,
             mx_port: raw.delivery.mx_port,
@@ -383,7 +476,10 @@ impl Config {
             users,
             http_bind: raw.http.bind,
             limits,
-            spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },
+            spool: SpoolConfig {
+                min_free_space: raw.spool.min_free_space,
+                segment_size: raw.spool.segment_size,
+            },
             log_format: raw.log.format,
         })
     }
@@ -403,7 +499,9 @@ impl Config {
 
 fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
     let host_port = |rest: &str| -> Result<String, String> {
-        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{s:?} needs host:port"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} needs host:port"))?;
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(format!("{s:?} needs host:port"));
         }
@@ -415,9 +513,15 @@ fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
         Ok(NextHop::Lmtp(host_port(rest)?))
     } else if let Some(rest) = s.strip_prefix("maildir:") {
         let p = PathBuf::from(rest);
-        Ok(NextHop::Maildir(if p.is_absolute() { p } else { base.join(p) }))
+        Ok(NextHop::Maildir(if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }))
     } else {
-        Err(format!("{s:?} must be smtp://host:port, lmtp://host:port or maildir:/path"))
+        Err(format!(
+            "{s:?} must be smtp://host:port, lmtp://host:port or maildir:/path"
+        ))
     }
 }
 
@@ -457,18 +561,26 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let e = parse("[server]\nhostnme = \"x\"\n").unwrap_err().to_string();
+        let e = parse("[server]\nhostnme = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/etc/mailgate/test.toml"), "{e}");
         assert!(e.contains("hostnme"), "{e}");
     }
 
     #[test]
     fn bad_value_names_key() {
-        let e = parse("[limits]\nmax_recipients = 5\n").unwrap_err().to_string();
+        let e = parse("[limits]\nmax_recipients = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limits.max_recipients"), "{e}");
-        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n").unwrap_err().to_string();
+        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bind"), "{e}");
-        let e = parse("[[domain]]\nname = \"example.test\"\ndeliver = \"ftp://x\"\n").unwrap_err().to_string();
+        let e = parse("[[domain]]\nname = \"example.test\"\ndeliver = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("domain[0].deliver"), "{e}");
     }
 
@@ -477,6 +589,9 @@ mod tests {
         let c = parse("[server]\ndata_dir = \"spool\"\n[[domain]]\nname = \"Example.TEST\"\ndeliver = \"maildir:mail\"\n").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/etc/mailgate/spool"));
         assert_eq!(c.domains[0].name.as_str(), "example.test");
-        assert_eq!(c.domains[0].deliver, Some(NextHop::Maildir(PathBuf::from("/etc/mailgate/mail"))));
+        assert_eq!(
+            c.domains[0].deliver,
+            Some(NextHop::Maildir(PathBuf::from("/etc/mailgate/mail")))
+        );
     }
 }

@@ -15,7 +15,10 @@ use crate::spool::{Spool, SpoolError};
 
 pub enum Command {
     /// Remove a message from the queue without delivering it.
-    Delete { id: QueueId, done: oneshot::Sender<Result<bool, SpoolError>> },
+    Delete {
+        id: QueueId,
+        done: oneshot::Sender<Result<bool, SpoolError>>,
+    },
 }
 
 #[derive(Clone)]
@@ -26,7 +29,10 @@ pub struct Handle {
 impl Handle {
     pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Command::Delete { id, done }).await.map_err(|_| SpoolError::Stopped)?;
+        self.tx
+            .send(Command::Delete { id, done })
+            .await
+            .map_err(|_| SpoolError::Stopped)?;
         rx.await.map_err(|_| SpoolError::Stopped)?
     }
 }

@@ -38,7 +38,10 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// One message in the shape `mailgate queue list --json` documents.
@@ -68,16 +71,31 @@ pub fn message_json(q: &Queued, now: u64) -> Value {
 
 async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
     let now = now();
-    let messages: Vec<Value> = api.spool.list().iter().map(|q| message_json(q, now)).collect();
+    let messages: Vec<Value> = api
+        .spool
+        .list()
+        .iter()
+        .map(|q| message_json(q, now))
+        .collect();
     Json(json!({ "messages": messages }))
 }
 
 fn parse_id(id: &str) -> Result<QueueId, Response> {
-    QueueId::parse(id).ok_or_else(|| (StatusCode::BAD_REQUEST, Json(json!({"error": "malformed queue id"}))).into_response())
+    QueueId::parse(id).ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "malformed queue id"})),
+        )
+            .into_response()
+    })
 }
 
 fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": "no such message"}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "no such message"})),
+    )
+        .into_response()
 }
 
 async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
@@ -85,7 +103,9 @@ async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
         Ok(id) => id,
         Err(r) => return r,
     };
-    let Some(q) = api.spool.get(&id) else { return not_found() };
+    let Some(q) = api.spool.get(&id) else {
+        return not_found();
+    };
     let mut v = message_json(&q, now());
     let env = &q.envelope;
     v["client"] = json!({ "ip": env.client.ip.to_string(), "helo": env.client.helo, "listener": env.client.listener });
@@ -93,7 +113,11 @@ async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     v["envid"] = json!(env.envid);
     v["received_at"] = json!(env.received_at);
     if let Ok(Some(data)) = api.spool.read_data(&id) {
-        let end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(data.len());
+        let end = data
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 2)
+            .unwrap_or(data.len());
         v["headers"] = json!(String::from_utf8_lossy(&data[..end]));
     }
     for (i, r) in env.recipients.iter().enumerate() {
@@ -111,7 +135,11 @@ async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
     match api.scheduler.delete(id.clone()).await {
         Ok(true) => Json(json!({"deleted": id.as_str()})).into_response(),
         Ok(false) => not_found(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 
@@ -129,11 +157,31 @@ async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     let m = &api.metrics;
     let (fsyncs, records) = api.spool.sync_stats();
     let lines = [
-        ("mailgate_connections_total", "counter", Metrics::get(&m.connections)),
-        ("mailgate_connections_refused_total", "counter", Metrics::get(&m.connections_refused)),
-        ("mailgate_messages_accepted_total", "counter", Metrics::get(&m.messages_accepted)),
-        ("mailgate_bytes_accepted_total", "counter", Metrics::get(&m.bytes_accepted)),
-        ("mailgate_spool_errors_total", "counter", Metrics::get(&m.spool_errors)),
+        (
+            "mailgate_connections_total",
+            "counter",
+            Metrics::get(&m.connections),
+        ),
+        (
+            "mailgate_connections_refused_total",
+            "counter",
+            Metrics::get(&m.connections_refused),
+        ),
+        (
+            "mailgate_messages_accepted_total",
+            "counter",
+            Metrics::get(&m.messages_accepted),
+        ),
+        (
+            "mailgate_bytes_accepted_total",
+            "counter",
+            Metrics::get(&m.bytes_accepted),
+        ),
+        (
+            "mailgate_spool_errors_total",
+            "counter",
+            Metrics::get(&m.spool_errors),
+        ),
         ("mailgate_spool_fsyncs_total", "counter", fsyncs),
         ("mailgate_spool_records_total", "counter", records),
         ("mailgate_queue_messages", "gauge", api.spool.len() as u64),

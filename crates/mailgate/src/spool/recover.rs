@@ -45,7 +45,11 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("seg-")
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             out.push((n, entry.path()));
         }
     }
@@ -64,7 +68,12 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
             match record::decode(&bytes[pos..]) {
                 Ok((rec, len)) => {
                     match rec {
-                        Record::Message { id, envelope, data_offset, data } => {
+                        Record::Message {
+                            id,
+                            envelope,
+                            data_offset,
+                            data,
+                        } => {
                             let entry = Entry {
                                 segment: *number,
                                 data_offset: (pos + data_offset) as u64,
@@ -101,14 +110,19 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         let rescue = next_segment;
         next_segment += 1;
         let rescue_path = segment_path(dir, rescue);
-        let mut out = OpenOptions::new().create_new(true).append(true).open(&rescue_path)?;
+        let mut out = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&rescue_path)?;
         let mut offset = 0u64;
         let mut rescued: HashMap<u64, usize> = HashMap::new();
         for (number, path, ..) in &damaged {
             let bytes = fs::read(path)?;
             for (id, entry) in index.iter_mut().filter(|(_, e)| e.segment == *number) {
                 let start = entry.data_offset as usize;
-                let Some(data) = bytes.get(start..start + entry.data_len as usize) else { continue };
+                let Some(data) = bytes.get(start..start + entry.data_len as usize) else {
+                    continue;
+                };
                 let (rec, data_offset) = record::encode_message(id, &entry.envelope, data);
                 out.write_all(&rec)?;
                 entry.segment = rescue;
@@ -123,19 +137,32 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         for (number, path, at, reason) in damaged {
             let moved_to = corrupt_dir.join(path.file_name().unwrap_or_default());
             fs::rename(&path, &moved_to)?;
-            fs::write(moved_to.with_extension("log.why"), format!("offset {at}: {reason}\n"))?;
+            fs::write(
+                moved_to.with_extension("log.why"),
+                format!("offset {at}: {reason}\n"),
+            )?;
             let n = rescued.get(&number).copied().unwrap_or(0);
             tracing::warn!(
                 file = %moved_to.display(), offset = at, reason = %reason, rescued = n,
                 "spool: damaged segment moved aside; its intact messages were kept"
             );
             kept.retain(|(k, _)| *k != number);
-            report.corrupt.push(CorruptSegment { moved_to, offset: at, reason, rescued: n });
+            report.corrupt.push(CorruptSegment {
+                moved_to,
+                offset: at,
+                reason,
+                rescued: n,
+            });
         }
         sync_dir(&corrupt_dir)?;
         sync_dir(dir)?;
     }
     report.messages = index.len();
     report.segments = kept.len();
-    Ok(Recovered { index, segments: kept, next_segment, report })
+    Ok(Recovered {
+        index,
+        segments: kept,
+        next_segment,
+        report,
+    })
 }
