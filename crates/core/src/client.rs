@@ -209,14 +209,7 @@ impl Client {
         let mut out = Vec::new();
         let Some(expect) = self.expect.pop_front() else {
             // A reply nobody asked for: the server is confused or hostile.
-            return self.fail(
-                local(
-                    421,
-                    StatusCode::new(4, 5, 0),
-                    "unexpected reply from server",
-                ),
-                out,
-            );
+            return self.fail(local(421, StatusCode::new(4, 5, 0), "unexpected reply from server"), out);
         };
         match expect {
             Expect::Greeting => {
@@ -234,26 +227,15 @@ impl Client {
                         out.push(ClientAction::Send(b"STARTTLS\r\n".to_vec()));
                         self.expect.push_back(Expect::StartTls);
                     } else if self.config.tls == TlsMode::Required && !self.tls_active {
-                        return self.fail(
-                            local(
-                                421,
-                                StatusCode::new(4, 7, 10),
-                                "TLS is required but the server does not offer STARTTLS",
-                            ),
-                            out,
-                        );
+                        return self
+                            .fail(local(421, StatusCode::new(4, 7, 10), "TLS is required but the server does not offer STARTTLS"), out);
                     } else {
                         self.ext = Some(ext);
                         out.push(ClientAction::Ready);
                     }
-                } else if (500..=504).contains(&reply.code)
-                    && !self.config.lmtp
-                    && self.config.tls != TlsMode::Required
-                {
+                } else if (500..=504).contains(&reply.code) && !self.config.lmtp && self.config.tls != TlsMode::Required {
                     // An old server: fall back to HELO (RFC 5321 §3.2).
-                    out.push(ClientAction::Send(
-                        format!("HELO {}\r\n", self.config.helo).into_bytes(),
-                    ));
+                    out.push(ClientAction::Send(format!("HELO {}\r\n", self.config.helo).into_bytes()));
                     self.expect.push_back(Expect::Helo);
                 } else {
                     return self.fail(reply, out);
@@ -367,10 +349,7 @@ impl Client {
                 let o = Outcome::Permanent(local(
                     552,
                     StatusCode::new(5, 3, 4),
-                    &format!(
-                        "message size {} exceeds the server's limit {limit}",
-                        message.size
-                    ),
+                    &format!("message size {} exceeds the server's limit {limit}", message.size),
                 ));
                 self.message = Some(message);
                 self.outcomes = vec![Some(o); n];
@@ -379,11 +358,7 @@ impl Client {
             }
         }
         if message.smtputf8 && !ext.smtputf8 {
-            let o = Outcome::Permanent(local(
-                553,
-                StatusCode::new(5, 6, 7),
-                "the server does not support SMTPUTF8",
-            ));
+            let o = Outcome::Permanent(local(553, StatusCode::new(5, 6, 7), "the server does not support SMTPUTF8"));
             self.message = Some(message);
             self.outcomes = vec![Some(o); n];
             self.finish(&mut out);
@@ -391,11 +366,7 @@ impl Client {
         }
         let mut cmds = self.mail_command(&message, &ext);
         self.expect.push_back(Expect::Mail);
-        let rcpts: Vec<Vec<u8>> = message
-            .recipients
-            .iter()
-            .map(|r| rcpt_command(r, &ext))
-            .collect();
+        let rcpts: Vec<Vec<u8>> = message.recipients.iter().map(|r| rcpt_command(r, &ext)).collect();
         self.message = Some(message);
         if ext.pipelining {
             for (i, r) in rcpts.into_iter().enumerate() {
@@ -431,10 +402,7 @@ impl Client {
                 self.finish(out);
                 return;
             }
-            out.push(ClientAction::Send(rcpt_command(
-                &message.recipients[i],
-                &ext,
-            )));
+            out.push(ClientAction::Send(rcpt_command(&message.recipients[i], &ext)));
             self.expect.push_back(Expect::Rcpt(i));
             return;
         }
@@ -456,11 +424,7 @@ impl Client {
     }
 
     fn push_content_expects(&mut self) {
-        let n = if self.config.lmtp {
-            self.accepted.len()
-        } else {
-            1
-        };
+        let n = if self.config.lmtp { self.accepted.len() } else { 1 };
         for _ in 0..n {
             self.expect.push_back(Expect::Content);
         }
@@ -474,20 +438,11 @@ impl Client {
     }
 
     fn finish(&mut self, out: &mut Vec<ClientAction>) {
-        let temp = Outcome::Temporary(local(
-            451,
-            StatusCode::new(4, 4, 0),
-            "no reply for this recipient",
-        ));
-        let outcomes = self
-            .outcomes
-            .drain(..)
-            .map(|o| o.unwrap_or_else(|| temp.clone()))
-            .collect();
+        let temp = Outcome::Temporary(local(451, StatusCode::new(4, 4, 0), "no reply for this recipient"));
+        let outcomes = self.outcomes.drain(..).map(|o| o.unwrap_or_else(|| temp.clone())).collect();
         self.message = None;
         self.accepted.clear();
-        self.expect
-            .retain(|e| !matches!(e, Expect::Content | Expect::Data));
+        self.expect.retain(|e| !matches!(e, Expect::Content | Expect::Data));
         out.push(ClientAction::Finished(outcomes));
     }
 
@@ -515,11 +470,7 @@ impl Client {
         for i in self.accepted.drain(..) {
             self.outcomes[i] = None;
         }
-        let outcomes = self
-            .outcomes
-            .drain(..)
-            .map(|o| o.unwrap_or_else(|| temp.clone()))
-            .collect();
+        let outcomes = self.outcomes.drain(..).map(|o| o.unwrap_or_else(|| temp.clone())).collect();
         self.message = None;
         Some(outcomes)
     }
@@ -551,11 +502,7 @@ impl Client {
         }
         if ext.dsn {
             if let Some(ret) = m.ret {
-                cmd.push_str(if ret == Ret::Full {
-                    " RET=FULL"
-                } else {
-                    " RET=HDRS"
-                });
+                cmd.push_str(if ret == Ret::Full { " RET=FULL" } else { " RET=HDRS" });
             }
             if let Some(envid) = &m.envid {
                 cmd.push_str(&format!(" ENVID={}", xtext::encode(envid)));
@@ -580,19 +527,11 @@ fn rcpt_command(r: &OutboundRecipient, ext: &Extensions) -> Vec<u8> {
             if n.delay {
                 words.push("DELAY");
             }
-            let value = if words.is_empty() {
-                "NEVER".to_string()
-            } else {
-                words.join(",")
-            };
+            let value = if words.is_empty() { "NEVER".to_string() } else { words.join(",") };
             cmd.push_str(&format!(" NOTIFY={value}"));
         }
         if let Some(o) = &r.orcpt {
-            cmd.push_str(&format!(
-                " ORCPT={};{}",
-                o.addr_type,
-                xtext::encode(&o.address)
-            ));
+            cmd.push_str(&format!(" ORCPT={};{}", o.addr_type, xtext::encode(&o.address)));
         }
     }
     cmd.push_str("\r\n");

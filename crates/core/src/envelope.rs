@@ -22,10 +22,7 @@ impl QueueId {
 
     /// Parses an id given by a user or read from disk.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 20
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
-        .then(|| QueueId(s.to_string()))
+        (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))).then(|| QueueId(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -65,11 +62,7 @@ pub struct Notify {
 }
 
 impl Notify {
-    pub const NEVER: Notify = Notify {
-        success: false,
-        failure: false,
-        delay: false,
-    };
+    pub const NEVER: Notify = Notify { success: false, failure: false, delay: false };
 
     pub fn parse(s: &str) -> Option<Self> {
         if s.eq_ignore_ascii_case("NEVER") {
@@ -128,6 +121,12 @@ pub struct Recipient {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply: Option<String>,
+    /// The host that gave `last_reply` (DSN `Remote-MTA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// When to try next, seconds since the epoch; 0 means at once.
+    #[serde(default)]
+    pub next_attempt: u64,
 }
 
 impl Recipient {
@@ -139,7 +138,14 @@ impl Recipient {
             status: RecipientStatus::Scheduled,
             attempts: 0,
             last_reply: None,
+            remote: None,
+            next_attempt: 0,
         }
+    }
+
+    /// Still to be delivered (scheduled or deferred).
+    pub fn is_pending(&self) -> bool {
+        !self.status.is_final()
     }
 }
 
@@ -172,6 +178,9 @@ pub struct Envelope {
     /// Seconds since the Unix epoch when the message was accepted.
     #[serde(default)]
     pub received_at: u64,
+    /// A delay warning has been sent for this message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_warned: bool,
 }
 
 #[cfg(test)]
@@ -181,14 +190,7 @@ mod tests {
     #[test]
     fn notify_parse() {
         assert_eq!(Notify::parse("never"), Some(Notify::NEVER));
-        assert_eq!(
-            Notify::parse("FAILURE"),
-            Some(Notify {
-                success: false,
-                failure: true,
-                delay: false
-            })
-        );
+        assert_eq!(Notify::parse("FAILURE"), Some(Notify { success: false, failure: true, delay: false }));
         assert_eq!(Notify::parse("FAILURE,FAILURE"), None);
         assert_eq!(Notify::parse("NEVER,FAILURE"), None);
         assert_eq!(Notify::parse(""), None);

@@ -12,11 +12,7 @@ pub struct StatusCode {
 
 impl StatusCode {
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
+        Self { class, subject, detail }
     }
 }
 
@@ -37,20 +33,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, status: StatusCode, text: impl Into<String>) -> Self {
-        Self {
-            code,
-            status: Some(status),
-            lines: vec![text.into()],
-        }
+        Self { code, status: Some(status), lines: vec![text.into()] }
     }
 
     /// A reply without an enhanced status code (greeting, EHLO, 354, 334).
     pub fn bare(code: u16, lines: Vec<String>) -> Self {
-        Self {
-            code,
-            status: None,
-            lines,
-        }
+        Self { code, status: None, lines }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -181,10 +169,7 @@ impl ReplyReader {
             }
             let line = String::from_utf8_lossy(&line).into_owned();
             let b = line.as_bytes();
-            if b.len() < 3
-                || !b[..3].iter().all(u8::is_ascii_digit)
-                || !(b'2'..=b'5').contains(&b[0])
-            {
+            if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&b[0]) {
                 return Err(ReplyError("malformed reply"));
             }
             let last = match b.get(3) {
@@ -211,26 +196,16 @@ impl ReplyReader {
 
 fn assemble(lines: Vec<String>) -> Reply {
     let code: u16 = lines[0][..3].parse().unwrap_or(500); // ok: checked to be three digits
-    let texts: Vec<String> = lines
-        .iter()
-        .map(|l| l.get(4..).unwrap_or("").to_string())
-        .collect();
+    let texts: Vec<String> = lines.iter().map(|l| l.get(4..).unwrap_or("").to_string()).collect();
     let status = texts.first().and_then(|t| parse_status(t, code));
     let texts = match status {
         Some(s) => {
             let prefix = format!("{s} ");
-            texts
-                .into_iter()
-                .map(|t| t.strip_prefix(&prefix).map(str::to_string).unwrap_or(t))
-                .collect()
+            texts.into_iter().map(|t| t.strip_prefix(&prefix).map(str::to_string).unwrap_or(t)).collect()
         }
         None => texts,
     };
-    Reply {
-        code,
-        status,
-        lines: texts,
-    }
+    Reply { code, status, lines: texts }
 }
 
 fn parse_status(text: &str, code: u16) -> Option<StatusCode> {

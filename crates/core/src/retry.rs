@@ -58,10 +58,7 @@ mod tests {
 
     #[test]
     fn grows_and_caps() {
-        let p = RetryPolicy {
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
         assert_eq!(p.delay(1, 0.5), Duration::from_secs(300));
         assert_eq!(p.delay(2, 0.5), Duration::from_secs(600));
         assert_eq!(p.delay(3, 0.5), Duration::from_secs(1200));

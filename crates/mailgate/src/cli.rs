@@ -10,11 +10,7 @@ use serde_json::Value;
 use crate::config::Config;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "mailgate",
-    version,
-    about = "A mail transfer agent for the organisation's edge"
-)]
+#[command(name = "mailgate", version, about = "A mail transfer agent for the organisation's edge")]
 pub struct Cli {
     /// Configuration file (TOML). Without it, built-in defaults apply.
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
@@ -50,37 +46,24 @@ pub enum QueueAction {
     },
     /// Delete a message without delivering it.
     Delete { id: String },
+    /// Try a message's pending recipients now, ignoring the backoff.
+    Retry { id: String },
 }
 
 fn api_base(config: &Config) -> anyhow::Result<String> {
-    let bind = config
-        .http_bind
-        .context("[http].bind is not set; the admin API is disabled")?;
-    let host = if bind.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        bind.ip().to_string()
-    };
-    let host = if bind.is_ipv6() && !bind.ip().is_unspecified() {
-        format!("[{host}]")
-    } else {
-        host
-    };
+    let bind = config.http_bind.context("[http].bind is not set; the admin API is disabled")?;
+    let host = if bind.ip().is_unspecified() { "127.0.0.1".to_string() } else { bind.ip().to_string() };
+    let host = if bind.is_ipv6() && !bind.ip().is_unspecified() { format!("[{host}]") } else { host };
     Ok(format!("http://{host}:{}/api/v1", bind.port()))
 }
 
 fn call(method: &str, url: &str) -> anyhow::Result<Value> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(30))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30)).build();
     match agent.request(method, url).call() {
         Ok(resp) => resp.into_json().context("the server sent invalid JSON"),
         Err(ureq::Error::Status(code, resp)) => {
             let body: Value = resp.into_json().unwrap_or(Value::Null);
-            let why = body["error"]
-                .as_str()
-                .unwrap_or("request failed")
-                .to_string();
+            let why = body["error"].as_str().unwrap_or("request failed").to_string();
             bail!("{why} (HTTP {code})")
         }
         Err(e) => bail!("cannot reach the admin API at {url}: {e}; is `mailgate serve` running?"),
@@ -106,6 +89,10 @@ pub fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
         }
+        QueueAction::Retry { id } => {
+            call("POST", &format!("{base}/queue/{id}/retry"))?;
+            println!("retrying {id}");
+        }
         QueueAction::Delete { id } => {
             call("DELETE", &format!("{base}/queue/{id}"))?;
             println!("deleted {id}");
@@ -117,25 +104,15 @@ pub fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
 fn print_table(v: &Value) {
     let empty = Vec::new();
     let messages = v["messages"].as_array().unwrap_or(&empty);
-    println!(
-        "{:<20} {:>8} {:>9}  {:<30} RECIPIENTS",
-        "ID", "AGE", "SIZE", "SENDER"
-    );
+    println!("{:<20} {:>8} {:>9}  {:<30} RECIPIENTS", "ID", "AGE", "SIZE", "SENDER");
     for m in messages {
-        let sender = m["sender"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("<>");
+        let sender = m["sender"].as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
         let rcpts: Vec<String> = m["recipients"]
             .as_array()
             .unwrap_or(&empty)
             .iter()
             .map(|r| {
-                let mut s = format!(
-                    "{} ({})",
-                    r["address"].as_str().unwrap_or("?"),
-                    r["status"].as_str().unwrap_or("?")
-                );
+                let mut s = format!("{} ({})", r["address"].as_str().unwrap_or("?"), r["status"].as_str().unwrap_or("?"));
                 if let Some(reply) = r["last_reply"].as_str() {
                     s.push_str(&format!(" [{reply}]"));
                 }

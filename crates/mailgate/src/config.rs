@@ -18,18 +18,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    Read { file: String, source: std::io::Error },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     #[error("{file}: {key}: {message}")]
-    Invalid {
-        file: String,
-        key: String,
-        message: String,
-    },
+    Invalid { file: String, key: String, message: String },
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -46,7 +39,7 @@ struct RawConfig {
     #[serde(default)]
     relay: RawRelay,
     #[serde(default)]
-    delivery: RawDelivery,
+    delivery: Delivery,
     #[serde(default)]
     domain: Vec<RawDomain>,
     #[serde(default)]
@@ -97,25 +90,56 @@ struct RawRelay {
     trusted_networks: Vec<IpNet>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDelivery {
-    #[serde(default = "default_mx_port")]
-    mx_port: u16,
-    smarthost: Option<String>,
+/// `[delivery]`: how queued mail leaves, with every default.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// TCP port used when delivering to MX hosts.
+    pub mx_port: u16,
+    /// `smtp://[user:pass@]host:port`: send all non-local mail through it.
+    pub smarthost: Option<String>,
+    /// Simultaneous connections to one destination.
+    pub concurrency_per_destination: usize,
+    /// Simultaneous outbound connections in all.
+    pub max_concurrency: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// Seconds an idle connection is kept for reuse.
+    pub idle_timeout: u64,
+    /// Seconds to wait for a TCP connection.
+    pub connect_timeout: u64,
+    /// Seconds to wait for a reply (RFC 5321 §4.5.3.2 asks for minutes).
+    pub command_timeout: u64,
+    /// Seconds before the first retry; later retries back off exponentially.
+    pub retry_initial: u64,
+    /// Longest delay between retries, in seconds.
+    pub retry_max: u64,
+    /// Seconds after which undelivered mail is bounced.
+    pub max_age: u64,
+    /// Seconds after which the sender gets a delay warning; 0 turns them off.
+    pub delay_warning: u64,
+    /// Messages the scheduler keeps in flight at once (its memory window).
+    pub window: usize,
 }
 
-impl Default for RawDelivery {
+impl Default for Delivery {
     fn default() -> Self {
-        RawDelivery {
-            mx_port: default_mx_port(),
+        Delivery {
+            mx_port: 25,
             smarthost: None,
+            concurrency_per_destination: 20,
+            max_concurrency: 200,
+            max_messages_per_connection: 100,
+            idle_timeout: 5,
+            connect_timeout: 30,
+            command_timeout: 300,
+            retry_initial: 300,
+            retry_max: 4 * 3600,
+            max_age: 5 * 24 * 3600,
+            delay_warning: 0,
+            window: 10_000,
         }
     }
-}
-
-fn default_mx_port() -> u16 {
-    25
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,9 +166,7 @@ struct RawHttp {
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp {
-            bind: Some(default_http()),
-        }
+        RawHttp { bind: Some(default_http()) }
     }
 }
 
@@ -199,10 +221,7 @@ struct RawSpool {
 
 impl Default for RawSpool {
     fn default() -> Self {
-        RawSpool {
-            min_free_space: 100 * 1024 * 1024,
-            segment_size: 64 * 1024 * 1024,
-        }
+        RawSpool { min_free_space: 100 * 1024 * 1024, segment_size: 64 * 1024 * 1024 }
     }
 }
 
@@ -274,8 +293,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub nameservers: Option<Vec<SocketAddr>>,
     pub trusted_networks: Vec<IpNet>,
-    pub mx_port: u16,
-    pub smarthost: Option<String>,
+    pub delivery: Delivery,
+    pub smarthost: Option<Smarthost>,
     pub domains: Vec<DomainConfig>,
     pub users: Vec<User>,
     pub http_bind: Option<SocketAddr>,
@@ -291,72 +310,37 @@ impl Config {
             return Config::from_raw(RawConfig::default(), None, Path::new("."));
         };
         let file = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
         Config::parse(&text, path)
     }
 
     /// Parses config text as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.clone(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.clone(), message: e.to_string().trim_end().to_string() })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         Config::from_raw(raw, Some(path), base)
     }
 
     fn from_raw(raw: RawConfig, source: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
-        let file = source
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "<defaults>".into());
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            file: file.clone(),
-            key,
-            message,
-        };
+        let file = source.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
+        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.clone(), key, message };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let hostname = match raw.server.hostname {
             Some(h) => Domain::parse(&h, false)
-                .map_err(|e| {
-                    invalid(
-                        "server.hostname".into(),
-                        format!("{h:?} is not a hostname: {e}"),
-                    )
-                })?
+                .map_err(|e| invalid("server.hostname".into(), format!("{h:?} is not a hostname: {e}")))?
                 .to_string(),
             None => system_hostname(),
         };
-        let data_dir = resolve(
-            raw.server
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from("mailgate-data")),
-        );
+        let data_dir = resolve(raw.server.data_dir.unwrap_or_else(|| PathBuf::from("mailgate-data")));
 
         let listeners = match raw.listener {
-            Some(list) => list
-                .into_iter()
-                .map(|l| Listener {
-                    role: l.role,
-                    bind: l.bind,
-                })
-                .collect(),
+            Some(list) => list.into_iter().map(|l| Listener { role: l.role, bind: l.bind }).collect(),
             None => vec![
-                Listener {
-                    role: Role::Mx,
-                    bind: SocketAddr::from(([127, 0, 0, 1], 2525)),
-                },
-                Listener {
-                    role: Role::Submission,
-                    bind: SocketAddr::from(([127, 0, 0, 1], 5870)),
-                },
+                Listener { role: Role::Mx, bind: SocketAddr::from(([127, 0, 0, 1], 2525)) },
+                Listener { role: Role::Submission, bind: SocketAddr::from(([127, 0, 0, 1], 5870)) },
             ],
         };
         for (i, l) in listeners.iter().enumerate() {
@@ -367,95 +351,62 @@ impl Config {
                 ));
             }
             if listeners[..i].iter().any(|o| o.bind == l.bind) {
-                return Err(invalid(
-                    format!("listener[{i}].bind"),
-                    format!("{} is used by another listener", l.bind),
-                ));
+                return Err(invalid(format!("listener[{i}].bind"), format!("{} is used by another listener", l.bind)));
             }
         }
 
         let mut domains: Vec<DomainConfig> = Vec::new();
         for (i, d) in raw.domain.into_iter().enumerate() {
-            let name = Domain::parse(&d.name, true).map_err(|e| {
-                invalid(
-                    format!("domain[{i}].name"),
-                    format!("{:?} is not a domain: {e}", d.name),
-                )
-            })?;
+            let name = Domain::parse(&d.name, true)
+                .map_err(|e| invalid(format!("domain[{i}].name"), format!("{:?} is not a domain: {e}", d.name)))?;
             if domains.iter().any(|o| o.name == name) {
-                return Err(invalid(
-                    format!("domain[{i}].name"),
-                    format!("{name} is listed twice"),
-                ));
+                return Err(invalid(format!("domain[{i}].name"), format!("{name} is listed twice")));
             }
-            let deliver = d
-                .deliver
-                .map(|s| {
-                    parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m))
-                })
-                .transpose()?;
+            let deliver =
+                d.deliver.map(|s| parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m))).transpose()?;
             domains.push(DomainConfig { name, deliver });
         }
 
         let mut users: Vec<User> = Vec::new();
         for (i, u) in raw.user.into_iter().enumerate() {
             if u.name.is_empty() || users.iter().any(|o| o.name == u.name) {
-                return Err(invalid(
-                    format!("user[{i}].name"),
-                    "must be non-empty and unique".into(),
-                ));
+                return Err(invalid(format!("user[{i}].name"), "must be non-empty and unique".into()));
             }
             if !u.password.starts_with("$argon2id$") {
-                return Err(invalid(
-                    format!("user[{i}].password"),
-                    "must be an argon2id hash ($argon2id$...)".into(),
-                ));
+                return Err(invalid(format!("user[{i}].password"), "must be an argon2id hash ($argon2id$...)".into()));
             }
-            users.push(User {
-                name: u.name,
-                password_hash: u.password,
-                send_as: u.send_as,
-            });
+            users.push(User { name: u.name, password_hash: u.password, send_as: u.send_as });
         }
 
-        if let Some(s) = &raw.delivery.smarthost {
-            if !s.starts_with("smtp://") {
-                return Err(invalid(
-                    "delivery.smarthost".into(),
-                    format!("{s:?} must look like smtp://[user:pass@]host:port"),
-                ));
-            }
+        let smarthost = match raw.delivery.smarthost.as_deref() {
+            Some(s) => Some(
+                Smarthost::parse(s)
+                    .ok_or_else(|| invalid("delivery.smarthost".into(), format!("{s:?} must look like smtp://[user:pass@]host:port")))?,
+            ),
+            None => None,
+        };
+        let d = &raw.delivery;
+        if d.concurrency_per_destination == 0 || d.max_concurrency == 0 || d.max_messages_per_connection == 0 || d.window == 0 {
+            return Err(invalid("delivery".into(), "concurrency, messages per connection and window must be positive".into()));
+        }
+        if d.retry_initial == 0 || d.retry_max < d.retry_initial || d.connect_timeout == 0 || d.command_timeout == 0 {
+            return Err(invalid("delivery.retry_max".into(), "timeouts must be positive and retry_max >= retry_initial".into()));
         }
         let limits = raw.limits;
         if limits.max_recipients < 100 {
-            return Err(invalid(
-                "limits.max_recipients".into(),
-                "must be at least 100 (RFC 5321 4.5.3.1.8)".into(),
-            ));
+            return Err(invalid("limits.max_recipients".into(), "must be at least 100 (RFC 5321 4.5.3.1.8)".into()));
         }
         if limits.max_message_size < 1024 {
-            return Err(invalid(
-                "limits.max_message_size".into(),
-                "must be at least 1024".into(),
-            ));
+            return Err(invalid("limits.max_message_size".into(), "must be at least 1024".into()));
         }
         if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
-            return Err(invalid(
-                "limits.max_connections".into(),
-                "must be positive".into(),
-            ));
+            return Err(invalid("limits.max_connections".into(), "must be positive".into()));
         }
         if limits.command_timeout == 0 || limits.data_timeout == 0 {
-            return Err(invalid(
-                "limits.command_timeout".into(),
-                "timeouts must be positive".into(),
-            ));
+            return Err(invalid("limits.command_timeout".into(), "timeouts must be positive".into()));
         }
         if raw.spool.segment_size < 1024 * 1024 {
-            return Err(invalid(
-                "spool.segment_size".into(),
-                "must be at least 1 MiB".into(),
-            ));
+            return Err(invalid("spool.segment_size".into(), "must be at least 1 MiB".into()));
         }
 
         Ok(Config {
@@ -464,22 +415,16 @@ impl Config {
             data_dir,
             public_addresses: raw.server.public_addresses,
             listeners,
-            tls: raw.tls.map(|t| TlsFiles {
-                cert: resolve(t.cert),
-                key: resolve(t.key),
-            }),
+            tls: raw.tls.map(|t| TlsFiles { cert: resolve(t.cert), key: resolve(t.key) }),
             nameservers: raw.dns.nameservers,
             trusted_networks: raw.relay.trusted_networks,
-            mx_port: raw.delivery.mx_port,
-            smarthost: raw.delivery.smarthost,
+            delivery: raw.delivery,
+            smarthost,
             domains,
             users,
             http_bind: raw.http.bind,
             limits,
-            spool: SpoolConfig {
-                min_free_space: raw.spool.min_free_space,
-                segment_size: raw.spool.segment_size,
-            },
+            spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },
             log_format: raw.log.format,
         })
     }
@@ -492,16 +437,73 @@ impl Config {
         Duration::from_secs(self.limits.data_timeout)
     }
 
-    pub fn is_local_domain(&self, d: &Domain) -> bool {
-        self.domains.iter().any(|c| &c.name == d)
+    pub fn domain(&self, d: &Domain) -> Option<&DomainConfig> {
+        self.domains.iter().find(|c| &c.name == d)
     }
+
+    pub fn retry_policy(&self) -> mailgate_core::retry::RetryPolicy {
+        let d = &self.delivery;
+        mailgate_core::retry::RetryPolicy {
+            initial: Duration::from_secs(d.retry_initial),
+            max: Duration::from_secs(d.retry_max),
+            max_age: Duration::from_secs(d.max_age),
+            delay_warning: (d.delay_warning > 0).then(|| Duration::from_secs(d.delay_warning)),
+            ..Default::default()
+        }
+    }
+}
+
+/// `[delivery].smarthost`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smarthost {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl Smarthost {
+    fn parse(s: &str) -> Option<Smarthost> {
+        let rest = s.strip_prefix("smtp://")?;
+        let (creds, hostport) = match rest.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, rest),
+        };
+        let credentials = match creds {
+            Some(c) => {
+                let (u, p) = c.split_once(':')?;
+                Some((percent_decode(u)?, percent_decode(p)?))
+            }
+            None => None,
+        };
+        let (host, port) = hostport.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return None;
+        }
+        Some(Smarthost { host: host.to_string(), port: port.parse().ok()?, credentials })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
     let host_port = |rest: &str| -> Result<String, String> {
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?} needs host:port"))?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{s:?} needs host:port"))?;
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(format!("{s:?} needs host:port"));
         }
@@ -513,15 +515,9 @@ fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
         Ok(NextHop::Lmtp(host_port(rest)?))
     } else if let Some(rest) = s.strip_prefix("maildir:") {
         let p = PathBuf::from(rest);
-        Ok(NextHop::Maildir(if p.is_absolute() {
-            p
-        } else {
-            base.join(p)
-        }))
+        Ok(NextHop::Maildir(if p.is_absolute() { p } else { base.join(p) }))
     } else {
-        Err(format!(
-            "{s:?} must be smtp://host:port, lmtp://host:port or maildir:/path"
-        ))
+        Err(format!("{s:?} must be smtp://host:port, lmtp://host:port or maildir:/path"))
     }
 }
 
@@ -561,27 +557,28 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let e = parse("[server]\nhostnme = \"x\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[server]\nhostnme = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("/etc/mailgate/test.toml"), "{e}");
         assert!(e.contains("hostnme"), "{e}");
     }
 
     #[test]
     fn bad_value_names_key() {
-        let e = parse("[limits]\nmax_recipients = 5\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[limits]\nmax_recipients = 5\n").unwrap_err().to_string();
         assert!(e.contains("limits.max_recipients"), "{e}");
-        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n").unwrap_err().to_string();
         assert!(e.contains("bind"), "{e}");
-        let e = parse("[[domain]]\nname = \"example.test\"\ndeliver = \"ftp://x\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[[domain]]\nname = \"example.test\"\ndeliver = \"ftp://x\"\n").unwrap_err().to_string();
         assert!(e.contains("domain[0].deliver"), "{e}");
+    }
+
+    #[test]
+    fn smarthost() {
+        let c = parse("[delivery]\nsmarthost = \"smtp://us%40er:p%3Ass@relay.test:587\"\n").unwrap();
+        let s = c.smarthost.unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("relay.test", 587));
+        assert_eq!(s.credentials, Some(("us@er".into(), "p:ss".into())));
+        assert!(parse("[delivery]\nsmarthost = \"relay.test\"\n").is_err());
     }
 
     #[test]
@@ -589,9 +586,6 @@ mod tests {
         let c = parse("[server]\ndata_dir = \"spool\"\n[[domain]]\nname = \"Example.TEST\"\ndeliver = \"maildir:mail\"\n").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/etc/mailgate/spool"));
         assert_eq!(c.domains[0].name.as_str(), "example.test");
-        assert_eq!(
-            c.domains[0].deliver,
-            Some(NextHop::Maildir(PathBuf::from("/etc/mailgate/mail")))
-        );
+        assert_eq!(c.domains[0].deliver, Some(NextHop::Maildir(PathBuf::from("/etc/mailgate/mail"))));
     }
 }

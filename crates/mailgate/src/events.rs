@@ -10,6 +10,9 @@ pub struct Metrics {
     pub messages_refused: AtomicU64,
     pub bytes_accepted: AtomicU64,
     pub spool_errors: AtomicU64,
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
 }
 
 impl Metrics {

@@ -34,12 +34,7 @@ pub struct Inbound {
     pub data_timeout: Duration,
 }
 
-pub async fn run(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<Inbound>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
     let trusted = ctx.trusted.iter().any(|n| n.contains(&peer.ip()));
     let mut session = Session::new(ctx.session.clone(), ctx.policy.clone(), peer.ip(), trusted);
     let mut out = Vec::with_capacity(1024);
@@ -104,10 +99,7 @@ pub async fn run(
 async fn store(ctx: &Inbound, peer: SocketAddr, incoming: Incoming) -> Result<QueueId, Reply> {
     let Incoming { mut envelope, data } = incoming;
     let now = SystemTime::now();
-    envelope.received_at = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    envelope.received_at = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let id = ctx.spool.new_id();
     let date = httpdate::fmt_http_date(now).replace(" GMT", " +0000");
     let header = received_header(&ctx.session.hostname, &envelope, &id, &date);
@@ -119,12 +111,7 @@ async fn store(ctx: &Inbound, peer: SocketAddr, incoming: Incoming) -> Result<Qu
         ReversePath::Null => "<>".to_string(),
         ReversePath::Mailbox(m) => m.to_string(),
     };
-    let rcpts = envelope
-        .recipients
-        .iter()
-        .map(|r| r.address.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let rcpts = envelope.recipients.iter().map(|r| r.address.to_string()).collect::<Vec<_>>().join(",");
     let size = content.len();
     match ctx.spool.store(&id, envelope, &content).await {
         Ok(()) => {
@@ -137,16 +124,8 @@ async fn store(ctx: &Inbound, peer: SocketAddr, incoming: Incoming) -> Result<Qu
             Metrics::inc(&ctx.metrics.spool_errors);
             tracing::error!(queue_id = %id, client = %peer, error = %e, "spool write failed; message refused with 4xx");
             Err(match e {
-                SpoolError::Full(_) => Reply::new(
-                    452,
-                    status::NO_SYSTEM_STORAGE,
-                    "Insufficient system storage",
-                ),
-                _ => Reply::new(
-                    451,
-                    status::SYSTEM_ERROR,
-                    "Local error in processing; try again later",
-                ),
+                SpoolError::Full(_) => Reply::new(452, status::NO_SYSTEM_STORAGE, "Insufficient system storage"),
+                _ => Reply::new(451, status::SYSTEM_ERROR, "Local error in processing; try again later"),
             })
         }
     }

@@ -25,11 +25,7 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(max_connections: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Limits {
-            global: Arc::new(Semaphore::new(max_connections)),
-            per_ip: Mutex::new(HashMap::new()),
-            max_per_ip,
-        })
+        Arc::new(Limits { global: Arc::new(Semaphore::new(max_connections)), per_ip: Mutex::new(HashMap::new()), max_per_ip })
     }
 
     fn admit_ip(&self, ip: IpAddr) -> bool {

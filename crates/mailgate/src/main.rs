@@ -5,10 +5,12 @@
 mod checks;
 mod cli;
 mod config;
+mod dns;
 mod events;
 mod http;
 mod inbound;
 mod listener;
+mod outbound;
 mod scheduler;
 mod server;
 mod spool;
@@ -38,9 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             init_logging(config.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(server::serve(config))
         }
         Command::Queue { action } => cli::queue(&config, action),
@@ -48,8 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

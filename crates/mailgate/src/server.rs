@@ -14,16 +14,16 @@ use crate::checks::relay::{self, RelayPolicy};
 use crate::config::Config;
 use crate::events::Metrics;
 use crate::inbound::Inbound;
+use crate::outbound::Outbound;
 use crate::spool::{self, Spool};
 use crate::{http, listener, scheduler};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let spool_dir = config.data_dir.join("spool");
-    let (spool, recovery) = Spool::open(&spool_dir, config.spool.segment_size)
-        .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
+    let (spool, recovery) =
+        Spool::open(&spool_dir, config.spool.segment_size).with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     let spool = Arc::new(spool);
     tracing::info!(
         messages = recovery.messages, segments = recovery.segments, corrupt = recovery.corrupt.len(),
@@ -33,24 +33,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let free = Arc::new(AtomicU64::new(u64::MAX));
     relay::watch_free_space(spool_dir.clone(), free.clone(), spool::free_space);
     let local_domains = config.domains.iter().map(|d| d.name.clone()).collect();
-    let policy = Arc::new(RelayPolicy::new(
-        local_domains,
-        free,
-        config.spool.min_free_space,
-    ));
+    let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space));
     let metrics = Arc::new(Metrics::default());
-    let scheduler = scheduler::start(spool.clone());
-    let limits = listener::Limits::new(
-        config.limits.max_connections,
-        config.limits.max_connections_per_ip,
-    );
+    let resolver = crate::dns::resolver(config.nameservers.as_deref()).context("cannot set up the DNS resolver")?;
+    let d = &config.delivery;
+    let outbound = Arc::new(Outbound {
+        hostname: config.hostname.clone(),
+        resolver,
+        spool: spool.clone(),
+        mx_port: d.mx_port,
+        max_messages_per_connection: d.max_messages_per_connection,
+        idle_timeout: Duration::from_secs(d.idle_timeout),
+        connect_timeout: Duration::from_secs(d.connect_timeout),
+        command_timeout: Duration::from_secs(d.command_timeout),
+        tls: crate::outbound::tls::opportunistic(),
+    });
+    let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone());
+    let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks = Vec::new();
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.bind)
-            .await
-            .with_context(|| format!("cannot listen on {} ({})", l.bind, l.role.as_str()))?;
+        let socket = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {} ({})", l.bind, l.role.as_str()))?;
         let mut session = SessionConfig::new(config.hostname.clone(), l.role);
         session.max_message_size = config.limits.max_message_size;
         session.max_recipients = config.limits.max_recipients;
@@ -65,26 +69,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             data_timeout: config.data_timeout(),
         });
         tracing::info!(role = l.role.as_str(), addr = %socket.local_addr()?, "listening");
-        tasks.push(tokio::spawn(listener::serve(
-            socket,
-            ctx,
-            limits.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
     }
 
     if let Some(bind) = config.http_bind {
-        let socket = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("cannot listen on {bind} (http)"))?;
+        let socket = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} (http)"))?;
         tracing::info!(role = "http", addr = %socket.local_addr()?, "listening");
-        let api = Arc::new(http::Api {
-            spool: spool.clone(),
-            scheduler,
-            metrics: metrics.clone(),
-            recovery,
-        });
+        let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery });
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(socket, http::router(api)).with_graceful_shutdown(async move {
@@ -106,10 +97,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.limits.shutdown_grace);
     let all = futures_join(tasks);
     if tokio::time::timeout(grace, all).await.is_err() {
-        tracing::warn!(
-            grace_s = grace.as_secs(),
-            "sessions still open after the grace period; closing them"
-        );
+        tracing::warn!(grace_s = grace.as_secs(), "sessions still open after the grace period; closing them");
     }
     tracing::info!(queued = spool.len(), "stopped");
     Ok(())

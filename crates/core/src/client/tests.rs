@@ -12,11 +12,7 @@ fn message(rcpts: &[&str]) -> OutboundMessage {
         sender: ReversePath::Mailbox(Mailbox::parse("a@x.test", false).unwrap()),
         recipients: rcpts
             .iter()
-            .map(|r| OutboundRecipient {
-                address: Mailbox::parse(r, false).unwrap(),
-                notify: None,
-                orcpt: None,
-            })
+            .map(|r| OutboundRecipient { address: Mailbox::parse(r, false).unwrap(), notify: None, orcpt: None })
             .collect(),
         size: 10,
         body: BodyType::SevenBit,
@@ -27,11 +23,7 @@ fn message(rcpts: &[&str]) -> OutboundMessage {
 }
 
 fn client(lmtp: bool) -> Client {
-    Client::new(ClientConfig {
-        helo: "me.test".into(),
-        lmtp,
-        tls: TlsMode::Opportunistic,
-    })
+    Client::new(ClientConfig { helo: "me.test".into(), lmtp, tls: TlsMode::Opportunistic })
 }
 
 fn sent(actions: &[ClientAction]) -> String {
@@ -61,50 +53,29 @@ fn pipelined_mixed_recipients() {
     let mut c = client(false);
     ready(&mut c, "250-mx\r\n250-PIPELINING\r\n250 SIZE 1000\r\n");
     let a = c.send_message(message(&["a@y.test", "b@y.test", "c@y.test"]));
-    assert_eq!(
-        sent(&a),
-        "MAIL FROM:<a@x.test> SIZE=10\r\nRCPT TO:<a@y.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n"
-    );
+    assert_eq!(sent(&a), "MAIL FROM:<a@x.test> SIZE=10\r\nRCPT TO:<a@y.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n");
     assert!(c.on_reply(reply("250 ok\r\n")).is_empty());
     c.on_reply(reply("250 ok\r\n"));
     c.on_reply(reply("550 5.1.1 no such user\r\n"));
     c.on_reply(reply("450 4.2.0 later\r\n"));
-    assert_eq!(
-        c.on_reply(reply("354 go\r\n")),
-        vec![ClientAction::SendContent(ContentMode::Data)]
-    );
+    assert_eq!(c.on_reply(reply("354 go\r\n")), vec![ClientAction::SendContent(ContentMode::Data)]);
     let o = finished(c.on_reply(reply("250 2.0.0 queued\r\n"))).unwrap();
     assert!(matches!(o[0], Outcome::Delivered(_)));
     assert!(matches!(o[1], Outcome::Permanent(_)));
     assert!(matches!(o[2], Outcome::Temporary(_)));
     assert_eq!(sent(&c.next_message()), "RSET\r\n");
-    assert!(
-        c.on_reply(reply("250 ok\r\n"))
-            .contains(&ClientAction::Ready)
-    );
+    assert!(c.on_reply(reply("250 ok\r\n")).contains(&ClientAction::Ready));
 }
 
 #[test]
 fn without_pipelining_one_command_at_a_time() {
     let mut c = client(false);
     ready(&mut c, "250 mx\r\n");
-    assert_eq!(
-        sent(&c.send_message(message(&["a@y.test", "b@y.test"]))),
-        "MAIL FROM:<a@x.test>\r\n"
-    );
-    assert_eq!(
-        sent(&c.on_reply(reply("250 ok\r\n"))),
-        "RCPT TO:<a@y.test>\r\n"
-    );
-    assert_eq!(
-        sent(&c.on_reply(reply("250 ok\r\n"))),
-        "RCPT TO:<b@y.test>\r\n"
-    );
+    assert_eq!(sent(&c.send_message(message(&["a@y.test", "b@y.test"]))), "MAIL FROM:<a@x.test>\r\n");
+    assert_eq!(sent(&c.on_reply(reply("250 ok\r\n"))), "RCPT TO:<a@y.test>\r\n");
+    assert_eq!(sent(&c.on_reply(reply("250 ok\r\n"))), "RCPT TO:<b@y.test>\r\n");
     assert_eq!(sent(&c.on_reply(reply("250 ok\r\n"))), "DATA\r\n");
-    assert_eq!(
-        c.on_reply(reply("354 go\r\n")),
-        vec![ClientAction::SendContent(ContentMode::Data)]
-    );
+    assert_eq!(c.on_reply(reply("354 go\r\n")), vec![ClientAction::SendContent(ContentMode::Data)]);
     let o = finished(c.on_reply(reply("451 4.3.0 disk\r\n"))).unwrap();
     assert!(o.iter().all(|o| matches!(o, Outcome::Temporary(_))));
 }
@@ -123,10 +94,7 @@ fn all_recipients_refused_sends_no_data() {
 fn bdat_when_chunking() {
     let mut c = client(false);
     ready(&mut c, "250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
-    assert_eq!(
-        sent(&c.send_message(message(&["a@y.test"]))),
-        "MAIL FROM:<a@x.test>\r\nRCPT TO:<a@y.test>\r\n"
-    );
+    assert_eq!(sent(&c.send_message(message(&["a@y.test"]))), "MAIL FROM:<a@x.test>\r\nRCPT TO:<a@y.test>\r\n");
     c.on_reply(reply("250 ok\r\n"));
     let a = c.on_reply(reply("250 ok\r\n"));
     assert_eq!(sent(&a), "BDAT 10 LAST\r\n");
@@ -157,10 +125,7 @@ fn helo_fallback_and_size_check() {
     let mut c = client(false);
     c.on_reply(reply("220 old\r\n"));
     assert_eq!(sent(&c.on_reply(reply("502 what\r\n"))), "HELO me.test\r\n");
-    assert!(
-        c.on_reply(reply("250 ok\r\n"))
-            .contains(&ClientAction::Ready)
-    );
+    assert!(c.on_reply(reply("250 ok\r\n")).contains(&ClientAction::Ready));
     let mut c = client(false);
     ready(&mut c, "250-mx\r\n250 SIZE 5\r\n");
     let o = finished(c.send_message(message(&["a@y.test"]))).unwrap();
@@ -171,29 +136,17 @@ fn helo_fallback_and_size_check() {
 fn greeting_failure_closes_with_reason() {
     let mut c = client(false);
     let a = c.on_reply(reply("421 4.3.2 busy\r\n"));
-    assert!(matches!(
-        &a[..],
-        [ClientAction::Close(Some(Outcome::Temporary(_)))]
-    ));
+    assert!(matches!(&a[..], [ClientAction::Close(Some(Outcome::Temporary(_)))]));
 }
 
 #[test]
 fn starttls_then_fresh_ehlo() {
     let mut c = client(false);
     c.on_reply(reply("220 hi\r\n"));
-    assert_eq!(
-        sent(&c.on_reply(reply("250-mx\r\n250 STARTTLS\r\n"))),
-        "STARTTLS\r\n"
-    );
-    assert_eq!(
-        c.on_reply(reply("220 go\r\n")),
-        vec![ClientAction::StartTls]
-    );
+    assert_eq!(sent(&c.on_reply(reply("250-mx\r\n250 STARTTLS\r\n"))), "STARTTLS\r\n");
+    assert_eq!(c.on_reply(reply("220 go\r\n")), vec![ClientAction::StartTls]);
     assert_eq!(sent(&c.tls_established()), "EHLO me.test\r\n");
-    assert!(
-        c.on_reply(reply("250-mx\r\n250 PIPELINING\r\n"))
-            .contains(&ClientAction::Ready)
-    );
+    assert!(c.on_reply(reply("250-mx\r\n250 PIPELINING\r\n")).contains(&ClientAction::Ready));
     assert!(c.tls_active());
     assert!(c.extensions().unwrap().pipelining);
 }
@@ -212,10 +165,7 @@ fn abort_mid_transaction_is_temporary() {
 
 #[test]
 fn dot_stuffing() {
-    assert_eq!(
-        dot_stuff(b".a\r\nb\r\n..c\r\n"),
-        b"..a\r\nb\r\n...c\r\n.\r\n"
-    );
+    assert_eq!(dot_stuff(b".a\r\nb\r\n..c\r\n"), b"..a\r\nb\r\n...c\r\n.\r\n");
     assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
     assert_eq!(dot_stuff(b""), b".\r\n");
 }

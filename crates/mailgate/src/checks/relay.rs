@@ -23,16 +23,8 @@ pub struct RelayPolicy {
 }
 
 impl RelayPolicy {
-    pub fn new(
-        local_domains: Vec<Domain>,
-        free_space: Arc<AtomicU64>,
-        min_free_space: u64,
-    ) -> Self {
-        RelayPolicy {
-            local_domains,
-            free_space,
-            min_free_space,
-        }
+    pub fn new(local_domains: Vec<Domain>, free_space: Arc<AtomicU64>, min_free_space: u64) -> Self {
+        RelayPolicy { local_domains, free_space, min_free_space }
     }
 
     fn may_relay(info: &SessionInfo) -> bool {
@@ -41,30 +33,15 @@ impl RelayPolicy {
 }
 
 impl Policy for RelayPolicy {
-    fn check_mail(
-        &self,
-        info: &SessionInfo,
-        _from: &ReversePath,
-        declared_size: Option<u64>,
-    ) -> Result<(), Reply> {
+    fn check_mail(&self, info: &SessionInfo, _from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply> {
         if info.role != Role::Mx && !Self::may_relay(info) {
-            return Err(Reply::new(
-                530,
-                status::AUTH_REQUIRED,
-                "Authentication required",
-            ));
+            return Err(Reply::new(530, status::AUTH_REQUIRED, "Authentication required"));
         }
         // Like Postfix's queue_minfree: refuse before the client sends data
         // we could not store.
-        let need = self
-            .min_free_space
-            .saturating_add(declared_size.unwrap_or(0));
+        let need = self.min_free_space.saturating_add(declared_size.unwrap_or(0));
         if self.free_space.load(Ordering::Relaxed) < need {
-            return Err(Reply::new(
-                452,
-                status::NO_SYSTEM_STORAGE,
-                "Insufficient system storage",
-            ));
+            return Err(Reply::new(452, status::NO_SYSTEM_STORAGE, "Insufficient system storage"));
         }
         Ok(())
     }
@@ -72,10 +49,7 @@ impl Policy for RelayPolicy {
     fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
         let denied = || Reply::new(554, status::POLICY, "Relay access denied");
         let (mailbox, source_route) = match to {
-            Path::Mailbox {
-                mailbox,
-                source_route,
-            } => (mailbox, source_route),
+            Path::Mailbox { mailbox, source_route } => (mailbox, source_route),
             Path::Postmaster => {
                 // RFC 5321 §4.5.1: <postmaster> must be accepted.
                 let domain = self.local_domains.first().cloned().ok_or_else(denied)?;
@@ -90,11 +64,7 @@ impl Policy for RelayPolicy {
             return Err(Reply::new(550, status::POLICY, "Source routing refused"));
         }
         if let Some(hack) = mailbox.routing_hack() {
-            return Err(Reply::new(
-                550,
-                status::POLICY,
-                format!("Sender-specified routing refused: {hack}"),
-            ));
+            return Err(Reply::new(550, status::POLICY, format!("Sender-specified routing refused: {hack}")));
         }
         match mailbox.host() {
             Host::Domain(d) if self.local_domains.contains(d) => Ok(mailbox.clone()),
@@ -104,11 +74,7 @@ impl Policy for RelayPolicy {
 }
 
 /// Keeps `free` updated with the free space under `dir`, once a second.
-pub fn watch_free_space(
-    dir: PathBuf,
-    free: Arc<AtomicU64>,
-    probe: fn(&std::path::Path) -> std::io::Result<u64>,
-) {
+pub fn watch_free_space(dir: PathBuf, free: Arc<AtomicU64>, probe: fn(&std::path::Path) -> std::io::Result<u64>) {
     let update = move || match probe(&dir) {
         Ok(n) => free.store(n, Ordering::Relaxed),
         Err(e) => tracing::warn!(error = %e, "cannot read free space of the spool filesystem"),

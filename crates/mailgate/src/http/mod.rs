@@ -31,6 +31,7 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/api/v1/queue", get(list))
         .route("/api/v1/queue/{id}", get(show).delete(delete))
+        .route("/api/v1/queue/{id}/retry", axum::routing::post(retry))
         .route("/api/v1/spool", get(spool_status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -38,10 +39,7 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// One message in the shape `mailgate queue list --json` documents.
@@ -56,7 +54,7 @@ pub fn message_json(q: &Queued, now: u64) -> Value {
                 "status": r.status,
                 "attempts": r.attempts,
                 "last_reply": r.last_reply,
-                "next_attempt_s": Value::Null,
+                "next_attempt_s": if r.is_pending() { json!(r.next_attempt.saturating_sub(now)) } else { Value::Null },
             })
         })
         .collect();
@@ -71,31 +69,16 @@ pub fn message_json(q: &Queued, now: u64) -> Value {
 
 async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
     let now = now();
-    let messages: Vec<Value> = api
-        .spool
-        .list()
-        .iter()
-        .map(|q| message_json(q, now))
-        .collect();
+    let messages: Vec<Value> = api.spool.list().iter().map(|q| message_json(q, now)).collect();
     Json(json!({ "messages": messages }))
 }
 
 fn parse_id(id: &str) -> Result<QueueId, Response> {
-    QueueId::parse(id).ok_or_else(|| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "malformed queue id"})),
-        )
-            .into_response()
-    })
+    QueueId::parse(id).ok_or_else(|| (StatusCode::BAD_REQUEST, Json(json!({"error": "malformed queue id"}))).into_response())
 }
 
 fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": "no such message"})),
-    )
-        .into_response()
+    (StatusCode::NOT_FOUND, Json(json!({"error": "no such message"}))).into_response()
 }
 
 async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
@@ -113,11 +96,7 @@ async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     v["envid"] = json!(env.envid);
     v["received_at"] = json!(env.received_at);
     if let Ok(Some(data)) = api.spool.read_data(&id) {
-        let end = data
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + 2)
-            .unwrap_or(data.len());
+        let end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(data.len());
         v["headers"] = json!(String::from_utf8_lossy(&data[..end]));
     }
     for (i, r) in env.recipients.iter().enumerate() {
@@ -135,12 +114,16 @@ async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
     match api.scheduler.delete(id.clone()).await {
         Ok(true) => Json(json!({"deleted": id.as_str()})).into_response(),
         Ok(false) => not_found(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response(),
     }
+}
+
+async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if api.scheduler.retry(id.clone()).await { Json(json!({"retrying": id.as_str()})).into_response() } else { not_found() }
 }
 
 async fn spool_status(State(api): State<Arc<Api>>) -> Json<Value> {
@@ -157,31 +140,11 @@ async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     let m = &api.metrics;
     let (fsyncs, records) = api.spool.sync_stats();
     let lines = [
-        (
-            "mailgate_connections_total",
-            "counter",
-            Metrics::get(&m.connections),
-        ),
-        (
-            "mailgate_connections_refused_total",
-            "counter",
-            Metrics::get(&m.connections_refused),
-        ),
-        (
-            "mailgate_messages_accepted_total",
-            "counter",
-            Metrics::get(&m.messages_accepted),
-        ),
-        (
-            "mailgate_bytes_accepted_total",
-            "counter",
-            Metrics::get(&m.bytes_accepted),
-        ),
-        (
-            "mailgate_spool_errors_total",
-            "counter",
-            Metrics::get(&m.spool_errors),
-        ),
+        ("mailgate_connections_total", "counter", Metrics::get(&m.connections)),
+        ("mailgate_connections_refused_total", "counter", Metrics::get(&m.connections_refused)),
+        ("mailgate_messages_accepted_total", "counter", Metrics::get(&m.messages_accepted)),
+        ("mailgate_bytes_accepted_total", "counter", Metrics::get(&m.bytes_accepted)),
+        ("mailgate_spool_errors_total", "counter", Metrics::get(&m.spool_errors)),
         ("mailgate_spool_fsyncs_total", "counter", fsyncs),
         ("mailgate_spool_records_total", "counter", records),
         ("mailgate_queue_messages", "gauge", api.spool.len() as u64),

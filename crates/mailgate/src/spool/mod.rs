@@ -43,9 +43,7 @@ pub enum SpoolError {
 impl SpoolError {
     fn from_io(e: &io::Error) -> Self {
         match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => {
-                SpoolError::Full(e.to_string())
-            }
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => SpoolError::Full(e.to_string()),
             _ => SpoolError::Io(e.to_string()),
         }
     }
@@ -91,6 +89,8 @@ impl Shared {
 }
 
 pub struct Spool {
+    /// Told the id of every newly stored message (the scheduler listens).
+    new_messages: std::sync::OnceLock<mpsc::UnboundedSender<QueueId>>,
     dir: PathBuf,
     writer: mpsc::UnboundedSender<writer::WriteOp>,
     shared: Arc<Shared>,
@@ -110,18 +110,10 @@ impl Spool {
             *state.live.entry(entry.segment).or_insert(0) += 1;
             state.index.insert(id, entry);
         }
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            fsyncs: AtomicU64::new(0),
-            records: AtomicU64::new(0),
-        });
-        let writer = writer::spawn(
-            dir.to_path_buf(),
-            recovered.next_segment,
-            segment_size,
-            shared.clone(),
-        )?;
+        let shared = Arc::new(Shared { state: Mutex::new(state), fsyncs: AtomicU64::new(0), records: AtomicU64::new(0) });
+        let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, shared.clone())?;
         let spool = Spool {
+            new_messages: std::sync::OnceLock::new(),
             dir: dir.to_path_buf(),
             writer,
             shared,
@@ -131,32 +123,29 @@ impl Spool {
         Ok((spool, recovered.report))
     }
 
+    /// Subscribes to the ids of messages stored from now on.
+    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<QueueId>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.new_messages.set(tx).ok().map(|_| rx)
+    }
+
     /// A fresh queue id. Time-ordered; unique within this process and, by
     /// the microsecond clock, across restarts.
     pub fn new_id(&self) -> QueueId {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         QueueId::new(micros, self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Stores a message durably. Returns once data and directory entry are
     /// on stable storage.
-    pub async fn store(
-        &self,
-        id: &QueueId,
-        envelope: Envelope,
-        data: &[u8],
-    ) -> Result<(), SpoolError> {
+    pub async fn store(&self, id: &QueueId, envelope: Envelope, data: &[u8]) -> Result<(), SpoolError> {
         let (bytes, data_offset) = record::encode_message(id, &envelope, data);
-        let message = writer::NewMessage {
-            id: id.clone(),
-            envelope: Arc::new(envelope),
-            data_offset,
-            data_len: data.len(),
-        };
-        self.write(bytes, Some(message)).await
+        let message = writer::NewMessage { id: id.clone(), envelope: Arc::new(envelope), data_offset, data_len: data.len() };
+        self.write(bytes, Some(message)).await?;
+        if let Some(tx) = self.new_messages.get() {
+            let _ = tx.send(id.clone());
+        }
+        Ok(())
     }
 
     /// Records a new envelope state (recipient statuses) for a message.
@@ -164,8 +153,7 @@ impl Spool {
         if !self.shared.lock().index.contains_key(id) {
             return Ok(false);
         }
-        self.write(record::encode_update(id, &envelope), None)
-            .await?;
+        self.write(record::encode_update(id, &envelope), None).await?;
         if let Some(entry) = self.shared.lock().index.get_mut(id) {
             entry.envelope = Arc::new(envelope);
         }
@@ -194,19 +182,9 @@ impl Spool {
         Ok(removed)
     }
 
-    async fn write(
-        &self,
-        bytes: Vec<u8>,
-        message: Option<writer::NewMessage>,
-    ) -> Result<(), SpoolError> {
+    async fn write(&self, bytes: Vec<u8>, message: Option<writer::NewMessage>) -> Result<(), SpoolError> {
         let (ack, done) = oneshot::channel();
-        self.writer
-            .send(writer::WriteOp {
-                bytes,
-                message,
-                ack,
-            })
-            .map_err(|_| SpoolError::Stopped)?;
+        self.writer.send(writer::WriteOp { bytes, message, ack }).map_err(|_| SpoolError::Stopped)?;
         done.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -236,26 +214,15 @@ impl Spool {
 
     pub fn list(&self) -> Vec<Queued> {
         let state = self.shared.lock();
-        let mut out: Vec<Queued> = state
-            .index
-            .iter()
-            .map(|(id, e)| Queued {
-                id: id.clone(),
-                envelope: e.envelope.clone(),
-                size: e.data_len,
-            })
-            .collect();
+        let mut out: Vec<Queued> =
+            state.index.iter().map(|(id, e)| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len }).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
     pub fn get(&self, id: &QueueId) -> Option<Queued> {
         let state = self.shared.lock();
-        state.index.get(id).map(|e| Queued {
-            id: id.clone(),
-            envelope: e.envelope.clone(),
-            size: e.data_len,
-        })
+        state.index.get(id).map(|e| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len })
     }
 
     pub fn len(&self) -> usize {
@@ -276,10 +243,7 @@ impl Spool {
     /// fsync calls made and records written since start: their ratio shows
     /// group commit at work.
     pub fn sync_stats(&self) -> (u64, u64) {
-        (
-            self.shared.fsyncs.load(Ordering::Relaxed),
-            self.shared.records.load(Ordering::Relaxed),
-        )
+        (self.shared.fsyncs.load(Ordering::Relaxed), self.shared.records.load(Ordering::Relaxed))
     }
 
     pub fn dir(&self) -> &Path {
@@ -298,8 +262,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Free bytes available to us on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() }; // SAFETY: plain C struct, all-zero is valid
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

@@ -29,19 +29,9 @@ pub enum Kind {
 /// A decoded record, borrowing from the segment bytes.
 #[derive(Debug)]
 pub enum Record<'a> {
-    Message {
-        id: QueueId,
-        envelope: Envelope,
-        data_offset: usize,
-        data: &'a [u8],
-    },
-    Remove {
-        id: QueueId,
-    },
-    Update {
-        id: QueueId,
-        envelope: Envelope,
-    },
+    Message { id: QueueId, envelope: Envelope, data_offset: usize, data: &'a [u8] },
+    Remove { id: QueueId },
+    Update { id: QueueId, envelope: Envelope },
 }
 
 /// Why bytes at some offset are not a valid record.
@@ -97,9 +87,7 @@ pub fn encode_message(id: &QueueId, envelope: &Envelope, data: &[u8]) -> (Vec<u8
 
 pub fn encode_remove(id: &QueueId) -> Vec<u8> {
     let mut out = Vec::new();
-    frame(Kind::Remove, ID_LEN, &mut out, |out| {
-        out.extend_from_slice(id.as_str().as_bytes())
-    });
+    frame(Kind::Remove, ID_LEN, &mut out, |out| out.extend_from_slice(id.as_str().as_bytes()));
     out
 }
 
@@ -116,11 +104,7 @@ pub fn encode_update(id: &QueueId, envelope: &Envelope) -> Vec<u8> {
 /// Decodes the record at the start of `buf`; returns it and its length.
 pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Corruption> {
     if buf.len() < 9 {
-        return Err(if MAGIC.starts_with(&buf[..buf.len().min(4)]) {
-            Corruption::Truncated
-        } else {
-            Corruption::BadMagic
-        });
+        return Err(if MAGIC.starts_with(&buf[..buf.len().min(4)]) { Corruption::Truncated } else { Corruption::BadMagic });
     }
     if &buf[..4] != MAGIC {
         return Err(Corruption::BadMagic);
@@ -140,29 +124,15 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Corruption> {
         return Err(Corruption::BadEndMarker);
     }
     let bad = |why: &str| Corruption::BadPayload(why.to_string());
-    let id = payload
-        .get(..ID_LEN)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(QueueId::parse)
-        .ok_or_else(|| bad("queue id"))?;
+    let id = payload.get(..ID_LEN).and_then(|b| std::str::from_utf8(b).ok()).and_then(QueueId::parse).ok_or_else(|| bad("queue id"))?;
     let rest = &payload[ID_LEN..];
     let record = match kind {
         k if k == Kind::Message as u8 => {
-            let env_len = rest
-                .get(..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or_else(|| bad("length"))?;
-            let env_bytes = rest
-                .get(4..4 + env_len)
-                .ok_or_else(|| bad("envelope length"))?;
+            let env_len = rest.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(|| bad("length"))?;
+            let env_bytes = rest.get(4..4 + env_len).ok_or_else(|| bad("envelope length"))?;
             let envelope = serde_json::from_slice(env_bytes).map_err(|e| bad(&e.to_string()))?;
             let data_offset = 9 + ID_LEN + 4 + env_len;
-            Record::Message {
-                id,
-                envelope,
-                data_offset,
-                data: &buf[data_offset..9 + len],
-            }
+            Record::Message { id, envelope, data_offset, data: &buf[data_offset..9 + len] }
         }
         k if k == Kind::Remove as u8 => Record::Remove { id },
         k if k == Kind::Update as u8 => {
@@ -183,9 +153,7 @@ mod tests {
     pub(crate) fn envelope() -> Envelope {
         Envelope {
             sender: ReversePath::Null,
-            recipients: vec![Recipient::new(
-                Mailbox::parse("b@example.test", false).unwrap(),
-            )],
+            recipients: vec![Recipient::new(Mailbox::parse("b@example.test", false).unwrap())],
             body: Default::default(),
             smtputf8: false,
             ret: None,
@@ -198,6 +166,7 @@ mod tests {
                 listener: "mx".into(),
             },
             received_at: 1,
+            delay_warned: false,
         }
     }
 
@@ -208,22 +177,14 @@ mod tests {
         let (rec, len) = decode(&bytes).unwrap();
         assert_eq!(len, bytes.len());
         match rec {
-            Record::Message {
-                id: got,
-                data,
-                data_offset,
-                ..
-            } => {
+            Record::Message { id: got, data, data_offset, .. } => {
                 assert_eq!(got, id);
                 assert_eq!(data, b"hello\r\n");
                 assert_eq!(data_offset, off);
             }
             _ => panic!("wrong kind"),
         }
-        assert_eq!(
-            decode(&bytes[..bytes.len() - 1]).unwrap_err(),
-            Corruption::Truncated
-        );
+        assert_eq!(decode(&bytes[..bytes.len() - 1]).unwrap_err(), Corruption::Truncated);
         let mut flipped = bytes.clone();
         flipped[off] ^= 1;
         assert_eq!(decode(&flipped).unwrap_err(), Corruption::BadChecksum);

@@ -45,11 +45,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name
-            .strip_prefix("seg-")
-            .and_then(|s| s.strip_suffix(".log"))
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        if let Some(n) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse::<u64>().ok()) {
             out.push((n, entry.path()));
         }
     }
@@ -68,12 +64,7 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
             match record::decode(&bytes[pos..]) {
                 Ok((rec, len)) => {
                     match rec {
-                        Record::Message {
-                            id,
-                            envelope,
-                            data_offset,
-                            data,
-                        } => {
+                        Record::Message { id, envelope, data_offset, data } => {
                             let entry = Entry {
                                 segment: *number,
                                 data_offset: (pos + data_offset) as u64,
@@ -110,14 +101,34 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         let rescue = next_segment;
         next_segment += 1;
         let rescue_path = segment_path(dir, rescue);
-        let mut out = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&rescue_path)?;
+        let mut out = OpenOptions::new().create_new(true).append(true).open(&rescue_path)?;
         let mut offset = 0u64;
         let mut rescued: HashMap<u64, usize> = HashMap::new();
-        for (number, path, ..) in &damaged {
+        let damaged_numbers: Vec<u64> = damaged.iter().map(|(n, ..)| *n).collect();
+        for (number, path, end, _) in &damaged {
             let bytes = fs::read(path)?;
+            // Removals and updates recorded in the damaged file may concern
+            // messages stored in other segments: carry them over, or a
+            // deleted message would come back at the next start.
+            let mut carried = Vec::new();
+            let mut pos = 0usize;
+            while pos < (*end as usize).min(bytes.len()) {
+                let Ok((rec, len)) = record::decode(&bytes[pos..]) else { break };
+                match rec {
+                    Record::Remove { id } if !index.contains_key(&id) => carried.push(record::encode_remove(&id)),
+                    Record::Update { id, .. } => {
+                        if let Some(e) = index.get(&id).filter(|e| !damaged_numbers.contains(&e.segment)) {
+                            carried.push(record::encode_update(&id, &e.envelope));
+                        }
+                    }
+                    _ => {}
+                }
+                pos += len;
+            }
+            for rec in carried {
+                out.write_all(&rec)?;
+                offset += rec.len() as u64;
+            }
             for (id, entry) in index.iter_mut().filter(|(_, e)| e.segment == *number) {
                 let start = entry.data_offset as usize;
                 let Some(data) = bytes.get(start..start + entry.data_len as usize) else {
@@ -137,32 +148,19 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         for (number, path, at, reason) in damaged {
             let moved_to = corrupt_dir.join(path.file_name().unwrap_or_default());
             fs::rename(&path, &moved_to)?;
-            fs::write(
-                moved_to.with_extension("log.why"),
-                format!("offset {at}: {reason}\n"),
-            )?;
+            fs::write(moved_to.with_extension("log.why"), format!("offset {at}: {reason}\n"))?;
             let n = rescued.get(&number).copied().unwrap_or(0);
             tracing::warn!(
                 file = %moved_to.display(), offset = at, reason = %reason, rescued = n,
                 "spool: damaged segment moved aside; its intact messages were kept"
             );
             kept.retain(|(k, _)| *k != number);
-            report.corrupt.push(CorruptSegment {
-                moved_to,
-                offset: at,
-                reason,
-                rescued: n,
-            });
+            report.corrupt.push(CorruptSegment { moved_to, offset: at, reason, rescued: n });
         }
         sync_dir(&corrupt_dir)?;
         sync_dir(dir)?;
     }
     report.messages = index.len();
     report.segments = kept.len();
-    Ok(Recovered {
-        index,
-        segments: kept,
-        next_segment,
-        report,
-    })
+    Ok(Recovered { index, segments: kept, next_segment, report })
 }

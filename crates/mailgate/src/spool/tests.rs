@@ -5,21 +5,14 @@ use mailgate_core::{Mailbox, Recipient, ReversePath};
 fn envelope() -> Envelope {
     Envelope {
         sender: ReversePath::Null,
-        recipients: vec![Recipient::new(
-            Mailbox::parse("b@example.test", false).unwrap(),
-        )],
+        recipients: vec![Recipient::new(Mailbox::parse("b@example.test", false).unwrap())],
         body: Default::default(),
         smtputf8: false,
         ret: None,
         envid: None,
-        client: ClientInfo {
-            ip: "127.0.0.1".parse().unwrap(),
-            helo: "c".into(),
-            authenticated_as: None,
-            tls: None,
-            listener: "mx".into(),
-        },
+        client: ClientInfo { ip: "127.0.0.1".parse().unwrap(), helo: "c".into(), authenticated_as: None, tls: None, listener: "mx".into() },
         received_at: 1,
+        delay_warned: false,
     }
 }
 
@@ -32,10 +25,7 @@ async fn store_recover_remove() {
         assert_eq!(report.messages, 0);
         for i in 0..5 {
             let id = spool.new_id();
-            spool
-                .store(&id, envelope(), format!("msg {i}\r\n").as_bytes())
-                .await
-                .unwrap();
+            spool.store(&id, envelope(), format!("msg {i}\r\n").as_bytes()).await.unwrap();
             ids.push(id);
         }
         assert!(spool.remove(&ids[0]).await.unwrap());

@@ -44,26 +44,13 @@ struct Segment {
     poisoned: bool,
 }
 
-pub(super) fn spawn(
-    dir: PathBuf,
-    next_segment: u64,
-    segment_size: u64,
-    shared: Arc<Shared>,
-) -> io::Result<mpsc::UnboundedSender<WriteOp>> {
+pub(super) fn spawn(dir: PathBuf, next_segment: u64, segment_size: u64, shared: Arc<Shared>) -> io::Result<mpsc::UnboundedSender<WriteOp>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("spool-writer".into())
-        .spawn(move || run(dir, next_segment, segment_size, shared, rx))?;
+    std::thread::Builder::new().name("spool-writer".into()).spawn(move || run(dir, next_segment, segment_size, shared, rx))?;
     Ok(tx)
 }
 
-fn run(
-    dir: PathBuf,
-    mut next_segment: u64,
-    segment_size: u64,
-    shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<WriteOp>,
-) {
+fn run(dir: PathBuf, mut next_segment: u64, segment_size: u64, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
     let mut segment: Option<Segment> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -77,9 +64,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let needs_new = segment
-            .as_ref()
-            .is_none_or(|s| s.poisoned || s.len >= segment_size);
+        let needs_new = segment.as_ref().is_none_or(|s| s.poisoned || s.len >= segment_size);
         if needs_new {
             match open_segment(&dir, next_segment, &shared) {
                 Ok(s) => {
@@ -100,9 +85,7 @@ fn run(
         match result {
             Ok(start) => {
                 shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .records
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                shared.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 index_batch(&shared, seg.number, start, &mut batch);
                 for op in batch {
                     let _ = op.ack.send(Ok(()));
@@ -144,12 +127,7 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
     for op in batch.iter_mut() {
         if let Some(m) = op.message.take() {
             *state.live.entry(segment).or_insert(0) += 1;
-            let entry = Entry {
-                segment,
-                data_offset: offset + m.data_offset as u64,
-                data_len: m.data_len as u64,
-                envelope: m.envelope,
-            };
+            let entry = Entry { segment, data_offset: offset + m.data_offset as u64, data_len: m.data_len as u64, envelope: m.envelope };
             state.index.insert(m.id, entry);
         }
         offset += op.bytes.len() as u64;
@@ -158,21 +136,13 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
 
 fn open_segment(dir: &std::path::Path, number: u64, shared: &Shared) -> io::Result<Segment> {
     let path = segment_path(dir, number);
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)?;
+    let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
     // The new name must be durable before any record in it is acknowledged.
     sync_dir(dir)?;
     let mut state = shared.lock();
     state.live.entry(number).or_insert(0);
     state.active = number;
-    Ok(Segment {
-        number,
-        file,
-        len: 0,
-        poisoned: false,
-    })
+    Ok(Segment { number, file, len: 0, poisoned: false })
 }
 
 fn fail(batch: Vec<WriteOp>, e: &io::Error) {

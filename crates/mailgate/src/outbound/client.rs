@@ -1,0 +1,290 @@
+//! The SMTP/LMTP client driver: runs the sans-I/O client of
+//! `mailgate-core` over TCP (and TLS after STARTTLS) with timeouts.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mailgate_core::client::{Client, ClientAction, ClientConfig, ContentMode, OutboundMessage, Outcome, dot_stuff};
+use mailgate_core::reply::{Reply, ReplyReader, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::route::Candidate;
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while switching to TLS.
+    Gone,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Timeouts and TLS settings for outbound connections.
+#[derive(Clone)]
+pub struct Settings {
+    pub client: ClientConfig,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// An open, greeted session ready for messages.
+pub struct Connection {
+    stream: Stream,
+    reader: ReplyReader,
+    client: Client,
+    settings: Settings,
+    server_name: String,
+    /// `host[ip]:port`, for logs and DSN `Remote-MTA`.
+    pub remote: String,
+    pub sent: usize,
+    broken: bool,
+}
+
+fn temp(code: StatusCode, text: String) -> Outcome {
+    Outcome::Temporary(Reply::new(451, code, text))
+}
+
+enum Stop {
+    Ready,
+    Finished(Vec<Outcome>),
+    Closed(Option<Outcome>),
+}
+
+/// Connects to the first candidate that greets us and completes EHLO.
+/// Tries every address of every host, in order (RFC 5321 §5.1).
+pub async fn connect(candidates: &[Candidate], settings: &Settings) -> Result<Connection, Outcome> {
+    let mut last = temp(StatusCode::new(4, 4, 1), "no host to connect to".into());
+    for cand in candidates {
+        for addr in &cand.addrs {
+            match connect_one(&cand.name, *addr, settings).await {
+                Ok(c) => return Ok(c),
+                Err(o) => {
+                    tracing::info!(host = %cand.name, addr = %addr, reason = %o.reply(), "connection attempt failed");
+                    last = o;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn connect_one(name: &str, addr: SocketAddr, settings: &Settings) -> Result<Connection, Outcome> {
+    let stream = match timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(temp(StatusCode::new(4, 4, 1), format!("connect to {name}[{}]:{} failed: {e}", addr.ip(), addr.port()))),
+        Err(_) => return Err(temp(StatusCode::new(4, 4, 1), format!("connect to {name}[{}]:{} timed out", addr.ip(), addr.port()))),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection {
+        stream: Stream::Plain(stream),
+        reader: ReplyReader::new(),
+        client: Client::new(settings.client.clone()),
+        settings: settings.clone(),
+        server_name: name.to_string(),
+        remote: format!("{name}[{}]:{}", addr.ip(), addr.port()),
+        sent: 0,
+        broken: false,
+    };
+    match conn.run(Vec::new(), &[]).await {
+        Stop::Ready => Ok(conn),
+        Stop::Closed(o) => Err(o.unwrap_or_else(|| temp(StatusCode::new(4, 4, 2), "connection closed during greeting".into()))),
+        Stop::Finished(_) => Err(temp(StatusCode::new(4, 4, 2), "unexpected state".into())),
+    }
+}
+
+impl Connection {
+    pub fn is_usable(&self) -> bool {
+        !self.broken
+    }
+
+    /// Whether the server offered DSN, so it takes over DSN duties.
+    pub fn supports_dsn(&self) -> bool {
+        self.client.extensions().is_some_and(|e| e.dsn)
+    }
+
+    pub fn tls_active(&self) -> bool {
+        self.client.tls_active()
+    }
+
+    /// Sends one message; returns one outcome per recipient. Call on a
+    /// fresh connection or after [`Connection::reset`] succeeded.
+    pub async fn send(&mut self, message: OutboundMessage, content: &[u8]) -> Vec<Outcome> {
+        let n = message.recipients.len();
+        self.sent += 1;
+        let actions = self.client.send_message(message);
+        match self.run(actions, content).await {
+            Stop::Finished(outcomes) => outcomes,
+            Stop::Closed(o) => {
+                self.broken = true;
+                vec![o.unwrap_or_else(|| temp(StatusCode::new(4, 4, 2), "connection closed".into())); n]
+            }
+            Stop::Ready => vec![temp(StatusCode::new(4, 4, 2), "no reply to the message".into()); n],
+        }
+    }
+
+    /// Readies the connection for another message (RSET). `false` if it
+    /// cannot be reused.
+    pub async fn reset(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let actions = self.client.next_message();
+        match self.run(actions, &[]).await {
+            Stop::Ready => true,
+            _ => {
+                self.broken = true;
+                false
+            }
+        }
+    }
+
+    pub async fn quit(mut self) {
+        if !self.broken {
+            let actions = self.client.quit();
+            let _ = timeout(Duration::from_secs(5), self.run(actions, &[])).await;
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Carries out actions and feeds replies until the client is ready,
+    /// has finished a message, or the connection ends.
+    async fn run(&mut self, mut actions: Vec<ClientAction>, content: &[u8]) -> Stop {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut finished = None;
+        loop {
+            let mut ready = false;
+            for action in std::mem::take(&mut actions) {
+                match action {
+                    ClientAction::Send(bytes) => {
+                        if let Err(e) = self.write(&bytes).await {
+                            return self.abort(&format!("write to {} failed: {e}", self.remote));
+                        }
+                    }
+                    ClientAction::SendContent(mode) => {
+                        let result = match mode {
+                            ContentMode::Data => self.write(&dot_stuff(content)).await,
+                            ContentMode::BdatLast => self.write(content).await,
+                        };
+                        if let Err(e) = result {
+                            return self.abort(&format!("write to {} failed: {e}", self.remote));
+                        }
+                    }
+                    ClientAction::StartTls => {
+                        if let Err(e) = self.start_tls().await {
+                            return self.abort(&format!("TLS handshake with {} failed: {e}", self.remote));
+                        }
+                        actions.extend(self.client.tls_established());
+                    }
+                    ClientAction::Finished(o) => finished = Some(o),
+                    ClientAction::Ready => ready = true,
+                    ClientAction::Close(o) => {
+                        self.broken = true;
+                        return match finished {
+                            Some(f) => Stop::Finished(f),
+                            None => Stop::Closed(o),
+                        };
+                    }
+                }
+            }
+            if !actions.is_empty() {
+                continue;
+            }
+            if let Some(f) = finished.take() {
+                return Stop::Finished(f);
+            }
+            if ready {
+                return Stop::Ready;
+            }
+            // Wait for the next reply.
+            let reply = loop {
+                match self.reader.next_reply() {
+                    Ok(Some(r)) => break r,
+                    Ok(None) => {}
+                    Err(e) => return self.abort(&format!("{}: {}", self.remote, e.0)),
+                }
+                match timeout(self.settings.command_timeout, self.stream.read(&mut buf)).await {
+                    Ok(Ok(0)) => return self.abort(&format!("{} closed the connection", self.remote)),
+                    Ok(Ok(n)) => self.reader.feed(&buf[..n]),
+                    Ok(Err(e)) => return self.abort(&format!("read from {} failed: {e}", self.remote)),
+                    Err(_) => return self.abort(&format!("timeout waiting for {}", self.remote)),
+                }
+            };
+            actions = self.client.on_reply(reply);
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match timeout(self.settings.command_timeout, self.stream.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    async fn start_tls(&mut self) -> std::io::Result<()> {
+        // Anything the server sent after its 220 and before the handshake
+        // is an injection attempt: drop it.
+        self.reader.clear();
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .or_else(|_| rustls::pki_types::ServerName::try_from("invalid.invalid".to_string()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let connector = TlsConnector::from(self.settings.tls.clone());
+        let tls = timeout(self.settings.command_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    fn abort(&mut self, why: &str) -> Stop {
+        self.broken = true;
+        match self.client.abort(why) {
+            Some(outcomes) => Stop::Finished(outcomes),
+            None => Stop::Closed(Some(temp(StatusCode::new(4, 4, 2), why.to_string()))),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Delivery: takes jobs for one destination, connects (reusing connections
+//! across messages), and reports one outcome per recipient.
+//!
+//! Workers pull jobs through [`JobSource`], which the scheduler implements;
+//! this stage never imports the scheduler.
+//!
+//! May import: `spool` (to read content), `config`, `dns`, `mailgate-core`.
+
+pub mod client;
+pub mod dsn;
+pub mod maildir;
+pub mod route;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use mailgate_core::client::{ClientConfig, OutboundMessage, OutboundRecipient, Outcome, TlsMode};
+use mailgate_core::reply::{Reply, StatusCode};
+use mailgate_core::{Envelope, QueueId};
+use tokio::sync::{Notify, mpsc};
+
+use crate::spool::Spool;
+use client::{Connection, Settings};
+use route::Destination;
+
+/// Some recipients of one message, all for one destination.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: QueueId,
+    pub envelope: Arc<Envelope>,
+    /// Indices into `envelope.recipients`.
+    pub rcpts: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub struct JobResult {
+    pub id: QueueId,
+    pub rcpts: Vec<usize>,
+    pub outcomes: Vec<Outcome>,
+    /// The host that answered, for DSNs and logs.
+    pub remote: Option<String>,
+    /// The next hop accepted DSN duties (it advertised DSN), so we do not
+    /// send success notices ourselves.
+    pub remote_dsn: bool,
+    /// Final delivery here (maildir, LMTP) rather than relaying.
+    pub local: bool,
+}
+
+/// Where workers get their jobs.
+pub trait JobSource: Send + Sync + 'static {
+    fn take(&self, dest: &Destination) -> Option<Job>;
+    /// Stops the worker if its queue is empty, atomically with the check.
+    fn try_exit(&self, dest: &Destination) -> bool;
+    fn notify(&self, dest: &Destination) -> Arc<Notify>;
+    /// The destination failed as a whole: defer its jobs for a while
+    /// without connecting.
+    fn mark_dead(&self, dest: &Destination, outcome: &Outcome);
+}
+
+pub struct Outbound {
+    pub hostname: String,
+    pub resolver: TokioResolver,
+    pub spool: Arc<Spool>,
+    pub mx_port: u16,
+    pub max_messages_per_connection: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl Outbound {
+    fn settings(&self, dest: &Destination) -> Settings {
+        let lmtp = matches!(dest, Destination::Lmtp { .. });
+        Settings {
+            client: ClientConfig { helo: self.hostname.clone(), lmtp, tls: if lmtp { TlsMode::Off } else { TlsMode::Opportunistic } },
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+fn message_for(job: &Job, size: u64) -> OutboundMessage {
+    let env = &job.envelope;
+    OutboundMessage {
+        sender: env.sender.clone(),
+        recipients: job
+            .rcpts
+            .iter()
+            .filter_map(|&i| env.recipients.get(i))
+            .map(|r| OutboundRecipient { address: r.address.clone(), notify: r.notify, orcpt: r.orcpt.clone() })
+            .collect(),
+        size,
+        body: env.body,
+        smtputf8: env.smtputf8,
+        ret: env.ret,
+        envid: env.envid.clone(),
+    }
+}
+
+fn all(job: &Job, outcome: Outcome) -> Vec<Outcome> {
+    vec![outcome; job.rcpts.len()]
+}
+
+/// Runs one worker for `dest` until its queue stays empty for the idle time.
+pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destination, results: mpsc::UnboundedSender<JobResult>) {
+    let settings = ob.settings(&dest);
+    let notify = source.notify(&dest);
+    let mut conn: Option<Connection> = None;
+    loop {
+        let Some(job) = source.take(&dest) else {
+            if conn.is_some() {
+                let woke = tokio::time::timeout(ob.idle_timeout, notify.notified()).await.is_ok();
+                if woke {
+                    continue;
+                }
+                // Idle long enough: close, then exit unless work arrived.
+                if let Some(c) = conn.take() {
+                    c.quit().await;
+                }
+                continue;
+            }
+            if source.try_exit(&dest) {
+                return;
+            }
+            continue;
+        };
+        let content = match ob.spool.read_data(&job.id) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue, // deleted meanwhile
+            Err(e) => {
+                let o = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), format!("cannot read the spool: {e}")));
+                let _ = results.send(JobResult {
+                    id: job.id.clone(),
+                    rcpts: job.rcpts.clone(),
+                    outcomes: all(&job, o),
+                    remote: None,
+                    remote_dsn: false,
+                    local: false,
+                });
+                continue;
+            }
+        };
+        if let Destination::Maildir(root) = &dest {
+            let env = job.envelope.clone();
+            let rcpts: Vec<_> = job.rcpts.iter().filter_map(|&i| env.recipients.get(i)).map(|r| r.address.clone()).collect();
+            let (root, host) = (root.clone(), ob.hostname.clone());
+            let outcomes =
+                tokio::task::spawn_blocking(move || outbound_maildir(&root, &host, &env, &rcpts, &content)).await.unwrap_or_else(|_| {
+                    vec![Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "maildir delivery crashed")); job.rcpts.len()]
+                });
+            let _ = results.send(JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true });
+            continue;
+        }
+        // Reuse the connection if it is healthy and under its message cap.
+        let reusable = match conn.as_mut() {
+            Some(c) if c.sent < ob.max_messages_per_connection => c.reset().await,
+            _ => false,
+        };
+        if !reusable {
+            if let Some(c) = conn.take() {
+                c.quit().await;
+            }
+            let connected = match route::resolve(&ob.resolver, &dest, ob.mx_port).await {
+                Ok(candidates) => client::connect(&candidates, &settings).await,
+                Err(o) => Err(o),
+            };
+            match connected {
+                Ok(c) => conn = Some(c),
+                Err(o) => {
+                    tracing::info!(destination = %dest, reason = %o.reply(), "destination unreachable; deferring its queue");
+                    source.mark_dead(&dest, &o);
+                    let _ = results.send(JobResult {
+                        id: job.id.clone(),
+                        rcpts: job.rcpts.clone(),
+                        outcomes: all(&job, o.clone()),
+                        remote: None,
+                        remote_dsn: false,
+                        local: false,
+                    });
+                    // Everything queued for this destination fails the same way.
+                    while let Some(other) = source.take(&dest) {
+                        let _ = results.send(JobResult {
+                            id: other.id.clone(),
+                            rcpts: other.rcpts.clone(),
+                            outcomes: all(&other, o.clone()),
+                            remote: None,
+                            remote_dsn: false,
+                            local: false,
+                        });
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let outcomes = c.send(message_for(&job, content.len() as u64), &content).await;
+        let result = JobResult {
+            id: job.id,
+            rcpts: job.rcpts,
+            outcomes,
+            remote: Some(c.remote.clone()),
+            remote_dsn: c.supports_dsn(),
+            local: matches!(dest, Destination::Lmtp { .. }),
+        };
+        let _ = results.send(result);
+    }
+}
+
+fn outbound_maildir(root: &std::path::Path, host: &str, env: &Envelope, rcpts: &[mailgate_core::Mailbox], content: &[u8]) -> Vec<Outcome> {
+    maildir::deliver(root, host, &env.sender, rcpts, content)
+}

@@ -1,0 +1,352 @@
+//! The scheduler owns the queue: when each message is tried, where its
+//! recipients go, what their outcomes mean (retry, bounce, done), and every
+//! change an administrator asks for. The admin API and CLI send it commands.
+//!
+//! It keeps a bounded window of messages in flight (`[delivery].window`);
+//! the rest wait in a heap of (due time, id), a few dozen bytes each, and
+//! their envelopes stay in the spool until they are due.
+//!
+//! May import: `spool`, `outbound`, `config`, `events`, `mailgate-core`.
+
+mod queues;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mailgate_core::client::Outcome;
+use mailgate_core::retry::RetryPolicy;
+use mailgate_core::{Envelope, QueueId, RecipientStatus};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::events::Metrics;
+use crate::outbound::route::{self, Destination};
+use crate::outbound::{self, Job, JobResult, Outbound, dsn};
+use crate::spool::{Spool, SpoolError};
+use queues::{Push, Queues};
+
+pub enum Command {
+    /// Remove a message from the queue without delivering it.
+    Delete { id: QueueId, done: oneshot::Sender<Result<bool, SpoolError>> },
+    /// Try a message's pending recipients now.
+    Retry { id: QueueId, done: oneshot::Sender<bool> },
+}
+
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Command::Delete { id, done }).await.map_err(|_| SpoolError::Stopped)?;
+        rx.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    pub async fn retry(&self, id: QueueId) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Retry { id, done }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Results gathered for a message while its jobs run.
+struct InFlight {
+    jobs_left: usize,
+    results: Vec<JobResult>,
+}
+
+struct Scheduler {
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    outbound: Arc<Outbound>,
+    queues: Arc<Queues>,
+    policy: RetryPolicy,
+    metrics: Arc<Metrics>,
+    due: BinaryHeap<Reverse<(u64, QueueId)>>,
+    /// The due time each waiting message is filed under; heap entries that
+    /// disagree are stale and skipped.
+    scheduled: HashMap<QueueId, u64>,
+    in_flight: HashMap<QueueId, InFlight>,
+    results_tx: mpsc::UnboundedSender<JobResult>,
+}
+
+pub fn start(config: Arc<Config>, spool: Arc<Spool>, outbound: Arc<Outbound>, metrics: Arc<Metrics>) -> Handle {
+    let (tx, commands) = mpsc::channel(64);
+    let (results_tx, results) = mpsc::unbounded_channel();
+    let new_messages = spool.subscribe();
+    let d = &config.delivery;
+    let dead_for = Duration::from_secs(d.retry_initial.min(300));
+    let queues = Queues::new(d.concurrency_per_destination, d.max_concurrency, dead_for);
+    let mut s = Scheduler {
+        policy: config.retry_policy(),
+        config,
+        spool,
+        outbound,
+        queues,
+        metrics,
+        due: BinaryHeap::new(),
+        scheduled: HashMap::new(),
+        in_flight: HashMap::new(),
+        results_tx,
+    };
+    for q in s.spool.list() {
+        let due = q.envelope.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min();
+        if let Some(due) = due {
+            s.schedule(q.id, due);
+        }
+    }
+    tokio::spawn(s.run(commands, results, new_messages));
+    Handle { tx }
+}
+
+impl Scheduler {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut results: mpsc::UnboundedReceiver<JobResult>,
+        mut new_messages: Option<mpsc::UnboundedReceiver<QueueId>>,
+    ) {
+        loop {
+            self.dispatch_due();
+            let next = self.next_wakeup();
+            tokio::select! {
+                Some(cmd) = commands.recv() => self.command(cmd).await,
+                Some(id) = async { match new_messages.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    self.schedule(id, 0);
+                }
+                Some(result) = results.recv() => self.result(result).await,
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        match self.due.peek() {
+            Some(Reverse((due, _))) if self.in_flight.len() < self.config.delivery.window => {
+                let now = now_secs();
+                Duration::from_secs(due.saturating_sub(now)).max(Duration::from_millis(50))
+            }
+            _ => Duration::from_secs(60),
+        }
+    }
+
+    fn schedule(&mut self, id: QueueId, due: u64) {
+        if self.in_flight.contains_key(&id) {
+            return;
+        }
+        self.scheduled.insert(id.clone(), due);
+        self.due.push(Reverse((due, id)));
+    }
+
+    fn dispatch_due(&mut self) {
+        let now = now_secs();
+        while self.in_flight.len() < self.config.delivery.window {
+            let Some(Reverse((due, _))) = self.due.peek() else { break };
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, id))) = self.due.pop() else { break };
+            if self.scheduled.get(&id) != Some(&due) {
+                continue;
+            }
+            self.scheduled.remove(&id);
+            let Some(q) = self.spool.get(&id) else { continue };
+            self.dispatch(id, q.envelope, now);
+        }
+    }
+
+    /// Groups a message's due recipients by destination and queues a job
+    /// for each group.
+    fn dispatch(&mut self, id: QueueId, envelope: Arc<Envelope>, now: u64) {
+        let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
+        for (i, r) in envelope.recipients.iter().enumerate() {
+            if !r.is_pending() || r.next_attempt > now {
+                continue;
+            }
+            let dest = route::destination(&self.config, &r.address);
+            match groups.iter_mut().find(|(d, _)| *d == dest) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((dest, vec![i])),
+            }
+        }
+        if groups.is_empty() {
+            // Nothing due yet: file it under its earliest pending recipient.
+            if let Some(due) = envelope.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min() {
+                self.schedule(id, due.max(now + 1));
+            }
+            return;
+        }
+        self.in_flight.insert(id.clone(), InFlight { jobs_left: groups.len(), results: Vec::new() });
+        for (dest, rcpts) in groups {
+            let job = Job { id: id.clone(), envelope: envelope.clone(), rcpts };
+            match self.queues.push(dest.clone(), job.clone()) {
+                Push::Spawn => {
+                    let source: Arc<dyn outbound::JobSource> = self.queues.clone();
+                    tokio::spawn(outbound::worker(self.outbound.clone(), source, dest, self.results_tx.clone()));
+                }
+                Push::Queued => {}
+                Push::Dead(outcome) => {
+                    let n = job.rcpts.len();
+                    let _ = self.results_tx.send(JobResult {
+                        id: job.id,
+                        rcpts: job.rcpts,
+                        outcomes: vec![outcome; n],
+                        remote: None,
+                        remote_dsn: false,
+                        local: false,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn result(&mut self, result: JobResult) {
+        let id = result.id.clone();
+        let Some(entry) = self.in_flight.get_mut(&id) else { return };
+        entry.jobs_left -= 1;
+        entry.results.push(result);
+        if entry.jobs_left > 0 {
+            return;
+        }
+        let Some(done) = self.in_flight.remove(&id) else { return };
+        self.finish(id, done.results).await;
+    }
+
+    /// Applies every outcome of an attempt, sends the notices it calls for,
+    /// and either removes the message or files its next attempt.
+    async fn finish(&mut self, id: QueueId, results: Vec<JobResult>) {
+        let Some(q) = self.spool.get(&id) else { return }; // deleted meanwhile
+        let mut env: Envelope = (*q.envelope).clone();
+        let now = now_secs();
+        let mut failed = Vec::new();
+        let mut succeeded = Vec::new();
+        for res in &results {
+            for (&i, outcome) in res.rcpts.iter().zip(&res.outcomes) {
+                let Some(r) = env.recipients.get_mut(i) else { continue };
+                r.attempts += 1;
+                r.last_reply = Some(outcome.reply().to_string());
+                r.remote = res.remote.clone();
+                let relay = res.remote.as_deref().unwrap_or(if res.local { "local" } else { "none" });
+                match outcome {
+                    Outcome::Delivered(_) => {
+                        r.status = RecipientStatus::Delivered;
+                        Metrics::inc(&self.metrics.delivered);
+                        tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), "delivered");
+                        if r.notify.is_some_and(|n| n.success) && !res.remote_dsn {
+                            succeeded.push((i, if res.local || res.remote.is_none() { "delivered" } else { "relayed" }));
+                        }
+                    }
+                    Outcome::Permanent(_) => {
+                        r.status = RecipientStatus::Failed;
+                        Metrics::inc(&self.metrics.bounced);
+                        tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), "bounced");
+                        failed.push(i);
+                    }
+                    Outcome::Temporary(_) => {
+                        r.status = RecipientStatus::Deferred;
+                        r.next_attempt = now + self.policy.delay(r.attempts, rand::random::<f64>()).as_secs();
+                        Metrics::inc(&self.metrics.deferred);
+                        tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), next_attempt_s = r.next_attempt - now, "deferred");
+                    }
+                }
+            }
+        }
+        if self.policy.expired(env.received_at, now) {
+            for (i, r) in env.recipients.iter_mut().enumerate() {
+                if r.status == RecipientStatus::Deferred {
+                    r.status = RecipientStatus::Failed;
+                    let last = r.last_reply.take().unwrap_or_default();
+                    r.last_reply = Some(format!("{last} (gave up: message expired after {}s in the queue)", now - env.received_at));
+                    tracing::info!(queue_id = %id, to = %r.address, "expired");
+                    failed.push(i);
+                }
+            }
+        }
+        let original = self.spool.read_data(&id).ok().flatten().unwrap_or_default();
+        let failure: Vec<usize> = failed.into_iter().filter(|&i| env.recipients[i].notify.is_none_or(|n| n.failure)).collect();
+        self.notify_sender(&id, &env, &original, dsn::Kind::Failure, failure.iter().map(|&i| (i, "failed")).collect()).await;
+        self.notify_sender(&id, &env, &original, dsn::Kind::Success, succeeded).await;
+        if let Some(warn_after) = self.policy.delay_warning {
+            if !env.delay_warned && now.saturating_sub(env.received_at) >= warn_after.as_secs() {
+                let delayed: Vec<(usize, &'static str)> = env
+                    .recipients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.status == RecipientStatus::Deferred && r.notify.is_none_or(|n| n.delay))
+                    .map(|(i, _)| (i, "delayed"))
+                    .collect();
+                if !delayed.is_empty() {
+                    self.notify_sender(&id, &env, &original, dsn::Kind::Delay, delayed).await;
+                    env.delay_warned = true;
+                }
+            }
+        }
+        if env.recipients.iter().all(|r| r.status.is_final()) {
+            if let Err(e) = self.spool.remove(&id).await {
+                tracing::error!(queue_id = %id, error = %e, "cannot remove a finished message; it may be delivered again");
+            }
+            return;
+        }
+        let due = env.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min().unwrap_or(now);
+        if let Err(e) = self.spool.update(&id, env).await {
+            tracing::error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be tried again");
+        }
+        self.schedule(id, due);
+    }
+
+    async fn notify_sender(&self, id: &QueueId, env: &Envelope, original: &[u8], kind: dsn::Kind, which: Vec<(usize, &'static str)>) {
+        if which.is_empty() {
+            return;
+        }
+        let entries: Vec<dsn::Entry<'_>> = which.iter().map(|&(i, action)| dsn::Entry { recipient: &env.recipients[i], action }).collect();
+        // A `<>` sender never gets a notice: that is how bounce loops end.
+        let Some((bounce_env, content)) = dsn::build(&self.config.hostname, id, env, original, kind, &entries, SystemTime::now()) else {
+            return;
+        };
+        let bounce_id = self.spool.new_id();
+        match self.spool.store(&bounce_id, bounce_env, &content).await {
+            Ok(()) => tracing::info!(queue_id = %id, dsn_id = %bounce_id, kind = ?kind, "sender notified"),
+            Err(e) => tracing::error!(queue_id = %id, error = %e, kind = ?kind, "cannot queue the delivery status notification"),
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Delete { id, done } => {
+                let result = self.spool.remove(&id).await;
+                if matches!(result, Ok(true)) {
+                    self.scheduled.remove(&id);
+                    tracing::info!(queue_id = %id, "deleted by administrator");
+                }
+                let _ = done.send(result);
+            }
+            Command::Retry { id, done } => {
+                let Some(q) = self.spool.get(&id) else {
+                    let _ = done.send(false);
+                    return;
+                };
+                if !self.in_flight.contains_key(&id) {
+                    let mut env = (*q.envelope).clone();
+                    for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
+                        r.next_attempt = 0;
+                    }
+                    let _ = self.spool.update(&id, env).await;
+                    self.queues.revive_all();
+                    self.schedule(id.clone(), 0);
+                    tracing::info!(queue_id = %id, "retry forced by administrator");
+                }
+                let _ = done.send(true);
+            }
+        }
+    }
+}
