@@ -69,8 +69,7 @@ fn check_label(label: &str, utf8: bool) -> Result<(), AddressError> {
     if label.is_empty() || label.len() > MAX_LABEL_LEN {
         return Err(AddressError::BadDomain);
     }
-    let ok_char =
-        |c: char| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && !c.is_control());
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && !c.is_control());
     if !label.chars().all(ok_char) || label.starts_with('-') || label.ends_with('-') {
         return Err(AddressError::BadDomain);
     }
@@ -179,16 +178,8 @@ impl Mailbox {
             (local.to_string(), false, &s[at..])
         };
         let host = rest.strip_prefix('@').ok_or(AddressError::MissingDomain)?;
-        let host = if host.starts_with('[') {
-            Host::Literal(parse_literal(host)?)
-        } else {
-            Host::Domain(Domain::parse(host, utf8)?)
-        };
-        Ok(Mailbox {
-            local,
-            host,
-            quoted,
-        })
+        let host = if host.starts_with('[') { Host::Literal(parse_literal(host)?) } else { Host::Domain(Domain::parse(host, utf8)?) };
+        Ok(Mailbox { local, host, quoted })
     }
 
     /// Builds a mailbox from parts that are already known to be valid.
@@ -215,18 +206,12 @@ fn quote_local(local: &str) -> String {
 
 impl fmt::Display for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.quoted {
-            write!(f, "{}@{}", quote_local(&self.local), self.host)
-        } else {
-            write!(f, "{}@{}", self.local, self.host)
-        }
+        if self.quoted { write!(f, "{}@{}", quote_local(&self.local), self.host) } else { write!(f, "{}@{}", self.local, self.host) }
     }
 }
 
 fn is_atext(c: char, utf8: bool) -> bool {
-    c.is_ascii_alphanumeric()
-        || "!#$%&'*+-/=?^_`{|}~".contains(c)
-        || (utf8 && !c.is_ascii() && !c.is_control())
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (utf8 && !c.is_ascii() && !c.is_control())
 }
 
 fn check_dot_string(s: &str, utf8: bool) -> Result<(), AddressError> {
@@ -274,23 +259,11 @@ fn parse_quoted(body: &str, utf8: bool) -> Result<(String, &str), AddressError> 
 }
 
 fn parse_literal(s: &str) -> Result<IpAddr, AddressError> {
-    let inner = s
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .ok_or(AddressError::BadLiteral)?;
-    if let Some(v6) = inner
-        .strip_prefix("IPv6:")
-        .or_else(|| inner.strip_prefix("ipv6:"))
-    {
-        return v6
-            .parse::<std::net::Ipv6Addr>()
-            .map(IpAddr::V6)
-            .map_err(|_| AddressError::BadLiteral);
+    let inner = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or(AddressError::BadLiteral)?;
+    if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+        return v6.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).map_err(|_| AddressError::BadLiteral);
     }
-    inner
-        .parse::<std::net::Ipv4Addr>()
-        .map(IpAddr::V4)
-        .map_err(|_| AddressError::BadLiteral)
+    inner.parse::<std::net::Ipv4Addr>().map(IpAddr::V4).map_err(|_| AddressError::BadLiteral)
 }
 
 /// The argument of `MAIL FROM`: a mailbox or the null path `<>`.
@@ -380,13 +353,7 @@ pub fn parse_path(s: &str, utf8: bool) -> Result<(Path, &str), AddressError> {
         (Vec::new(), inner)
     };
     let mailbox = Mailbox::parse(mailbox, utf8)?;
-    Ok((
-        Path::Mailbox {
-            mailbox,
-            source_route: route,
-        },
-        rest,
-    ))
+    Ok((Path::Mailbox { mailbox, source_route: route }, rest))
 }
 
 #[cfg(test)]
@@ -415,24 +382,9 @@ mod tests {
 
     #[test]
     fn routing_hacks_are_named() {
-        assert!(
-            mb("a%b.test@example.test")
-                .unwrap()
-                .routing_hack()
-                .is_some()
-        );
-        assert!(
-            mb("b.test!a@example.test")
-                .unwrap()
-                .routing_hack()
-                .is_some()
-        );
-        assert!(
-            mb("\"a@b.test\"@example.test")
-                .unwrap()
-                .routing_hack()
-                .is_some()
-        );
+        assert!(mb("a%b.test@example.test").unwrap().routing_hack().is_some());
+        assert!(mb("b.test!a@example.test").unwrap().routing_hack().is_some());
+        assert!(mb("\"a@b.test\"@example.test").unwrap().routing_hack().is_some());
         // An unquoted second @ is a syntax error, not a hack to resolve.
         assert!(mb("a@b.test@example.test").is_err());
     }
@@ -452,10 +404,7 @@ mod tests {
         assert!(matches!(p, Path::Mailbox { .. }));
         assert_eq!(rest, "SIZE=10");
         assert_eq!(parse_path("<>", false).unwrap().0, Path::Null);
-        assert_eq!(
-            parse_path("<Postmaster>", false).unwrap().0,
-            Path::Postmaster
-        );
+        assert_eq!(parse_path("<Postmaster>", false).unwrap().0, Path::Postmaster);
         let (p, _) = parse_path("<@relay.test,@b.test:a@example.test>", false).unwrap();
         match p {
             Path::Mailbox { source_route, .. } => assert_eq!(source_route.len(), 2),
@@ -468,10 +417,7 @@ mod tests {
 
     #[test]
     fn utf8_needs_smtputf8() {
-        assert_eq!(
-            Mailbox::parse("δοκιμή@παράδειγμα.δοκιμή", false),
-            Err(AddressError::NeedsUtf8)
-        );
+        assert_eq!(Mailbox::parse("δοκιμή@παράδειγμα.δοκιμή", false), Err(AddressError::NeedsUtf8));
         assert!(Mailbox::parse("δοκιμή@παράδειγμα.δοκιμή", true).is_ok());
     }
 }

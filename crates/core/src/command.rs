@@ -18,10 +18,7 @@ pub enum Command {
     Mail(Path, MailParams),
     Rcpt(Path, RcptParams),
     Data,
-    Bdat {
-        size: u64,
-        last: bool,
-    },
+    Bdat { size: u64, last: bool },
     Rset,
     Noop,
     Quit,
@@ -29,10 +26,7 @@ pub enum Command {
     Expn,
     Help,
     StartTls,
-    Auth {
-        mechanism: String,
-        initial: Option<String>,
-    },
+    Auth { mechanism: String, initial: Option<String> },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,16 +63,7 @@ pub enum CommandError {
 
 /// Verbs that only appear when a web client or proxy has been pointed at an
 /// SMTP port; Postfix drops these connections too.
-const FORBIDDEN_VERBS: &[&str] = &[
-    "GET",
-    "POST",
-    "PUT",
-    "HEAD",
-    "CONNECT",
-    "OPTIONS",
-    "USER-AGENT:",
-    "HOST:",
-];
+const FORBIDDEN_VERBS: &[&str] = &["GET", "POST", "PUT", "HEAD", "CONNECT", "OPTIONS", "USER-AGENT:", "HOST:"];
 
 pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     let line = std::str::from_utf8(line).map_err(|_| CommandError::Syntax("invalid UTF-8"))?;
@@ -88,11 +73,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     };
     let upper = verb.to_ascii_uppercase();
     let no_arg = |cmd: Command| {
-        if arg.trim().is_empty() {
-            Ok(cmd)
-        } else {
-            Err(CommandError::Syntax("no parameters allowed"))
-        }
+        if arg.trim().is_empty() { Ok(cmd) } else { Err(CommandError::Syntax("no parameters allowed")) }
     };
     match upper.as_str() {
         "EHLO" => Ok(Command::Ehlo(parse_helo(arg)?)),
@@ -128,31 +109,25 @@ fn parse_helo(arg: &str) -> Result<String, CommandError> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 fn params(rest: &str) -> impl Iterator<Item = (String, Option<&str>)> {
-    rest.split(' ')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.find('=') {
-            Some(i) => (p[..i].to_ascii_uppercase(), Some(&p[i + 1..])),
-            None => (p.to_ascii_uppercase(), None),
-        })
+    rest.split(' ').filter(|p| !p.is_empty()).map(|p| match p.find('=') {
+        Some(i) => (p[..i].to_ascii_uppercase(), Some(&p[i + 1..])),
+        None => (p.to_ascii_uppercase(), None),
+    })
 }
 
 fn parse_mail(arg: &str) -> Result<Command, CommandError> {
-    let rest = strip_prefix_ci(arg, "FROM:")
-        .ok_or(CommandError::Syntax("expected MAIL FROM:<address>"))?;
+    let rest = strip_prefix_ci(arg, "FROM:").ok_or(CommandError::Syntax("expected MAIL FROM:<address>"))?;
     let (path, rest) = parse_path(rest, true)?;
     let mut p = MailParams::default();
     for (key, value) in params(rest) {
         let dup = || CommandError::Syntax("duplicate parameter");
         match (key.as_str(), value) {
             ("SIZE", Some(v)) => {
-                let n = v
-                    .parse()
-                    .map_err(|_| CommandError::Syntax("SIZE needs a number"))?;
+                let n = v.parse().map_err(|_| CommandError::Syntax("SIZE needs a number"))?;
                 if p.size.replace(n).is_some() {
                     return Err(dup());
                 }
@@ -183,18 +158,13 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
                 if v.len() > 100 {
                     return Err(CommandError::Syntax("ENVID too long"));
                 }
-                let id =
-                    xtext::decode(v).ok_or(CommandError::Syntax("ENVID is not valid xtext"))?;
+                let id = xtext::decode(v).ok_or(CommandError::Syntax("ENVID is not valid xtext"))?;
                 if p.envid.replace(id).is_some() {
                     return Err(dup());
                 }
             }
             ("AUTH", Some(v)) => {
-                let who = if v == "<>" {
-                    None
-                } else {
-                    Some(xtext::decode(v).ok_or(CommandError::Syntax("AUTH= is not valid xtext"))?)
-                };
+                let who = if v == "<>" { None } else { Some(xtext::decode(v).ok_or(CommandError::Syntax("AUTH= is not valid xtext"))?) };
                 p.auth = Some(who);
             }
             _ => return Err(CommandError::UnknownParam(key)),
@@ -211,8 +181,7 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
 }
 
 fn parse_rcpt(arg: &str) -> Result<Command, CommandError> {
-    let rest =
-        strip_prefix_ci(arg, "TO:").ok_or(CommandError::Syntax("expected RCPT TO:<address>"))?;
+    let rest = strip_prefix_ci(arg, "TO:").ok_or(CommandError::Syntax("expected RCPT TO:<address>"))?;
     let (path, rest) = parse_path(rest, true)?;
     if path == Path::Null {
         return Err(AddressError::Empty.into());
@@ -221,27 +190,18 @@ fn parse_rcpt(arg: &str) -> Result<Command, CommandError> {
     for (key, value) in params(rest) {
         match (key.as_str(), value) {
             ("NOTIFY", Some(v)) => {
-                let n = Notify::parse(v).ok_or(CommandError::Syntax(
-                    "NOTIFY must be NEVER or SUCCESS,FAILURE,DELAY",
-                ))?;
+                let n = Notify::parse(v).ok_or(CommandError::Syntax("NOTIFY must be NEVER or SUCCESS,FAILURE,DELAY"))?;
                 if p.notify.replace(n).is_some() {
                     return Err(CommandError::Syntax("duplicate parameter"));
                 }
             }
             ("ORCPT", Some(v)) => {
-                let (kind, addr) = v
-                    .split_once(';')
-                    .ok_or(CommandError::Syntax("ORCPT needs addr-type;address"))?;
-                if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                {
+                let (kind, addr) = v.split_once(';').ok_or(CommandError::Syntax("ORCPT needs addr-type;address"))?;
+                if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                     return Err(CommandError::Syntax("bad ORCPT address type"));
                 }
-                let addr =
-                    xtext::decode(addr).ok_or(CommandError::Syntax("ORCPT is not valid xtext"))?;
-                let orcpt = Orcpt {
-                    addr_type: kind.to_ascii_lowercase(),
-                    address: addr,
-                };
+                let addr = xtext::decode(addr).ok_or(CommandError::Syntax("ORCPT is not valid xtext"))?;
+                let orcpt = Orcpt { addr_type: kind.to_ascii_lowercase(), address: addr };
                 if p.orcpt.replace(orcpt).is_some() {
                     return Err(CommandError::Syntax("duplicate parameter"));
                 }
@@ -272,19 +232,12 @@ fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
 
 fn parse_auth(arg: &str) -> Result<Command, CommandError> {
     let mut parts = arg.split(' ').filter(|s| !s.is_empty());
-    let mechanism = parts
-        .next()
-        .ok_or(CommandError::Syntax("AUTH needs a mechanism"))?;
+    let mechanism = parts.next().ok_or(CommandError::Syntax("AUTH needs a mechanism"))?;
     let initial = parts.next().map(str::to_string);
     if parts.next().is_some() {
-        return Err(CommandError::Syntax(
-            "expected AUTH mechanism [initial-response]",
-        ));
+        return Err(CommandError::Syntax("expected AUTH mechanism [initial-response]"));
     }
-    Ok(Command::Auth {
-        mechanism: mechanism.to_ascii_uppercase(),
-        initial,
-    })
+    Ok(Command::Auth { mechanism: mechanism.to_ascii_uppercase(), initial })
 }
 
 #[cfg(test)]
@@ -293,8 +246,7 @@ mod tests {
 
     #[test]
     fn mail_with_dsn_params() {
-        let c =
-            parse(b"MAIL FROM:<a@x.test> SIZE=100 RET=HDRS ENVID=ab+2Bc BODY=8BITMIME").unwrap();
+        let c = parse(b"MAIL FROM:<a@x.test> SIZE=100 RET=HDRS ENVID=ab+2Bc BODY=8BITMIME").unwrap();
         let Command::Mail(_, p) = c else { panic!() };
         assert_eq!(p.size, Some(100));
         assert_eq!(p.ret, Some(Ret::Hdrs));
@@ -315,46 +267,19 @@ mod tests {
     fn errors() {
         assert_eq!(parse(b"FOO"), Err(CommandError::Unknown));
         assert_eq!(parse(b"GET / HTTP/1.1"), Err(CommandError::Forbidden));
-        assert!(matches!(
-            parse(b"MAIL FROM:<a@x.test> FOO=1"),
-            Err(CommandError::UnknownParam(_))
-        ));
-        assert!(matches!(
-            parse(b"MAIL FROM:<a@x.test> BODY=BINARYMIME"),
-            Err(CommandError::UnknownParam(_))
-        ));
-        assert!(matches!(
-            parse(b"RCPT TO:<b@y.test> NOTIFY=NEVER,SUCCESS"),
-            Err(CommandError::Syntax(_))
-        ));
+        assert!(matches!(parse(b"MAIL FROM:<a@x.test> FOO=1"), Err(CommandError::UnknownParam(_))));
+        assert!(matches!(parse(b"MAIL FROM:<a@x.test> BODY=BINARYMIME"), Err(CommandError::UnknownParam(_))));
+        assert!(matches!(parse(b"RCPT TO:<b@y.test> NOTIFY=NEVER,SUCCESS"), Err(CommandError::Syntax(_))));
         assert!(matches!(parse(b"BDAT x"), Err(CommandError::Syntax(_))));
-        assert!(matches!(
-            parse(b"STARTTLS now"),
-            Err(CommandError::Syntax(_))
-        ));
-        assert!(matches!(
-            parse(b"MAIL FROM:<\xce\xb4@x.test>"),
-            Err(CommandError::Address(AddressError::NeedsUtf8))
-        ));
+        assert!(matches!(parse(b"STARTTLS now"), Err(CommandError::Syntax(_))));
+        assert!(matches!(parse(b"MAIL FROM:<\xce\xb4@x.test>"), Err(CommandError::Address(AddressError::NeedsUtf8))));
         assert!(parse("MAIL FROM:<δ@x.test> SMTPUTF8".as_bytes()).is_ok());
     }
 
     #[test]
     fn bdat() {
-        assert_eq!(
-            parse(b"BDAT 10 LAST"),
-            Ok(Command::Bdat {
-                size: 10,
-                last: true
-            })
-        );
-        assert_eq!(
-            parse(b"BDAT 0"),
-            Ok(Command::Bdat {
-                size: 0,
-                last: false
-            })
-        );
+        assert_eq!(parse(b"BDAT 10 LAST"), Ok(Command::Bdat { size: 10, last: true }));
+        assert_eq!(parse(b"BDAT 0"), Ok(Command::Bdat { size: 0, last: false }));
         assert!(parse(b"BDAT 99999999999999999999999").is_err());
     }
 }

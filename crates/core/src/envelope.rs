@@ -22,10 +22,7 @@ impl QueueId {
 
     /// Parses an id given by a user or read from disk.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 20
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
-        .then(|| QueueId(s.to_string()))
+        (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))).then(|| QueueId(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -65,11 +62,7 @@ pub struct Notify {
 }
 
 impl Notify {
-    pub const NEVER: Notify = Notify {
-        success: false,
-        failure: false,
-        delay: false,
-    };
+    pub const NEVER: Notify = Notify { success: false, failure: false, delay: false };
 
     pub fn parse(s: &str) -> Option<Self> {
         if s.eq_ignore_ascii_case("NEVER") {
@@ -132,14 +125,7 @@ pub struct Recipient {
 
 impl Recipient {
     pub fn new(address: Mailbox) -> Self {
-        Recipient {
-            address,
-            notify: None,
-            orcpt: None,
-            status: RecipientStatus::Scheduled,
-            attempts: 0,
-            last_reply: None,
-        }
+        Recipient { address, notify: None, orcpt: None, status: RecipientStatus::Scheduled, attempts: 0, last_reply: None }
     }
 }
 
@@ -181,14 +167,7 @@ mod tests {
     #[test]
     fn notify_parse() {
         assert_eq!(Notify::parse("never"), Some(Notify::NEVER));
-        assert_eq!(
-            Notify::parse("FAILURE"),
-            Some(Notify {
-                success: false,
-                failure: true,
-                delay: false
-            })
-        );
+        assert_eq!(Notify::parse("FAILURE"), Some(Notify { success: false, failure: true, delay: false }));
         assert_eq!(Notify::parse("FAILURE,FAILURE"), None);
         assert_eq!(Notify::parse("NEVER,FAILURE"), None);
         assert_eq!(Notify::parse(""), None);

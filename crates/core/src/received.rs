@@ -18,12 +18,7 @@ pub fn received_header(hostname: &str, env: &Envelope, id: &QueueId, date: &str)
         std::net::IpAddr::V4(ip) => ip.to_string(),
         std::net::IpAddr::V6(ip) => format!("IPv6:{ip}"),
     };
-    let helo: String = client
-        .helo
-        .chars()
-        .filter(|c| !c.is_control() && *c != '(' && *c != ')')
-        .take(255)
-        .collect();
+    let helo: String = client.helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(255).collect();
     let mut h = format!("Received: from {helo} ([{ip}])\r\n\tby {hostname} (mailgate) with {with}");
     if let Some(tls) = &client.tls {
         h.push_str(&format!("\r\n\t({tls})"));

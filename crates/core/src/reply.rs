@@ -12,11 +12,7 @@ pub struct StatusCode {
 
 impl StatusCode {
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
+        Self { class, subject, detail }
     }
 }
 
@@ -37,20 +33,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, status: StatusCode, text: impl Into<String>) -> Self {
-        Self {
-            code,
-            status: Some(status),
-            lines: vec![text.into()],
-        }
+        Self { code, status: Some(status), lines: vec![text.into()] }
     }
 
     /// A reply without an enhanced status code (greeting, EHLO, 354, 334).
     pub fn bare(code: u16, lines: Vec<String>) -> Self {
-        Self {
-            code,
-            status: None,
-            lines,
-        }
+        Self { code, status: None, lines }
     }
 
     pub fn is_positive(&self) -> bool {

@@ -11,10 +11,7 @@ pub fn decode(s: &str) -> Option<String> {
         if b == b'+' {
             let hex = bytes.get(i + 1..i + 3)?;
             let hex = std::str::from_utf8(hex).ok()?;
-            if !hex
-                .bytes()
-                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
-            {
+            if !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
                 return None;
             }
             out.push(u8::from_str_radix(hex, 16).ok()?);
@@ -50,10 +47,7 @@ mod tests {
     fn round_trip() {
         let s = "a+b=c d";
         assert_eq!(decode(&encode(s)).as_deref(), Some(s));
-        assert_eq!(
-            decode("rfc822;a+2Bb@x.test").as_deref(),
-            Some("rfc822;a+b@x.test")
-        );
+        assert_eq!(decode("rfc822;a+2Bb@x.test").as_deref(), Some("rfc822;a+b@x.test"));
     }
 
     #[test]

@@ -328,10 +328,8 @@ impl Config {
             if domains.iter().any(|o| o.name == name) {
                 return Err(invalid(format!("domain[{i}].name"), format!("{name} is listed twice")));
             }
-            let deliver = d
-                .deliver
-                .map(|s| parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m)))
-                .transpose()?;
+            let deliver =
+                d.deliver.map(|s| parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m))).transpose()?;
             domains.push(DomainConfig { name, deliver });
         }
 

@@ -21,8 +21,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let spool_dir = config.data_dir.join("spool");
-    let (spool, recovery) = Spool::open(&spool_dir, config.spool.segment_size)
-        .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
+    let (spool, recovery) =
+        Spool::open(&spool_dir, config.spool.segment_size).with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     let spool = Arc::new(spool);
     tracing::info!(
         messages = recovery.messages, segments = recovery.segments, corrupt = recovery.corrupt.len(),

@@ -85,12 +85,7 @@ fn client(n: usize, shared: Arc<Shared>) {
             thread::sleep(Duration::from_millis(5));
             continue;
         };
-        if c.greeting.code != 220
-            || !c
-                .ehlo("client.example.net")
-                .map(|r| r.code == 250)
-                .unwrap_or(false)
-        {
+        if c.greeting.code != 220 || !c.ehlo("client.example.net").map(|r| r.code == 250).unwrap_or(false) {
             shared.stats.io_errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -105,21 +100,10 @@ fn client(n: usize, shared: Arc<Shared>) {
                  Message-ID: {message_id}\r\n\r\nClient {n}, message {seq}.\r\n"
             );
             shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
-            match c.send_mail(
-                &format!("sender{n}@client.example.net"),
-                &[&recipient],
-                &body,
-            ) {
+            match c.send_mail(&format!("sender{n}@client.example.net"), &[&recipient], &body) {
                 Ok(reply) if reply.code == 250 => {
-                    let id = reply
-                        .queue_id()
-                        .unwrap_or_else(|| panic!("250 without a queue id: {reply}"));
-                    let acked = Acked {
-                        id,
-                        message_id,
-                        recipient: recipient.clone(),
-                        start,
-                    };
+                    let id = reply.queue_id().unwrap_or_else(|| panic!("250 without a queue id: {reply}"));
+                    let acked = Acked { id, message_id, recipient: recipient.clone(), start };
                     shared.acked.lock().unwrap().push(acked);
                 }
                 Ok(_) => {
@@ -140,14 +124,8 @@ fn client(n: usize, shared: Arc<Shared>) {
 fn check_all_acked_are_queued(server: &Server, acked: &[Acked], when: &str) -> usize {
     let queue = server.queue();
     let messages = queue["messages"].as_array().expect("messages array");
-    let by_id: HashMap<&str, &Value> = messages
-        .iter()
-        .map(|m| (m["id"].as_str().expect("id"), m))
-        .collect();
-    let missing: Vec<&Acked> = acked
-        .iter()
-        .filter(|a| !by_id.contains_key(a.id.as_str()))
-        .collect();
+    let by_id: HashMap<&str, &Value> = messages.iter().map(|m| (m["id"].as_str().expect("id"), m)).collect();
+    let missing: Vec<&Acked> = acked.iter().filter(|a| !by_id.contains_key(a.id.as_str())).collect();
     assert!(
         missing.is_empty(),
         "{when}: {} of {} acknowledged messages are not in the queue ({} queued); first few: {:#?}\n{}",
@@ -160,11 +138,7 @@ fn check_all_acked_are_queued(server: &Server, acked: &[Acked], when: &str) -> u
     for a in acked {
         let m = by_id[a.id.as_str()];
         let rcpt = m["recipients"][0]["address"].as_str().unwrap_or_default();
-        assert_eq!(
-            rcpt, a.recipient,
-            "{when}: message {} has the wrong recipient: {m}",
-            a.id
-        );
+        assert_eq!(rcpt, a.recipient, "{when}: message {} has the wrong recipient: {m}", a.id);
     }
     messages.len()
 }
@@ -172,49 +146,28 @@ fn check_all_acked_are_queued(server: &Server, acked: &[Acked], when: &str) -> u
 /// Corrupt segments this start reported; each must have been moved aside.
 fn check_corrupt_moved_aside(server: &Server) -> Vec<Value> {
     let status = server.spool_status();
-    let corrupt = status["recovery"]["corrupt"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let corrupt = status["recovery"]["corrupt"].as_array().cloned().unwrap_or_default();
     for c in &corrupt {
         let moved = Path::new(c["moved_to"].as_str().expect("moved_to"));
-        assert!(
-            moved.starts_with(server.spool_dir().join("corrupt")),
-            "corrupt segment not under spool/corrupt: {c}"
-        );
-        assert!(
-            moved.exists(),
-            "corrupt segment {} was reported but is not there",
-            moved.display()
-        );
+        assert!(moved.starts_with(server.spool_dir().join("corrupt")), "corrupt segment not under spool/corrupt: {c}");
+        assert!(moved.exists(), "corrupt segment {} was reported but is not there", moved.display());
     }
     corrupt
 }
 
 #[test]
 fn acknowledged_mail_survives_kill_9_at_random_moments() {
-    let seed = env_u64("CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
-    let kills = env_u64("CRASH_KILLS")
-        .map(|k| k as usize)
-        .unwrap_or(DEFAULT_KILLS);
-    println!(
-        "crash test: seed {seed} (CRASH_SEED={seed} replays the kill timings), {kills} kills, {CLIENTS} clients"
-    );
+    let seed = env_u64("CRASH_SEED")
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    let kills = env_u64("CRASH_KILLS").map(|k| k as usize).unwrap_or(DEFAULT_KILLS);
+    println!("crash test: seed {seed} (CRASH_SEED={seed} replays the kill timings), {kills} kills, {CLIENTS} clients");
     let mut rng = Rng(seed);
     let began = Instant::now();
 
     // A next hop that never answers, so mail stays queued once delivery exists.
     let next_hop = Blackhole::start();
     let mut server = Server::builder(env!("CARGO_BIN_EXE_mailgate"))
-        .config(&format!(
-            "[[domain]]\nname = \"example.test\"\ndeliver = \"{}\"\n",
-            next_hop.url()
-        ))
+        .config(&format!("[[domain]]\nname = \"example.test\"\ndeliver = \"{}\"\n", next_hop.url()))
         .start();
 
     let shared = Arc::new(Shared {
@@ -237,19 +190,13 @@ fn acknowledged_mail_survives_kill_9_at_random_moments() {
     for round in 1..=kills {
         thread::sleep(Duration::from_millis(rng.range(20, 300)));
         let status = server.kill9();
-        assert!(
-            was_killed(&status),
-            "round {round}: the server had already exited ({status})\n{}",
-            server.log_tail(40)
-        );
+        assert!(was_killed(&status), "round {round}: the server had already exited ({status})\n{}", server.log_tail(40));
         acked_at_kill.push(shared.acked.lock().unwrap().len());
         let t = Instant::now();
         server.restart();
         restart_time += t.elapsed();
         *shared.smtp.write().unwrap() = server.smtp_addr();
-        shared
-            .start
-            .store(u64::from(server.starts()), Ordering::SeqCst);
+        shared.start.store(u64::from(server.starts()), Ordering::SeqCst);
 
         // Everything acknowledged so far was acknowledged by a dead process
         // or by this one after storing it: all of it must be listed now.
@@ -272,48 +219,31 @@ fn acknowledged_mail_survives_kill_9_at_random_moments() {
     corrupt_seen.extend(check_corrupt_moved_aside(&server));
     let via_cli: HashSet<String> = server.queue_ids_via_cli().into_iter().collect();
     let missing_cli = acked.iter().filter(|a| !via_cli.contains(&a.id)).count();
-    assert_eq!(
-        missing_cli, 0,
-        "`mailgate queue list --json` misses {missing_cli} acknowledged messages"
-    );
+    assert_eq!(missing_cli, 0, "`mailgate queue list --json` misses {missing_cli} acknowledged messages");
 
     // Queue ids are unique across restarts: two messages never share one.
     let mut seen = HashSet::new();
-    let dups: Vec<&Acked> = acked
-        .iter()
-        .filter(|a| !seen.insert(a.id.as_str()))
-        .collect();
+    let dups: Vec<&Acked> = acked.iter().filter(|a| !seen.insert(a.id.as_str())).collect();
     assert!(dups.is_empty(), "queue ids acknowledged twice: {dups:#?}");
 
     // Each listed id holds the message it was given for (Message-ID check),
     // for a sample: one GET per message would dominate the run time.
-    let sample: Vec<&Acked> = (0..SAMPLE.min(acked.len()))
-        .map(|_| &acked[rng.range(0, acked.len() as u64 - 1) as usize])
-        .collect();
+    let sample: Vec<&Acked> = (0..SAMPLE.min(acked.len())).map(|_| &acked[rng.range(0, acked.len() as u64 - 1) as usize]).collect();
     for a in sample {
         let shown = server.api_get(&format!("/api/v1/queue/{}", a.id));
         let headers = shown["headers"].as_str().unwrap_or_default();
-        assert!(
-            headers.contains(&a.message_id),
-            "queue id {} holds another message: {headers}",
-            a.id
-        );
+        assert!(headers.contains(&a.message_id), "queue id {} holds another message: {headers}", a.id);
     }
 
     let log = server.log();
-    assert!(
-        !log.contains("panicked"),
-        "the server panicked:\n{}",
-        server.log_tail(60)
-    );
+    assert!(!log.contains("panicked"), "the server panicked:\n{}", server.log_tail(60));
 
     let stats = &shared.stats;
     let per_start = acked.iter().fold(HashMap::new(), |mut m, a| {
         *m.entry(a.start).or_insert(0usize) += 1;
         m
     });
-    let rounds_with_mail = acked_at_kill.windows(2).filter(|w| w[1] > w[0]).count()
-        + usize::from(acked_at_kill[0] > 0);
+    let rounds_with_mail = acked_at_kill.windows(2).filter(|w| w[1] > w[0]).count() + usize::from(acked_at_kill[0] > 0);
     println!(
         "crash test: {kills} kills in {:.1}s (restarts {:.1}s, checks {:.1}s); {} sent, {} acknowledged with 250, {} refused, {} cut off; \
          {queued} recovered after the last restart ({} stored but never acknowledged); \
@@ -334,17 +264,7 @@ fn acknowledged_mail_survives_kill_9_at_random_moments() {
     }
 
     // The test means something only if the kills landed while mail flowed.
-    assert!(
-        acked.len() >= 100,
-        "only {} messages acknowledged; the clients barely ran",
-        acked.len()
-    );
-    assert!(
-        rounds_with_mail * 2 >= kills,
-        "mail was acknowledged in only {rounds_with_mail} of {kills} rounds"
-    );
-    assert!(
-        stats.io_errors.load(Ordering::Relaxed) > 0,
-        "no transaction was ever cut off by a kill"
-    );
+    assert!(acked.len() >= 100, "only {} messages acknowledged; the clients barely ran", acked.len());
+    assert!(rounds_with_mail * 2 >= kills, "mail was acknowledged in only {rounds_with_mail} of {kills} rounds");
+    assert!(stats.io_errors.load(Ordering::Relaxed) > 0, "no transaction was ever cut off by a kill");
 }

@@ -60,40 +60,18 @@ fn damage_tail_and_restart(garbage: &[u8]) -> Value {
 
     server.restart();
     let status = server.spool_status();
-    let corrupt = status["recovery"]["corrupt"]
-        .as_array()
-        .expect("recovery.corrupt array")
-        .clone();
+    let corrupt = status["recovery"]["corrupt"].as_array().expect("recovery.corrupt array").clone();
     assert_eq!(corrupt.len(), 1, "one damaged segment expected: {status}");
     let report = &corrupt[0];
 
     // Moved, not deleted: the same bytes, under spool/corrupt/.
     let moved = spool.join("corrupt").join(damaged.file_name().unwrap());
-    assert_eq!(
-        Path::new(report["moved_to"].as_str().unwrap()),
-        moved,
-        "{report}"
-    );
-    assert!(
-        !damaged.exists(),
-        "{} is still in the spool",
-        damaged.display()
-    );
+    assert_eq!(Path::new(report["moved_to"].as_str().unwrap()), moved, "{report}");
+    assert!(!damaged.exists(), "{} is still in the spool", damaged.display());
     let kept = fs::read(&moved).unwrap_or_else(|e| panic!("{} is not there: {e}", moved.display()));
-    assert_eq!(
-        kept.len(),
-        intact.len() + garbage.len(),
-        "the moved file was changed"
-    );
-    assert!(
-        kept.starts_with(&intact) && kept.ends_with(garbage),
-        "the moved file was changed"
-    );
-    assert_eq!(
-        report["offset"].as_u64(),
-        Some(intact.len() as u64),
-        "damage found at the wrong offset: {report}"
-    );
+    assert_eq!(kept.len(), intact.len() + garbage.len(), "the moved file was changed");
+    assert!(kept.starts_with(&intact) && kept.ends_with(garbage), "the moved file was changed");
+    assert_eq!(report["offset"].as_u64(), Some(intact.len() as u64), "damage found at the wrong offset: {report}");
     assert_eq!(report["rescued"].as_u64(), Some(5), "{report}");
 
     // The intact messages are still queued, and new mail is accepted.
@@ -106,16 +84,9 @@ fn damage_tail_and_restart(garbage: &[u8]) -> Value {
     // The rescued copy is itself sound: a further restart finds no damage.
     server.restart();
     let status = server.spool_status();
-    assert_eq!(
-        status["recovery"]["corrupt"].as_array().map(Vec::len),
-        Some(0),
-        "{status}"
-    );
+    assert_eq!(status["recovery"]["corrupt"].as_array().map(Vec::len), Some(0), "{status}");
     assert_eq!(sorted(server.queue_ids()), sorted(all));
-    assert!(
-        moved.exists(),
-        "the corrupt file disappeared after a second restart"
-    );
+    assert!(moved.exists(), "the corrupt file disappeared after a second restart");
     report.clone()
 }
 
@@ -129,13 +100,7 @@ fn garbage_after_the_last_record_moves_the_segment_aside() {
 fn torn_record_at_the_end_moves_the_segment_aside() {
     // The start of a record whose write never finished.
     let report = damage_tail_and_restart(b"MGR1\x01\xff\x00\x00\x00partial");
-    assert!(
-        report["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("incomplete"),
-        "{report}"
-    );
+    assert!(report["reason"].as_str().unwrap_or_default().contains("incomplete"), "{report}");
 }
 
 /// A deletion is a tombstone record in a later segment than the message. If
@@ -150,31 +115,18 @@ fn deletion_recorded_in_a_damaged_segment_stays_deleted() {
     server.restart(); // the next writes go to a new segment
 
     let out = server.cli(&["queue", "delete", &deleted]);
-    assert!(
-        out.status.success(),
-        "queue delete failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "queue delete failed: {}", String::from_utf8_lossy(&out.stderr));
     let later = send(&server, 1);
     let expected = sorted(vec![kept.clone(), later[0].clone()]);
     assert_eq!(sorted(server.queue_ids()), expected);
     server.sigterm_and_wait();
 
     let segs = segments(&server.spool_dir());
-    assert_eq!(
-        segs.len(),
-        2,
-        "expected the first segment and the one holding the deletion: {segs:?}"
-    );
+    assert_eq!(segs.len(), 2, "expected the first segment and the one holding the deletion: {segs:?}");
     append_to(&segs[1], b"garbage after the deletion");
 
     server.restart();
-    assert_eq!(
-        server.spool_status()["recovery"]["corrupt"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(server.spool_status()["recovery"]["corrupt"].as_array().map(Vec::len), Some(1));
     assert_eq!(sorted(server.queue_ids()), expected, "right after recovery");
 
     server.restart();

@@ -42,16 +42,8 @@ pub struct ServerBuilder {
 impl ServerBuilder {
     /// `bin` is used unless `MAILGATE_BIN` is set.
     pub fn new(bin: impl Into<PathBuf>) -> Self {
-        let bin = std::env::var_os("MAILGATE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| bin.into());
-        ServerBuilder {
-            bin,
-            hostname: "mx.example.test".into(),
-            extra: String::new(),
-            data_dir: None,
-            env: Vec::new(),
-        }
+        let bin = std::env::var_os("MAILGATE_BIN").map(PathBuf::from).unwrap_or_else(|| bin.into());
+        ServerBuilder { bin, hostname: "mx.example.test".into(), extra: String::new(), data_dir: None, env: Vec::new() }
     }
 
     /// TOML appended after the generated `[server]`, `[[listener]]` and
@@ -85,10 +77,7 @@ impl ServerBuilder {
     /// Writes the config, starts the server and waits until it accepts SMTP
     /// and HTTP connections. Panics with the server's log if it does not.
     pub fn start(self) -> Server {
-        let work = tempfile::Builder::new()
-            .prefix("mailgate-test-")
-            .tempdir()
-            .expect("create work dir");
+        let work = tempfile::Builder::new().prefix("mailgate-test-").tempdir().expect("create work dir");
         let data_dir = self.data_dir.unwrap_or_else(|| work.path().join("data"));
         let mut server = Server {
             bin: self.bin,
@@ -197,10 +186,7 @@ impl Server {
     /// SIGTERM, then waits for the process to exit. Panics with the log if it
     /// is still running after 30 s.
     pub fn sigterm_and_wait(&mut self) -> ExitStatus {
-        let mut child = self
-            .child
-            .take()
-            .expect("sigterm_and_wait: the server is not running");
+        let mut child = self.child.take().expect("sigterm_and_wait: the server is not running");
         // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -211,10 +197,7 @@ impl Server {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "mailgate did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
-                    self.log_tail(60)
-                );
+                panic!("mailgate did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}", self.log_tail(60));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -233,13 +216,9 @@ impl Server {
     /// GET on the admin server; the body parsed as JSON.
     pub fn api_get(&self, path: &str) -> Value {
         let url = format!("http://{}{path}", self.http);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .build();
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
         match agent.get(&url).call() {
-            Ok(resp) => resp
-                .into_json()
-                .unwrap_or_else(|e| panic!("GET {url}: invalid JSON: {e}")),
+            Ok(resp) => resp.into_json().unwrap_or_else(|e| panic!("GET {url}: invalid JSON: {e}")),
             Err(e) => panic!("GET {url}: {e}\n{}", self.log_tail(40)),
         }
     }
@@ -274,11 +253,7 @@ impl Server {
     /// The queue ids printed by `mailgate queue list --json`.
     pub fn queue_ids_via_cli(&self) -> Vec<String> {
         let out = self.cli(&["queue", "list", "--json"]);
-        assert!(
-            out.status.success(),
-            "mailgate queue list --json failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "mailgate queue list --json failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).expect("queue list --json prints JSON");
         ids_of(&v)
     }
@@ -288,12 +263,7 @@ impl Server {
         let log = self.log();
         let all: Vec<&str> = log.lines().collect();
         let from = all.len().saturating_sub(lines);
-        format!(
-            "--- last {} lines of {} ---\n{}",
-            all.len() - from,
-            self.log_path.display(),
-            all[from..].join("\n")
-        )
+        format!("--- last {} lines of {} ---\n{}", all.len() - from, self.log_path.display(), all[from..].join("\n"))
     }
 
     fn write_config(&self) {
@@ -312,11 +282,7 @@ impl Server {
         for attempt in 1..=BIND_ATTEMPTS {
             self.write_config();
             self.starts += 1;
-            let mut log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log_path)
-                .expect("open log");
+            let mut log = OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open log");
             let mut command = Command::new(&self.bin);
             command
                 .arg("serve")
@@ -329,24 +295,13 @@ impl Server {
             for (k, v) in &self.env {
                 command.env(k, v);
             }
-            let child = command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-            let _ = writeln!(
-                log,
-                "--- testkit: start #{} pid {} smtp {} http {} ---",
-                self.starts,
-                child.id(),
-                self.smtp,
-                self.http
-            );
+            let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+            let _ = writeln!(log, "--- testkit: start #{} pid {} smtp {} http {} ---", self.starts, child.id(), self.smtp, self.http);
             drop(log);
             self.child = Some(child);
 
             let (smtp, http) = (self.smtp, self.http);
-            let ready = wait_until(START_TIMEOUT, || {
-                !self.is_running() || (accepts(smtp) && healthy(http))
-            });
+            let ready = wait_until(START_TIMEOUT, || !self.is_running() || (accepts(smtp) && healthy(http)));
             if ready && self.is_running() {
                 return;
             }
@@ -358,11 +313,7 @@ impl Server {
             if !ready {
                 panic!("mailgate did not start listening within {START_TIMEOUT:?}\n{log}");
             }
-            let taken = log
-                .lines()
-                .rev()
-                .take(5)
-                .any(|l| l.contains("cannot listen"));
+            let taken = log.lines().rev().take(5).any(|l| l.contains("cannot listen"));
             if !taken || attempt == BIND_ATTEMPTS {
                 panic!("mailgate exited during start-up ({status:?})\n{log}");
             }
@@ -383,19 +334,13 @@ impl Drop for Server {
             && let Some(work) = self.work.take()
         {
             let kept = work.keep();
-            eprintln!(
-                "{}\ntestkit: work dir kept at {}",
-                self.log_tail(40),
-                kept.display()
-            );
+            eprintln!("{}\ntestkit: work dir kept at {}", self.log_tail(40), kept.display());
         }
     }
 }
 
 fn healthy(http: SocketAddr) -> bool {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_millis(500))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_millis(500)).build();
     agent.get(&format!("http://{http}/healthz")).call().is_ok()
 }
 
@@ -404,12 +349,7 @@ fn ids_of(v: &Value) -> Vec<String> {
         .as_array()
         .unwrap_or_else(|| panic!("no \"messages\" array in {v}"))
         .iter()
-        .map(|m| {
-            m["id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("message without an id: {m}"))
-                .to_string()
-        })
+        .map(|m| m["id"].as_str().unwrap_or_else(|| panic!("message without an id: {m}")).to_string())
         .collect()
 }
 
@@ -436,10 +376,7 @@ pub fn was_killed(status: &ExitStatus) -> bool {
 
 /// Opens `path` for appending, for tests that damage spool files.
 pub fn append_to(path: &Path, bytes: &[u8]) {
-    let mut f: File = OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut f: File = OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     f.write_all(bytes).expect("append");
     f.sync_all().expect("sync");
 }

@@ -86,11 +86,9 @@ impl SmtpSink {
                     let Ok(stream) = stream else { continue };
                     inbox2.connections.fetch_add(1, Ordering::SeqCst);
                     let (inbox, replies) = (inbox2.clone(), replies.clone());
-                    let _ = thread::Builder::new()
-                        .name("smtp-sink-conn".into())
-                        .spawn(move || {
-                            let _ = serve(stream, &inbox, &replies);
-                        });
+                    let _ = thread::Builder::new().name("smtp-sink-conn".into()).spawn(move || {
+                        let _ = serve(stream, &inbox, &replies);
+                    });
                 }
             })
             .expect("spawn sink thread");
@@ -108,11 +106,7 @@ impl SmtpSink {
 
     /// Messages received so far.
     pub fn messages(&self) -> Vec<ReceivedMessage> {
-        self.inbox
-            .messages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inbox.messages.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// TCP connections accepted so far.
@@ -124,19 +118,10 @@ impl SmtpSink {
     /// `None` after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Option<Vec<ReceivedMessage>> {
         let deadline = Instant::now() + timeout;
-        let mut messages = self
-            .inbox
-            .messages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut messages = self.inbox.messages.lock().unwrap_or_else(|p| p.into_inner());
         while messages.len() < n {
             let left = deadline.checked_duration_since(Instant::now())?;
-            messages = self
-                .inbox
-                .arrived
-                .wait_timeout(messages, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            messages = self.inbox.arrived.wait_timeout(messages, left).unwrap_or_else(|p| p.into_inner()).0;
         }
         Some(messages.clone())
     }
@@ -193,10 +178,7 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
                 send("250 sink.example.test")?;
             }
             "MAIL" => {
-                let Some(path) = arg
-                    .get(5..)
-                    .filter(|_| arg[..5].eq_ignore_ascii_case("FROM:"))
-                else {
+                let Some(path) = arg.get(5..).filter(|_| arg[..5].eq_ignore_ascii_case("FROM:")) else {
                     send("501 5.5.4 Syntax: MAIL FROM:<address>")?;
                     continue;
                 };
@@ -210,10 +192,7 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
                 }
             }
             "RCPT" => {
-                let Some(path) = arg
-                    .get(3..)
-                    .filter(|_| arg[..3].eq_ignore_ascii_case("TO:"))
-                else {
+                let Some(path) = arg.get(3..).filter(|_| arg[..3].eq_ignore_ascii_case("TO:")) else {
                     send("501 5.5.4 Syntax: RCPT TO:<address>")?;
                     continue;
                 };
@@ -241,11 +220,7 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
                         rcpt_to: std::mem::take(&mut rcpts),
                         data,
                     };
-                    inbox
-                        .messages
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(message);
+                    inbox.messages.lock().unwrap_or_else(|p| p.into_inner()).push(message);
                     inbox.arrived.notify_all();
                 }
                 (from, rcpts) = (None, Vec::new());
@@ -271,10 +246,7 @@ fn read_data(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed in DATA",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in DATA"));
         }
         if line == b".\r\n" || line == b".\n" {
             return Ok(data);
@@ -315,12 +287,7 @@ impl Blackhole {
                 }
             })
             .expect("spawn blackhole thread");
-        Blackhole {
-            addr,
-            held,
-            accepted,
-            stop,
-        }
+        Blackhole { addr, held, accepted, stop }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -342,12 +309,7 @@ impl Drop for Blackhole {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for s in self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        for s in self.held.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -364,19 +326,11 @@ mod tests {
         let mut c = SmtpClient::connect(sink.addr()).unwrap();
         assert_eq!(c.greeting.code, 220);
         assert_eq!(c.ehlo("client.test").unwrap().code, 250);
-        let r = c
-            .send_mail(
-                "a@x.test",
-                &["b@y.test", "c@y.test"],
-                "Subject: hi\r\n\r\n.dot\r\nend\r\n",
-            )
-            .unwrap();
+        let r = c.send_mail("a@x.test", &["b@y.test", "c@y.test"], "Subject: hi\r\n\r\n.dot\r\nend\r\n").unwrap();
         assert_eq!(r.code, 250, "{r}");
         assert_eq!(c.command("RSET").unwrap().code, 250);
         assert_eq!(c.quit().unwrap().code, 221);
-        let got = sink
-            .wait_for(1, Duration::from_secs(5))
-            .expect("one message");
+        let got = sink.wait_for(1, Duration::from_secs(5)).expect("one message");
         assert_eq!(got[0].helo, "client.test");
         assert_eq!(got[0].mail_from, "a@x.test");
         assert_eq!(got[0].rcpt_to, ["b@y.test", "c@y.test"]);
@@ -385,18 +339,10 @@ mod tests {
 
     #[test]
     fn refusing_sink_records_nothing() {
-        let sink = SmtpSink::with_replies(SinkReplies {
-            data_end: "451 4.3.0 later".into(),
-            ..SinkReplies::default()
-        });
+        let sink = SmtpSink::with_replies(SinkReplies { data_end: "451 4.3.0 later".into(), ..SinkReplies::default() });
         let mut c = SmtpClient::connect(sink.addr()).unwrap();
         c.ehlo("client.test").unwrap();
-        assert_eq!(
-            c.send_mail("a@x.test", &["b@y.test"], "x\r\n")
-                .unwrap()
-                .code,
-            451
-        );
+        assert_eq!(c.send_mail("a@x.test", &["b@y.test"], "x\r\n").unwrap().code, 451);
         assert!(sink.wait_for(1, Duration::from_millis(200)).is_none());
     }
 
@@ -405,15 +351,7 @@ mod tests {
         let hole = Blackhole::start();
         let r = SmtpClient::connect_timeout(hole.addr(), Duration::from_millis(300));
         let e = r.err().expect("no greeting");
-        assert!(
-            matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ),
-            "{e}"
-        );
-        assert!(crate::net::wait_until(Duration::from_secs(2), || hole
-            .accepted()
-            == 1));
+        assert!(matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut), "{e}");
+        assert!(crate::net::wait_until(Duration::from_secs(2), || hole.accepted() == 1));
     }
 }

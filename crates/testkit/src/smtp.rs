@@ -31,10 +31,7 @@ impl Reply {
         }
         let text = self.text();
         let rest = &text[text.find("queued as ")? + "queued as ".len()..];
-        let id: String = rest
-            .chars()
-            .take_while(char::is_ascii_alphanumeric)
-            .collect();
+        let id: String = rest.chars().take_while(char::is_ascii_alphanumeric).collect();
         (!id.is_empty()).then_some(id)
     }
 }
@@ -68,11 +65,7 @@ impl SmtpClient {
         let writer = stream.try_clone()?;
         let mut reader = BufReader::new(stream);
         let greeting = read_reply(&mut reader)?;
-        Ok(SmtpClient {
-            reader,
-            writer,
-            greeting,
-        })
+        Ok(SmtpClient { reader, writer, greeting })
     }
 
     /// Reads one reply, following continuation lines (`250-...`).
@@ -142,18 +135,10 @@ fn read_reply(reader: &mut impl BufRead) -> io::Result<Reply> {
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed while waiting for a reply",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed while waiting for a reply"));
         }
         let line = line.trim_end_matches(['\r', '\n']);
-        let bad = || {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an SMTP reply line: {line:?}"),
-            )
-        };
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("not an SMTP reply line: {line:?}"));
         if line.len() < 3 || !line.is_char_boundary(3) {
             return Err(bad());
         }
@@ -175,10 +160,7 @@ fn read_reply(reader: &mut impl BufRead) -> io::Result<Reply> {
 /// end-of-data line.
 pub fn dot_stuff(message: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 16);
-    let body = message
-        .strip_suffix("\r\n")
-        .or_else(|| message.strip_suffix('\n'))
-        .unwrap_or(message);
+    let body = message.strip_suffix("\r\n").or_else(|| message.strip_suffix('\n')).unwrap_or(message);
     for line in body.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.starts_with('.') {
@@ -205,15 +187,9 @@ mod tests {
 
     #[test]
     fn queue_id_from_reply() {
-        let r = Reply {
-            code: 250,
-            lines: vec!["2.0.0 Ok: queued as 0123456789ABCDEF0123".into()],
-        };
+        let r = Reply { code: 250, lines: vec!["2.0.0 Ok: queued as 0123456789ABCDEF0123".into()] };
         assert_eq!(r.queue_id().as_deref(), Some("0123456789ABCDEF0123"));
-        let r = Reply {
-            code: 451,
-            lines: vec!["4.3.0 try again".into()],
-        };
+        let r = Reply { code: 451, lines: vec!["4.3.0 try again".into()] };
         assert_eq!(r.queue_id(), None);
     }
 

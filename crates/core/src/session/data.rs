@@ -68,13 +68,7 @@ pub struct DataReader {
 
 impl DataReader {
     pub fn new(max_line: usize, max_size: u64) -> Self {
-        DataReader {
-            after_crlf: true,
-            in_long_line: false,
-            max_line,
-            max_size,
-            check: ContentCheck::default(),
-        }
+        DataReader { after_crlf: true, in_long_line: false, max_line, max_size, check: ContentCheck::default() }
     }
 
     /// Consumes complete lines from `input`, appending content to `body`.
@@ -120,11 +114,7 @@ impl DataReader {
             if line.len() > self.max_line {
                 self.check.line_too_long = true;
             }
-            let content = if self.after_crlf && line.first() == Some(&b'.') {
-                &line[1..]
-            } else {
-                line
-            };
+            let content = if self.after_crlf && line.first() == Some(&b'.') { &line[1..] } else { line };
             if body.len() as u64 + content.len() as u64 > self.max_size {
                 self.check.too_big = true;
             } else if self.check.error().is_none() {
@@ -203,13 +193,7 @@ mod tests {
 
     #[test]
     fn fake_terminators_do_not_end_data() {
-        for fake in [
-            &b"a\n.\nMAIL\r\n"[..],
-            b"a\r.\rMAIL\r\n",
-            b"a\n.\r\nMAIL\r\n",
-            b"a\r\n.\nMAIL\r\n",
-            b"a\r\n\0.\r\nMAIL\r\n",
-        ] {
+        for fake in [&b"a\n.\nMAIL\r\n"[..], b"a\r.\rMAIL\r\n", b"a\n.\r\nMAIL\r\n", b"a\r\n.\nMAIL\r\n", b"a\r\n\0.\r\nMAIL\r\n"] {
             let (p, _, err) = read(fake);
             assert!(matches!(p, DataProgress::NeedMore { .. }), "{fake:?}");
             assert!(err.is_some(), "{fake:?}");
@@ -220,14 +204,8 @@ mod tests {
     fn split_across_feeds() {
         let mut r = DataReader::new(1000, 1 << 20);
         let mut body = Vec::new();
-        assert_eq!(
-            r.feed(b"abc\r\n.\r", &mut body),
-            DataProgress::NeedMore { consumed: 5 }
-        );
-        assert_eq!(
-            r.feed(b".\r\n", &mut body),
-            DataProgress::Done { consumed: 3 }
-        );
+        assert_eq!(r.feed(b"abc\r\n.\r", &mut body), DataProgress::NeedMore { consumed: 5 });
+        assert_eq!(r.feed(b".\r\n", &mut body), DataProgress::Done { consumed: 3 });
     }
 
     #[test]
@@ -238,12 +216,7 @@ mod tests {
         let mut body = Vec::new();
         let p = r.feed(&input[..1500], &mut body);
         assert_eq!(p, DataProgress::NeedMore { consumed: 1500 });
-        assert_eq!(
-            r.feed(&input[1500..], &mut body),
-            DataProgress::Done {
-                consumed: input.len() - 1500
-            }
-        );
+        assert_eq!(r.feed(&input[1500..], &mut body), DataProgress::Done { consumed: input.len() - 1500 });
         assert_eq!(r.check.error(), Some(ContentError::LineTooLong));
     }
 

@@ -86,12 +86,7 @@ pub struct SessionInfo {
 /// Decisions that depend on configuration or on the state of the system.
 pub trait Policy: Send + Sync {
     /// Called for MAIL FROM after it parsed.
-    fn check_mail(
-        &self,
-        info: &SessionInfo,
-        from: &ReversePath,
-        declared_size: Option<u64>,
-    ) -> Result<(), Reply>;
+    fn check_mail(&self, info: &SessionInfo, from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply>;
     /// Called for RCPT TO after it parsed; returns the mailbox to deliver to.
     fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply>;
 }
@@ -173,20 +168,8 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
-        config: Arc<SessionConfig>,
-        policy: Arc<dyn Policy>,
-        client_ip: IpAddr,
-        trusted: bool,
-    ) -> Self {
-        let info = SessionInfo {
-            role: config.role,
-            client_ip,
-            trusted,
-            helo: None,
-            authenticated_as: None,
-            tls: None,
-        };
+    pub fn new(config: Arc<SessionConfig>, policy: Arc<dyn Policy>, client_ip: IpAddr, trusted: bool) -> Self {
+        let info = SessionInfo { role: config.role, client_ip, trusted, helo: None, authenticated_as: None, tls: None };
         Session {
             config,
             policy,
@@ -240,11 +223,7 @@ impl Session {
             Err(reply) => self.reply(reply),
         }
         if self.shutting_down {
-            self.close_with(Reply::new(
-                421,
-                status::SHUTTING_DOWN,
-                format!("{} Service shutting down", self.config.hostname),
-            ));
+            self.close_with(Reply::new(421, status::SHUTTING_DOWN, format!("{} Service shutting down", self.config.hostname)));
         } else {
             self.process();
         }
@@ -253,14 +232,7 @@ impl Session {
 
     /// The client said nothing for too long (RFC 5321 §4.5.3.2).
     pub fn timeout(&mut self) -> Vec<Action> {
-        self.close_with(Reply::new(
-            421,
-            status::TIMEOUT,
-            format!(
-                "{} Timeout exceeded, closing connection",
-                self.config.hostname
-            ),
-        ));
+        self.close_with(Reply::new(421, status::TIMEOUT, format!("{} Timeout exceeded, closing connection", self.config.hostname)));
         self.take()
     }
 
@@ -269,11 +241,7 @@ impl Session {
     pub fn shutdown(&mut self) -> Vec<Action> {
         self.shutting_down = true;
         if matches!(self.state, State::Greeted | State::Ready) {
-            self.close_with(Reply::new(
-                421,
-                status::SHUTTING_DOWN,
-                format!("{} Service shutting down", self.config.hostname),
-            ));
+            self.close_with(Reply::new(421, status::SHUTTING_DOWN, format!("{} Service shutting down", self.config.hostname)));
         }
         self.take()
     }
@@ -338,11 +306,7 @@ impl Session {
         }
         let line = &rest[..lf];
         let Some(line) = line.strip_suffix(b"\r") else {
-            self.reply(Reply::new(
-                500,
-                status::SYNTAX,
-                "Bare LF received; commands must end with CRLF",
-            ));
+            self.reply(Reply::new(500, status::SYNTAX, "Bare LF received; commands must end with CRLF"));
             return Step::Continue(next);
         };
         if line.len() + 2 > self.config.max_command_line {
@@ -357,22 +321,11 @@ impl Session {
         if self.errors >= self.config.max_errors {
             // Closing after repeated errors also stops cross-protocol
             // attacks that shovel junk at us line by line.
-            self.close_with(Reply::new(
-                421,
-                status::TEMP_POLICY,
-                format!(
-                    "{} Too many errors, closing connection",
-                    self.config.hostname
-                ),
-            ));
+            self.close_with(Reply::new(421, status::TEMP_POLICY, format!("{} Too many errors, closing connection", self.config.hostname)));
             return Step::Continue(next);
         }
         if self.shutting_down && matches!(self.state, State::Greeted | State::Ready) {
-            self.close_with(Reply::new(
-                421,
-                status::SHUTTING_DOWN,
-                format!("{} Service shutting down", self.config.hostname),
-            ));
+            self.close_with(Reply::new(421, status::SHUTTING_DOWN, format!("{} Service shutting down", self.config.hostname)));
             return Step::Continue(next);
         }
         self.command(&line);
@@ -383,40 +336,19 @@ impl Session {
         let is_mail = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL");
         match command::parse(line) {
             Ok(cmd) => self.execute(cmd),
-            Err(CommandError::Unknown) => self.reply(Reply::new(
-                500,
-                status::INVALID_COMMAND,
-                "Command unrecognized",
-            )),
+            Err(CommandError::Unknown) => self.reply(Reply::new(500, status::INVALID_COMMAND, "Command unrecognized")),
             Err(CommandError::Forbidden) => self.close_with(Reply::new(
                 421,
                 status::TEMP_POLICY,
-                format!(
-                    "{} This is an SMTP server, closing connection",
-                    self.config.hostname
-                ),
+                format!("{} This is an SMTP server, closing connection", self.config.hostname),
             )),
-            Err(CommandError::Syntax(why)) => self.reply(Reply::new(
-                501,
-                status::BAD_ARGS,
-                format!("Syntax error: {why}"),
-            )),
-            Err(CommandError::UnknownParam(p)) => self.reply(Reply::new(
-                555,
-                status::BAD_ARGS,
-                format!("Parameter not recognized: {p}"),
-            )),
-            Err(CommandError::Address(AddressError::NeedsUtf8)) => self.reply(Reply::new(
-                553,
-                status::NEED_UTF8,
-                "Non-ASCII address requires SMTPUTF8",
-            )),
+            Err(CommandError::Syntax(why)) => self.reply(Reply::new(501, status::BAD_ARGS, format!("Syntax error: {why}"))),
+            Err(CommandError::UnknownParam(p)) => self.reply(Reply::new(555, status::BAD_ARGS, format!("Parameter not recognized: {p}"))),
+            Err(CommandError::Address(AddressError::NeedsUtf8)) => {
+                self.reply(Reply::new(553, status::NEED_UTF8, "Non-ASCII address requires SMTPUTF8"))
+            }
             Err(CommandError::Address(e)) => {
-                let code = if is_mail {
-                    status::BAD_SENDER_SYNTAX
-                } else {
-                    status::BAD_DEST_SYNTAX
-                };
+                let code = if is_mail { status::BAD_SENDER_SYNTAX } else { status::BAD_DEST_SYNTAX };
                 self.reply(Reply::new(501, code, format!("Bad address syntax: {e}")))
             }
         }
@@ -437,31 +369,15 @@ impl Session {
                 self.reply(Reply::new(250, status::OK, "Ok"));
             }
             Command::Noop => self.reply(Reply::new(250, status::OK, "Ok")),
-            Command::Quit => self.close_with(Reply::new(
-                221,
-                status::OK,
-                format!("{} Bye", self.config.hostname),
-            )),
-            Command::Vrfy => self.reply(Reply::new(
-                252,
-                status::VRFY_CANNOT,
-                "Cannot VRFY user, but will accept message and attempt delivery",
-            )),
-            Command::Expn => self.reply(Reply::new(
-                502,
-                status::INVALID_COMMAND,
-                "EXPN is not supported",
-            )),
-            Command::Help => self.reply(Reply::new(
-                214,
-                status::OK,
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321",
-            )),
-            Command::StartTls | Command::Auth { .. } => self.reply(Reply::new(
-                502,
-                status::INVALID_COMMAND,
-                "Command not available",
-            )),
+            Command::Quit => self.close_with(Reply::new(221, status::OK, format!("{} Bye", self.config.hostname))),
+            Command::Vrfy => {
+                self.reply(Reply::new(252, status::VRFY_CANNOT, "Cannot VRFY user, but will accept message and attempt delivery"))
+            }
+            Command::Expn => self.reply(Reply::new(502, status::INVALID_COMMAND, "EXPN is not supported")),
+            Command::Help => {
+                self.reply(Reply::new(214, status::OK, "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321"))
+            }
+            Command::StartTls | Command::Auth { .. } => self.reply(Reply::new(502, status::INVALID_COMMAND, "Command not available")),
         }
     }
 
@@ -491,50 +407,27 @@ impl Session {
     fn mail(&mut self, path: Path, params: MailParams) {
         match self.state {
             State::Greeted => {
-                return self.reply(Reply::new(
-                    503,
-                    status::INVALID_COMMAND,
-                    "Send EHLO or HELO first",
-                ));
+                return self.reply(Reply::new(503, status::INVALID_COMMAND, "Send EHLO or HELO first"));
             }
             State::Ready => {}
             _ => {
-                return self.reply(Reply::new(
-                    503,
-                    status::INVALID_COMMAND,
-                    "Nested MAIL command",
-                ));
+                return self.reply(Reply::new(503, status::INVALID_COMMAND, "Nested MAIL command"));
             }
         }
         let extended = params != MailParams::default();
         if extended && !self.esmtp {
-            return self.reply(Reply::new(
-                555,
-                status::BAD_ARGS,
-                "MAIL parameters need EHLO",
-            ));
+            return self.reply(Reply::new(555, status::BAD_ARGS, "MAIL parameters need EHLO"));
         }
         let sender = match path {
             Path::Null => ReversePath::Null,
             // The source route is ignored, as RFC 5321 §4.1.1.2 says.
             Path::Mailbox { mailbox, .. } => ReversePath::Mailbox(mailbox),
             Path::Postmaster => {
-                return self.reply(Reply::new(
-                    501,
-                    status::BAD_SENDER_SYNTAX,
-                    "Bad sender address syntax",
-                ));
+                return self.reply(Reply::new(501, status::BAD_SENDER_SYNTAX, "Bad sender address syntax"));
             }
         };
-        if params
-            .size
-            .is_some_and(|s| s > self.config.max_message_size)
-        {
-            return self.reply(Reply::new(
-                552,
-                status::MSG_TOO_BIG,
-                "Message size exceeds fixed maximum message size",
-            ));
+        if params.size.is_some_and(|s| s > self.config.max_message_size) {
+            return self.reply(Reply::new(552, status::MSG_TOO_BIG, "Message size exceeds fixed maximum message size"));
         }
         if let Err(reply) = self.policy.check_mail(&self.info, &sender, params.size) {
             return self.reply(reply);
@@ -552,35 +445,19 @@ impl Session {
 
     fn rcpt(&mut self, path: Path, params: command::RcptParams) {
         let State::Mail(tx) = &self.state else {
-            return self.reply(Reply::new(
-                503,
-                status::INVALID_COMMAND,
-                "Need MAIL command",
-            ));
+            return self.reply(Reply::new(503, status::INVALID_COMMAND, "Need MAIL command"));
         };
         if tx.bdat.is_some() {
-            return self.reply(Reply::new(
-                503,
-                status::INVALID_COMMAND,
-                "RCPT not allowed after BDAT",
-            ));
+            return self.reply(Reply::new(503, status::INVALID_COMMAND, "RCPT not allowed after BDAT"));
         }
         if tx.recipients.len() >= self.config.max_recipients {
             // 452 makes the client send the rest in another transaction
             // (RFC 5321 §4.5.3.1.10).
-            return self.reply(Reply::new(
-                452,
-                status::TOO_MANY_RCPTS,
-                "Too many recipients",
-            ));
+            return self.reply(Reply::new(452, status::TOO_MANY_RCPTS, "Too many recipients"));
         }
         if let Path::Mailbox { mailbox, .. } = &path {
             if !mailbox.is_ascii() && !tx.params.smtputf8 {
-                return self.reply(Reply::new(
-                    553,
-                    status::NEED_UTF8,
-                    "Non-ASCII address requires SMTPUTF8",
-                ));
+                return self.reply(Reply::new(553, status::NEED_UTF8, "Non-ASCII address requires SMTPUTF8"));
             }
         }
         let mailbox = match self.policy.check_rcpt(&self.info, &path) {
@@ -603,81 +480,40 @@ impl Session {
         let tx = match std::mem::replace(&mut self.state, State::Ready) {
             State::Mail(tx) if tx.bdat.is_some() => {
                 self.state = State::Mail(tx);
-                return self.reply(Reply::new(
-                    503,
-                    status::INVALID_COMMAND,
-                    "DATA not allowed after BDAT",
-                ));
+                return self.reply(Reply::new(503, status::INVALID_COMMAND, "DATA not allowed after BDAT"));
             }
             State::Mail(tx) if tx.recipients.is_empty() => {
                 self.state = State::Mail(tx);
-                return self.reply(Reply::new(
-                    554,
-                    status::INVALID_COMMAND,
-                    "No valid recipients",
-                ));
+                return self.reply(Reply::new(554, status::INVALID_COMMAND, "No valid recipients"));
             }
             State::Mail(tx) => tx,
             other => {
                 self.state = other;
-                return self.reply(Reply::new(
-                    503,
-                    status::INVALID_COMMAND,
-                    "Need MAIL and RCPT first",
-                ));
+                return self.reply(Reply::new(503, status::INVALID_COMMAND, "Need MAIL and RCPT first"));
             }
         };
         let reader = DataReader::new(self.config.max_text_line, self.config.max_message_size);
         self.state = State::Data(tx, reader);
-        self.reply(Reply::bare(
-            354,
-            vec!["End data with <CR><LF>.<CR><LF>".into()],
-        ));
+        self.reply(Reply::bare(354, vec!["End data with <CR><LF>.<CR><LF>".into()]));
     }
 
     fn bdat(&mut self, size: u64, last: bool) {
         // The chunk's bytes follow the command whatever we answer, so every
         // branch reads them; otherwise they would be taken for commands.
         let (tx, refusal) = match std::mem::replace(&mut self.state, State::Ready) {
-            State::Mail(tx) if tx.recipients.is_empty() => (
-                None,
-                Some(Reply::new(
-                    554,
-                    status::INVALID_COMMAND,
-                    "No valid recipients",
-                )),
-            ),
+            State::Mail(tx) if tx.recipients.is_empty() => (None, Some(Reply::new(554, status::INVALID_COMMAND, "No valid recipients"))),
             State::Mail(mut tx) => {
                 if tx.body.len() as u64 + size > self.config.max_message_size {
-                    (
-                        None,
-                        Some(Reply::new(
-                            552,
-                            status::MSG_TOO_BIG,
-                            "Message size exceeds fixed maximum message size",
-                        )),
-                    )
+                    (None, Some(Reply::new(552, status::MSG_TOO_BIG, "Message size exceeds fixed maximum message size")))
                 } else {
                     tx.bdat.get_or_insert_with(BdatScanner::default);
                     (Some(tx), None)
                 }
             }
             // Whatever the state was, a refused chunk leaves no transaction.
-            _ => (
-                None,
-                Some(Reply::new(
-                    503,
-                    status::INVALID_COMMAND,
-                    "Need MAIL and RCPT before BDAT",
-                )),
-            ),
+            _ => (None, Some(Reply::new(503, status::INVALID_COMMAND, "Need MAIL and RCPT before BDAT"))),
         };
-        self.state = State::Chunk {
-            tx,
-            remaining: size,
-            last,
-            refusal,
-        };
+        self.state = State::Chunk { tx, remaining: size, last, refusal };
         if size == 0 {
             self.finish_chunk();
         }
@@ -692,8 +528,7 @@ impl Session {
             // Keep the unconsumed partial line for the next read.
             DataProgress::NeedMore { consumed } => Step::Wait(pos + consumed),
             DataProgress::Done { consumed } => {
-                let State::Data(tx, reader) = std::mem::replace(&mut self.state, State::Ready)
-                else {
+                let State::Data(tx, reader) = std::mem::replace(&mut self.state, State::Ready) else {
                     return Step::Wait(pos);
                 };
                 self.finish_message(tx, reader.check);
@@ -724,10 +559,7 @@ impl Session {
     }
 
     fn finish_chunk(&mut self) {
-        let State::Chunk {
-            tx, last, refusal, ..
-        } = std::mem::replace(&mut self.state, State::Ready)
-        else {
+        let State::Chunk { tx, last, refusal, .. } = std::mem::replace(&mut self.state, State::Ready) else {
             return;
         };
         if let Some(reply) = refusal {
@@ -754,26 +586,12 @@ impl Session {
         if let Some(err) = check.error() {
             self.state = State::Ready;
             let reply = match err {
-                ContentError::TooBig => Reply::new(
-                    552,
-                    status::MSG_TOO_BIG,
-                    "Message size exceeds fixed maximum message size",
-                ),
-                ContentError::BareLineEnding => Reply::new(
-                    550,
-                    status::MEDIA,
-                    "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
-                ),
-                ContentError::Nul => Reply::new(
-                    550,
-                    status::MEDIA,
-                    "Message refused: NUL character in content",
-                ),
-                ContentError::LineTooLong => Reply::new(
-                    550,
-                    status::MEDIA,
-                    "Message refused: line longer than 1000 octets",
-                ),
+                ContentError::TooBig => Reply::new(552, status::MSG_TOO_BIG, "Message size exceeds fixed maximum message size"),
+                ContentError::BareLineEnding => {
+                    Reply::new(550, status::MEDIA, "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
+                }
+                ContentError::Nul => Reply::new(550, status::MEDIA, "Message refused: NUL character in content"),
+                ContentError::LineTooLong => Reply::new(550, status::MEDIA, "Message refused: line longer than 1000 octets"),
             };
             return self.reply(reply);
         }
@@ -794,10 +612,7 @@ impl Session {
             received_at: 0,
         };
         self.state = State::Enqueuing;
-        self.actions.push(Action::Enqueue(Box::new(Incoming {
-            envelope,
-            data: tx.body,
-        })));
+        self.actions.push(Action::Enqueue(Box::new(Incoming { envelope, data: tx.body })));
     }
 }
 

@@ -12,23 +12,11 @@ impl Policy for TestPolicy {
 
     fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
         match to {
-            Path::Mailbox {
-                mailbox,
-                source_route,
-            } if source_route.is_empty() && mailbox.routing_hack().is_none() => {
-                let ours =
-                    matches!(mailbox.host(), Host::Domain(d) if d.as_str() == "example.test");
-                if ours || info.trusted {
-                    Ok(mailbox.clone())
-                } else {
-                    Err(Reply::new(554, status::POLICY, "Relay access denied"))
-                }
+            Path::Mailbox { mailbox, source_route } if source_route.is_empty() && mailbox.routing_hack().is_none() => {
+                let ours = matches!(mailbox.host(), Host::Domain(d) if d.as_str() == "example.test");
+                if ours || info.trusted { Ok(mailbox.clone()) } else { Err(Reply::new(554, status::POLICY, "Relay access denied")) }
             }
-            _ => Err(Reply::new(
-                550,
-                status::POLICY,
-                "Sender-specified routing refused",
-            )),
+            _ => Err(Reply::new(550, status::POLICY, "Sender-specified routing refused")),
         }
     }
 }
@@ -38,12 +26,7 @@ fn session() -> Session {
     cfg.max_message_size = 1000;
     cfg.max_recipients = 3;
     cfg.max_errors = 5;
-    let mut s = Session::new(
-        Arc::new(cfg),
-        Arc::new(TestPolicy),
-        "192.0.2.1".parse().unwrap(),
-        false,
-    );
+    let mut s = Session::new(Arc::new(cfg), Arc::new(TestPolicy), "192.0.2.1".parse().unwrap(), false);
     s.greeting();
     s
 }
@@ -78,10 +61,7 @@ fn pipelined_transaction_in_one_write() {
     let mut s = session();
     let mut input = TX.to_vec();
     input.extend_from_slice(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
-    assert_eq!(
-        run(&mut s, &input),
-        ["250", "250", "250", "354", "ENQUEUE", "250", "221", "CLOSE"]
-    );
+    assert_eq!(run(&mut s, &input), ["250", "250", "250", "354", "ENQUEUE", "250", "221", "CLOSE"]);
 }
 
 #[test]
@@ -123,20 +103,12 @@ fn waits_for_spool_before_reading_pipelined_commands() {
 
 #[test]
 fn smuggling_endings_never_split_a_message() {
-    for fake in [
-        &b"\n.\n"[..],
-        b"\r.\r",
-        b"\n.\r\n",
-        b"\r\n.\n",
-        b"\r\n\0.\r\n",
-    ] {
+    for fake in [&b"\n.\n"[..], b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r\n\0.\r\n"] {
         let mut s = session();
         let mut input = TX.to_vec();
         input.extend_from_slice(b"first");
         input.extend_from_slice(fake);
-        input.extend_from_slice(
-            b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
-        );
+        input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nsmuggled\r\n.\r\n");
         let out = run(&mut s, &input);
         assert_eq!(out, ["250", "250", "250", "354", "550"], "ending {fake:?}");
     }
@@ -171,10 +143,7 @@ fn recipient_limit() {
 #[test]
 fn size_limits() {
     let mut s = session();
-    assert_eq!(
-        run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=5000\r\n"),
-        ["250", "552"]
-    );
+    assert_eq!(run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=5000\r\n"), ["250", "552"]);
     let mut input = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n".to_vec();
     for _ in 0..30 {
         input.extend_from_slice(&[b'y'; 60]);
@@ -209,10 +178,7 @@ fn error_limit_closes() {
 fn bdat_chunks() {
     let mut s = session();
     let out = run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nBDAT 4\r\nab\r\nBDAT 3 LAST\r\nc\r\nQUIT\r\n");
-    assert_eq!(
-        out,
-        ["250", "250", "250", "250", "ENQUEUE", "250", "221", "CLOSE"]
-    );
+    assert_eq!(out, ["250", "250", "250", "250", "ENQUEUE", "250", "221", "CLOSE"]);
 }
 
 #[test]
@@ -226,10 +192,7 @@ fn bdat_without_transaction_consumes_chunk() {
 #[test]
 fn bdat_bare_lf_refused() {
     let mut s = session();
-    let out = run(
-        &mut s,
-        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nBDAT 4 LAST\r\na\nb\n",
-    );
+    let out = run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nBDAT 4 LAST\r\na\nb\n");
     assert_eq!(out, ["250", "250", "250", "550"]);
 }
 
@@ -237,19 +200,10 @@ fn bdat_bare_lf_refused() {
 fn sequence_errors() {
     let mut s = session();
     assert_eq!(run(&mut s, b"MAIL FROM:<a@x.test>\r\n"), ["503"]);
-    assert_eq!(
-        run(&mut s, b"HELO c\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"),
-        ["250", "503", "503"]
-    );
+    assert_eq!(run(&mut s, b"HELO c\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"), ["250", "503", "503"]);
     assert_eq!(run(&mut s, b"MAIL FROM:<a@x.test> SIZE=1\r\n"), ["555"]);
     let mut s = session();
-    assert_eq!(
-        run(
-            &mut s,
-            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\n"
-        ),
-        ["250", "250", "554", "503"]
-    );
+    assert_eq!(run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\n"), ["250", "250", "554", "503"]);
 }
 
 #[test]
@@ -268,10 +222,7 @@ fn dsn_parameters_reach_the_envelope() {
     assert_eq!(env.ret, Some(crate::envelope::Ret::Hdrs));
     assert_eq!(env.envid.as_deref(), Some("e1"));
     assert_eq!(env.recipients[0].notify.unwrap().failure, true);
-    assert_eq!(
-        env.recipients[0].orcpt.as_ref().unwrap().address,
-        "b@example.test"
-    );
+    assert_eq!(env.recipients[0].orcpt.as_ref().unwrap().address, "b@example.test");
 }
 
 #[test]

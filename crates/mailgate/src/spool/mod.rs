@@ -196,11 +196,8 @@ impl Spool {
 
     pub fn list(&self) -> Vec<Queued> {
         let state = self.shared.lock();
-        let mut out: Vec<Queued> = state
-            .index
-            .iter()
-            .map(|(id, e)| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len })
-            .collect();
+        let mut out: Vec<Queued> =
+            state.index.iter().map(|(id, e)| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len }).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }

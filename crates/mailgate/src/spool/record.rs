@@ -124,11 +124,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Corruption> {
         return Err(Corruption::BadEndMarker);
     }
     let bad = |why: &str| Corruption::BadPayload(why.to_string());
-    let id = payload
-        .get(..ID_LEN)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(QueueId::parse)
-        .ok_or_else(|| bad("queue id"))?;
+    let id = payload.get(..ID_LEN).and_then(|b| std::str::from_utf8(b).ok()).and_then(QueueId::parse).ok_or_else(|| bad("queue id"))?;
     let rest = &payload[ID_LEN..];
     let record = match kind {
         k if k == Kind::Message as u8 => {
@@ -162,7 +158,13 @@ mod tests {
             smtputf8: false,
             ret: None,
             envid: None,
-            client: ClientInfo { ip: "127.0.0.1".parse().unwrap(), helo: "c".into(), authenticated_as: None, tls: None, listener: "mx".into() },
+            client: ClientInfo {
+                ip: "127.0.0.1".parse().unwrap(),
+                helo: "c".into(),
+                authenticated_as: None,
+                tls: None,
+                listener: "mx".into(),
+            },
             received_at: 1,
         }
     }

@@ -46,9 +46,7 @@ struct Segment {
 
 pub(super) fn spawn(dir: PathBuf, next_segment: u64, segment_size: u64, shared: Arc<Shared>) -> io::Result<mpsc::UnboundedSender<WriteOp>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("spool-writer".into())
-        .spawn(move || run(dir, next_segment, segment_size, shared, rx))?;
+    std::thread::Builder::new().name("spool-writer".into()).spawn(move || run(dir, next_segment, segment_size, shared, rx))?;
     Ok(tx)
 }
 
