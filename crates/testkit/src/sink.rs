@@ -36,6 +36,19 @@ pub struct SinkReplies {
     pub rcpt: String,
     /// Sent after the final dot; the message is recorded only when it is 2xx.
     pub data_end: String,
+    /// Replies for the first transactions' final dot, before `data_end`
+    /// applies (e.g. one 451 to test a retry).
+    pub data_end_first: Vec<String>,
+    /// RCPT replies for recipients containing the given text.
+    pub rcpt_for: Vec<(String, String)>,
+    /// Speak LMTP: LHLO, and one reply per accepted recipient after DATA.
+    pub lmtp: bool,
+    /// LMTP post-DATA replies for recipients containing the given text.
+    pub lmtp_data_for: Vec<(String, String)>,
+    /// EHLO keywords after the greeting line.
+    pub extensions: Vec<String>,
+    /// Address to listen on; a free port on 127.0.0.1 when `None`.
+    pub bind: Option<SocketAddr>,
 }
 
 impl Default for SinkReplies {
@@ -45,6 +58,12 @@ impl Default for SinkReplies {
             mail: "250 2.1.0 Ok".into(),
             rcpt: "250 2.1.5 Ok".into(),
             data_end: "250 2.0.0 Ok: stored".into(),
+            data_end_first: Vec::new(),
+            rcpt_for: Vec::new(),
+            lmtp: false,
+            lmtp_data_for: Vec::new(),
+            extensions: ["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600"].map(String::from).to_vec(),
+            bind: None,
         }
     }
 }
@@ -54,6 +73,7 @@ struct Inbox {
     messages: Mutex<Vec<ReceivedMessage>>,
     arrived: Condvar,
     connections: AtomicUsize,
+    transactions: AtomicUsize,
 }
 
 /// An SMTP server that records what it receives.
@@ -70,7 +90,7 @@ impl SmtpSink {
     }
 
     pub fn with_replies(replies: SinkReplies) -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let listener = TcpListener::bind(replies.bind.unwrap_or_else(|| "127.0.0.1:0".parse().expect("address"))).expect("bind sink");
         let addr = listener.local_addr().expect("sink address");
         let inbox = Arc::new(Inbox::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -163,14 +183,14 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
         let text = text.trim_end_matches(['\r', '\n']);
         let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
         match verb.to_ascii_uppercase().as_str() {
-            "EHLO" => {
+            "EHLO" | "LHLO" => {
                 helo = arg.trim().to_string();
                 (from, rcpts) = (None, Vec::new());
-                send("250-sink.example.test")?;
-                send("250-PIPELINING")?;
-                send("250-8BITMIME")?;
-                send("250-SMTPUTF8")?;
-                send("250 SIZE 104857600")?;
+                let mut lines = vec!["sink.example.test".to_string()];
+                lines.extend(replies.extensions.iter().cloned());
+                for (i, l) in lines.iter().enumerate() {
+                    send(&format!("250{}{l}", if i + 1 == lines.len() { ' ' } else { '-' }))?;
+                }
             }
             "HELO" => {
                 helo = arg.trim().to_string();
@@ -200,9 +220,11 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
                     send("503 5.5.1 Need MAIL first")?;
                     continue;
                 }
-                send(&replies.rcpt)?;
-                if replies.rcpt.starts_with('2') {
-                    rcpts.push(path_of(path));
+                let rcpt = path_of(path);
+                let reply = replies.rcpt_for.iter().find(|(k, _)| rcpt.contains(k.as_str())).map(|(_, r)| r).unwrap_or(&replies.rcpt);
+                send(reply)?;
+                if reply.starts_with('2') {
+                    rcpts.push(rcpt);
                 }
             }
             "DATA" => {
@@ -212,8 +234,22 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
                 }
                 send("354 End data with <CR><LF>.<CR><LF>")?;
                 let data = read_data(&mut reader)?;
-                send(&replies.data_end)?;
-                if replies.data_end.starts_with('2') {
+                let n = inbox.transactions.fetch_add(1, Ordering::SeqCst);
+                let end = replies.data_end_first.get(n).unwrap_or(&replies.data_end).clone();
+                if replies.lmtp {
+                    let mut accepted = Vec::new();
+                    for r in &rcpts {
+                        let reply = replies.lmtp_data_for.iter().find(|(k, _)| r.contains(k.as_str())).map(|(_, v)| v).unwrap_or(&end);
+                        send(reply)?;
+                        if reply.starts_with('2') {
+                            accepted.push(r.clone());
+                        }
+                    }
+                    rcpts = accepted;
+                } else {
+                    send(&end)?;
+                }
+                if end.starts_with('2') && !rcpts.is_empty() {
                     let message = ReceivedMessage {
                         helo: helo.clone(),
                         mail_from: from.take().unwrap_or_default(),

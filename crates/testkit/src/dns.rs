@@ -1,0 +1,135 @@
+//! A real DNS server on loopback (hickory-server) serving test zones built
+//! in code: MX, A, AAAA and TXT records under one root zone, so any other
+//! name is NXDOMAIN and a name without the asked type is NODATA.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::Server;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+
+/// Records to serve. Names are absolute or get a trailing dot added.
+#[derive(Default, Clone)]
+pub struct Zone {
+    records: Vec<(String, RData)>,
+}
+
+fn name(s: &str) -> Name {
+    let s = if s.ends_with('.') { s.to_string() } else { format!("{s}.") };
+    Name::from_str(&s).expect("valid DNS name")
+}
+
+impl Zone {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn mx(mut self, domain: &str, preference: u16, exchange: &str) -> Self {
+        self.records.push((domain.into(), RData::MX(MX::new(preference, name(exchange)))));
+        self
+    }
+
+    /// RFC 7505: `MX 0 .`
+    pub fn null_mx(mut self, domain: &str) -> Self {
+        self.records.push((domain.into(), RData::MX(MX::new(0, Name::root()))));
+        self
+    }
+
+    pub fn a(mut self, host: &str, ip: &str) -> Self {
+        let ip: Ipv4Addr = ip.parse().expect("IPv4 address");
+        self.records.push((host.into(), RData::A(A(ip))));
+        self
+    }
+
+    pub fn aaaa(mut self, host: &str, ip: &str) -> Self {
+        let ip: Ipv6Addr = ip.parse().expect("IPv6 address");
+        self.records.push((host.into(), RData::AAAA(AAAA(ip))));
+        self
+    }
+
+    /// A TXT record; long strings are split into 255-octet pieces.
+    pub fn txt(mut self, host: &str, text: &str) -> Self {
+        let pieces: Vec<String> = text.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        self.records.push((host.into(), RData::TXT(TXT::new(pieces))));
+        self
+    }
+}
+
+/// The running server; stops when dropped.
+pub struct DnsServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Serves `zone` on 127.0.0.1, UDP and TCP on the same free port.
+    pub fn start(zone: Zone) -> DnsServer {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("test-dns".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async move {
+                    let (udp, tcp) = bind_pair().await;
+                    let _ = addr_tx.send(udp.local_addr().expect("address"));
+                    let mut handler: InMemoryZoneHandler = InMemoryZoneHandler::empty(Name::root(), ZoneType::Primary, AxfrPolicy::Deny);
+                    let soa = SOA::new(name("ns.test"), name("hostmaster.test"), 1, 3600, 600, 86400, 0);
+                    handler.upsert_mut(Record::from_rdata(Name::root(), 60, RData::SOA(soa)), 1);
+                    for (host, rdata) in zone.records {
+                        handler.upsert_mut(Record::from_rdata(name(&host), 60, rdata), 1);
+                    }
+                    let mut catalog = Catalog::new();
+                    let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
+                    catalog.upsert(LowerName::from(Name::root()), vec![handler]);
+                    let mut server = Server::new(catalog);
+                    server.register_socket(udp);
+                    server.register_listener(tcp, Duration::from_secs(5), 65535);
+                    tokio::select! {
+                        _ = server.block_until_done() => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })
+            .expect("spawn DNS thread");
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("DNS server started");
+        DnsServer { addr, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `[dns]` section pointing mailgate at this server.
+    pub fn config(&self) -> String {
+        format!("[dns]\nnameservers = [\"{}\"]\n", self.addr)
+    }
+}
+
+async fn bind_pair() -> (tokio::net::UdpSocket, tokio::net::TcpListener) {
+    for _ in 0..50 {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP");
+        let port = udp.local_addr().expect("address").port();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no free port for UDP and TCP together");
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
