@@ -71,6 +71,11 @@ pub struct ClientConfig {
     pub helo: String,
     pub lmtp: bool,
     pub tls: TlsMode,
+    /// SASL credentials (user, password) for a smart host.
+    pub auth: Option<(String, String)>,
+    /// Send credentials over an unencrypted connection. Off by default: a
+    /// password in clear text is readable by anyone on the path.
+    pub danger_auth_without_tls: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +160,11 @@ enum Expect {
     Content,
     Rset,
     Quit,
+    /// AUTH PLAIN, or the last step of AUTH LOGIN: 235 expected.
+    AuthDone,
+    /// AUTH LOGIN: 334 for the user name, then for the password.
+    AuthLoginUser,
+    AuthLoginPassword,
 }
 
 pub struct Client {
@@ -231,7 +241,7 @@ impl Client {
                             .fail(local(421, StatusCode::new(4, 7, 10), "TLS is required but the server does not offer STARTTLS"), out);
                     } else {
                         self.ext = Some(ext);
-                        out.push(ClientAction::Ready);
+                        return self.authenticate_or_ready(out);
                     }
                 } else if (500..=504).contains(&reply.code) && !self.config.lmtp && self.config.tls != TlsMode::Required {
                     // An old server: fall back to HELO (RFC 5321 §3.2).
@@ -322,6 +332,43 @@ impl Client {
                 self.closed = true;
                 out.push(ClientAction::Close(None));
             }
+            Expect::AuthLoginUser | Expect::AuthLoginPassword if reply.code == 334 => {
+                let (user, pass) = self.config.auth.clone().unwrap_or_default();
+                let (value, next) =
+                    if expect == Expect::AuthLoginUser { (user, Expect::AuthLoginPassword) } else { (pass, Expect::AuthDone) };
+                out.push(ClientAction::Send(format!("{}\r\n", b64(value.as_bytes())).into_bytes()));
+                self.expect.push_back(next);
+            }
+            Expect::AuthDone if reply.code == 235 => out.push(ClientAction::Ready),
+            Expect::AuthDone | Expect::AuthLoginUser | Expect::AuthLoginPassword => {
+                // Bad credentials are our configuration's fault, not the
+                // message's: defer rather than bounce.
+                let text = format!("authentication failed: {reply}");
+                return self.fail(local(454, StatusCode::new(4, 7, 8), &text), out);
+            }
+        }
+        out
+    }
+
+    /// After the final EHLO: log in to the smart host if configured.
+    fn authenticate_or_ready(&mut self, mut out: Vec<ClientAction>) -> Vec<ClientAction> {
+        let Some((user, pass)) = self.config.auth.clone() else {
+            out.push(ClientAction::Ready);
+            return out;
+        };
+        if !self.tls_active && !self.config.danger_auth_without_tls {
+            return self.fail(local(454, StatusCode::new(4, 7, 10), "refusing to send credentials without TLS"), out);
+        }
+        let mechs = self.ext.as_ref().map(|e| e.auth.clone()).unwrap_or_default();
+        if mechs.iter().any(|m| m == "PLAIN") {
+            let token = b64(format!("\0{user}\0{pass}").as_bytes());
+            out.push(ClientAction::Send(format!("AUTH PLAIN {token}\r\n").into_bytes()));
+            self.expect.push_back(Expect::AuthDone);
+        } else if mechs.iter().any(|m| m == "LOGIN") {
+            out.push(ClientAction::Send(b"AUTH LOGIN\r\n".to_vec()));
+            self.expect.push_back(Expect::AuthLoginUser);
+        } else {
+            return self.fail(local(454, StatusCode::new(4, 7, 0), "the server offers neither AUTH PLAIN nor LOGIN"), out);
         }
         out
     }
@@ -536,6 +583,11 @@ fn rcpt_command(r: &OutboundRecipient, ext: &Extensions) -> Vec<u8> {
     }
     cmd.push_str("\r\n");
     cmd.into_bytes()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Dot-stuffs content for DATA and appends the terminator. Content is

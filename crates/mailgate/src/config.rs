@@ -120,6 +120,8 @@ pub struct Delivery {
     pub delay_warning: u64,
     /// Messages the scheduler keeps in flight at once (its memory window).
     pub window: usize,
+    /// Send smart host credentials even when STARTTLS is not available.
+    pub danger_smarthost_auth_without_tls: bool,
 }
 
 impl Default for Delivery {
@@ -138,6 +140,7 @@ impl Default for Delivery {
             max_age: 5 * 24 * 3600,
             delay_warning: 0,
             window: 10_000,
+            danger_smarthost_auth_without_tls: false,
         }
     }
 }

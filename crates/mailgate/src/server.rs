@@ -47,6 +47,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(d.connect_timeout),
         command_timeout: Duration::from_secs(d.command_timeout),
         tls: crate::outbound::tls::opportunistic(),
+        smarthost_auth: config.smarthost.as_ref().and_then(|s| s.credentials.clone()),
+        danger_auth_without_tls: d.danger_smarthost_auth_without_tls,
     });
     let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone());
     let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);

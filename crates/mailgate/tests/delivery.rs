@@ -337,3 +337,51 @@ fn queue_retry_forces_an_attempt() {
     wait_for(&sink, 1, &server);
     wait_queue_empty(&server);
 }
+
+#[test]
+fn opportunistic_starttls_to_the_next_hop() {
+    let sink = SmtpSink::with_replies(SinkReplies { starttls: true, ..SinkReplies::default() });
+    let server = Server::start(BIN, &format!("{}{FAST}", local(&sink.url())));
+    send(&server, "alice@client.example.net", &["bob@example.test"], "Subject: tls\r\n\r\nx\r\n");
+    let got = wait_for(&sink, 1, &server);
+    assert!(got[0].tls, "the message did not travel over TLS");
+}
+
+#[test]
+fn smarthost_auth_after_starttls() {
+    let relay_host = SmtpSink::with_replies(SinkReplies {
+        starttls: true,
+        auth: Some(("relay user".into(), "s3cr:et".into())),
+        ..SinkReplies::default()
+    });
+    let config = format!(
+        "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n{FAST}smarthost = \"smtp://relay%20user:s3cr%3Aet@{}\"\n",
+        relay_host.addr()
+    );
+    let server = Server::start(BIN, &config);
+    send(&server, "alice@client.example.net", &["zed@far.test"], "Subject: via relay\r\n\r\nx\r\n");
+    let got = wait_for(&relay_host, 1, &server);
+    assert!(got[0].tls);
+    assert_eq!(got[0].authenticated.as_deref(), Some("relay user"));
+    assert_eq!(got[0].rcpt_to, ["zed@far.test"]);
+}
+
+#[test]
+fn smarthost_password_is_never_sent_without_tls() {
+    let relay_host =
+        SmtpSink::with_replies(SinkReplies { extensions: vec!["PIPELINING".into(), "AUTH PLAIN LOGIN".into()], ..SinkReplies::default() });
+    let config = format!("[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n{FAST}smarthost = \"smtp://user:pw@{}\"\n", relay_host.addr());
+    let server = Server::start(BIN, &config);
+    let id = send(&server, "alice@client.example.net", &["zed@far.test"], "Subject: no tls\r\n\r\nx\r\n");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = recipient(&server.queue(), &id, "zed@far.test");
+        if r["status"] == "deferred" {
+            assert!(r["last_reply"].as_str().unwrap().contains("without TLS"), "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(relay_host.messages().is_empty());
+}

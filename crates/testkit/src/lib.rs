@@ -9,6 +9,7 @@ pub mod net;
 pub mod process;
 pub mod sink;
 pub mod smtp;
+pub mod tls;
 
 pub use dns::{DnsServer, Zone};
 pub use net::free_port;

@@ -2,7 +2,7 @@
 //! with its envelope, and a blackhole that accepts TCP but never greets.
 //! Both run on plain threads and stop when dropped.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -20,6 +20,10 @@ pub struct ReceivedMessage {
     pub rcpt_to: Vec<String>,
     /// Content with the dot-stuffing removed, CRLF line ends, no final dot.
     pub data: Vec<u8>,
+    /// The message came over TLS.
+    pub tls: bool,
+    /// The SASL user the client logged in as.
+    pub authenticated: Option<String>,
 }
 
 impl ReceivedMessage {
@@ -49,6 +53,10 @@ pub struct SinkReplies {
     pub extensions: Vec<String>,
     /// Address to listen on; a free port on 127.0.0.1 when `None`.
     pub bind: Option<SocketAddr>,
+    /// Offer STARTTLS with a self-signed certificate.
+    pub starttls: bool,
+    /// Offer AUTH PLAIN and LOGIN after TLS, accepting these credentials.
+    pub auth: Option<(String, String)>,
 }
 
 impl Default for SinkReplies {
@@ -64,6 +72,8 @@ impl Default for SinkReplies {
             lmtp_data_for: Vec::new(),
             extensions: ["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600"].map(String::from).to_vec(),
             bind: None,
+            starttls: false,
+            auth: None,
         }
     }
 }
@@ -166,17 +176,15 @@ fn path_of(arg: &str) -> String {
 
 fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let mut send = |line: &str| out.write_all(format!("{line}\r\n").as_bytes());
-    send(&replies.greeting)?;
+    let mut wire = Wire { io: Box::new(stream), buf: Vec::new(), tls: false };
+    wire.send(&replies.greeting)?;
+    let mut authenticated: Option<String> = None;
     let mut helo = String::new();
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
-    let mut line = Vec::new();
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        let line = wire.read_line()?;
+        if line.is_empty() {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&line);
@@ -188,69 +196,77 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
                 (from, rcpts) = (None, Vec::new());
                 let mut lines = vec!["sink.example.test".to_string()];
                 lines.extend(replies.extensions.iter().cloned());
+                if replies.starttls && !wire.tls {
+                    lines.push("STARTTLS".into());
+                }
+                if replies.auth.is_some() && wire.tls {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
                 for (i, l) in lines.iter().enumerate() {
-                    send(&format!("250{}{l}", if i + 1 == lines.len() { ' ' } else { '-' }))?;
+                    wire.send(&format!("250{}{l}", if i + 1 == lines.len() { ' ' } else { '-' }))?;
                 }
             }
             "HELO" => {
                 helo = arg.trim().to_string();
                 (from, rcpts) = (None, Vec::new());
-                send("250 sink.example.test")?;
+                wire.send("250 sink.example.test")?;
             }
             "MAIL" => {
                 let Some(path) = arg.get(5..).filter(|_| arg[..5].eq_ignore_ascii_case("FROM:")) else {
-                    send("501 5.5.4 Syntax: MAIL FROM:<address>")?;
+                    wire.send("501 5.5.4 Syntax: MAIL FROM:<address>")?;
                     continue;
                 };
                 if from.is_some() {
-                    send("503 5.5.1 Nested MAIL command")?;
+                    wire.send("503 5.5.1 Nested MAIL command")?;
                     continue;
                 }
-                send(&replies.mail)?;
+                wire.send(&replies.mail)?;
                 if replies.mail.starts_with('2') {
                     from = Some(path_of(path));
                 }
             }
             "RCPT" => {
                 let Some(path) = arg.get(3..).filter(|_| arg[..3].eq_ignore_ascii_case("TO:")) else {
-                    send("501 5.5.4 Syntax: RCPT TO:<address>")?;
+                    wire.send("501 5.5.4 Syntax: RCPT TO:<address>")?;
                     continue;
                 };
                 if from.is_none() {
-                    send("503 5.5.1 Need MAIL first")?;
+                    wire.send("503 5.5.1 Need MAIL first")?;
                     continue;
                 }
                 let rcpt = path_of(path);
                 let reply = replies.rcpt_for.iter().find(|(k, _)| rcpt.contains(k.as_str())).map(|(_, r)| r).unwrap_or(&replies.rcpt);
-                send(reply)?;
+                wire.send(reply)?;
                 if reply.starts_with('2') {
                     rcpts.push(rcpt);
                 }
             }
             "DATA" => {
                 if from.is_none() || rcpts.is_empty() {
-                    send("503 5.5.1 Need MAIL and RCPT first")?;
+                    wire.send("503 5.5.1 Need MAIL and RCPT first")?;
                     continue;
                 }
-                send("354 End data with <CR><LF>.<CR><LF>")?;
-                let data = read_data(&mut reader)?;
+                wire.send("354 End data with <CR><LF>.<CR><LF>")?;
+                let data = read_data(&mut wire)?;
                 let n = inbox.transactions.fetch_add(1, Ordering::SeqCst);
                 let end = replies.data_end_first.get(n).unwrap_or(&replies.data_end).clone();
                 if replies.lmtp {
                     let mut accepted = Vec::new();
                     for r in &rcpts {
                         let reply = replies.lmtp_data_for.iter().find(|(k, _)| r.contains(k.as_str())).map(|(_, v)| v).unwrap_or(&end);
-                        send(reply)?;
+                        wire.send(reply)?;
                         if reply.starts_with('2') {
                             accepted.push(r.clone());
                         }
                     }
                     rcpts = accepted;
                 } else {
-                    send(&end)?;
+                    wire.send(&end)?;
                 }
                 if end.starts_with('2') && !rcpts.is_empty() {
                     let message = ReceivedMessage {
+                        tls: wire.tls,
+                        authenticated: authenticated.clone(),
                         helo: helo.clone(),
                         mail_from: from.take().unwrap_or_default(),
                         rcpt_to: std::mem::take(&mut rcpts),
@@ -263,25 +279,116 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
             }
             "RSET" => {
                 (from, rcpts) = (None, Vec::new());
-                send("250 2.0.0 Ok")?;
+                wire.send("250 2.0.0 Ok")?;
             }
-            "NOOP" => send("250 2.0.0 Ok")?,
+            "STARTTLS" if replies.starttls && !wire.tls => {
+                wire.send("220 2.0.0 Ready to start TLS")?;
+                wire.start_tls()?;
+                (from, rcpts, helo) = (None, Vec::new(), String::new());
+            }
+            "AUTH" if replies.auth.is_some() && wire.tls => {
+                let (user, pass) = replies.auth.clone().unwrap_or_default();
+                let mut words = arg.split_whitespace();
+                let mech = words.next().unwrap_or("").to_ascii_uppercase();
+                let given = match mech.as_str() {
+                    "PLAIN" => {
+                        let token = match words.next() {
+                            Some(t) => t.to_string(),
+                            None => {
+                                wire.send("334 ")?;
+                                String::from_utf8_lossy(&wire.read_line()?).trim().to_string()
+                            }
+                        };
+                        let raw = b64d(&token);
+                        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+                        match parts.as_slice() {
+                            [_, u, p] => Some((String::from_utf8_lossy(u).into_owned(), String::from_utf8_lossy(p).into_owned())),
+                            _ => None,
+                        }
+                    }
+                    "LOGIN" => {
+                        wire.send("334 VXNlcm5hbWU6")?;
+                        let u = b64d(String::from_utf8_lossy(&wire.read_line()?).trim());
+                        wire.send("334 UGFzc3dvcmQ6")?;
+                        let p = b64d(String::from_utf8_lossy(&wire.read_line()?).trim());
+                        Some((String::from_utf8_lossy(&u).into_owned(), String::from_utf8_lossy(&p).into_owned()))
+                    }
+                    _ => None,
+                };
+                if given == Some((user.clone(), pass)) {
+                    authenticated = Some(user);
+                    wire.send("235 2.7.0 Authentication successful")?;
+                } else {
+                    wire.send("535 5.7.8 Authentication credentials invalid")?;
+                }
+            }
+            "NOOP" => wire.send("250 2.0.0 Ok")?,
             "QUIT" => {
-                send("221 2.0.0 Bye")?;
+                wire.send("221 2.0.0 Bye")?;
                 return Ok(());
             }
-            _ => send("502 5.5.2 Command not recognized")?,
+            _ => wire.send("502 5.5.2 Command not recognized")?,
         }
     }
 }
 
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// The connection, in clear or TLS, read line by line.
+struct Wire {
+    io: Box<dyn ReadWrite>,
+    buf: Vec<u8>,
+    tls: bool,
+}
+
+impl Wire {
+    fn send(&mut self, line: &str) -> io::Result<()> {
+        self.io.write_all(format!("{line}\r\n").as_bytes())?;
+        self.io.flush()
+    }
+
+    /// One line with its ending; empty at end of stream.
+    fn read_line(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(p) = self.buf.iter().position(|&b| b == b'\n') {
+                return Ok(self.buf.drain(..=p).collect());
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.io.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(std::mem::take(&mut self.buf));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn start_tls(&mut self) -> io::Result<()> {
+        // Bytes pipelined before the handshake are discarded (RFC 3207).
+        self.buf.clear();
+        let io = std::mem::replace(&mut self.io, Box::new(io::empty()));
+        let conn = rustls::ServerConnection::new(crate::tls::server_config()).map_err(io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(conn, io);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        self.io = Box::new(tls);
+        self.tls = true;
+        Ok(())
+    }
+}
+
+fn b64d(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).unwrap_or_default()
+}
+
 /// Reads content up to the lone dot, undoing dot-stuffing.
-fn read_data(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+fn read_data(wire: &mut Wire) -> io::Result<Vec<u8>> {
     let mut data = Vec::new();
-    let mut line = Vec::new();
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        let line = wire.read_line()?;
+        if line.is_empty() {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in DATA"));
         }
         if line == b".\r\n" || line == b".\n" {

@@ -23,7 +23,12 @@ fn message(rcpts: &[&str]) -> OutboundMessage {
 }
 
 fn client(lmtp: bool) -> Client {
-    Client::new(ClientConfig { helo: "me.test".into(), lmtp, tls: TlsMode::Opportunistic })
+    Client::new(ClientConfig { helo: "me.test".into(), lmtp, tls: TlsMode::Opportunistic, auth: None, danger_auth_without_tls: false })
+}
+
+fn auth_client() -> Client {
+    let auth = Some(("user".to_string(), "secret".to_string()));
+    Client::new(ClientConfig { helo: "me.test".into(), lmtp: false, tls: TlsMode::Opportunistic, auth, danger_auth_without_tls: false })
 }
 
 fn sent(actions: &[ClientAction]) -> String {
@@ -168,4 +173,37 @@ fn dot_stuffing() {
     assert_eq!(dot_stuff(b".a\r\nb\r\n..c\r\n"), b"..a\r\nb\r\n...c\r\n.\r\n");
     assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
     assert_eq!(dot_stuff(b""), b".\r\n");
+}
+
+#[test]
+fn auth_plain_only_after_tls() {
+    let mut c = auth_client();
+    c.on_reply(reply("220 hi\r\n"));
+    // No STARTTLS offered: credentials are never sent in clear.
+    let a = c.on_reply(reply("250-relay\r\n250 AUTH PLAIN LOGIN\r\n"));
+    assert!(sent(&a).is_empty());
+    assert!(matches!(&a[..], [ClientAction::Close(Some(Outcome::Temporary(_)))]));
+
+    let mut c = auth_client();
+    c.on_reply(reply("220 hi\r\n"));
+    c.on_reply(reply("250-relay\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"));
+    c.on_reply(reply("220 go\r\n"));
+    c.tls_established();
+    let a = c.on_reply(reply("250-relay\r\n250 AUTH PLAIN LOGIN\r\n"));
+    assert_eq!(sent(&a), "AUTH PLAIN AHVzZXIAc2VjcmV0\r\n");
+    assert!(c.on_reply(reply("235 2.7.0 ok\r\n")).contains(&ClientAction::Ready));
+}
+
+#[test]
+fn auth_login_and_failure_defers() {
+    let mut c = auth_client();
+    c.on_reply(reply("220 hi\r\n"));
+    c.on_reply(reply("250-relay\r\n250 STARTTLS\r\n"));
+    c.on_reply(reply("220 go\r\n"));
+    c.tls_established();
+    assert_eq!(sent(&c.on_reply(reply("250-relay\r\n250 AUTH LOGIN\r\n"))), "AUTH LOGIN\r\n");
+    assert_eq!(sent(&c.on_reply(reply("334 VXNlcm5hbWU6\r\n"))), "dXNlcg==\r\n");
+    assert_eq!(sent(&c.on_reply(reply("334 UGFzc3dvcmQ6\r\n"))), "c2VjcmV0\r\n");
+    let a = c.on_reply(reply("535 5.7.8 bad credentials\r\n"));
+    assert!(matches!(&a[..], [ClientAction::Close(Some(Outcome::Temporary(_)))]));
 }

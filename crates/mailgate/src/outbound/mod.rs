@@ -69,13 +69,25 @@ pub struct Outbound {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Credentials for the smart host.
+    pub smarthost_auth: Option<(String, String)>,
+    pub danger_auth_without_tls: bool,
 }
 
 impl Outbound {
     fn settings(&self, dest: &Destination) -> Settings {
         let lmtp = matches!(dest, Destination::Lmtp { .. });
         Settings {
-            client: ClientConfig { helo: self.hostname.clone(), lmtp, tls: if lmtp { TlsMode::Off } else { TlsMode::Opportunistic } },
+            client: ClientConfig {
+                helo: self.hostname.clone(),
+                lmtp,
+                tls: if lmtp { TlsMode::Off } else { TlsMode::Opportunistic },
+                auth: match dest {
+                    Destination::Smtp { smarthost: true, .. } => self.smarthost_auth.clone(),
+                    _ => None,
+                },
+                danger_auth_without_tls: self.danger_auth_without_tls,
+            },
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
             tls: self.tls.clone(),
