@@ -127,7 +127,11 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
         let dup = || CommandError::Syntax("duplicate parameter");
         match (key.as_str(), value) {
             ("SIZE", Some(v)) => {
-                let n = v.parse().map_err(|_| CommandError::Syntax("SIZE needs a number"))?;
+                // RFC 1870 allows 20 digits; anything beyond u64 is simply too big.
+                if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(CommandError::Syntax("SIZE needs a number"));
+                }
+                let n = v.parse().unwrap_or(u64::MAX);
                 if p.size.replace(n).is_some() {
                     return Err(dup());
                 }

@@ -320,8 +320,21 @@ impl Config {
     /// Parses config text as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.clone(), message: e.to_string().trim_end().to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // One line: where, which key, and what is wrong with it.
+            let message = e.message().replace('\n', " ");
+            let message = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    match key_at(text, span.start) {
+                        Some(key) => format!("line {line}: {key}: {message}"),
+                        None => format!("line {line}: {message}"),
+                    }
+                }
+                None => message,
+            };
+            ConfigError::Parse { file: file.clone(), message }
+        })?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         Config::from_raw(raw, Some(path), base)
     }
@@ -402,11 +415,16 @@ impl Config {
         if limits.max_message_size < 1024 {
             return Err(invalid("limits.max_message_size".into(), "must be at least 1024".into()));
         }
-        if limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
-            return Err(invalid("limits.max_connections".into(), "must be positive".into()));
-        }
-        if limits.command_timeout == 0 || limits.data_timeout == 0 {
-            return Err(invalid("limits.command_timeout".into(), "timeouts must be positive".into()));
+        for (key, value) in [
+            ("max_connections", limits.max_connections as u64),
+            ("max_connections_per_ip", limits.max_connections_per_ip as u64),
+            ("command_timeout", limits.command_timeout),
+            ("data_timeout", limits.data_timeout),
+            ("shutdown_grace", limits.shutdown_grace.max(1)),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("limits.{key}"), "must be positive".into()));
+            }
         }
         if raw.spool.segment_size < 1024 * 1024 {
             return Err(invalid("spool.segment_size".into(), "must be at least 1 MiB".into()));
@@ -504,6 +522,37 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The dotted key (`listener[1].bind`) of the TOML line holding `offset`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let end = start + line.len();
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+        if offset < end || end == text.len() {
+            if t.starts_with('[') {
+                return Some(table);
+            }
+            let key = t.split('=').next()?.trim().trim_matches('"');
+            if key.is_empty() {
+                return None;
+            }
+            return Some(if table.is_empty() { key.to_string() } else { format!("{table}.{key}") });
+        }
+        start = end;
+    }
+    None
+}
+
 fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
     let host_port = |rest: &str| -> Result<String, String> {
         let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{s:?} needs host:port"))?;
@@ -563,6 +612,19 @@ mod tests {
         let e = parse("[server]\nhostnme = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("/etc/mailgate/test.toml"), "{e}");
         assert!(e.contains("hostnme"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_with_the_key() {
+        let e = parse("[limits]\nmax_errors = \"many\"\n").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("line 2: limits.max_errors:"), "{e}");
+        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"127.0.0.1:1\"\n[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listener[1].bind"), "{e}");
+        let e = parse("[limits]\ndata_timeout = 0\n").unwrap_err().to_string();
+        assert!(e.contains("limits.data_timeout"), "{e}");
     }
 
     #[test]

@@ -385,3 +385,92 @@ fn smarthost_password_is_never_sent_without_tls() {
     }
     assert!(relay_host.messages().is_empty());
 }
+
+/// Sends one message with raw DSN parameters; returns the queue id.
+fn send_dsn(server: &Server, mail: &str, rcpts: &[&str], body: &str) -> String {
+    let mut c = SmtpClient::connect(server.smtp_addr()).unwrap();
+    c.ehlo("client.example.net").unwrap();
+    assert_eq!(c.command(mail).unwrap().code, 250);
+    for r in rcpts {
+        assert_eq!(c.command(r).unwrap().code, 250);
+    }
+    assert_eq!(c.command("DATA").unwrap().code, 354);
+    c.send_raw(&mailgate_testkit::smtp::dot_stuff(body)).unwrap();
+    let r = c.read_reply().unwrap();
+    c.quit().ok();
+    r.queue_id().unwrap_or_else(|| panic!("{r}"))
+}
+
+fn dsn_setup(sink_replies: SinkReplies) -> (SmtpSink, SmtpSink, Server) {
+    let sink = SmtpSink::with_replies(sink_replies);
+    let bounces = SmtpSink::start();
+    let config = format!("{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\n{FAST}max_age = 3\n", local(&sink.url()), bounces.url());
+    let server = Server::start(BIN, &config);
+    (sink, bounces, server)
+}
+
+#[test]
+fn notify_never_suppresses_the_bounce() {
+    let (_sink, bounces, server) = dsn_setup(SinkReplies { rcpt: "550 5.1.1 no such user".into(), ..SinkReplies::default() });
+    send_dsn(&server, "MAIL FROM:<alice@sender.test>", &["RCPT TO:<bob@example.test> NOTIFY=NEVER"], "Subject: never\r\n\r\nx\r\n");
+    wait_queue_empty(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(bounces.messages().is_empty(), "NOTIFY=NEVER must not produce a DSN");
+}
+
+#[test]
+fn dsn_carries_envid_orcpt_and_the_full_message_for_ret_full() {
+    let (_sink, bounces, server) = dsn_setup(SinkReplies { rcpt: "550 5.1.1 no such user".into(), ..SinkReplies::default() });
+    let body = "Subject: full\r\nMessage-ID: <full@sender.test>\r\n\r\nthe whole body comes back\r\n";
+    send_dsn(
+        &server,
+        "MAIL FROM:<alice@sender.test> RET=FULL ENVID=env+2B42",
+        &["RCPT TO:<bob@example.test> NOTIFY=FAILURE ORCPT=rfc822;Bob+40example.test"],
+        body,
+    );
+    let dsn = wait_for(&bounces, 1, &server);
+    let text = dsn[0].data_str();
+    assert!(text.contains("Original-Envelope-Id: env+42"), "{text}");
+    assert!(text.contains("Original-Recipient: rfc822; Bob@example.test"), "{text}");
+    assert!(text.contains("Content-Type: message/rfc822"), "{text}");
+    assert!(text.contains("the whole body comes back"), "{text}");
+    python_dsn(&dsn[0].data);
+}
+
+#[test]
+fn dsn_returns_headers_only_for_ret_hdrs() {
+    let (_sink, bounces, server) = dsn_setup(SinkReplies { rcpt: "550 5.1.1 no such user".into(), ..SinkReplies::default() });
+    send_dsn(&server, "MAIL FROM:<alice@sender.test> RET=HDRS", &["RCPT TO:<bob@example.test>"], "Subject: hdrs\r\n\r\nsecret body\r\n");
+    let dsn = wait_for(&bounces, 1, &server);
+    let text = dsn[0].data_str();
+    assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
+    assert!(text.contains("Subject: hdrs"), "{text}");
+    assert!(!text.contains("secret body"), "{text}");
+}
+
+#[test]
+fn notify_success_gets_a_delivery_report_when_the_next_hop_lacks_dsn() {
+    let (sink, bounces, server) = dsn_setup(SinkReplies::default());
+    send_dsn(&server, "MAIL FROM:<alice@sender.test>", &["RCPT TO:<bob@example.test> NOTIFY=SUCCESS"], "Subject: ok\r\n\r\nx\r\n");
+    wait_for(&sink, 1, &server);
+    let dsn = wait_for(&bounces, 1, &server);
+    let (_, rcpts) = python_dsn(&dsn[0].data);
+    assert_eq!(rcpts[0].1, "relayed");
+    assert_eq!(rcpts[0].2, "2.0.0");
+}
+
+#[test]
+fn delay_warning_after_the_configured_age() {
+    let sink = SmtpSink::with_replies(SinkReplies { rcpt: "450 4.2.0 not now".into(), ..SinkReplies::default() });
+    let bounces = SmtpSink::start();
+    let config =
+        format!("{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\n{FAST}delay_warning = 2\n", local(&sink.url()), bounces.url());
+    let server = Server::start(BIN, &config);
+    send(&server, "alice@sender.test", &["bob@example.test"], "Subject: slow\r\n\r\nx\r\n");
+    let dsn = wait_for(&bounces, 1, &server);
+    let (_, rcpts) = python_dsn(&dsn[0].data);
+    assert_eq!(rcpts[0].1, "delayed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(bounces.messages().len(), 1, "only one delay warning per message");
+    assert_eq!(server.queue_ids().len(), 1, "the message is still queued");
+}

@@ -288,6 +288,12 @@ impl Session {
 
     /// Takes one command line starting at `pos`.
     fn next_command(&mut self, pos: usize) -> Step {
+        // Closing after repeated errors also stops cross-protocol attacks
+        // that shovel junk at us line by line, whatever the junk looks like.
+        if self.errors >= self.config.max_errors && pos < self.input.len() {
+            self.close_with(Reply::new(421, status::TEMP_POLICY, format!("{} Too many errors, closing connection", self.config.hostname)));
+            return Step::Wait(self.input.len());
+        }
         let rest = &self.input[pos..];
         let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
             if rest.len() > self.config.max_command_line || self.skipping_line {
@@ -306,6 +312,15 @@ impl Session {
         }
         let line = &rest[..lf];
         let Some(line) = line.strip_suffix(b"\r") else {
+            // A web client speaks with bare LFs too: drop it like one.
+            if command::parse(line) == Err(CommandError::Forbidden) {
+                self.close_with(Reply::new(
+                    421,
+                    status::TEMP_POLICY,
+                    format!("{} This is an SMTP server, closing connection", self.config.hostname),
+                ));
+                return Step::Continue(next);
+            }
             self.reply(Reply::new(500, status::SYNTAX, "Bare LF received; commands must end with CRLF"));
             return Step::Continue(next);
         };
@@ -318,12 +333,6 @@ impl Session {
             return Step::Continue(next);
         }
         let line = line.to_vec();
-        if self.errors >= self.config.max_errors {
-            // Closing after repeated errors also stops cross-protocol
-            // attacks that shovel junk at us line by line.
-            self.close_with(Reply::new(421, status::TEMP_POLICY, format!("{} Too many errors, closing connection", self.config.hostname)));
-            return Step::Continue(next);
-        }
         if self.shutting_down && matches!(self.state, State::Greeted | State::Ready) {
             self.close_with(Reply::new(421, status::SHUTTING_DOWN, format!("{} Service shutting down", self.config.hostname)));
             return Step::Continue(next);
@@ -453,7 +462,10 @@ impl Session {
         if tx.recipients.len() >= self.config.max_recipients {
             // 452 makes the client send the rest in another transaction
             // (RFC 5321 §4.5.3.1.10).
-            return self.reply(Reply::new(452, status::TOO_MANY_RCPTS, "Too many recipients"));
+            // Not counted as an error: the client is doing what RFC 5321
+            // asks and will send the rest in another transaction.
+            self.actions.push(Action::Reply(Reply::new(452, status::TOO_MANY_RCPTS, "Too many recipients")));
+            return;
         }
         if let Path::Mailbox { mailbox, .. } = &path {
             if !mailbox.is_ascii() && !tx.params.smtputf8 {

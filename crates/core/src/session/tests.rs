@@ -239,3 +239,35 @@ fn cross_protocol_closes() {
     let mut s = session();
     assert_eq!(run(&mut s, b"GET / HTTP/1.1\r\n"), ["421", "CLOSE"]);
 }
+
+#[test]
+fn error_limit_counts_bare_lf_and_long_lines() {
+    let mut s = session();
+    let out = run(&mut s, b"junk\njunk\njunk\njunk\njunk\njunk\njunk\nNOOP\r\n");
+    assert_eq!(out, ["500", "500", "500", "500", "500", "421", "CLOSE"]);
+}
+
+#[test]
+fn recipients_over_the_limit_keep_the_transaction() {
+    let mut s = session();
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n".to_vec();
+    for i in 0..10 {
+        input.extend_from_slice(format!("RCPT TO:<r{i}@example.test>\r\n").as_bytes());
+    }
+    input.extend_from_slice(b"DATA\r\nx\r\n.\r\n");
+    let out = run(&mut s, &input);
+    assert_eq!(out.iter().filter(|c| *c == "452").count(), 7);
+    assert!(out.contains(&"ENQUEUE".to_string()), "{out:?}");
+}
+
+#[test]
+fn http_with_bare_lf_is_dropped() {
+    let mut s = session();
+    assert_eq!(run(&mut s, b"GET / HTTP/1.0\nHost: x\n\n"), ["421", "CLOSE"]);
+}
+
+#[test]
+fn twenty_digit_size_is_too_big_not_a_syntax_error() {
+    let mut s = session();
+    assert_eq!(run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=99999999999999999999\r\n"), ["250", "552"]);
+}
