@@ -1,0 +1,230 @@
+"""A full spool filesystem: a 250 only for messages that are really stored,
+452 4.3.1 / 451 4.3.0 otherwise, and [spool].min_free_space refusing MAIL
+early with 452 4.3.1."""
+
+import subprocess
+import time
+
+import pytest
+
+from helpers import Dialogue, queue_id
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mounts a small tmpfs; yields a function mount(size) -> path.
+
+    Request this fixture before mailgate_factory so that servers are stopped
+    before it is unmounted.
+    """
+    mounted = []
+
+    def mount(size: str = "3m"):
+        path = tmp_path / f"tmpfs{len(mounted)}"
+        path.mkdir()
+        p = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if p.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {p.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def message(i: int, size: int) -> bytes:
+    line = b"z" * 76 + b"\r\n"
+    return b"Subject: filler %d\r\n\r\n" % i + line * (size // len(line))
+
+
+def test_full_spool_never_gets_250_for_an_unstored_message(tmpfs, mailgate_factory):
+    data_dir = tmpfs("3m") / "data"
+    srv = mailgate_factory(
+        data_dir=data_dir,
+        limits={"max_message_size": 10 * MB},
+        spool={"min_free_space": 0, "segment_size": MB},
+    ).start()
+    accepted = []
+    refusals = []
+    with srv.smtp(timeout=30) as d:
+        d.ehlo()
+        for i in range(60):
+            r = d.cmd(f"MAIL FROM:<filler{i}@sender.test>")
+            if r.code != 250:
+                refusals.append(r)
+                assert r.is_(452, "4.3.1"), r
+                d.cmd("RSET")
+                if len(refusals) >= 3:
+                    break
+                continue
+            assert d.cmd("RCPT TO:<b@example.test>").code == 250
+            assert d.cmd("DATA").code == 354
+            d.send(message(i, 200 * 1024) + b".\r\n")
+            r = d.read_reply()
+            if r.code == 250:
+                accepted.append(queue_id(r))
+                continue
+            refusals.append(r)
+            assert r.is_(452, "4.3.1") or r.is_(451, "4.3.0"), r
+            if len(refusals) >= 3:
+                break
+        # After refusals the session is still in sync.
+        assert d.cmd("NOOP").code == 250
+    assert refusals, f"the 3 MB tmpfs never filled up ({len(accepted)} accepted)"
+    assert accepted, "nothing was accepted before the disk was full"
+    listed = srv.queue_ids()
+    assert listed == set(accepted), (
+        f"250 but not listed: {set(accepted) - listed}; listed but never acknowledged: {listed - set(accepted)}"
+    )
+    assert srv.stop() == 0
+    srv.start()
+    listed = srv.queue_ids()
+    assert set(accepted) <= listed, f"lost after restart: {set(accepted) - listed}"
+    assert listed == set(accepted), f"unacknowledged messages appeared: {listed - set(accepted)}"
+
+
+def test_full_spool_with_concurrent_sessions_and_sigkill(tmpfs, mailgate_factory):
+    import threading
+
+    data_dir = tmpfs("3m") / "data"
+    srv = mailgate_factory(
+        data_dir=data_dir,
+        # Refusals count as session errors; keep the limit out of the way.
+        limits={"max_message_size": 10 * MB, "max_errors": 1000},
+        spool={"min_free_space": 0, "segment_size": MB},
+    ).start()
+    accepted = []
+    bad = []
+
+    def client(k):
+        try:
+            with Dialogue(srv.mx_port, timeout=30) as d:
+                d.ehlo()
+                for i in range(15):
+                    r = d.cmd(f"MAIL FROM:<c{k}-{i}@sender.test>")
+                    if r.code != 250:
+                        if not r.is_(452, "4.3.1"):
+                            bad.append(r)
+                        d.cmd("RSET")
+                        continue
+                    d.cmd("RCPT TO:<b@example.test>")
+                    d.cmd("DATA")
+                    d.send(message(i, 100 * 1024) + b".\r\n")
+                    r = d.read_reply()
+                    if r.code == 250:
+                        accepted.append(queue_id(r))
+                    elif not (r.is_(452, "4.3.1") or r.is_(451, "4.3.0")):
+                        bad.append(r)
+        except Exception as e:
+            bad.append(e)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not bad, bad
+    assert accepted
+    assert srv.queue_ids() == set(accepted)
+    srv.kill()
+    srv.start()
+    listed = srv.queue_ids()
+    assert set(accepted) <= listed, f"lost after SIGKILL: {set(accepted) - listed}"
+
+
+def test_min_free_space_above_free_space_refuses_mail_452_4_3_1(tmpfs, mailgate_factory):
+    data_dir = tmpfs("3m") / "data"
+    srv = mailgate_factory(
+        data_dir=data_dir,
+        spool={"min_free_space": 4 * MB, "segment_size": MB},
+    ).start()
+    with srv.smtp() as d:
+        d.ehlo()
+        r = d.cmd("MAIL FROM:<a@sender.test>")
+        assert r.is_(452, "4.3.1"), r
+        assert d.cmd("RCPT TO:<b@example.test>").code == 503
+    assert srv.queue_list() == []
+
+
+def test_declared_size_larger_than_free_space_refuses_mail_452_4_3_1(tmpfs, mailgate_factory):
+    data_dir = tmpfs("3m") / "data"
+    srv = mailgate_factory(
+        data_dir=data_dir,
+        limits={"max_message_size": 50 * MB},
+        spool={"min_free_space": 0, "segment_size": MB},
+    ).start()
+    with srv.smtp() as d:
+        d.ehlo()
+        r = d.cmd(f"MAIL FROM:<a@sender.test> SIZE={10 * MB}")
+        assert r.is_(452, "4.3.1"), r
+        # A small message still fits.
+        r = d.cmd("MAIL FROM:<a@sender.test> SIZE=1000")
+        assert r.is_(250, "2.1.0"), r
+
+
+@pytest.mark.mailgate(spool={"min_free_space": 1 << 60})
+def test_min_free_space_larger_than_any_disk_refuses_mail_452_4_3_1(server):
+    with server.smtp() as d:
+        d.ehlo()
+        r = d.cmd("MAIL FROM:<a@sender.test>")
+        assert r.is_(452, "4.3.1"), r
+
+
+@pytest.mark.mailgate(spool={"min_free_space": 1 << 60})
+def test_min_free_space_refusal_seen_by_swaks(server, swaks):
+    p = swaks("--server", f"127.0.0.1:{server.mx_port}", "--from", "a@sender.test", "--to", "b@example.test")
+    out = p.stdout + p.stderr
+    assert p.returncode == 23, out
+    assert "452 4.3.1" in out, out
+
+
+def test_messages_accepted_after_space_is_freed_survive_a_crash(tmpfs, mailgate_factory):
+    """Fill the disk, free space again, keep sending, SIGKILL, restart: a
+    failed write must not leave the spool so that later acknowledged
+    messages are lost in recovery."""
+    mnt = tmpfs("3m")
+    filler = mnt / "filler"
+    filler.write_bytes(b"\0" * (1 * MB))
+    srv = mailgate_factory(
+        data_dir=mnt / "data",
+        limits={"max_message_size": 10 * MB},
+        spool={"min_free_space": 0, "segment_size": MB},
+    ).start()
+    accepted = []
+    refused = 0
+    with srv.smtp(timeout=30) as d:
+        d.ehlo()
+        for i in range(40):
+            r = d.transaction(sender=f"before{i}@sender.test", body=message(i, 150 * 1024))
+            if r.code == 250:
+                accepted.append(queue_id(r))
+            else:
+                assert r.is_(452, "4.3.1") or r.is_(451, "4.3.0"), r
+                refused += 1
+                if refused >= 2:
+                    break
+        assert refused, "the disk never filled up"
+        filler.unlink()
+        time.sleep(1.5)  # let the free-space probe see the change
+        after = []
+        for i in range(4):
+            r = d.transaction(sender=f"after{i}@sender.test", body=message(i, 150 * 1024))
+            if r.code == 250:
+                after.append(queue_id(r))
+            else:
+                assert r.is_(452, "4.3.1") or r.is_(451, "4.3.0"), r
+    assert after, "nothing accepted after 1 MB was freed"
+    accepted += after
+    assert srv.queue_ids() == set(accepted)
+    srv.kill()
+    srv.start()
+    listed = srv.queue_ids()
+    assert set(accepted) <= listed, f"lost after SIGKILL: {sorted(set(accepted) - listed)} (of which after freeing: {sorted(set(after) - listed)})"
