@@ -99,11 +99,8 @@ pub fn start(config: Arc<Config>, spool: Arc<Spool>, outbound: Arc<Outbound>, me
         in_flight: HashMap::new(),
         results_tx,
     };
-    for q in s.spool.list() {
-        let due = q.envelope.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min();
-        if let Some(due) = due {
-            s.schedule(q.id, due);
-        }
+    for (id, due) in s.spool.due_times() {
+        s.schedule(id, due);
     }
     tokio::spawn(s.run(commands, results, new_messages));
     Handle { tx }
@@ -161,7 +158,7 @@ impl Scheduler {
             }
             self.scheduled.remove(&id);
             let Some(q) = self.spool.get(&id) else { continue };
-            self.dispatch(id, q.envelope, now);
+            self.dispatch(id, Arc::new(q.envelope), now);
         }
     }
 
@@ -226,7 +223,7 @@ impl Scheduler {
     /// and either removes the message or files its next attempt.
     async fn finish(&mut self, id: QueueId, results: Vec<JobResult>) {
         let Some(q) = self.spool.get(&id) else { return }; // deleted meanwhile
-        let mut env: Envelope = (*q.envelope).clone();
+        let mut env: Envelope = q.envelope;
         let now = now_secs();
         let mut failed = Vec::new();
         let mut succeeded = Vec::new();
@@ -336,7 +333,7 @@ impl Scheduler {
                     return;
                 };
                 if !self.in_flight.contains_key(&id) {
-                    let mut env = (*q.envelope).clone();
+                    let mut env = q.envelope;
                     for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
                         r.next_attempt = 0;
                     }

@@ -49,21 +49,33 @@ impl SpoolError {
     }
 }
 
-/// Where a stored message lives.
-#[derive(Debug, Clone)]
+/// Where a stored message lives: a few dozen bytes per queued message.
+/// Envelopes and content stay on disk and are read when needed, so a large
+/// queue does not cost memory for what is not being worked on.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
     segment: u64,
     data_offset: u64,
-    data_len: u64,
-    envelope: Arc<Envelope>,
+    data_len: u32,
+    /// The latest envelope: in the message record, or in a later update.
+    env_segment: u64,
+    env_offset: u64,
+    env_len: u32,
+    /// Earliest next attempt among pending recipients (0: at once).
+    due: u64,
 }
 
 /// A queued message as the API and scheduler see it.
 #[derive(Debug, Clone)]
 pub struct Queued {
     pub id: QueueId,
-    pub envelope: Arc<Envelope>,
+    pub envelope: Envelope,
     pub size: u64,
+}
+
+/// The earliest next attempt among a message's pending recipients.
+pub fn due_of(envelope: &Envelope) -> u64 {
+    envelope.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min().unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -140,8 +152,16 @@ impl Spool {
     /// on stable storage.
     pub async fn store(&self, id: &QueueId, envelope: Envelope, data: &[u8]) -> Result<(), SpoolError> {
         let (bytes, data_offset) = record::encode_message(id, &envelope, data);
-        let message = writer::NewMessage { id: id.clone(), envelope: Arc::new(envelope), data_offset, data_len: data.len() };
-        self.write(bytes, Some(message)).await?;
+        let env_offset = record::MESSAGE_ENV_OFFSET;
+        let change = writer::IndexChange::Insert {
+            id: id.clone(),
+            data_offset,
+            data_len: data.len(),
+            env_offset,
+            env_len: data_offset - env_offset,
+            due: due_of(&envelope),
+        };
+        self.write(bytes, change).await?;
         if let Some(tx) = self.new_messages.get() {
             let _ = tx.send(id.clone());
         }
@@ -153,10 +173,11 @@ impl Spool {
         if !self.shared.lock().index.contains_key(id) {
             return Ok(false);
         }
-        self.write(record::encode_update(id, &envelope), None).await?;
-        if let Some(entry) = self.shared.lock().index.get_mut(id) {
-            entry.envelope = Arc::new(envelope);
-        }
+        let bytes = record::encode_update(id, &envelope);
+        let env_offset = record::UPDATE_ENV_OFFSET;
+        let env_len = bytes.len() - env_offset - (record::OVERHEAD - 9);
+        let change = writer::IndexChange::Envelope { id: id.clone(), env_offset, env_len, due: due_of(&envelope) };
+        self.write(bytes, change).await?;
         Ok(true)
     }
 
@@ -165,7 +186,7 @@ impl Spool {
         if !self.shared.lock().index.contains_key(id) {
             return Ok(false);
         }
-        self.write(record::encode_remove(id), None).await?;
+        self.write(record::encode_remove(id), writer::IndexChange::None).await?;
         let removed = {
             let mut state = self.shared.lock();
             match state.index.remove(id) {
@@ -182,9 +203,9 @@ impl Spool {
         Ok(removed)
     }
 
-    async fn write(&self, bytes: Vec<u8>, message: Option<writer::NewMessage>) -> Result<(), SpoolError> {
+    async fn write(&self, bytes: Vec<u8>, change: writer::IndexChange) -> Result<(), SpoolError> {
         let (ack, done) = oneshot::channel();
-        self.writer.send(writer::WriteOp { bytes, message, ack }).map_err(|_| SpoolError::Stopped)?;
+        self.writer.send(writer::WriteOp { bytes, change, ack }).map_err(|_| SpoolError::Stopped)?;
         done.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -212,17 +233,39 @@ impl Spool {
         }
     }
 
+    /// Every queued message, oldest first, envelopes read from disk.
     pub fn list(&self) -> Vec<Queued> {
-        let state = self.shared.lock();
-        let mut out: Vec<Queued> =
-            state.index.iter().map(|(id, e)| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len }).collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        let mut ids: Vec<QueueId> = self.shared.lock().index.keys().cloned().collect();
+        ids.sort();
+        ids.iter().filter_map(|id| self.get(id)).collect()
     }
 
+    /// Ids and due times of every queued message, for the scheduler's heap.
+    pub fn due_times(&self) -> Vec<(QueueId, u64)> {
+        self.shared.lock().index.iter().map(|(id, e)| (id.clone(), e.due)).collect()
+    }
+
+    pub fn contains(&self, id: &QueueId) -> bool {
+        self.shared.lock().index.contains_key(id)
+    }
+
+    /// One message with its current envelope, read from disk.
     pub fn get(&self, id: &QueueId) -> Option<Queued> {
-        let state = self.shared.lock();
-        state.index.get(id).map(|e| Queued { id: id.clone(), envelope: e.envelope.clone(), size: e.data_len })
+        let entry = *self.shared.lock().index.get(id)?;
+        match self.read_envelope(&entry) {
+            Ok(envelope) => Some(Queued { id: id.clone(), envelope, size: u64::from(entry.data_len) }),
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "spool: cannot read envelope");
+                None
+            }
+        }
+    }
+
+    fn read_envelope(&self, entry: &Entry) -> io::Result<Envelope> {
+        let file = File::open(segment_path(&self.dir, entry.env_segment))?;
+        let mut buf = vec![0; entry.env_len as usize];
+        file.read_exact_at(&mut buf, entry.env_offset)?;
+        serde_json::from_slice(&buf).map_err(io::Error::other)
     }
 
     pub fn len(&self) -> usize {

@@ -29,9 +29,21 @@ pub enum Kind {
 /// A decoded record, borrowing from the segment bytes.
 #[derive(Debug)]
 pub enum Record<'a> {
-    Message { id: QueueId, envelope: Envelope, data_offset: usize, data: &'a [u8] },
-    Remove { id: QueueId },
-    Update { id: QueueId, envelope: Envelope },
+    Message {
+        id: QueueId,
+        envelope: Envelope,
+        data_offset: usize,
+        data: &'a [u8],
+    },
+    Remove {
+        id: QueueId,
+    },
+    /// `env_len` is the length of the envelope JSON at [`UPDATE_ENV_OFFSET`].
+    Update {
+        id: QueueId,
+        envelope: Envelope,
+        env_len: usize,
+    },
 }
 
 /// Why bytes at some offset are not a valid record.
@@ -70,8 +82,13 @@ fn frame(kind: Kind, payload_len: usize, out: &mut Vec<u8>, fill: impl FnOnce(&m
     out.extend_from_slice(END);
 }
 
+/// Where the envelope JSON sits inside a record's bytes.
+pub const MESSAGE_ENV_OFFSET: usize = 9 + ID_LEN + 4;
+pub const UPDATE_ENV_OFFSET: usize = 9 + ID_LEN;
+
 /// Encodes a message record; returns the bytes and the offset of the
-/// message content inside them.
+/// message content inside them (the envelope starts at
+/// [`MESSAGE_ENV_OFFSET`] and ends there).
 pub fn encode_message(id: &QueueId, envelope: &Envelope, data: &[u8]) -> (Vec<u8>, usize) {
     let env = serde_json::to_vec(envelope).unwrap_or_default(); // ok: serializing our own types cannot fail
     let payload_len = ID_LEN + 4 + env.len() + data.len();
@@ -137,7 +154,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Corruption> {
         k if k == Kind::Remove as u8 => Record::Remove { id },
         k if k == Kind::Update as u8 => {
             let envelope = serde_json::from_slice(rest).map_err(|e| bad(&e.to_string()))?;
-            Record::Update { id, envelope }
+            Record::Update { id, envelope, env_len: rest.len() }
         }
         _ => return Err(bad("unknown kind")),
     };

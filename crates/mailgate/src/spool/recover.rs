@@ -5,12 +5,11 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use mailgate_core::QueueId;
 
 use super::record::{self, Record};
-use super::{Entry, segment_path, sync_dir};
+use super::{Entry, due_of, segment_path, sync_dir};
 
 /// A segment that did not read cleanly to its end.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,6 +52,14 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+fn read_envelope(dir: &Path, e: &Entry) -> io::Result<mailgate_core::Envelope> {
+    use std::os::unix::fs::FileExt;
+    let file = fs::File::open(segment_path(dir, e.env_segment))?;
+    let mut buf = vec![0; e.env_len as usize];
+    file.read_exact_at(&mut buf, e.env_offset)?;
+    serde_json::from_slice(&buf).map_err(io::Error::other)
+}
+
 pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     let segments = list_segments(dir)?;
     let mut index: HashMap<QueueId, Entry> = HashMap::new();
@@ -68,17 +75,23 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                             let entry = Entry {
                                 segment: *number,
                                 data_offset: (pos + data_offset) as u64,
-                                data_len: data.len() as u64,
-                                envelope: Arc::new(envelope),
+                                data_len: data.len() as u32,
+                                env_segment: *number,
+                                env_offset: (pos + record::MESSAGE_ENV_OFFSET) as u64,
+                                env_len: (data_offset - record::MESSAGE_ENV_OFFSET) as u32,
+                                due: due_of(&envelope),
                             };
                             index.insert(id, entry);
                         }
                         Record::Remove { id } => {
                             index.remove(&id);
                         }
-                        Record::Update { id, envelope } => {
+                        Record::Update { id, envelope, env_len } => {
                             if let Some(e) = index.get_mut(&id) {
-                                e.envelope = Arc::new(envelope);
+                                e.env_segment = *number;
+                                e.env_offset = (pos + record::UPDATE_ENV_OFFSET) as u64;
+                                e.env_len = env_len as u32;
+                                e.due = due_of(&envelope);
                             }
                         }
                     }
@@ -110,34 +123,42 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
             // Removals and updates recorded in the damaged file may concern
             // messages stored in other segments: carry them over, or a
             // deleted message would come back at the next start.
-            let mut carried = Vec::new();
             let mut pos = 0usize;
             while pos < (*end as usize).min(bytes.len()) {
                 let Ok((rec, len)) = record::decode(&bytes[pos..]) else { break };
-                match rec {
-                    Record::Remove { id } if !index.contains_key(&id) => carried.push(record::encode_remove(&id)),
-                    Record::Update { id, .. } => {
-                        if let Some(e) = index.get(&id).filter(|e| !damaged_numbers.contains(&e.segment)) {
-                            carried.push(record::encode_update(&id, &e.envelope));
+                let carried = match rec {
+                    Record::Remove { id } if !index.contains_key(&id) => Some(record::encode_remove(&id)),
+                    Record::Update { id, .. } => match index.get_mut(&id).filter(|e| !damaged_numbers.contains(&e.segment)) {
+                        Some(e) => {
+                            let rec = record::encode_update(&id, &read_envelope(dir, e)?);
+                            e.env_segment = rescue;
+                            e.env_offset = offset + record::UPDATE_ENV_OFFSET as u64;
+                            Some(rec)
                         }
-                    }
-                    _ => {}
+                        None => None,
+                    },
+                    _ => None,
+                };
+                if let Some(rec) = carried {
+                    // Written at once: a later update may read it back.
+                    out.write_all(&rec)?;
+                    offset += rec.len() as u64;
                 }
                 pos += len;
-            }
-            for rec in carried {
-                out.write_all(&rec)?;
-                offset += rec.len() as u64;
             }
             for (id, entry) in index.iter_mut().filter(|(_, e)| e.segment == *number) {
                 let start = entry.data_offset as usize;
                 let Some(data) = bytes.get(start..start + entry.data_len as usize) else {
                     continue;
                 };
-                let (rec, data_offset) = record::encode_message(id, &entry.envelope, data);
+                let envelope = read_envelope(dir, entry)?;
+                let (rec, data_offset) = record::encode_message(id, &envelope, data);
                 out.write_all(&rec)?;
                 entry.segment = rescue;
                 entry.data_offset = offset + data_offset as u64;
+                entry.env_segment = rescue;
+                entry.env_offset = offset + record::MESSAGE_ENV_OFFSET as u64;
+                entry.env_len = (data_offset - record::MESSAGE_ENV_OFFSET) as u32;
                 offset += rec.len() as u64;
                 *rescued.entry(*number).or_insert(0) += 1;
             }

@@ -103,3 +103,33 @@ async fn empty_old_segments_are_deleted() {
     assert!(!segment_path(dir.path(), 1).exists());
     assert_eq!(spool.read_data(&c).unwrap().unwrap().len(), big.len());
 }
+
+#[tokio::test]
+async fn update_in_a_damaged_segment_survives_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let id = spool.new_id();
+        spool.store(&id, envelope(), b"data\r\n").await.unwrap();
+        id
+    };
+    {
+        // A new start writes to segment 2: two updates for a message in 1.
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        for attempts in 1..=2 {
+            let mut env = spool.get(&id).unwrap().envelope;
+            env.recipients[0].attempts = attempts;
+            env.recipients[0].status = mailgate_core::RecipientStatus::Deferred;
+            spool.update(&id, env).await.unwrap();
+        }
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(segment_path(dir.path(), 2)).unwrap();
+    std::io::Write::write_all(&mut f, b"garbage").unwrap();
+    drop(f);
+    for _ in 0..2 {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let q = spool.get(&id).expect("message still queued");
+        assert_eq!(q.envelope.recipients[0].attempts, 2);
+        assert_eq!(spool.read_data(&id).unwrap().unwrap(), b"data\r\n");
+    }
+}

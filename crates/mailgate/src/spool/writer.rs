@@ -15,23 +15,23 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Entry, Shared, SpoolError, segment_path, sync_dir};
-use mailgate_core::{Envelope, QueueId};
+use mailgate_core::QueueId;
 
 /// Most bytes gathered into one batch before it is written.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the writer indexes once a message record is durable.
-pub(super) struct NewMessage {
-    pub id: QueueId,
-    pub envelope: Arc<Envelope>,
-    /// Offset of the content inside the record's bytes.
-    pub data_offset: usize,
-    pub data_len: usize,
+/// How the index changes once a record is durable. Offsets are relative
+/// to the start of the record's bytes.
+pub(super) enum IndexChange {
+    None,
+    Insert { id: QueueId, data_offset: usize, data_len: usize, env_offset: usize, env_len: usize, due: u64 },
+    Envelope { id: QueueId, env_offset: usize, env_len: usize, due: u64 },
 }
 
 pub(super) struct WriteOp {
     pub bytes: Vec<u8>,
-    pub message: Option<NewMessage>,
+    pub change: IndexChange,
     pub ack: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -125,10 +125,29 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
     let mut state = shared.lock();
     let mut offset = start;
     for op in batch.iter_mut() {
-        if let Some(m) = op.message.take() {
-            *state.live.entry(segment).or_insert(0) += 1;
-            let entry = Entry { segment, data_offset: offset + m.data_offset as u64, data_len: m.data_len as u64, envelope: m.envelope };
-            state.index.insert(m.id, entry);
+        match std::mem::replace(&mut op.change, IndexChange::None) {
+            IndexChange::None => {}
+            IndexChange::Insert { id, data_offset, data_len, env_offset, env_len, due } => {
+                *state.live.entry(segment).or_insert(0) += 1;
+                let entry = Entry {
+                    segment,
+                    data_offset: offset + data_offset as u64,
+                    data_len: data_len as u32,
+                    env_segment: segment,
+                    env_offset: offset + env_offset as u64,
+                    env_len: env_len as u32,
+                    due,
+                };
+                state.index.insert(id, entry);
+            }
+            IndexChange::Envelope { id, env_offset, env_len, due } => {
+                if let Some(e) = state.index.get_mut(&id) {
+                    e.env_segment = segment;
+                    e.env_offset = offset + env_offset as u64;
+                    e.env_len = env_len as u32;
+                    e.due = due;
+                }
+            }
         }
         offset += op.bytes.len() as u64;
     }
