@@ -276,6 +276,9 @@ impl Session {
 
     /// The client said nothing for too long (RFC 5321 §4.5.3.2).
     pub fn timeout(&mut self) -> Vec<Action> {
+        if matches!(self.state, State::Closed) {
+            return self.take();
+        }
         self.close_with(Reply::new(421, status::TIMEOUT, format!("{} Timeout exceeded, closing connection", self.config.hostname)));
         self.take()
     }
