@@ -28,6 +28,33 @@ pub enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Manage SMTP AUTH users.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserAction {
+    /// Read one password from standard input and print its argon2id hash
+    /// for `[[user]].password`. A trailing newline is ignored.
+    Hash,
+}
+
+pub fn user(action: UserAction) -> anyhow::Result<()> {
+    match action {
+        UserAction::Hash => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+            let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            println!("{}", crate::checks::auth::hash_password(password)?);
+            Ok(())
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

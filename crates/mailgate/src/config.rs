@@ -360,12 +360,6 @@ impl Config {
             ],
         };
         for (i, l) in listeners.iter().enumerate() {
-            if l.role == Role::Submissions {
-                return Err(invalid(
-                    format!("listener[{i}].role"),
-                    "\"submissions\" (implicit TLS) is not available in this version".into(),
-                ));
-            }
             if listeners[..i].iter().any(|o| o.bind == l.bind) {
                 return Err(invalid(format!("listener[{i}].bind"), format!("{} is used by another listener", l.bind)));
             }

@@ -20,8 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::checks::auth::Authenticator;
+use crate::checks::sender;
 use crate::events::Metrics;
 use crate::spool::{Spool, SpoolError};
+use crate::tls::{ServerTls, Stream};
 
 /// What every session of one listener shares.
 pub struct Inbound {
@@ -32,11 +35,29 @@ pub struct Inbound {
     pub trusted: Vec<ipnet::IpNet>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// For STARTTLS, or for every connection with `implicit_tls`.
+    pub tls: Option<Arc<ServerTls>>,
+    pub implicit_tls: bool,
+    pub auth: Arc<Authenticator>,
 }
 
-pub async fn run(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
     let trusted = ctx.trusted.iter().any(|n| n.contains(&peer.ip()));
     let mut session = Session::new(ctx.session.clone(), ctx.policy.clone(), peer.ip(), trusted);
+    let mut stream = Stream::Plain(tcp);
+    if ctx.implicit_tls {
+        let Some(tls) = ctx.tls.as_ref() else { return };
+        match stream.accept_tls(tls, ctx.command_timeout).await {
+            Ok((s, description)) => {
+                stream = s;
+                session.set_tls(description);
+            }
+            Err(e) => {
+                tracing::info!(client = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        }
+    }
     let mut out = Vec::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending = session.greeting();
@@ -55,8 +76,42 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut
                             return;
                         }
                         out.clear();
-                        let result = store(&ctx, peer, *incoming).await;
+                        let result = match check_sender(&ctx, &session, &incoming.data) {
+                            Ok(()) => store(&ctx, peer, *incoming).await,
+                            Err(reply) => Err(reply),
+                        };
                         next.extend(session.transaction_done(result));
+                    }
+                    Action::StartTls => {
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                        let Some(tls) = ctx.tls.as_ref() else { return };
+                        match std::mem::replace(&mut stream, Stream::Gone).accept_tls(tls, ctx.command_timeout).await {
+                            Ok((s, description)) => {
+                                tracing::debug!(client = %peer, tls = %description, "STARTTLS");
+                                stream = s;
+                                next.extend(session.tls_established(description));
+                            }
+                            Err(e) => {
+                                tracing::info!(client = %peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                        }
+                    }
+                    Action::Authenticate(creds) => {
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                        let (verdict, delay) = ctx.auth.verify(peer.ip(), creds).await;
+                        // Slow down a guesser; the delay grows with failures.
+                        tokio::time::sleep(delay).await;
+                        if let mailgate_core::session::AuthVerdict::Accepted(user) = &verdict {
+                            tracing::info!(client = %peer, user = %user, "authenticated");
+                        }
+                        next.extend(session.auth_done(verdict));
                     }
                 }
             }
@@ -93,6 +148,19 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut
             }
             _ = shutdown.changed() => pending = session.shutdown(),
         }
+    }
+}
+
+/// On submission: an authenticated user's `From:` must be one mailbox it
+/// may send as. Such a message is never signed or relayed otherwise.
+fn check_sender(ctx: &Inbound, session: &Session, data: &[u8]) -> Result<(), Reply> {
+    let Some(user) = session.info().authenticated_as.as_deref() else { return Ok(()) };
+    let from = sender::single_from(data)?;
+    if ctx.auth.may_send_as(user, &from) {
+        Ok(())
+    } else {
+        tracing::warn!(user, from = %from, "From: header not allowed for this user");
+        Err(Reply::new(550, mailgate_core::reply::StatusCode::new(5, 7, 1), format!("Message refused: you may not send as {from}")))
     }
 }
 

@@ -14,6 +14,7 @@ mod outbound;
 mod scheduler;
 mod server;
 mod spool;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // `user hash` needs no configuration.
+    if let Command::User { action } = cli.command {
+        return cli::user(action);
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
@@ -44,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(server::serve(config))
         }
         Command::Queue { action } => cli::queue(&config, action),
+        Command::User { .. } => Ok(()),
     }
 }
 

@@ -10,13 +10,16 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::checks::auth::Authenticator;
 use crate::checks::relay::{self, RelayPolicy};
 use crate::config::Config;
 use crate::events::Metrics;
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::spool::{self, Spool};
+use crate::tls::ServerTls;
 use crate::{http, listener, scheduler};
+use mailgate_core::session::Role;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -33,7 +36,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let free = Arc::new(AtomicU64::new(u64::MAX));
     relay::watch_free_space(spool_dir.clone(), free.clone(), spool::free_space);
     let local_domains = config.domains.iter().map(|d| d.name.clone()).collect();
-    let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space));
+    let auth = Authenticator::new(&config.users)?;
+    let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone()));
+    let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
+    let server_tls = ServerTls::new(tls_files, &config.data_dir, &config.hostname).context("cannot set up TLS")?;
+    server_tls.watch();
     let metrics = Arc::new(Metrics::default());
     let resolver = crate::dns::resolver(config.nameservers.as_deref()).context("cannot set up the DNS resolver")?;
     let d = &config.delivery;
@@ -61,7 +68,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         session.max_message_size = config.limits.max_message_size;
         session.max_recipients = config.limits.max_recipients;
         session.max_errors = config.limits.max_errors;
+        session.starttls = l.role != Role::Submissions;
+        session.auth = l.role != Role::Mx;
         let ctx = Arc::new(Inbound {
+            tls: Some(server_tls.clone()),
+            implicit_tls: l.role == Role::Submissions,
+            auth: auth.clone(),
             session: Arc::new(session),
             policy: policy.clone(),
             spool: spool.clone(),

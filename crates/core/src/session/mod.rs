@@ -8,6 +8,7 @@
 //! configuration (which recipients we accept) go through the [`Policy`]
 //! trait, so this module never touches the network, files or the clock.
 
+mod auth;
 mod data;
 
 use std::net::IpAddr;
@@ -55,6 +56,10 @@ pub struct SessionConfig {
     pub max_command_line: usize,
     /// RFC 5321 §4.5.3.1.6: 1000 octets including CRLF.
     pub max_text_line: usize,
+    /// Offer STARTTLS (RFC 3207) until TLS is active.
+    pub starttls: bool,
+    /// Offer AUTH PLAIN and LOGIN (RFC 4954), only once TLS is active.
+    pub auth: bool,
 }
 
 impl SessionConfig {
@@ -67,6 +72,8 @@ impl SessionConfig {
             max_errors: 10,
             max_command_line: 512,
             max_text_line: 1000,
+            starttls: false,
+            auth: false,
         }
     }
 }
@@ -99,6 +106,37 @@ pub enum Action {
     Enqueue(Box<Incoming>),
     /// Flush pending replies and close the connection.
     Close,
+    /// Flush pending replies, then run the TLS handshake and call
+    /// [`Session::tls_established`]. Nothing more is read in clear text.
+    StartTls,
+    /// Check these credentials, then call [`Session::auth_done`].
+    Authenticate(Credentials),
+}
+
+/// What the client presented with AUTH.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub mechanism: &'static str,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password, not even in a debug log.
+        write!(f, "Credentials {{ mechanism: {}, username: {:?} }}", self.mechanism, self.username)
+    }
+}
+
+/// The driver's verdict on [`Action::Authenticate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// The user is who they claim; the name to record.
+    Accepted(String),
+    /// Wrong user or password (never says which).
+    Rejected,
+    /// Too many failures: refuse and close.
+    Throttled,
 }
 
 /// A complete message handed over for storage. `envelope.received_at` is
@@ -150,6 +188,12 @@ enum State {
         refusal: Option<Reply>,
     },
     Enqueuing,
+    /// STARTTLS accepted; waiting for the driver's handshake.
+    Handshake,
+    /// Waiting for the client's next SASL line.
+    AuthExchange(auth::Step),
+    /// Waiting for the driver to check credentials.
+    AuthPending,
     Closed,
 }
 
@@ -198,7 +242,7 @@ impl Session {
     pub fn waiting(&self) -> Waiting {
         match self.state {
             State::Closed => Waiting::Closed,
-            State::Enqueuing => Waiting::Driver,
+            State::Enqueuing | State::Handshake | State::AuthPending => Waiting::Driver,
             State::Data(..) | State::Chunk { .. } => Waiting::Data,
             _ => Waiting::Command,
         }
@@ -232,6 +276,9 @@ impl Session {
 
     /// The client said nothing for too long (RFC 5321 §4.5.3.2).
     pub fn timeout(&mut self) -> Vec<Action> {
+        if matches!(self.state, State::Closed) {
+            return self.take();
+        }
         self.close_with(Reply::new(421, status::TIMEOUT, format!("{} Timeout exceeded, closing connection", self.config.hostname)));
         self.take()
     }
@@ -269,7 +316,11 @@ impl Session {
         let keep_from = loop {
             let step = match self.state {
                 State::Closed => break self.input.len(),
-                State::Enqueuing => break pos,
+                // RFC 3207 §5: whatever was pipelined after STARTTLS
+                // arrived in clear text before the handshake. Drop it.
+                State::Handshake => break self.input.len(),
+                State::Enqueuing | State::AuthPending => break pos,
+                State::AuthExchange(_) => self.next_auth_line(pos),
                 State::Data(..) => self.feed_data(pos),
                 State::Chunk { .. } => self.feed_chunk(pos),
                 _ => self.next_command(pos),
@@ -386,7 +437,8 @@ impl Session {
             Command::Help => {
                 self.reply(Reply::new(214, status::OK, "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321"))
             }
-            Command::StartTls | Command::Auth { .. } => self.reply(Reply::new(502, status::INVALID_COMMAND, "Command not available")),
+            Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
         }
     }
 
@@ -400,7 +452,7 @@ impl Session {
             self.reply(Reply::bare(250, vec![first]));
             return;
         }
-        let lines = vec![
+        let mut lines = vec![
             first,
             "PIPELINING".into(),
             format!("SIZE {}", self.config.max_message_size),
@@ -410,6 +462,12 @@ impl Session {
             "CHUNKING".into(),
             "DSN".into(),
         ];
+        if self.config.starttls && self.info.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         self.reply(Reply::bare(250, lines));
     }
 

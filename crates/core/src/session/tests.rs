@@ -45,6 +45,8 @@ fn run(s: &mut Session, input: &[u8]) -> Vec<String> {
                     next = s.transaction_done(Ok(QueueId::new(1, 1)));
                 }
                 Action::Close => out.push("CLOSE".into()),
+                Action::StartTls => out.push("STARTTLS".into()),
+                Action::Authenticate(_) => out.push("AUTH".into()),
             }
         }
         if next.is_empty() {
@@ -270,4 +272,89 @@ fn http_with_bare_lf_is_dropped() {
 fn twenty_digit_size_is_too_big_not_a_syntax_error() {
     let mut s = session();
     assert_eq!(run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=99999999999999999999\r\n"), ["250", "552"]);
+}
+
+fn submission() -> Session {
+    let mut cfg = SessionConfig::new("mx.test", Role::Submission);
+    cfg.starttls = true;
+    cfg.auth = true;
+    let mut s = Session::new(Arc::new(cfg), Arc::new(TestPolicy), "192.0.2.1".parse().unwrap(), false);
+    s.greeting();
+    s
+}
+
+fn codes_and_actions(actions: Vec<Action>) -> Vec<String> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Reply(r) => r.code.to_string(),
+            Action::StartTls => "STARTTLS".into(),
+            Action::Authenticate(c) => format!("AUTH {} {} {}", c.mechanism, c.username, c.password),
+            Action::Enqueue(_) => "ENQUEUE".into(),
+            Action::Close => "CLOSE".into(),
+        })
+        .collect()
+}
+
+#[test]
+fn starttls_discards_pipelined_commands_and_resets_state() {
+    let mut s = submission();
+    let out = codes_and_actions(s.receive(b"EHLO c\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<a@x.test>\r\n"));
+    assert_eq!(out, ["250", "220", "STARTTLS"]);
+    assert!(codes_and_actions(s.tls_established("TLSv1.3".into())).is_empty());
+    // Fresh EHLO needed; STARTTLS no longer offered or accepted.
+    assert_eq!(codes_and_actions(s.receive(b"MAIL FROM:<a@x.test>\r\n")), ["503"]);
+    let ehlo = s.receive(b"EHLO c\r\n");
+    let Action::Reply(r) = &ehlo[0] else { panic!() };
+    assert!(!r.lines.iter().any(|l| l == "STARTTLS"), "{r:?}");
+    assert!(r.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"), "{r:?}");
+    assert_eq!(codes_and_actions(s.receive(b"STARTTLS\r\n")), ["503"]);
+}
+
+#[test]
+fn starttls_with_argument_is_a_syntax_error() {
+    let mut s = submission();
+    assert_eq!(codes_and_actions(s.receive(b"EHLO c\r\nSTARTTLS now\r\n")), ["250", "501"]);
+}
+
+#[test]
+fn no_auth_before_tls() {
+    let mut s = submission();
+    let r = s.receive(b"EHLO c\r\n");
+    let Action::Reply(r) = &r[0] else { panic!() };
+    assert!(!r.lines.iter().any(|l| l.starts_with("AUTH")));
+    assert_eq!(codes_and_actions(s.receive(b"AUTH PLAIN AGEAYg==\r\n")), ["538"]);
+}
+
+#[test]
+fn auth_plain_and_login() {
+    let mut s = submission();
+    s.receive(b"EHLO c\r\nSTARTTLS\r\n");
+    s.tls_established("TLSv1.3".into());
+    // \0alice\0secret
+    let out = codes_and_actions(s.receive(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<a@x.test>\r\n"));
+    assert_eq!(out, ["250", "AUTH PLAIN alice secret"]);
+    let out = codes_and_actions(s.auth_done(AuthVerdict::Accepted("alice".into())));
+    assert_eq!(out, ["235", "250"], "the pipelined MAIL runs after the verdict");
+    assert_eq!(s.info().authenticated_as.as_deref(), Some("alice"));
+
+    let mut s = submission();
+    s.receive(b"EHLO c\r\nSTARTTLS\r\n");
+    s.tls_established("TLSv1.3".into());
+    assert_eq!(codes_and_actions(s.receive(b"EHLO c\r\nAUTH LOGIN\r\n")), ["250", "334"]);
+    assert_eq!(codes_and_actions(s.receive(b"Ym9i\r\n")), ["334"]);
+    assert_eq!(codes_and_actions(s.receive(b"d3Jvbmc=\r\n")), ["AUTH LOGIN bob wrong"]);
+    assert_eq!(codes_and_actions(s.auth_done(AuthVerdict::Rejected)), ["535"]);
+    assert_eq!(codes_and_actions(s.receive(b"AUTH LOGIN\r\n*\r\n")), ["334", "501"]);
+    s.receive(b"AUTH PLAIN AGIAeA==\r\n");
+    assert_eq!(codes_and_actions(s.auth_done(AuthVerdict::Throttled)), ["421", "CLOSE"]);
+}
+
+#[test]
+fn auth_plain_for_another_identity_is_refused() {
+    let mut s = submission();
+    s.receive(b"EHLO c\r\nSTARTTLS\r\n");
+    s.tls_established("TLSv1.3".into());
+    // ceo\0alice\0secret: alice asking to act as ceo.
+    assert_eq!(codes_and_actions(s.receive(b"EHLO c\r\nAUTH PLAIN Y2VvAGFsaWNlAHNlY3JldA==\r\n")), ["250", "535"]);
 }

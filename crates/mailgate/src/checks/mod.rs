@@ -3,4 +3,6 @@
 //! May import: `config`, `events`, `mailgate-core`. Never the spool or
 //! anything downstream of it.
 
+pub mod auth;
 pub mod relay;
+pub mod sender;

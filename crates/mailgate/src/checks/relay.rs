@@ -16,6 +16,7 @@ use mailgate_core::session::{Policy, Role, SessionInfo};
 use mailgate_core::{Domain, Mailbox, ReversePath};
 
 pub struct RelayPolicy {
+    auth: Arc<super::auth::Authenticator>,
     local_domains: Vec<Domain>,
     /// Free bytes in the spool's filesystem, refreshed in the background.
     free_space: Arc<AtomicU64>,
@@ -23,8 +24,8 @@ pub struct RelayPolicy {
 }
 
 impl RelayPolicy {
-    pub fn new(local_domains: Vec<Domain>, free_space: Arc<AtomicU64>, min_free_space: u64) -> Self {
-        RelayPolicy { local_domains, free_space, min_free_space }
+    pub fn new(local_domains: Vec<Domain>, free_space: Arc<AtomicU64>, min_free_space: u64, auth: Arc<super::auth::Authenticator>) -> Self {
+        RelayPolicy { auth, local_domains, free_space, min_free_space }
     }
 
     fn may_relay(info: &SessionInfo) -> bool {
@@ -33,9 +34,18 @@ impl RelayPolicy {
 }
 
 impl Policy for RelayPolicy {
-    fn check_mail(&self, info: &SessionInfo, _from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply> {
+    fn check_mail(&self, info: &SessionInfo, from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply> {
         if info.role != Role::Mx && !Self::may_relay(info) {
-            return Err(Reply::new(530, status::AUTH_REQUIRED, "Authentication required"));
+            let why = if info.tls.is_none() { "Must issue a STARTTLS command first" } else { "Authentication required" };
+            return Err(Reply::new(530, status::AUTH_REQUIRED, why));
+        }
+        // An authenticated user may only use addresses it owns: this is
+        // what stops a user from sending as the CEO.
+        if let Some(user) = info.authenticated_as.as_deref() {
+            let address = from.mailbox().map(|m| m.to_string()).unwrap_or_default();
+            if !self.auth.may_send_as(user, &address) {
+                return Err(Reply::new(553, status::POLICY, format!("Sender address <{address}> not owned by user {user}")));
+            }
         }
         // Like Postfix's queue_minfree: refuse before the client sends data
         // we could not store.

@@ -77,12 +77,16 @@ struct Scheduler {
     /// disagree are stale and skipped.
     scheduled: HashMap<QueueId, u64>,
     in_flight: HashMap<QueueId, InFlight>,
+    /// Messages whose outcome is being written to the spool.
+    settling: std::collections::HashSet<QueueId>,
     results_tx: mpsc::UnboundedSender<JobResult>,
+    settled_tx: mpsc::UnboundedSender<(QueueId, Option<u64>)>,
 }
 
 pub fn start(config: Arc<Config>, spool: Arc<Spool>, outbound: Arc<Outbound>, metrics: Arc<Metrics>) -> Handle {
     let (tx, commands) = mpsc::channel(64);
     let (results_tx, results) = mpsc::unbounded_channel();
+    let (settled_tx, settled) = mpsc::unbounded_channel();
     let new_messages = spool.subscribe();
     let d = &config.delivery;
     let dead_for = Duration::from_secs(d.retry_initial.min(300));
@@ -97,12 +101,14 @@ pub fn start(config: Arc<Config>, spool: Arc<Spool>, outbound: Arc<Outbound>, me
         due: BinaryHeap::new(),
         scheduled: HashMap::new(),
         in_flight: HashMap::new(),
+        settling: Default::default(),
         results_tx,
+        settled_tx,
     };
     for (id, due) in s.spool.due_times() {
         s.schedule(id, due);
     }
-    tokio::spawn(s.run(commands, results, new_messages));
+    tokio::spawn(s.run(commands, results, settled, new_messages));
     Handle { tx }
 }
 
@@ -111,6 +117,7 @@ impl Scheduler {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut results: mpsc::UnboundedReceiver<JobResult>,
+        mut settled: mpsc::UnboundedReceiver<(QueueId, Option<u64>)>,
         mut new_messages: Option<mpsc::UnboundedReceiver<QueueId>>,
     ) {
         loop {
@@ -122,6 +129,12 @@ impl Scheduler {
                     self.schedule(id, 0);
                 }
                 Some(result) = results.recv() => self.result(result).await,
+                Some((id, due)) = settled.recv() => {
+                    self.settling.remove(&id);
+                    if let Some(due) = due {
+                        self.schedule(id, due);
+                    }
+                }
                 _ = tokio::time::sleep(next) => {}
             }
         }
@@ -138,7 +151,7 @@ impl Scheduler {
     }
 
     fn schedule(&mut self, id: QueueId, due: u64) {
-        if self.in_flight.contains_key(&id) {
+        if self.in_flight.contains_key(&id) || self.settling.contains(&id) {
             return;
         }
         self.scheduled.insert(id.clone(), due);
@@ -269,52 +282,50 @@ impl Scheduler {
                 }
             }
         }
-        let original = self.spool.read_data(&id).ok().flatten().unwrap_or_default();
-        let failure: Vec<usize> = failed.into_iter().filter(|&i| env.recipients[i].notify.is_none_or(|n| n.failure)).collect();
-        self.notify_sender(&id, &env, &original, dsn::Kind::Failure, failure.iter().map(|&i| (i, "failed")).collect()).await;
-        self.notify_sender(&id, &env, &original, dsn::Kind::Success, succeeded).await;
+        let failure: Vec<(usize, &'static str)> =
+            failed.into_iter().filter(|&i| env.recipients[i].notify.is_none_or(|n| n.failure)).map(|i| (i, "failed")).collect();
+        let mut delayed = Vec::new();
         if let Some(warn_after) = self.policy.delay_warning {
             if !env.delay_warned && now.saturating_sub(env.received_at) >= warn_after.as_secs() {
-                let delayed: Vec<(usize, &'static str)> = env
+                delayed = env
                     .recipients
                     .iter()
                     .enumerate()
                     .filter(|(_, r)| r.status == RecipientStatus::Deferred && r.notify.is_none_or(|n| n.delay))
                     .map(|(i, _)| (i, "delayed"))
                     .collect();
-                if !delayed.is_empty() {
-                    self.notify_sender(&id, &env, &original, dsn::Kind::Delay, delayed).await;
-                    env.delay_warned = true;
+                env.delay_warned = !delayed.is_empty();
+            }
+        }
+        // The writes (notices, then removal or the new state) go to the
+        // spool concurrently with other messages', so they share fsyncs;
+        // the scheduler moves on and hears back when they are durable.
+        self.settling.insert(id.clone());
+        let spool = self.spool.clone();
+        let hostname = self.config.hostname.clone();
+        let settled = self.settled_tx.clone();
+        tokio::spawn(async move {
+            let notices = [(dsn::Kind::Failure, failure), (dsn::Kind::Success, succeeded), (dsn::Kind::Delay, delayed)];
+            if notices.iter().any(|(_, which)| !which.is_empty()) {
+                let original = spool.read_data(&id).ok().flatten().unwrap_or_default();
+                for (kind, which) in notices {
+                    notify_sender(&spool, &hostname, &id, &env, &original, kind, which).await;
                 }
             }
-        }
-        if env.recipients.iter().all(|r| r.status.is_final()) {
-            if let Err(e) = self.spool.remove(&id).await {
-                tracing::error!(queue_id = %id, error = %e, "cannot remove a finished message; it may be delivered again");
-            }
-            return;
-        }
-        let due = env.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min().unwrap_or(now);
-        if let Err(e) = self.spool.update(&id, env).await {
-            tracing::error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be tried again");
-        }
-        self.schedule(id, due);
-    }
-
-    async fn notify_sender(&self, id: &QueueId, env: &Envelope, original: &[u8], kind: dsn::Kind, which: Vec<(usize, &'static str)>) {
-        if which.is_empty() {
-            return;
-        }
-        let entries: Vec<dsn::Entry<'_>> = which.iter().map(|&(i, action)| dsn::Entry { recipient: &env.recipients[i], action }).collect();
-        // A `<>` sender never gets a notice: that is how bounce loops end.
-        let Some((bounce_env, content)) = dsn::build(&self.config.hostname, id, env, original, kind, &entries, SystemTime::now()) else {
-            return;
-        };
-        let bounce_id = self.spool.new_id();
-        match self.spool.store(&bounce_id, bounce_env, &content).await {
-            Ok(()) => tracing::info!(queue_id = %id, dsn_id = %bounce_id, kind = ?kind, "sender notified"),
-            Err(e) => tracing::error!(queue_id = %id, error = %e, kind = ?kind, "cannot queue the delivery status notification"),
-        }
+            let due = if env.recipients.iter().all(|r| r.status.is_final()) {
+                if let Err(e) = spool.remove(&id).await {
+                    tracing::error!(queue_id = %id, error = %e, "cannot remove a finished message; it may be delivered again");
+                }
+                None
+            } else {
+                let due = env.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min().unwrap_or(now);
+                if let Err(e) = spool.update(&id, env).await {
+                    tracing::error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be tried again");
+                }
+                Some(due)
+            };
+            let _ = settled.send((id, due));
+        });
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -332,7 +343,7 @@ impl Scheduler {
                     let _ = done.send(false);
                     return;
                 };
-                if !self.in_flight.contains_key(&id) {
+                if !self.in_flight.contains_key(&id) && !self.settling.contains(&id) {
                     let mut env = q.envelope;
                     for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
                         r.next_attempt = 0;
@@ -345,5 +356,29 @@ impl Scheduler {
                 let _ = done.send(true);
             }
         }
+    }
+}
+
+async fn notify_sender(
+    spool: &Spool,
+    hostname: &str,
+    id: &QueueId,
+    env: &Envelope,
+    original: &[u8],
+    kind: dsn::Kind,
+    which: Vec<(usize, &'static str)>,
+) {
+    if which.is_empty() {
+        return;
+    }
+    let entries: Vec<dsn::Entry<'_>> = which.iter().map(|&(i, action)| dsn::Entry { recipient: &env.recipients[i], action }).collect();
+    // A `<>` sender never gets a notice: that is how bounce loops end.
+    let Some((bounce_env, content)) = dsn::build(hostname, id, env, original, kind, &entries, SystemTime::now()) else {
+        return;
+    };
+    let bounce_id = spool.new_id();
+    match spool.store(&bounce_id, bounce_env, &content).await {
+        Ok(()) => tracing::info!(queue_id = %id, dsn_id = %bounce_id, kind = ?kind, "sender notified"),
+        Err(e) => tracing::error!(queue_id = %id, error = %e, kind = ?kind, "cannot queue the delivery status notification"),
     }
 }
