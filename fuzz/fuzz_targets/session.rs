@@ -21,7 +21,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use mailgate_core::address::{Host, Path};
 use mailgate_core::reply::{Reply, status};
-use mailgate_core::session::{Action, Policy, Role, Session, SessionConfig, SessionInfo, Waiting};
+use mailgate_core::session::{Action, AuthVerdict, Policy, Role, Session, SessionConfig, SessionInfo, Waiting};
 use mailgate_core::{Domain, Mailbox, QueueId, ReversePath};
 
 /// Accepts any sender except at refused.test, and recipients at example.test
@@ -117,6 +117,7 @@ impl Checker {
         }
         let n = actions.len();
         let mut enqueue = None;
+        let mut follow_up = None;
         for (i, action) in actions.into_iter().enumerate() {
             match action {
                 Action::Reply(r) => self.check_reply(&r),
@@ -133,7 +134,27 @@ impl Checker {
                     self.enqueues += 1;
                     enqueue = Some(incoming);
                 }
+                Action::StartTls => {
+                    // The session waits for the handshake; pretend it worked.
+                    assert_eq!(i + 1, n, "actions after StartTls in the same batch");
+                    assert_eq!(session.waiting(), Waiting::Driver);
+                    follow_up = Some(session.tls_established("version=TLSv1.3 cipher=fuzz".into()));
+                }
+                Action::Authenticate(creds) => {
+                    assert_eq!(i + 1, n, "actions after Authenticate in the same batch");
+                    assert_eq!(session.waiting(), Waiting::Driver);
+                    let verdict = match creds.username.as_str() {
+                        "good" => AuthVerdict::Accepted("good".into()),
+                        "slow" => AuthVerdict::Throttled,
+                        _ => AuthVerdict::Rejected,
+                    };
+                    follow_up = Some(session.auth_done(verdict));
+                }
             }
+        }
+        if let Some(next) = follow_up {
+            self.drive(session, next);
+            return;
         }
         if enqueue.is_some() {
             let result = if self.fail_next {
@@ -165,6 +186,8 @@ fuzz_target!(|data: &[u8]| {
 
     let role = if flags & 2 != 0 { Role::Submission } else { Role::Mx };
     let mut config = SessionConfig::new("mx.example.test", role);
+    config.starttls = flags & 8 != 0;
+    config.auth = flags & 16 != 0;
     if flags & 4 != 0 {
         config.max_message_size = 2048;
         config.max_text_line = 100;
