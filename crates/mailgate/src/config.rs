@@ -122,6 +122,16 @@ pub struct Delivery {
     pub window: usize,
     /// Send smart host credentials even when STARTTLS is not available.
     pub danger_smarthost_auth_without_tls: bool,
+    /// Recipient domains whose mail must travel over TLS (STARTTLS
+    /// required; the certificate is not checked unless MTA-STS says so).
+    pub require_tls: Vec<String>,
+    /// Honour MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+    /// HTTPS port for fetching MTA-STS policies (tests use another).
+    pub mta_sts_port: u16,
+    /// Extra CA certificates (PEM) trusted for MTA-STS, besides the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Delivery {
@@ -141,6 +151,10 @@ impl Default for Delivery {
             delay_warning: 0,
             window: 10_000,
             danger_smarthost_auth_without_tls: false,
+            require_tls: Vec::new(),
+            mta_sts: true,
+            mta_sts_port: 443,
+            ca_file: None,
         }
     }
 }
@@ -433,7 +447,11 @@ impl Config {
             tls: raw.tls.map(|t| TlsFiles { cert: resolve(t.cert), key: resolve(t.key) }),
             nameservers: raw.dns.nameservers,
             trusted_networks: raw.relay.trusted_networks,
-            delivery: raw.delivery,
+            delivery: Delivery {
+                ca_file: raw.delivery.ca_file.clone().map(&resolve),
+                require_tls: raw.delivery.require_tls.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
+                ..raw.delivery
+            },
             smarthost,
             domains,
             users,

@@ -44,6 +44,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let resolver = crate::dns::resolver(config.nameservers.as_deref()).context("cannot set up the DNS resolver")?;
     let d = &config.delivery;
+    let trust = Arc::new(crate::outbound::tls::Trust::load(d.ca_file.as_deref()).context("cannot load trusted certificates")?);
+    let mta_sts = d.mta_sts.then(|| {
+        crate::outbound::mta_sts::MtaSts::new(
+            resolver.clone(),
+            trust.verifying.clone(),
+            d.mta_sts_port,
+            Duration::from_secs(d.connect_timeout),
+        )
+    });
     let outbound = Arc::new(Outbound {
         hostname: config.hostname.clone(),
         resolver,
@@ -56,6 +65,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tls: crate::outbound::tls::opportunistic(),
         smarthost_auth: config.smarthost.as_ref().and_then(|s| s.credentials.clone()),
         danger_auth_without_tls: d.danger_smarthost_auth_without_tls,
+        trust,
+        mta_sts,
+        require_tls: d.require_tls.clone(),
+        tls_events: Arc::new(crate::events::TlsEvents::open(&config.data_dir.join("reports"))),
     });
     let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone());
     let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);

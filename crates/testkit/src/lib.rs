@@ -5,6 +5,7 @@
 //! Nothing here talks to anything but 127.0.0.1.
 
 pub mod dns;
+pub mod https;
 pub mod net;
 pub mod process;
 pub mod sink;

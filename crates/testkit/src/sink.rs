@@ -55,6 +55,8 @@ pub struct SinkReplies {
     pub bind: Option<SocketAddr>,
     /// Offer STARTTLS with a self-signed certificate.
     pub starttls: bool,
+    /// The TLS configuration for STARTTLS instead of the self-signed one.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Offer AUTH PLAIN and LOGIN after TLS, accepting these credentials.
     pub auth: Option<(String, String)>,
 }
@@ -73,6 +75,7 @@ impl Default for SinkReplies {
             extensions: ["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600"].map(String::from).to_vec(),
             bind: None,
             starttls: false,
+            tls: None,
             auth: None,
         }
     }
@@ -283,7 +286,7 @@ fn serve(stream: TcpStream, inbox: &Inbox, replies: &SinkReplies) -> io::Result<
             }
             "STARTTLS" if replies.starttls && !wire.tls => {
                 wire.send("220 2.0.0 Ready to start TLS")?;
-                wire.start_tls()?;
+                wire.start_tls(replies.tls.clone())?;
                 (from, rcpts, helo) = (None, Vec::new(), String::new());
             }
             "AUTH" if replies.auth.is_some() && wire.tls => {
@@ -363,11 +366,11 @@ impl Wire {
         }
     }
 
-    fn start_tls(&mut self) -> io::Result<()> {
+    fn start_tls(&mut self, config: Option<std::sync::Arc<rustls::ServerConfig>>) -> io::Result<()> {
         // Bytes pipelined before the handshake are discarded (RFC 3207).
         self.buf.clear();
         let io = std::mem::replace(&mut self.io, Box::new(io::empty()));
-        let conn = rustls::ServerConnection::new(crate::tls::server_config()).map_err(io::Error::other)?;
+        let conn = rustls::ServerConnection::new(config.unwrap_or_else(crate::tls::server_config)).map_err(io::Error::other)?;
         let mut tls = rustls::StreamOwned::new(conn, io);
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;

@@ -61,12 +61,20 @@ impl AsyncWrite for Stream {
 }
 
 /// Timeouts and TLS settings for outbound connections.
+/// Told the TLS outcome of each connection: the MX host and "success" or
+/// an RFC 8460 failure type.
+pub type TlsReport = Arc<dyn Fn(&str, &'static str) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Settings {
     pub client: ClientConfig,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// Used for STARTTLS: the opportunistic or the verifying config.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Verify the certificate after an unverified handshake, for reports.
+    pub check: Option<Arc<super::tls::Trust>>,
+    pub report: Option<TlsReport>,
 }
 
 /// An open, greeted session ready for messages.
@@ -127,7 +135,15 @@ async fn connect_one(name: &str, addr: SocketAddr, settings: &Settings) -> Resul
         sent: 0,
         broken: false,
     };
-    match conn.run(Vec::new(), &[]).await {
+    let result = conn.run(Vec::new(), &[]).await;
+    if let (Some(report), false) = (settings.report.as_ref(), conn.tls_active()) {
+        if let Stop::Closed(Some(o)) = &result {
+            if o.reply().status == Some(StatusCode::new(4, 7, 10)) {
+                report(name, "starttls-not-supported");
+            }
+        }
+    }
+    match result {
         Stop::Ready => Ok(conn),
         Stop::Closed(o) => Err(o.unwrap_or_else(|| temp(StatusCode::new(4, 4, 2), "connection closed during greeting".into()))),
         Stop::Finished(_) => Err(temp(StatusCode::new(4, 4, 2), "unexpected state".into())),
@@ -273,9 +289,31 @@ impl Connection {
             .or_else(|_| rustls::pki_types::ServerName::try_from("invalid.invalid".to_string()))
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         let connector = TlsConnector::from(self.settings.tls.clone());
-        let tls = timeout(self.settings.command_timeout, connector.connect(name, tcp))
+        let handshake = timeout(self.settings.command_timeout, connector.connect(name, tcp))
             .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
+            .and_then(|r| r);
+        let tls = match handshake {
+            Ok(tls) => tls,
+            Err(e) => {
+                if let Some(report) = &self.settings.report {
+                    let kind = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .map(|r| super::tls::result_type(r.clone()))
+                        .unwrap_or("validation-failure");
+                    report(&self.server_name, kind);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(report) = &self.settings.report {
+            let result = match (&self.settings.check, tls.get_ref().1.peer_certificates()) {
+                (Some(trust), Some(chain)) => trust.check(&self.server_name, chain).err().unwrap_or("success"),
+                _ => "success",
+            };
+            report(&self.server_name, result);
+        }
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod dsn;
 pub mod maildir;
+pub mod mta_sts;
 pub mod route;
 pub mod tls;
 
@@ -72,6 +73,11 @@ pub struct Outbound {
     /// Credentials for the smart host.
     pub smarthost_auth: Option<(String, String)>,
     pub danger_auth_without_tls: bool,
+    pub trust: Arc<tls::Trust>,
+    pub mta_sts: Option<mta_sts::MtaSts>,
+    /// Recipient domains whose mail must go over TLS.
+    pub require_tls: Vec<String>,
+    pub tls_events: Arc<crate::events::TlsEvents>,
 }
 
 impl Outbound {
@@ -91,7 +97,61 @@ impl Outbound {
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
             tls: self.tls.clone(),
+            check: None,
+            report: None,
         }
+    }
+
+    /// Resolves and connects, applying the destination's TLS policy:
+    /// `require_tls`, or its MTA-STS policy (enforce: only matching MX
+    /// hosts, verified TLS or no delivery; testing: deliver, but check and
+    /// report).
+    async fn connect(&self, dest: &Destination) -> Result<Connection, Outcome> {
+        let mut settings = self.settings(dest);
+        let mut candidates = route::resolve(&self.resolver, dest, self.mx_port).await?;
+        let Destination::Mx(domain) = dest else { return client::connect(&candidates, &settings).await };
+        let mut policy_name = "no-policy-found";
+        if self.require_tls.iter().any(|d| d == domain.as_str()) {
+            settings.client.tls = TlsMode::Required;
+            policy_name = "require-tls";
+        }
+        let events = self.tls_events.clone();
+        if let Some(sts) = &self.mta_sts {
+            match sts.policy(domain).await {
+                Ok(Some(p)) if p.mode == mta_sts::Mode::Enforce => {
+                    policy_name = "sts";
+                    for c in candidates.iter().filter(|c| !p.allows(&c.name)) {
+                        events.record(domain.as_str(), &c.name, "sts", "validation-failure");
+                    }
+                    candidates.retain(|c| p.allows(&c.name));
+                    if candidates.is_empty() {
+                        let text = format!("no MX host of {domain} matches its MTA-STS policy");
+                        return Err(Outcome::Temporary(Reply::new(451, StatusCode::new(4, 7, 5), text)));
+                    }
+                    settings.client.tls = TlsMode::Required;
+                    settings.tls = self.trust.verifying.clone();
+                }
+                Ok(Some(p)) if p.mode == mta_sts::Mode::Testing => {
+                    policy_name = "sts";
+                    for c in candidates.iter().filter(|c| !p.allows(&c.name)) {
+                        events.record(domain.as_str(), &c.name, "sts", "validation-failure");
+                    }
+                    settings.check = Some(self.trust.clone());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let (kind, why) = match e {
+                        mta_sts::PolicyError::Fetch(w) => ("sts-policy-fetch-error", w),
+                        mta_sts::PolicyError::Invalid(w) => ("sts-policy-invalid", w),
+                    };
+                    tracing::info!(domain = %domain, reason = %why, "MTA-STS policy unusable; delivering as without one");
+                    events.record(domain.as_str(), "", "sts", kind);
+                }
+            }
+        }
+        let d = domain.to_string();
+        settings.report = Some(Arc::new(move |mx: &str, result: &'static str| events.record(&d, mx, policy_name, result)));
+        client::connect(&candidates, &settings).await
     }
 }
 
@@ -119,7 +179,6 @@ fn all(job: &Job, outcome: Outcome) -> Vec<Outcome> {
 
 /// Runs one worker for `dest` until its queue stays empty for the idle time.
 pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destination, results: mpsc::UnboundedSender<JobResult>) {
-    let settings = ob.settings(&dest);
     let notify = source.notify(&dest);
     let mut conn: Option<Connection> = None;
     loop {
@@ -176,10 +235,7 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             if let Some(c) = conn.take() {
                 c.quit().await;
             }
-            let connected = match route::resolve(&ob.resolver, &dest, ob.mx_port).await {
-                Ok(candidates) => client::connect(&candidates, &settings).await,
-                Err(o) => Err(o),
-            };
+            let connected = ob.connect(&dest).await;
             match connected {
                 Ok(c) => conn = Some(c),
                 Err(o) => {

@@ -62,3 +62,54 @@ pub fn opportunistic() -> Arc<ClientConfig> {
         });
     Arc::new(config)
 }
+
+/// Certificates we trust when a policy asks us to verify: the system's
+/// roots plus `[delivery].ca_file`.
+pub struct Trust {
+    /// For connections that must verify (MTA-STS enforce, policy fetch).
+    pub verifying: Arc<ClientConfig>,
+    verifier: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl Trust {
+    pub fn load(extra_ca: Option<&std::path::Path>) -> anyhow::Result<Trust> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = extra_ca {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))? {
+                roots.add(cert.map_err(|e| anyhow::anyhow!("bad PEM in {}: {e}", path.display()))?)?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots);
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        let verifying = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Trust { verifying: Arc::new(verifying), verifier })
+    }
+
+    /// Checks a chain the server presented, as a verifying client would;
+    /// the error is an RFC 8460 result type.
+    pub fn check(&self, host: &str, chain: &[CertificateDer<'_>]) -> Result<(), &'static str> {
+        let (end, rest) = chain.split_first().ok_or("certificate-not-trusted")?;
+        let name = ServerName::try_from(host.to_string()).map_err(|_| "certificate-host-mismatch")?;
+        self.verifier.verify_server_cert(end, rest, &name, &[], UnixTime::now()).map(|_| ()).map_err(result_type)
+    }
+}
+
+/// Maps a rustls certificate error to an RFC 8460 §4.3 result type.
+pub fn result_type(e: rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => "certificate-host-mismatch",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "certificate-expired",
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "certificate-not-trusted",
+        _ => "validation-failure",
+    }
+}
