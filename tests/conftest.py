@@ -146,7 +146,7 @@ class MailgateServer:
             "[[listener]]\nrole = \"submission\"\n"
             f"bind = \"127.0.0.1:{self.submission_port}\"\n",
             toml_table("http", {"bind": f"127.0.0.1:{self.http_port}"}),
-            "[[domain]]\nname = \"example.test\"\n"
+            "[[domain]]\nname = \"example.test\"\ndkim = false\n"
             "deliver = \"smtp://127.0.0.1:9\"\n",
             toml_table("dns", {"nameservers": [f"127.0.0.1:{self.dns_port}"]}),
             toml_table("delivery", {"mx_port": self.mx_delivery_port}),

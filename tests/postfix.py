@@ -331,7 +331,7 @@ FAST_DELIVERY = dict(retry_initial=1, retry_max=2, idle_timeout=1, connect_timeo
 
 
 def domain_toml(name: str, deliver: str) -> str:
-    return f'[[domain]]\nname = "{name}"\ndeliver = "{deliver}"\n'
+    return f'[[domain]]\nname = "{name}"\ndeliver = "{deliver}"\ndkim = false\n'
 
 
 def postfix_ids() -> tuple[int, int]:

@@ -18,6 +18,7 @@
 pub mod address;
 pub mod client;
 pub mod command;
+pub mod dkim;
 pub mod envelope;
 pub mod received;
 pub mod reply;

@@ -164,6 +164,16 @@ impl Default for Delivery {
 struct RawDomain {
     name: String,
     deliver: Option<String>,
+    /// Sign outbound mail from this domain (default true).
+    dkim: Option<bool>,
+    /// `ed25519`, `rsa2048`; default both.
+    dkim_algorithms: Option<Vec<String>>,
+    /// `relaxed/relaxed` (default), `simple/simple`...
+    dkim_canonicalization: Option<String>,
+    /// Header names to sign instead of the default list.
+    dkim_headers: Option<Vec<String>>,
+    /// Signatures expire this many seconds after signing (`x=`); 0: never.
+    dkim_expire: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +285,17 @@ pub enum NextHop {
 pub struct DomainConfig {
     pub name: Domain,
     pub deliver: Option<NextHop>,
+    pub dkim: DkimSettings,
+}
+
+/// Per-domain DKIM signing settings.
+#[derive(Debug, Clone)]
+pub struct DkimSettings {
+    pub sign: bool,
+    pub algorithms: Vec<mailgate_core::dkim::Algorithm>,
+    pub canonicalization: (mailgate_core::dkim::Canon, mailgate_core::dkim::Canon),
+    pub headers: Option<Vec<String>>,
+    pub expire: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -388,7 +409,23 @@ impl Config {
             }
             let deliver =
                 d.deliver.map(|s| parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m))).transpose()?;
-            domains.push(DomainConfig { name, deliver });
+            let mut algorithms = Vec::new();
+            for a in d.dkim_algorithms.unwrap_or_else(|| vec!["ed25519".into(), "rsa2048".into()]) {
+                let alg = crate::sign::parse_algorithm(&a)
+                    .ok_or_else(|| invalid(format!("domain[{i}].dkim_algorithms"), format!("{a:?}: use \"ed25519\" or \"rsa2048\"")))?;
+                algorithms.push(alg);
+            }
+            let canon = d.dkim_canonicalization.as_deref().unwrap_or("relaxed/relaxed");
+            let canonicalization = crate::sign::parse_canon(canon)
+                .ok_or_else(|| invalid(format!("domain[{i}].dkim_canonicalization"), format!("{canon:?}: use e.g. \"relaxed/relaxed\"")))?;
+            let dkim = DkimSettings {
+                sign: d.dkim.unwrap_or(true),
+                algorithms,
+                canonicalization,
+                headers: d.dkim_headers.map(|h| h.into_iter().map(|n| n.to_ascii_lowercase()).collect()),
+                expire: d.dkim_expire.filter(|&x| x > 0),
+            };
+            domains.push(DomainConfig { name, deliver, dkim });
         }
 
         let mut users: Vec<User> = Vec::new();

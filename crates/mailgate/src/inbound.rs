@@ -39,6 +39,7 @@ pub struct Inbound {
     pub tls: Option<Arc<ServerTls>>,
     pub implicit_tls: bool,
     pub auth: Arc<Authenticator>,
+    pub signer: Arc<crate::sign::Signer>,
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
@@ -76,8 +77,11 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                             return;
                         }
                         out.clear();
+                        let info = session.info();
+                        // Mail a client may relay is outbound mail: ours to sign.
+                        let outbound = info.authenticated_as.is_some() || info.trusted;
                         let result = match check_sender(&ctx, &session, &incoming.data) {
-                            Ok(()) => store(&ctx, peer, *incoming).await,
+                            Ok(()) => store(&ctx, peer, *incoming, outbound).await,
                             Err(reply) => Err(reply),
                         };
                         next.extend(session.transaction_done(result));
@@ -151,6 +155,26 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
     }
 }
 
+/// Prepends DKIM signatures when the `From:` domain is ours. RSA signing
+/// takes a while, so it runs off the async threads.
+async fn sign(ctx: &Inbound, content: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let signer = ctx.signer.clone();
+    tokio::task::spawn_blocking(move || {
+        let headers = signer.sign(&content)?;
+        Ok(match headers {
+            Some(h) => {
+                let mut out = Vec::with_capacity(h.len() + content.len());
+                out.extend_from_slice(h.as_bytes());
+                out.extend_from_slice(&content);
+                out
+            }
+            None => content,
+        })
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?
+}
+
 /// On submission: an authenticated user's `From:` must be one mailbox it
 /// may send as. Such a message is never signed or relayed otherwise.
 fn check_sender(ctx: &Inbound, session: &Session, data: &[u8]) -> Result<(), Reply> {
@@ -164,17 +188,27 @@ fn check_sender(ctx: &Inbound, session: &Session, data: &[u8]) -> Result<(), Rep
     }
 }
 
-async fn store(ctx: &Inbound, peer: SocketAddr, incoming: Incoming) -> Result<QueueId, Reply> {
+async fn store(ctx: &Inbound, peer: SocketAddr, incoming: Incoming, outbound: bool) -> Result<QueueId, Reply> {
     let Incoming { mut envelope, data } = incoming;
     let now = SystemTime::now();
     envelope.received_at = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let id = ctx.spool.new_id();
     let date = httpdate::fmt_http_date(now).replace(" GMT", " +0000");
     let header = received_header(&ctx.session.hostname, &envelope, &id, &date);
-    let mut content = Vec::with_capacity(header.len() + data.len());
+    let mut content = Vec::with_capacity(header.len() + data.len() + 1024);
     content.extend_from_slice(header.as_bytes());
     content.extend_from_slice(&data);
     drop(data);
+    if outbound {
+        // Signing is the last change before the spool (RFC 6376 §5).
+        match sign(ctx, content).await {
+            Ok(signed) => content = signed,
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "DKIM signing failed");
+                return Err(Reply::new(451, status::SYSTEM_ERROR, "Local error in processing; try again later"));
+            }
+        }
+    }
     let sender = match &envelope.sender {
         ReversePath::Null => "<>".to_string(),
         ReversePath::Mailbox(m) => m.to_string(),

@@ -13,6 +13,7 @@ mod listener;
 mod outbound;
 mod scheduler;
 mod server;
+mod sign;
 mod spool;
 mod tls;
 
@@ -49,6 +50,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(server::serve(config))
         }
         Command::Queue { action } => cli::queue(&config, action),
+        Command::Dkim { action } => cli::dkim(&config, action),
+        Command::Records => cli::records(&config),
         Command::User { .. } => Ok(()),
     }
 }

@@ -39,6 +39,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let auth = Authenticator::new(&config.users)?;
     let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone()));
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
+    let signer = Arc::new(crate::sign::Signer::start(&config.data_dir, &config.domains).context("cannot set up DKIM signing")?);
+    reload_on_hup(signer.clone());
     let server_tls = ServerTls::new(tls_files, &config.data_dir, &config.hostname).context("cannot set up TLS")?;
     server_tls.watch();
     let metrics = Arc::new(Metrics::default());
@@ -70,7 +72,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         require_tls: d.require_tls.clone(),
         tls_events: Arc::new(crate::events::TlsEvents::open(&config.data_dir.join("reports"))),
     });
-    let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone());
+    let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone(), signer.clone());
     let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -87,6 +89,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tls: Some(server_tls.clone()),
             implicit_tls: l.role == Role::Submissions,
             auth: auth.clone(),
+            signer: signer.clone(),
             session: Arc::new(session),
             policy: policy.clone(),
             spool: spool.clone(),
@@ -128,6 +131,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(queued = spool.len(), "stopped");
     Ok(())
+}
+
+/// Re-reads DKIM keys on SIGHUP.
+fn reload_on_hup(signer: Arc<crate::sign::Signer>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match signer.reload() {
+                Ok(()) => tracing::info!("SIGHUP: DKIM keys reloaded"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "DKIM key reload failed; keeping the old keys"),
+            }
+        }
+    });
 }
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {

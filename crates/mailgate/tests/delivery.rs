@@ -44,7 +44,7 @@ fn wait_for(sink: &SmtpSink, n: usize, server: &Server) -> Vec<ReceivedMessage> 
 }
 
 fn local(deliver: &str) -> String {
-    format!("[[domain]]\nname = \"example.test\"\ndeliver = \"{deliver}\"\n")
+    format!("[[domain]]\nname = \"example.test\"\ndeliver = \"{deliver}\"\ndkim = false\n")
 }
 
 /// Config for relaying from loopback clients to remote domains via DNS.
@@ -256,7 +256,7 @@ fn mixed_results_and_permanent_failure_bounce() {
         ..SinkReplies::default()
     });
     let bounces = SmtpSink::start();
-    let config = format!("{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\n{FAST}", local(&sink.url()), bounces.url());
+    let config = format!("{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}", local(&sink.url()), bounces.url());
     let server = Server::start(BIN, &config);
     let body = "Subject: mixed\r\nMessage-ID: <mixed@sender.test>\r\n\r\nbody\r\n";
     let id = send(&server, "alice@sender.test", &["ok@example.test", "nobody@example.test", "later@example.test"], body);
@@ -308,7 +308,11 @@ fn null_sender_is_never_bounced() {
 fn expired_message_bounces_with_a_dsn() {
     let sink = SmtpSink::with_replies(SinkReplies { rcpt: "450 4.2.0 not now".into(), ..SinkReplies::default() });
     let bounces = SmtpSink::start();
-    let config = format!("{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\n{FAST}max_age = 3\n", local(&sink.url()), bounces.url());
+    let config = format!(
+        "{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}max_age = 3\n",
+        local(&sink.url()),
+        bounces.url()
+    );
     let server = Server::start(BIN, &config);
     send(&server, "alice@sender.test", &["bob@example.test"], "Subject: expire\r\n\r\nx\r\n");
     let dsn = wait_for(&bounces, 1, &server);
@@ -404,7 +408,11 @@ fn send_dsn(server: &Server, mail: &str, rcpts: &[&str], body: &str) -> String {
 fn dsn_setup(sink_replies: SinkReplies) -> (SmtpSink, SmtpSink, Server) {
     let sink = SmtpSink::with_replies(sink_replies);
     let bounces = SmtpSink::start();
-    let config = format!("{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\n{FAST}max_age = 3\n", local(&sink.url()), bounces.url());
+    let config = format!(
+        "{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}max_age = 3\n",
+        local(&sink.url()),
+        bounces.url()
+    );
     let server = Server::start(BIN, &config);
     (sink, bounces, server)
 }
@@ -463,8 +471,11 @@ fn notify_success_gets_a_delivery_report_when_the_next_hop_lacks_dsn() {
 fn delay_warning_after_the_configured_age() {
     let sink = SmtpSink::with_replies(SinkReplies { rcpt: "450 4.2.0 not now".into(), ..SinkReplies::default() });
     let bounces = SmtpSink::start();
-    let config =
-        format!("{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\n{FAST}delay_warning = 2\n", local(&sink.url()), bounces.url());
+    let config = format!(
+        "{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}delay_warning = 2\n",
+        local(&sink.url()),
+        bounces.url()
+    );
     let server = Server::start(BIN, &config);
     send(&server, "alice@sender.test", &["bob@example.test"], "Subject: slow\r\n\r\nx\r\n");
     let dsn = wait_for(&bounces, 1, &server);

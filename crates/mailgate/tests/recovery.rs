@@ -9,7 +9,7 @@ use mailgate_testkit::process::append_to;
 use mailgate_testkit::{Server, SmtpClient};
 use serde_json::Value;
 
-const DOMAIN: &str = "[[domain]]\nname = \"example.test\"\ndeliver = \"smtp://127.0.0.1:9\"\n";
+const DOMAIN: &str = "[[domain]]\nname = \"example.test\"\ndeliver = \"smtp://127.0.0.1:9\"\ndkim = false\n";
 
 fn send(server: &Server, n: usize) -> Vec<String> {
     let mut c = SmtpClient::connect(server.smtp_addr()).expect("connect");

@@ -66,6 +66,7 @@ struct InFlight {
 }
 
 struct Scheduler {
+    signer: Arc<crate::sign::Signer>,
     config: Arc<Config>,
     spool: Arc<Spool>,
     outbound: Arc<Outbound>,
@@ -83,7 +84,13 @@ struct Scheduler {
     settled_tx: mpsc::UnboundedSender<(QueueId, Option<u64>)>,
 }
 
-pub fn start(config: Arc<Config>, spool: Arc<Spool>, outbound: Arc<Outbound>, metrics: Arc<Metrics>) -> Handle {
+pub fn start(
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    outbound: Arc<Outbound>,
+    metrics: Arc<Metrics>,
+    signer: Arc<crate::sign::Signer>,
+) -> Handle {
     let (tx, commands) = mpsc::channel(64);
     let (results_tx, results) = mpsc::unbounded_channel();
     let (settled_tx, settled) = mpsc::unbounded_channel();
@@ -92,6 +99,7 @@ pub fn start(config: Arc<Config>, spool: Arc<Spool>, outbound: Arc<Outbound>, me
     let dead_for = Duration::from_secs(d.retry_initial.min(300));
     let queues = Queues::new(d.concurrency_per_destination, d.max_concurrency, dead_for);
     let mut s = Scheduler {
+        signer,
         policy: config.retry_policy(),
         config,
         spool,
@@ -304,12 +312,13 @@ impl Scheduler {
         let spool = self.spool.clone();
         let hostname = self.config.hostname.clone();
         let settled = self.settled_tx.clone();
+        let signer = self.signer.clone();
         tokio::spawn(async move {
             let notices = [(dsn::Kind::Failure, failure), (dsn::Kind::Success, succeeded), (dsn::Kind::Delay, delayed)];
             if notices.iter().any(|(_, which)| !which.is_empty()) {
                 let original = spool.read_data(&id).ok().flatten().unwrap_or_default();
                 for (kind, which) in notices {
-                    notify_sender(&spool, &hostname, &id, &env, &original, kind, which).await;
+                    notify_sender(&spool, &signer, &hostname, &id, &env, &original, kind, which).await;
                 }
             }
             let due = if env.recipients.iter().all(|r| r.status.is_final()) {
@@ -359,8 +368,10 @@ impl Scheduler {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn notify_sender(
     spool: &Spool,
+    signer: &crate::sign::Signer,
     hostname: &str,
     id: &QueueId,
     env: &Envelope,
@@ -375,6 +386,15 @@ async fn notify_sender(
     // A `<>` sender never gets a notice: that is how bounce loops end.
     let Some((bounce_env, content)) = dsn::build(hostname, id, env, original, kind, &entries, SystemTime::now()) else {
         return;
+    };
+    // Our own notices are signed like any outbound mail.
+    let content = match signer.sign(&content) {
+        Ok(Some(sig)) => [sig.into_bytes(), content].concat(),
+        Ok(None) => content,
+        Err(e) => {
+            tracing::warn!(queue_id = %id, error = %e, "cannot sign the notification; sending it unsigned");
+            content
+        }
     };
     let bounce_id = spool.new_id();
     match spool.store(&bounce_id, bounce_env, &content).await {

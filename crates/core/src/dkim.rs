@@ -1,0 +1,304 @@
+//! DKIM signing logic without the cryptography (RFC 6376 §3.4, §3.7, §5):
+//! canonicalization, header selection with oversigning, and the
+//! `DKIM-Signature` header built around a signature the caller computes.
+//!
+//! The caller hashes nothing itself: [`SigningInput::data`] is exactly the
+//! byte string an `rsa-sha256` signer signs; an `ed25519-sha256` signer
+//! signs its SHA-256 digest (RFC 8463 §3), which [`SigningInput::digest`]
+//! gives.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    RsaSha256,
+    Ed25519Sha256,
+}
+
+impl Algorithm {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Algorithm::RsaSha256 => "rsa-sha256",
+            Algorithm::Ed25519Sha256 => "ed25519-sha256",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Canon {
+    Simple,
+    Relaxed,
+}
+
+impl Canon {
+    fn tag(self) -> &'static str {
+        match self {
+            Canon::Simple => "simple",
+            Canon::Relaxed => "relaxed",
+        }
+    }
+}
+
+/// What to sign with; `oversign` names are listed once more than they
+/// occur, so a copy added later breaks the signature (RFC 6376 §8.15).
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub algorithm: Algorithm,
+    pub domain: String,
+    pub selector: String,
+    pub header_canon: Canon,
+    pub body_canon: Canon,
+    /// Header names to sign, in the order they appear in `h=`.
+    pub headers: Vec<String>,
+    pub oversign: Vec<String>,
+    /// `t=`, seconds since the epoch.
+    pub timestamp: u64,
+    /// `x=`, if the signature should expire.
+    pub expiration: Option<u64>,
+    /// `i=`, the agent or user identifier.
+    pub identity: Option<String>,
+}
+
+/// The bytes to sign and the header to finish once signed.
+pub struct SigningInput {
+    pub data: Vec<u8>,
+    /// The `DKIM-Signature` field up to and including `b=`, unfolded.
+    header_prefix: String,
+}
+
+impl SigningInput {
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(&self.data).into()
+    }
+
+    /// The complete header field, folded, CRLF-terminated.
+    pub fn finish(&self, signature: &[u8]) -> String {
+        let b = STANDARD.encode(signature);
+        let mut out = fold(&format!("DKIM-Signature: {}", self.header_prefix));
+        // b= may be folded anywhere: verifiers strip its whitespace.
+        for (i, chunk) in b.as_bytes().chunks(64).enumerate() {
+            if i > 0 {
+                out.push_str("\r\n ");
+            }
+            out.push_str(&String::from_utf8_lossy(chunk));
+        }
+        out.push_str("\r\n");
+        out
+    }
+}
+
+/// Folds a header at spaces so no line exceeds 78 octets. Only existing
+/// spaces become `CRLF SP`, so relaxed canonicalization is unchanged.
+fn fold(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 16);
+    let mut col = 0;
+    for (i, word) in line.split(' ').enumerate() {
+        if i > 0 {
+            if col + 1 + word.len() > 76 {
+                out.push_str("\r\n ");
+                col = 1;
+            } else {
+                out.push(' ');
+                col += 1;
+            }
+        }
+        out.push_str(word);
+        col += word.len();
+    }
+    out
+}
+
+/// Splits a message into its header fields (name, raw field including the
+/// terminating CRLF) and its body.
+fn split(message: &[u8]) -> (Vec<(&str, &[u8])>, &[u8]) {
+    let mut fields: Vec<(&str, &[u8])> = Vec::new();
+    let mut pos = 0;
+    while pos < message.len() {
+        let rest = &message[pos..];
+        if rest.starts_with(b"\r\n") {
+            return (fields, &message[pos + 2..]);
+        }
+        // A field runs to the CRLF not followed by WSP.
+        let mut end = pos;
+        loop {
+            match message[end..].windows(2).position(|w| w == b"\r\n") {
+                Some(p) => {
+                    end += p + 2;
+                    if !matches!(message.get(end), Some(b' ') | Some(b'\t')) {
+                        break;
+                    }
+                }
+                None => {
+                    end = message.len();
+                    break;
+                }
+            }
+        }
+        let field = &message[pos..end];
+        let name = field.iter().position(|&b| b == b':').map(|c| &field[..c]).unwrap_or(b"");
+        let name = std::str::from_utf8(name).unwrap_or("").trim_end();
+        fields.push((name, field));
+        pos = end;
+    }
+    (fields, &[])
+}
+
+fn relaxed_header(name: &str, field: &[u8], out: &mut Vec<u8>) {
+    let value = field.iter().position(|&b| b == b':').map(|c| &field[c + 1..]).unwrap_or(b"");
+    out.extend_from_slice(name.to_ascii_lowercase().as_bytes());
+    out.push(b':');
+    let mut pending_space = false;
+    let mut started = false;
+    for &b in value {
+        match b {
+            b'\r' | b'\n' => {}
+            b' ' | b'\t' => pending_space = started,
+            _ => {
+                if pending_space {
+                    out.push(b' ');
+                }
+                pending_space = false;
+                started = true;
+                out.push(b);
+            }
+        }
+    }
+}
+
+fn canonical_body(body: &[u8], canon: Canon) -> Vec<u8> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (line, next) = match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(p) => (&rest[..p], &rest[p + 2..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        let line = match canon {
+            Canon::Simple => line.to_vec(),
+            Canon::Relaxed => {
+                let mut l = Vec::with_capacity(line.len());
+                let mut space = false;
+                for &b in line {
+                    if b == b' ' || b == b'\t' {
+                        space = true;
+                    } else {
+                        if space {
+                            l.push(b' ');
+                        }
+                        space = false;
+                        l.push(b);
+                    }
+                }
+                l
+            }
+        };
+        lines.push(line);
+        rest = next;
+    }
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let mut out = Vec::with_capacity(body.len());
+    for l in &lines {
+        out.extend_from_slice(l);
+        out.extend_from_slice(b"\r\n");
+    }
+    if out.is_empty() && canon == Canon::Simple {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Prepares a signature over `message` (CRLF line endings).
+pub fn prepare(message: &[u8], p: &Params) -> SigningInput {
+    let (fields, body) = split(message);
+    let bh = STANDARD.encode(Sha256::digest(canonical_body(body, p.body_canon)));
+
+    // h=: every present instance of each name, then once more each
+    // oversigned name (as in RFC 8463's example).
+    let mut h: Vec<String> = Vec::new();
+    for name in &p.headers {
+        let present = fields.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count();
+        for _ in 0..present {
+            h.push(name.to_ascii_lowercase());
+        }
+    }
+    h.extend(p.oversign.iter().map(|o| o.to_ascii_lowercase()));
+
+    let mut data = Vec::with_capacity(1024);
+    // Each name takes the next instance from the bottom (RFC 6376 §5.4.2).
+    let mut used: Vec<usize> = Vec::new();
+    for name in &h {
+        let next = fields.iter().enumerate().rev().find(|(i, (n, _))| n.eq_ignore_ascii_case(name) && !used.contains(i));
+        let Some((i, (n, field))) = next else { continue };
+        used.push(i);
+        match p.header_canon {
+            Canon::Relaxed => {
+                relaxed_header(n, field, &mut data);
+                data.extend_from_slice(b"\r\n");
+            }
+            Canon::Simple => data.extend_from_slice(field),
+        }
+    }
+
+    let mut prefix = format!("v=1; a={}; c={}/{}; d={};", p.algorithm.tag(), p.header_canon.tag(), p.body_canon.tag(), p.domain);
+    if let Some(i) = &p.identity {
+        prefix.push_str(&format!(" i={i};"));
+    }
+    prefix.push_str(&format!(" q=dns/txt; s={}; t={};", p.selector, p.timestamp));
+    if let Some(x) = p.expiration {
+        prefix.push_str(&format!(" x={x};"));
+    }
+    prefix.push_str(&format!(" h={}; bh={bh}; b=", h.join(" : ")));
+    let unsigned = format!("DKIM-Signature: {prefix}");
+    match p.header_canon {
+        Canon::Relaxed => relaxed_header("DKIM-Signature", unsigned.as_bytes(), &mut data),
+        Canon::Simple => data.extend_from_slice(fold(&unsigned).as_bytes()),
+    }
+    SigningInput { data, header_prefix: prefix }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relaxed_body_rules() {
+        assert_eq!(canonical_body(b"a  b \t\r\n\r\n\r\n", Canon::Relaxed), b"a b\r\n");
+        assert_eq!(canonical_body(b"", Canon::Relaxed), b"");
+        assert_eq!(canonical_body(b"", Canon::Simple), b"\r\n");
+        assert_eq!(canonical_body(b"x", Canon::Relaxed), b"x\r\n");
+    }
+
+    #[test]
+    fn relaxed_header_rules() {
+        let mut out = Vec::new();
+        relaxed_header("Subject", b"Subject : \t hello\r\n   world  \r\n", &mut out);
+        assert_eq!(out, b"subject:hello world");
+    }
+
+    #[test]
+    fn oversigning_lists_absent_and_extra_instances() {
+        let msg = b"From: a@x.test\r\nSubject: s\r\n\r\nbody\r\n";
+        let p = Params {
+            algorithm: Algorithm::Ed25519Sha256,
+            domain: "x.test".into(),
+            selector: "s1".into(),
+            header_canon: Canon::Relaxed,
+            body_canon: Canon::Relaxed,
+            headers: vec!["from".into(), "subject".into(), "to".into()],
+            oversign: vec!["from".into(), "to".into()],
+            timestamp: 1,
+            expiration: Some(100),
+            identity: None,
+        };
+        let input = prepare(msg, &p);
+        let header = input.finish(&[1, 2, 3]);
+        let unfolded = header.replace("\r\n ", " ");
+        assert!(unfolded.contains("h=from : subject : from : to;"), "{unfolded}");
+        assert!(unfolded.contains(" x=100;"), "{unfolded}");
+        assert!(header.lines().all(|l| l.len() <= 78), "{header}");
+    }
+}
