@@ -56,7 +56,18 @@ pub enum DkimAction {
         #[arg(long)]
         selector: Option<String>,
     },
-    /// Keys per domain: selector, algorithm, state, age.
+    /// Create the next key as pending. mailgate switches signing to it once
+    /// DNS serves its record, and keeps the old one published for the
+    /// overlap.
+    Rotate {
+        #[arg(long)]
+        domain: String,
+        /// `ed25519` or `rsa2048`; all the domain's algorithms when absent.
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+    /// Keys per domain: selector, algorithm, state, whether DNS serves the
+    /// key, age, and what to do next.
     Status {
         #[arg(long)]
         json: bool,
@@ -218,31 +229,69 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
                 println!("{}._domainkey.{}. IN TXT {}", info.selector, d.name, txt(&record));
             }
         }
+        DkimAction::Rotate { domain, algorithm } => {
+            let d = configured(config, &domain)?;
+            let algorithms = match algorithm {
+                Some(a) => vec![parse_algorithm(&a).ok_or_else(|| anyhow::anyhow!("--algorithm {a:?}: use ed25519 or rsa2048"))?],
+                None => d.dkim.algorithms.clone(),
+            };
+            let existing = store::list(&config.data_dir, d.name.as_str())?;
+            println!("; publish these records; mailgate switches to the new keys once DNS serves them");
+            for alg in algorithms {
+                let name = store::algorithm_name(alg);
+                if existing.iter().any(|k| k.state == store::KeyState::Pending && k.algorithm == name) {
+                    bail!("{} already has a pending {name} key; publish it or wait", d.name);
+                }
+                let (info, record) = store::create(&config.data_dir, d.name.as_str(), alg, None, store::KeyState::Pending, now())?;
+                println!("{}._domainkey.{}. IN TXT {}", info.selector, d.name, txt(&record));
+            }
+        }
         DkimAction::Status { json } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let resolver = crate::dns::resolver(config.nameservers.as_deref())?;
+            let overlap = config.dkim.rotation_overlap;
             let mut all = Vec::new();
             for d in &config.domains {
                 for k in store::list(&config.data_dir, d.name.as_str())? {
+                    let record = store::load_key(&config.data_dir, d.name.as_str(), &k.selector)?.dns_record();
+                    let dns = runtime.block_on(crate::sign::rotation::dns_matches(&resolver, d.name.as_str(), &k.selector, &record));
+                    let advice = match k.state {
+                        store::KeyState::Pending if !dns => format!("publish {}._domainkey.{}", k.selector, d.name),
+                        store::KeyState::Pending => "DNS matches; mailgate activates it at its next check".to_string(),
+                        store::KeyState::Active if !dns => "DNS does not serve this key: receivers cannot verify it".to_string(),
+                        store::KeyState::Active => String::new(),
+                        store::KeyState::Retiring => {
+                            let left = (k.retiring_since.unwrap_or(0) + overlap).saturating_sub(now());
+                            format!("keep the record {} more day(s)", left.div_ceil(86400))
+                        }
+                        store::KeyState::Retired if dns => format!("remove {}._domainkey.{} from DNS", k.selector, d.name),
+                        store::KeyState::Retired => String::new(),
+                    };
                     all.push(serde_json::json!({
                         "domain": d.name.as_str(),
                         "selector": k.selector,
                         "algorithm": k.algorithm,
                         "state": k.state,
+                        "dns_matches": dns,
                         "age_s": now().saturating_sub(k.created),
+                        "advice": advice,
                     }));
                 }
             }
             if json {
                 println!("{}", serde_json::json!({ "keys": all }));
             } else {
-                println!("{:<24} {:<14} {:<9} {:<9} AGE", "DOMAIN", "SELECTOR", "ALGO", "STATE");
+                println!("{:<24} {:<14} {:<9} {:<9} {:<4} {:>5}  NEXT", "DOMAIN", "SELECTOR", "ALGO", "STATE", "DNS", "AGE");
                 for k in &all {
                     println!(
-                        "{:<24} {:<14} {:<9} {:<9} {}d",
+                        "{:<24} {:<14} {:<9} {:<9} {:<4} {:>4}d  {}",
                         k["domain"].as_str().unwrap_or(""),
                         k["selector"].as_str().unwrap_or(""),
                         k["algorithm"].as_str().unwrap_or(""),
                         k["state"].as_str().unwrap_or(""),
-                        k["age_s"].as_u64().unwrap_or(0) / 86400
+                        if k["dns_matches"].as_bool() == Some(true) { "ok" } else { "no" },
+                        k["age_s"].as_u64().unwrap_or(0) / 86400,
+                        k["advice"].as_str().unwrap_or("")
                     );
                 }
             }
@@ -280,7 +329,8 @@ pub fn records(config: &Config) -> anyhow::Result<()> {
             println!("; SPF: only this gateway sends mail for {name}");
         }
         println!("{name}. 3600 IN TXT {}", txt(&spf));
-        for k in store::list(&config.data_dir, name)?.into_iter().filter(|k| k.state != store::KeyState::Retiring) {
+        // Retiring keys stay published during the overlap; retired ones go.
+        for k in store::list(&config.data_dir, name)?.into_iter().filter(|k| k.state != store::KeyState::Retired) {
             let key = store::load_key(&config.data_dir, name, &k.selector)?;
             println!("; DKIM: {} key {} ({})", format!("{:?}", k.state).to_lowercase(), k.selector, k.algorithm);
             println!("{}._domainkey.{name}. 3600 IN TXT {}", k.selector, txt(&key.dns_record()));

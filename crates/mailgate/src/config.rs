@@ -52,6 +52,25 @@ struct RawConfig {
     spool: RawSpool,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    dkim: DkimGlobal,
+}
+
+/// `[dkim]`: key rotation.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkimGlobal {
+    /// Seconds a replaced key stays published ("retiring") after the new
+    /// one takes over.
+    pub rotation_overlap: u64,
+    /// Seconds between DNS checks of pending keys.
+    pub dns_check_interval: u64,
+}
+
+impl Default for DkimGlobal {
+    fn default() -> Self {
+        DkimGlobal { rotation_overlap: 7 * 86400, dns_check_interval: 300 }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -339,6 +358,7 @@ pub struct Config {
     pub limits: Limits,
     pub spool: SpoolConfig,
     pub log_format: LogFormat,
+    pub dkim: DkimGlobal,
 }
 
 impl Config {
@@ -496,6 +516,7 @@ impl Config {
             limits,
             spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },
             log_format: raw.log.format,
+            dkim: DkimGlobal { dns_check_interval: raw.dkim.dns_check_interval.max(1), ..raw.dkim },
         })
     }
 

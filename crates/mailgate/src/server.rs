@@ -72,6 +72,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         require_tls: d.require_tls.clone(),
         tls_events: Arc::new(crate::events::TlsEvents::open(&config.data_dir.join("reports"))),
     });
+    crate::sign::rotation::watch(
+        signer.clone(),
+        outbound.resolver.clone(),
+        Duration::from_secs(config.dkim.dns_check_interval),
+        Duration::from_secs(config.dkim.rotation_overlap),
+    );
     let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone(), signer.clone());
     let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -76,3 +76,97 @@ fn foreign_from_and_inbound_mail_are_not_signed() {
     let got = sink2.wait_for(1, Duration::from_secs(20)).expect("delivered");
     assert!(unfolded_signatures(&got[0].data_str()).is_empty(), "inbound mail must never carry our signature");
 }
+
+fn selectors(data: &str) -> Vec<String> {
+    let mut s: Vec<String> = unfolded_signatures(data)
+        .iter()
+        .filter_map(|sig| sig.split(" s=").nth(1).and_then(|r| r.split(';').next()).map(str::to_string))
+        .collect();
+    s.sort();
+    s
+}
+
+/// `name TXT value` pairs from `mailgate records` or `dkim rotate` output.
+fn dkim_txt(output: &str) -> Vec<(String, String)> {
+    output
+        .lines()
+        .filter(|l| l.contains("._domainkey.") && l.contains(" TXT "))
+        .map(|l| {
+            let name = l.split_whitespace().next().unwrap().to_string();
+            let value: String = l.split(" TXT ").nth(1).unwrap().split('"').skip(1).step_by(2).collect();
+            (name, value)
+        })
+        .collect()
+}
+
+/// Rotation: the pending key is not used while DNS lacks it; once DNS
+/// serves it, signing switches and the old key is retiring.
+#[test]
+fn rotation_waits_for_dns_then_switches() {
+    use mailgate_testkit::{DnsServer, Zone};
+    let sink = SmtpSink::start();
+    let dns = DnsServer::start(Zone::new());
+    let config = format!(
+        "{}[[domain]]\nname = \"example.test\"\ndeliver = \"{}\"\n[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n[dkim]\ndns_check_interval = 1\n",
+        dns.config(),
+        sink.url()
+    );
+    let server = Server::start(BIN, &config);
+    let publish = |text: &str| {
+        let mut zone = Zone::new();
+        for (name, value) in dkim_txt(text) {
+            zone = zone.txt(&name, &value);
+        }
+        dns.add(zone);
+    };
+    let records = String::from_utf8_lossy(&server.cli(&["records"]).stdout).to_string();
+    publish(&records);
+    let old = {
+        let mut v: Vec<String> = dkim_txt(&records).iter().map(|(n, _)| n.split('.').next().unwrap().to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(old.len(), 2);
+
+    let out = server.cli(&["dkim", "rotate", "--domain", "example.test", "--algorithm", "ed25519"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotate_out = String::from_utf8_lossy(&out.stdout).to_string();
+    let new_selector = dkim_txt(&rotate_out)[0].0.split('.').next().unwrap().to_string();
+    assert!(!old.contains(&new_selector));
+
+    let send = |n: usize| {
+        let mut c = SmtpClient::connect(server.smtp_addr()).unwrap();
+        c.ehlo("app.example.test").unwrap();
+        let body = format!("From: alice@example.test\r\nSubject: r{n}\r\n\r\nx\r\n");
+        assert!(c.send_mail("alice@example.test", &["bob@example.test"], &body).unwrap().queue_id().is_some());
+        let got = sink.wait_for(n, Duration::from_secs(20)).expect("delivered");
+        selectors(&got[n - 1].data_str())
+    };
+    // Not published yet: still the old keys, even after a few checks.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(send(1), old);
+    let status = String::from_utf8_lossy(&server.cli(&["dkim", "status", "--json"]).stdout).to_string();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let pending = status["keys"].as_array().unwrap().iter().find(|k| k["selector"] == new_selector.as_str()).unwrap().clone();
+    assert_eq!(pending["state"], "pending");
+    assert_eq!(pending["dns_matches"], false);
+
+    publish(&rotate_out);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 1;
+    loop {
+        n += 1;
+        let now = send(n);
+        if now.contains(&new_selector) {
+            assert_eq!(now.len(), 2, "{now:?}");
+            break;
+        }
+        assert_eq!(now, old);
+        assert!(std::time::Instant::now() < deadline, "never switched to {new_selector}\n{}", server.log_tail(20));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let status = String::from_utf8_lossy(&server.cli(&["dkim", "status", "--json"]).stdout).to_string();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let retiring = status["keys"].as_array().unwrap().iter().filter(|k| k["state"] == "retiring").count();
+    assert_eq!(retiring, 1, "{status}");
+}

@@ -63,6 +63,7 @@ impl Zone {
 /// The running server; stops when dropped.
 pub struct DnsServer {
     addr: SocketAddr,
+    updates: tokio::sync::mpsc::UnboundedSender<(Zone, std::sync::mpsc::Sender<()>)>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -72,6 +73,7 @@ impl DnsServer {
     pub fn start(zone: Zone) -> DnsServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (update_tx, mut update_rx) = tokio::sync::mpsc::unbounded_channel::<(Zone, std::sync::mpsc::Sender<()>)>();
         let thread = std::thread::Builder::new()
             .name("test-dns".into())
             .spawn(move || {
@@ -85,25 +87,46 @@ impl DnsServer {
                     for (host, rdata) in zone.records {
                         handler.upsert_mut(Record::from_rdata(name(&host), 60, rdata), 1);
                     }
+                    let handler = Arc::new(handler);
                     let mut catalog = Catalog::new();
-                    let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
-                    catalog.upsert(LowerName::from(Name::root()), vec![handler]);
+                    let dyn_handler: Arc<dyn ZoneHandler> = handler.clone();
+                    catalog.upsert(LowerName::from(Name::root()), vec![dyn_handler]);
                     let mut server = Server::new(catalog);
                     server.register_socket(udp);
                     server.register_listener(tcp, Duration::from_secs(5), 65535);
-                    tokio::select! {
-                        _ = server.block_until_done() => {}
-                        _ = stop_rx => {}
+                    let mut stop_rx = stop_rx;
+                    let mut serial = 2;
+                    let run = server.block_until_done();
+                    tokio::pin!(run);
+                    loop {
+                        tokio::select! {
+                            _ = &mut run => break,
+                            _ = &mut stop_rx => break,
+                            Some((zone, done)) = update_rx.recv() => {
+                                for (host, rdata) in zone.records {
+                                    handler.upsert(Record::from_rdata(name(&host), 60, rdata), serial).await;
+                                }
+                                serial += 1;
+                                let _ = done.send(());
+                            }
+                        }
                     }
                 });
             })
             .expect("spawn DNS thread");
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("DNS server started");
-        DnsServer { addr, stop: Some(stop_tx), thread: Some(thread) }
+        DnsServer { addr, updates: update_tx, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Adds records while the server runs (publishing a new DKIM key...).
+    pub fn add(&self, zone: Zone) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.updates.send((zone, done)).expect("DNS server running");
+        wait.recv_timeout(Duration::from_secs(10)).expect("DNS update applied");
     }
 
     /// The `[dns]` section pointing mailgate at this server.

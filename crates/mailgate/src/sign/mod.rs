@@ -5,6 +5,7 @@
 //! May import: `config`, `mailgate-core`.
 
 pub mod key;
+pub mod rotation;
 pub mod store;
 
 use std::collections::HashMap;
@@ -51,8 +52,8 @@ struct DomainKeys {
 }
 
 pub struct Signer {
-    data_dir: PathBuf,
-    domains: Vec<DomainConfig>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) domains: Vec<DomainConfig>,
     keys: RwLock<HashMap<String, DomainKeys>>,
 }
 

@@ -17,8 +17,11 @@ pub enum KeyState {
     /// Published or about to be; not used for signing until DNS matches.
     Pending,
     Active,
-    /// No longer used for signing; its DNS record can go after the overlap.
+    /// No longer used for signing; its DNS record stays published for the
+    /// overlap, so mail signed with it can still be verified.
     Retiring,
+    /// Past the overlap: the DNS record can be removed.
+    Retired,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,6 +33,8 @@ pub struct KeyInfo {
     pub created: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activated: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_since: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -68,7 +73,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn save(data_dir: &Path, domain: &str, keys: Vec<KeyInfo>) -> anyhow::Result<()> {
+pub fn save(data_dir: &Path, domain: &str, keys: Vec<KeyInfo>) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(&KeysFile { keys })?;
     write_atomic(&domain_dir(data_dir, domain).join("keys.json"), &json, 0o644)?;
     Ok(())
@@ -141,6 +146,7 @@ pub fn create(
         state,
         created: now,
         activated: (state == KeyState::Active).then_some(now),
+        retiring_since: None,
     };
     keys.push(info.clone());
     save(data_dir, domain, keys)?;
