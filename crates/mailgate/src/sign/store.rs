@@ -170,6 +170,7 @@ mod tests {
             state: KeyState::Active,
             created: 0,
             activated: None,
+            retiring_since: None,
         }];
         assert_eq!(default_selector(&taken, Algorithm::RsaSha256, 1_795_392_000), "mg202611r2");
     }
