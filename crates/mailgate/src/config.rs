@@ -341,8 +341,6 @@ pub struct SpoolConfig {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file this came from, for messages; `None` for built-in defaults.
-    pub source: Option<PathBuf>,
     pub hostname: String,
     pub data_dir: PathBuf,
     pub public_addresses: Vec<std::net::IpAddr>,
@@ -496,7 +494,6 @@ impl Config {
         }
 
         Ok(Config {
-            source: source.map(Path::to_path_buf),
             hostname,
             data_dir,
             public_addresses: raw.server.public_addresses,

@@ -84,6 +84,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                             Ok(()) => store(&ctx, peer, *incoming, outbound).await,
                             Err(reply) => Err(reply),
                         };
+                        if result.is_err() {
+                            Metrics::inc(&ctx.metrics.messages_refused);
+                        }
                         next.extend(session.transaction_done(result));
                     }
                     Action::StartTls => {

@@ -143,6 +143,7 @@ async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
         ("mailgate_connections_total", "counter", Metrics::get(&m.connections)),
         ("mailgate_connections_refused_total", "counter", Metrics::get(&m.connections_refused)),
         ("mailgate_messages_accepted_total", "counter", Metrics::get(&m.messages_accepted)),
+        ("mailgate_messages_refused_total", "counter", Metrics::get(&m.messages_refused)),
         ("mailgate_bytes_accepted_total", "counter", Metrics::get(&m.bytes_accepted)),
         ("mailgate_spool_errors_total", "counter", Metrics::get(&m.spool_errors)),
         ("mailgate_spool_fsyncs_total", "counter", fsyncs),

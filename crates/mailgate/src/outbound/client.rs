@@ -151,10 +151,6 @@ async fn connect_one(name: &str, addr: SocketAddr, settings: &Settings) -> Resul
 }
 
 impl Connection {
-    pub fn is_usable(&self) -> bool {
-        !self.broken
-    }
-
     /// Whether the server offered DSN, so it takes over DSN duties.
     pub fn supports_dsn(&self) -> bool {
         self.client.extensions().is_some_and(|e| e.dsn)

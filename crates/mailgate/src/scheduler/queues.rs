@@ -80,10 +80,6 @@ impl Queues {
             q.dead = None;
         }
     }
-
-    pub fn workers(&self) -> usize {
-        self.lock().workers
-    }
 }
 
 impl JobSource for Queues {

@@ -135,11 +135,6 @@ impl Signer {
         }
         Ok(Some(out))
     }
-
-    /// Whether `domain` has signing keys (for the unsigned-mail warning).
-    pub fn signs_for(&self, domain: &str) -> bool {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).get(domain).is_some_and(|d| !d.keys.is_empty())
-    }
 }
 
 /// The domain of the single `From:` mailbox, lower-cased; `None` if there

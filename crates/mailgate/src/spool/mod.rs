@@ -245,10 +245,6 @@ impl Spool {
         self.shared.lock().index.iter().map(|(id, e)| (id.clone(), e.due)).collect()
     }
 
-    pub fn contains(&self, id: &QueueId) -> bool {
-        self.shared.lock().index.contains_key(id)
-    }
-
     /// One message with its current envelope, read from disk.
     pub fn get(&self, id: &QueueId) -> Option<Queued> {
         let entry = *self.shared.lock().index.get(id)?;
@@ -287,10 +283,6 @@ impl Spool {
     /// group commit at work.
     pub fn sync_stats(&self) -> (u64, u64) {
         (self.shared.fsyncs.load(Ordering::Relaxed), self.shared.records.load(Ordering::Relaxed))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
