@@ -162,7 +162,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Corruption> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use mailgate_core::envelope::ClientInfo;
     use mailgate_core::{Mailbox, Recipient, ReversePath};

@@ -1,20 +1,5 @@
+use super::record::tests::envelope;
 use super::*;
-use mailgate_core::envelope::ClientInfo;
-use mailgate_core::{Mailbox, Recipient, ReversePath};
-
-fn envelope() -> Envelope {
-    Envelope {
-        sender: ReversePath::Null,
-        recipients: vec![Recipient::new(Mailbox::parse("b@example.test", false).unwrap())],
-        body: Default::default(),
-        smtputf8: false,
-        ret: None,
-        envid: None,
-        client: ClientInfo { ip: "127.0.0.1".parse().unwrap(), helo: "c".into(), authenticated_as: None, tls: None, listener: "mx".into() },
-        received_at: 1,
-        delay_warned: false,
-    }
-}
 
 #[tokio::test]
 async fn store_recover_remove() {
