@@ -28,6 +28,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (spool, recovery) =
         Spool::open(&spool_dir, config.spool.segment_size).with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
     let spool = Arc::new(spool);
+    spool.start_maintenance();
     tracing::info!(
         messages = recovery.messages, segments = recovery.segments, corrupt = recovery.corrupt.len(),
         dir = %spool_dir.display(), "spool recovered"

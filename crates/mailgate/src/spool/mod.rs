@@ -209,6 +209,63 @@ impl Spool {
         done.await.map_err(|_| SpoolError::Stopped)?
     }
 
+    /// Copies the live messages of the oldest segment forward, so that a
+    /// few long-deferred messages do not keep whole old segments (and every
+    /// newer one, since segments go oldest first) on disk. Returns how many
+    /// messages moved.
+    pub async fn compact_oldest(&self, max: usize) -> Result<usize, SpoolError> {
+        let (oldest, ids) = {
+            let state = self.shared.lock();
+            let Some((&oldest, _)) = state.live.iter().next() else { return Ok(0) };
+            if oldest >= state.active || state.live.len() < 3 {
+                return Ok(0);
+            }
+            let ids: Vec<QueueId> = state.index.iter().filter(|(_, e)| e.segment == oldest).map(|(id, _)| id.clone()).take(max).collect();
+            (oldest, ids)
+        };
+        let mut moved = 0;
+        for id in ids {
+            let Some(q) = self.get(&id) else { continue };
+            let Ok(Some(data)) = self.read_data(&id) else { continue };
+            let (bytes, data_offset) = record::encode_message(&id, &q.envelope, &data);
+            let env_offset = record::MESSAGE_ENV_OFFSET;
+            let change = writer::IndexChange::Move {
+                id: id.clone(),
+                from: oldest,
+                data_offset,
+                data_len: data.len(),
+                env_offset,
+                env_len: data_offset - env_offset,
+                due: due_of(&q.envelope),
+            };
+            self.write(bytes, change).await?;
+            if !self.shared.lock().index.contains_key(&id) {
+                // Removed while we copied it: the copy must not come back.
+                self.write(record::encode_remove(&id), writer::IndexChange::None).await?;
+            }
+            moved += 1;
+        }
+        self.collect_segments();
+        if moved > 0 {
+            tracing::info!(segment = oldest, moved, "spool: compacted the oldest segment");
+        }
+        Ok(moved)
+    }
+
+    /// Compacts once a minute.
+    pub fn start_maintenance(self: &Arc<Self>) {
+        let spool = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = spool.compact_oldest(10_000).await {
+                    tracing::warn!(error = %e, "spool: compaction failed");
+                }
+            }
+        });
+    }
+
     /// Deletes segments that are oldest and empty.
     fn collect_segments(&self) {
         let mut doomed = Vec::new();

@@ -118,3 +118,27 @@ async fn update_in_a_damaged_segment_survives_recovery() {
         assert_eq!(spool.read_data(&id).unwrap().unwrap(), b"data\r\n");
     }
 }
+
+#[tokio::test]
+async fn compaction_frees_old_segments_held_by_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![b'x'; 700 * 1024];
+    let keep = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let keep = spool.new_id();
+        spool.store(&keep, envelope(), b"long-deferred\r\n").await.unwrap();
+        // Fill and empty a few more segments behind it.
+        for _ in 0..4 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), &big).await.unwrap();
+            spool.remove(&id).await.unwrap();
+        }
+        assert!(segment_path(dir.path(), 1).exists(), "segment 1 is pinned by one message");
+        assert_eq!(spool.compact_oldest(100).await.unwrap(), 1);
+        assert!(!segment_path(dir.path(), 1).exists());
+        keep
+    };
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.messages, 1);
+    assert_eq!(spool.read_data(&keep).unwrap().unwrap(), b"long-deferred\r\n");
+}

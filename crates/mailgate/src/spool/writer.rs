@@ -25,8 +25,31 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// to the start of the record's bytes.
 pub(super) enum IndexChange {
     None,
-    Insert { id: QueueId, data_offset: usize, data_len: usize, env_offset: usize, env_len: usize, due: u64 },
-    Envelope { id: QueueId, env_offset: usize, env_len: usize, due: u64 },
+    Insert {
+        id: QueueId,
+        data_offset: usize,
+        data_len: usize,
+        env_offset: usize,
+        env_len: usize,
+        due: u64,
+    },
+    Envelope {
+        id: QueueId,
+        env_offset: usize,
+        env_len: usize,
+        due: u64,
+    },
+    /// A copy of a message from segment `from`, written by compaction; it
+    /// takes over only if the message is still there.
+    Move {
+        id: QueueId,
+        from: u64,
+        data_offset: usize,
+        data_len: usize,
+        env_offset: usize,
+        env_len: usize,
+        due: u64,
+    },
 }
 
 pub(super) struct WriteOp {
@@ -123,33 +146,51 @@ fn write_batch(seg: &mut Segment, batch: &[WriteOp]) -> io::Result<u64> {
 
 fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp]) {
     let mut state = shared.lock();
-    let mut offset = start;
+    let mut next = start;
     for op in batch.iter_mut() {
+        let base = next;
+        next += op.bytes.len() as u64;
+        let at = |offset: usize| base + offset as u64;
         match std::mem::replace(&mut op.change, IndexChange::None) {
             IndexChange::None => {}
             IndexChange::Insert { id, data_offset, data_len, env_offset, env_len, due } => {
                 *state.live.entry(segment).or_insert(0) += 1;
                 let entry = Entry {
                     segment,
-                    data_offset: offset + data_offset as u64,
+                    data_offset: at(data_offset),
                     data_len: data_len as u32,
                     env_segment: segment,
-                    env_offset: offset + env_offset as u64,
+                    env_offset: at(env_offset),
                     env_len: env_len as u32,
                     due,
                 };
                 state.index.insert(id, entry);
             }
+            IndexChange::Move { id, from, data_offset, data_len, env_offset, env_len, due } => {
+                let Some(e) = state.index.get_mut(&id).filter(|e| e.segment == from) else { continue };
+                *e = Entry {
+                    segment,
+                    data_offset: at(data_offset),
+                    data_len: data_len as u32,
+                    env_segment: segment,
+                    env_offset: at(env_offset),
+                    env_len: env_len as u32,
+                    due,
+                };
+                if let Some(n) = state.live.get_mut(&from) {
+                    *n = n.saturating_sub(1);
+                }
+                *state.live.entry(segment).or_insert(0) += 1;
+            }
             IndexChange::Envelope { id, env_offset, env_len, due } => {
                 if let Some(e) = state.index.get_mut(&id) {
                     e.env_segment = segment;
-                    e.env_offset = offset + env_offset as u64;
+                    e.env_offset = at(env_offset);
                     e.env_len = env_len as u32;
                     e.due = due;
                 }
             }
         }
-        offset += op.bytes.len() as u64;
     }
 }
 
