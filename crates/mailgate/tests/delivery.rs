@@ -112,6 +112,8 @@ fn delivers_to_local_smtp_next_hop_with_received_header() {
     assert!(data.contains(&format!("id {id}")), "{data}");
     assert!(data.ends_with("hello\r\n"), "{data}");
     wait_queue_empty(&server);
+    assert_eq!(server.metric("mailgate_delivered_total"), 1);
+    assert_eq!(server.metric("mailgate_bounced_total"), 0);
 }
 
 #[test]
@@ -246,6 +248,8 @@ fn temporary_failure_is_retried_and_later_succeeds() {
     let got = wait_for(&sink, 1, &server);
     assert_eq!(got.len(), 1);
     wait_queue_empty(&server);
+    assert_eq!(server.metric("mailgate_deferred_total"), 1);
+    assert_eq!(server.metric("mailgate_delivered_total"), 1);
 }
 
 #[test]

@@ -223,6 +223,16 @@ impl Server {
         }
     }
 
+    /// A counter or gauge from `GET /metrics`, 0 when absent.
+    pub fn metric(&self, name: &str) -> u64 {
+        let url = format!("http://{}/metrics", self.http);
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+        let text = agent.get(&url).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
     /// `GET /api/v1/queue`: `{"messages": [...]}`.
     pub fn queue(&self) -> Value {
         self.api_get("/api/v1/queue")

@@ -71,8 +71,14 @@ impl DkimKey {
     pub fn generate(algorithm: Algorithm, bits: usize) -> anyhow::Result<(DkimKey, String)> {
         match algorithm {
             Algorithm::Ed25519Sha256 => {
-                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(err)?;
-                let pem = pem_encode("PRIVATE KEY", pkcs8.as_ref());
+                let v2 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(err)?;
+                // ring writes PKCS#8 v2 (RFC 5958, with the public key),
+                // which OpenSSL 3.0 tools cannot read. Store the plain v1
+                // form (RFC 8410): the seed is bytes 16..48 of ring's DER.
+                let seed = v2.as_ref().get(16..48).ok_or_else(|| anyhow::anyhow!("unexpected Ed25519 PKCS#8 layout"))?;
+                let mut v1 = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+                v1.extend_from_slice(seed);
+                let pem = pem_encode("PRIVATE KEY", &v1);
                 Ok((DkimKey::from_pem(&pem)?, pem))
             }
             Algorithm::RsaSha256 => {

@@ -16,7 +16,9 @@ use super::store::{self, KeyInfo, KeyState};
 /// Whether DNS serves `record`'s public key at the key's selector.
 pub async fn dns_matches(resolver: &TokioResolver, domain: &str, selector: &str, record: &str) -> bool {
     let name = format!("{selector}._domainkey.{domain}.");
-    let Ok(lookup) = resolver.txt_lookup(name.as_str()).await else { return false };
+    // A silent nameserver must not hang `dkim status` or the rotation check.
+    let lookup = tokio::time::timeout(Duration::from_secs(5), resolver.txt_lookup(name.as_str())).await;
+    let Ok(Ok(lookup)) = lookup else { return false };
     let want = p_value(record);
     lookup.answers().iter().any(|r| match &r.data {
         RData::TXT(t) => {

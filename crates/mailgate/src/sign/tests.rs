@@ -74,6 +74,20 @@ fn generated_keys_sign_and_publish() {
     }
 }
 
+/// Ed25519 keys are written as PKCS#8 v1, which OpenSSL 3.0 reads.
+#[test]
+fn ed25519_key_files_are_readable_by_openssl() {
+    let (_, pem) = DkimKey::generate(Algorithm::Ed25519Sha256, 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.pem");
+    std::fs::write(&path, &pem).unwrap();
+    let Ok(out) = std::process::Command::new("openssl").args(["pkey", "-in"]).arg(&path).arg("-noout").output() else {
+        eprintln!("openssl not installed; skipping");
+        return;
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn from_domain_needs_exactly_one_mailbox() {
     assert_eq!(from_domain(b"From: A <a@Example.TEST>\r\n\r\n").as_deref(), Some("example.test"));
