@@ -2,14 +2,20 @@
 //! in code: MX, A, AAAA and TXT records under one root zone, so any other
 //! name is NXDOMAIN and a name without the asked type is NODATA.
 
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
-use hickory_proto::rr::{LowerName, Name, RData, Record};
+use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 
@@ -17,7 +23,12 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 #[derive(Default, Clone)]
 pub struct Zone {
     records: Vec<(String, RData)>,
+    /// Names whose queries go unanswered (see [`Zone::timeout`]).
+    timeouts: Vec<String>,
 }
+
+/// Per name: the record types still answered although the name times out.
+type Timeouts = Arc<RwLock<HashMap<LowerName, HashSet<RecordType>>>>;
 
 fn name(s: &str) -> Name {
     let s = if s.ends_with('.') { s.to_string() } else { format!("{s}.") };
@@ -58,6 +69,82 @@ impl Zone {
         self.records.push((host.into(), RData::TXT(TXT::new(pieces))));
         self
     }
+
+    /// One TXT record made of exactly these character-strings (an empty
+    /// list gives one empty string).
+    pub fn txt_strings(mut self, host: &str, strings: &[&str]) -> Self {
+        let mut pieces: Vec<String> = strings.iter().map(|s| s.to_string()).collect();
+        if pieces.is_empty() {
+            pieces.push(String::new());
+        }
+        self.records.push((host.into(), RData::TXT(TXT::new(pieces))));
+        self
+    }
+
+    pub fn ptr(mut self, name_: &str, target: &str) -> Self {
+        self.records.push((name_.into(), RData::PTR(PTR(name(target)))));
+        self
+    }
+
+    pub fn cname(mut self, alias: &str, target: &str) -> Self {
+        self.records.push((alias.into(), RData::CNAME(CNAME(name(target)))));
+        self
+    }
+
+    /// Every query for `host` goes unanswered (the client times out),
+    /// except queries for a record type this zone serves at `host`.
+    pub fn timeout(mut self, host: &str) -> Self {
+        self.timeouts.push(host.into());
+        self
+    }
+}
+
+fn apply_timeouts(zone: &Zone, timeouts: &Timeouts) {
+    let mut map = timeouts.write().expect("timeouts lock");
+    for host in &zone.timeouts {
+        map.entry(LowerName::from(name(host))).or_default();
+    }
+    for (host, rdata) in &zone.records {
+        if let Some(types) = map.get_mut(&LowerName::from(name(host))) {
+            types.insert(rdata.record_type());
+        }
+    }
+}
+
+/// The catalog, except that queries for timed-out names are dropped.
+struct Handler {
+    catalog: Catalog,
+    timeouts: Timeouts,
+}
+
+impl RequestHandler for Handler {
+    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
+        &'life0 self,
+        request: &'life1 Request,
+        response_handle: R,
+    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
+    where
+        R: ResponseHandler + 'async_trait,
+        T: Time + 'async_trait,
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            if let Ok(info) = request.request_info() {
+                let dropped = {
+                    let map = self.timeouts.read().expect("timeouts lock");
+                    map.get(info.query.name()).is_some_and(|types| !types.contains(&info.query.query_type()))
+                };
+                if dropped {
+                    drop(response_handle);
+                    let metadata = Metadata::new(info.metadata.id, MessageType::Response, info.metadata.op_code);
+                    return ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() });
+                }
+            }
+            self.catalog.handle_request::<R, T>(request, response_handle).await
+        })
+    }
 }
 
 /// The running server; stops when dropped.
@@ -84,14 +171,16 @@ impl DnsServer {
                     let mut handler: InMemoryZoneHandler = InMemoryZoneHandler::empty(Name::root(), ZoneType::Primary, AxfrPolicy::Deny);
                     let soa = SOA::new(name("ns.test"), name("hostmaster.test"), 1, 3600, 600, 86400, 0);
                     handler.upsert_mut(Record::from_rdata(Name::root(), 60, RData::SOA(soa)), 1);
-                    for (host, rdata) in zone.records {
+                    for (host, rdata) in zone.records.iter().cloned() {
                         handler.upsert_mut(Record::from_rdata(name(&host), 60, rdata), 1);
                     }
+                    let timeouts: Timeouts = Arc::default();
+                    apply_timeouts(&zone, &timeouts);
                     let handler = Arc::new(handler);
                     let mut catalog = Catalog::new();
                     let dyn_handler: Arc<dyn ZoneHandler> = handler.clone();
                     catalog.upsert(LowerName::from(Name::root()), vec![dyn_handler]);
-                    let mut server = Server::new(catalog);
+                    let mut server = Server::new(Handler { catalog, timeouts: timeouts.clone() });
                     server.register_socket(udp);
                     server.register_listener(tcp, Duration::from_secs(5), 65535);
                     let mut stop_rx = stop_rx;
@@ -103,6 +192,7 @@ impl DnsServer {
                             _ = &mut run => break,
                             _ = &mut stop_rx => break,
                             Some((zone, done)) = update_rx.recv() => {
+                                apply_timeouts(&zone, &timeouts);
                                 for (host, rdata) in zone.records {
                                     handler.upsert(Record::from_rdata(name(&host), 60, rdata), serial).await;
                                 }

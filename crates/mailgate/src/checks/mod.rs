@@ -6,3 +6,4 @@
 pub mod auth;
 pub mod relay;
 pub mod sender;
+pub mod spf;
