@@ -4,5 +4,6 @@
 //! anything downstream of it.
 
 pub mod auth;
+pub mod lookalike;
 pub mod relay;
 pub mod sender;
