@@ -54,6 +54,16 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     dkim: DkimGlobal,
+    #[serde(default)]
+    lookalike: RawLookalike,
+}
+
+/// `[lookalike]`: partner and brand domains protected besides our own.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLookalike {
+    #[serde(default)]
+    protect: Vec<String>,
 }
 
 /// `[dkim]`: key rotation.
@@ -357,6 +367,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub log_format: LogFormat,
     pub dkim: DkimGlobal,
+    /// Partner and brand domains that look-alike detection protects too.
+    pub protect: Vec<String>,
 }
 
 impl Config {
@@ -514,6 +526,7 @@ impl Config {
             spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },
             log_format: raw.log.format,
             dkim: DkimGlobal { dns_check_interval: raw.dkim.dns_check_interval.max(1), ..raw.dkim },
+            protect: raw.lookalike.protect.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
         })
     }
 

@@ -40,6 +40,7 @@ pub struct Inbound {
     pub implicit_tls: bool,
     pub auth: Arc<Authenticator>,
     pub signer: Arc<crate::sign::Signer>,
+    pub lookalikes: Arc<crate::checks::lookalike::Lookalikes>,
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
@@ -158,6 +159,41 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
     }
 }
 
+/// Look-alike findings for inbound mail: the MAIL FROM domain, the
+/// `From:` domain and display name, and DKIM `d=` domains.
+fn lookalike_findings(ctx: &Inbound, envelope: &mailgate_core::Envelope, data: &[u8]) -> Vec<crate::checks::lookalike::Finding> {
+    let mut found: Vec<crate::checks::lookalike::Finding> = Vec::new();
+    let mut add = |f: Option<crate::checks::lookalike::Finding>| {
+        if let Some(f) = f.filter(|f| !found.contains(f)) {
+            found.push(f);
+        }
+    };
+    if let Some(d) = envelope.sender.mailbox().and_then(|m| m.domain()) {
+        add(ctx.lookalikes.check_domain(d.as_str()));
+    }
+    if let Some(msg) = mail_parser::MessageParser::default().parse_headers(data) {
+        for h in msg.headers() {
+            match (&h.name, &h.value) {
+                (mail_parser::HeaderName::From, mail_parser::HeaderValue::Address(mail_parser::Address::List(list))) => {
+                    for a in list {
+                        let domain = a.address.as_deref().and_then(|x| x.rsplit_once('@')).map(|(_, d)| d).unwrap_or("");
+                        add(ctx.lookalikes.check_domain(domain));
+                        if let Some(name) = a.name.as_deref() {
+                            add(ctx.lookalikes.check_display_name(name, domain));
+                        }
+                    }
+                }
+                (mail_parser::HeaderName::Other(n), mail_parser::HeaderValue::Text(v)) if n.eq_ignore_ascii_case("DKIM-Signature") => {
+                    let d = v.split(';').map(str::trim).find_map(|t| t.strip_prefix("d=")).unwrap_or("");
+                    add(ctx.lookalikes.check_domain(d.trim()));
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
 /// Prepends DKIM signatures when the `From:` domain is ours. RSA signing
 /// takes a while, so it runs off the async threads.
 async fn sign(ctx: &Inbound, content: Vec<u8>) -> anyhow::Result<Vec<u8>> {
@@ -197,7 +233,22 @@ async fn store(ctx: &Inbound, peer: SocketAddr, incoming: Incoming, outbound: bo
     envelope.received_at = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let id = ctx.spool.new_id();
     let date = httpdate::fmt_http_date(now).replace(" GMT", " +0000");
-    let header = received_header(&ctx.session.hostname, &envelope, &id, &date);
+    let mut header = received_header(&ctx.session.hostname, &envelope, &id, &date);
+    if !outbound {
+        for f in lookalike_findings(ctx, &envelope, &data) {
+            tracing::warn!(queue_id = %id, domain = %f.domain, resembles = %f.resembles, rule = %f.rule, "look-alike sender domain");
+            // Domains from the message go into a header: ASCII (punycode)
+            // and nothing that could end the line.
+            let ascii =
+                |d: &str| idna::domain_to_ascii(d).unwrap_or_else(|_| d.chars().filter(|c| c.is_ascii_graphic() && *c != ';').collect());
+            header.push_str(&format!(
+                "X-Mailgate-Lookalike: rule={}; domain={}; resembles={}\r\n",
+                f.rule,
+                ascii(&f.domain),
+                ascii(&f.resembles)
+            ));
+        }
+    }
     let mut content = Vec::with_capacity(header.len() + data.len() + 1024);
     content.extend_from_slice(header.as_bytes());
     content.extend_from_slice(&data);
