@@ -310,14 +310,8 @@ fn null_sender_is_never_bounced() {
 
 #[test]
 fn expired_message_bounces_with_a_dsn() {
-    let sink = SmtpSink::with_replies(SinkReplies { rcpt: "450 4.2.0 not now".into(), ..SinkReplies::default() });
-    let bounces = SmtpSink::start();
-    let config = format!(
-        "{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}max_age = 3\n",
-        local(&sink.url()),
-        bounces.url()
-    );
-    let server = Server::start(BIN, &config);
+    let (_sink, bounces, server) =
+        dsn_setup_with(SinkReplies { rcpt: "450 4.2.0 not now".into(), ..SinkReplies::default() }, "max_age = 3");
     send(&server, "alice@sender.test", &["bob@example.test"], "Subject: expire\r\n\r\nx\r\n");
     let dsn = wait_for(&bounces, 1, &server);
     let (_, rcpts) = python_dsn(&dsn[0].data);
@@ -409,11 +403,17 @@ fn send_dsn(server: &Server, mail: &str, rcpts: &[&str], body: &str) -> String {
     r.queue_id().unwrap_or_else(|| panic!("{r}"))
 }
 
+/// A next hop answering `sink_replies`, and sender.test (where DSNs go)
+/// delivered to a second sink; `delivery` adds `[delivery]` keys.
 fn dsn_setup(sink_replies: SinkReplies) -> (SmtpSink, SmtpSink, Server) {
+    dsn_setup_with(sink_replies, "max_age = 3")
+}
+
+fn dsn_setup_with(sink_replies: SinkReplies, delivery: &str) -> (SmtpSink, SmtpSink, Server) {
     let sink = SmtpSink::with_replies(sink_replies);
     let bounces = SmtpSink::start();
     let config = format!(
-        "{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}max_age = 3\n",
+        "{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}{delivery}\n",
         local(&sink.url()),
         bounces.url()
     );
@@ -473,14 +473,8 @@ fn notify_success_gets_a_delivery_report_when_the_next_hop_lacks_dsn() {
 
 #[test]
 fn delay_warning_after_the_configured_age() {
-    let sink = SmtpSink::with_replies(SinkReplies { rcpt: "450 4.2.0 not now".into(), ..SinkReplies::default() });
-    let bounces = SmtpSink::start();
-    let config = format!(
-        "{}[[domain]]\nname = \"sender.test\"\ndeliver = \"{}\"\ndkim = false\n{FAST}delay_warning = 2\n",
-        local(&sink.url()),
-        bounces.url()
-    );
-    let server = Server::start(BIN, &config);
+    let (_sink, bounces, server) =
+        dsn_setup_with(SinkReplies { rcpt: "450 4.2.0 not now".into(), ..SinkReplies::default() }, "delay_warning = 2");
     send(&server, "alice@sender.test", &["bob@example.test"], "Subject: slow\r\n\r\nx\r\n");
     let dsn = wait_for(&bounces, 1, &server);
     let (_, rcpts) = python_dsn(&dsn[0].data);
