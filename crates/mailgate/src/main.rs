@@ -1,28 +1,15 @@
 //! mailgate: one binary, one process. Mail flows one way through stages:
 //! listener → inbound session → checks → spool → scheduler → delivery.
-//! `main` only parses arguments and wires stages together.
+//! `main` only parses arguments and hands over to the library (`lib.rs`).
 
-mod checks;
-mod cli;
-mod config;
-mod dns;
-mod events;
-mod http;
-mod inbound;
-mod listener;
-mod outbound;
-mod scheduler;
-mod server;
-mod sign;
-mod spool;
-mod tls;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
-use crate::config::{Config, LogFormat};
+use mailgate::cli::{self, Cli, Command};
+use mailgate::config::{Config, LogFormat};
+use mailgate::server;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
