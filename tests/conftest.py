@@ -29,8 +29,14 @@ from pathlib import Path
 import pytest
 
 from helpers import Dialogue
+from loopdns import empty_dns_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# `[policy]` of every test server unless the test passes its own.
+# Protocol tests send bare messages without a From: header, and their DNS
+# fails (see loopdns.py); the authentication tests pass `policy={}` and
+# get the defaults, which refuse or defer such mail.
+BASE_POLICY = {"invalid_from": "tag", "temperror": "accept"}
 BIN = ROOT / "target" / "release" / "mailgate"
 
 # Settings every test server gets unless a test overrides them: short
@@ -116,6 +122,8 @@ class MailgateServer:
         spool: dict | None = None,
         hostname: str = "mx.example.test",
         extra_toml: str = "",
+        dns_port: int | None = None,
+        policy: dict | None = None,
     ):
         self.binary = binary
         self.workdir = workdir
@@ -125,9 +133,10 @@ class MailgateServer:
         self.mx_port = free_port()
         self.submission_port = free_port()
         self.http_port = free_port()
-        # Delivery (in builds that have it) must stay on loopback: DNS goes to
-        # a closed local port, MX delivery to another closed local port.
-        self.dns_port = free_port()
+        # Everything stays on loopback: DNS goes to the shared empty
+        # server (NXDOMAIN for every name) unless the test brings its own
+        # on `dns_port`, and MX delivery goes to a closed local port.
+        self.dns_port = dns_port if dns_port is not None else empty_dns_port()
         self.mx_delivery_port = free_port()
         self.config_path = workdir / "mailgate.toml"
         self.log_path = workdir / "mailgate.log"
@@ -155,6 +164,9 @@ class MailgateServer:
         ]
         if relay is not None:
             parts.append(toml_table("relay", relay))
+        pol = dict(BASE_POLICY) if policy is None else policy
+        if pol:
+            parts.append(toml_table("policy", pol))
         if extra_toml:
             parts.append(extra_toml)
         self.config_path.write_text("\n".join(parts))

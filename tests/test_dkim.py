@@ -29,12 +29,11 @@ pytest.importorskip("nacl", reason="pip install pynacl (dkimpy needs it for Ed25
 dns_message = pytest.importorskip("dns.message", reason="pip install dnspython")
 import dns.query  # noqa: E402
 import dns.rdatatype  # noqa: E402
-dnslib = pytest.importorskip("dnslib", reason="pip install dnslib")
-from dnslib import QTYPE, RCODE, RR, TXT  # noqa: E402
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+pytest.importorskip("dnslib", reason="pip install dnslib")
 
-from conftest import _RUNNING, MailgateServer  # noqa: E402
+from conftest import _RUNNING, MailgateServer, free_port  # noqa: E402
 from helpers import Dialogue, queue_id  # noqa: E402
+from loopdns import LoopbackDns  # noqa: E402
 from postfix import PySink  # noqa: E402
 
 OURS = "mg.test"          # signed: a [[domain]] without `dkim = false`
@@ -48,54 +47,6 @@ OVERSIGNED = ("from", "subject", "date", "to", "cc", "message-id", "reply-to",
 
 
 # --------------------------------------------------------------- DNS
-
-
-class ZoneResolver(BaseResolver):
-    """Answers TXT queries from a dict name -> [[string, ...], ...]."""
-
-    def __init__(self):
-        self.txt: dict[str, list[list[bytes]]] = {}
-        self.queries: list[str] = []
-
-    def load(self, records: list[tuple[str, str, list[str]]]) -> None:
-        for name, rtype, strings in records:
-            if rtype == "TXT":
-                self.txt.setdefault(name.lower(), []).append([s.encode() for s in strings])
-
-    def resolve(self, request, handler):
-        reply = request.reply()
-        qname = str(request.q.qname).lower()
-        self.queries.append(qname)
-        if qname not in self.txt:
-            reply.header.rcode = RCODE.NXDOMAIN
-        elif request.q.qtype in (QTYPE.TXT, QTYPE.ANY):
-            for strings in self.txt[qname]:
-                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(strings), ttl=60))
-        return reply
-
-
-class LoopbackDns:
-    def __init__(self, port: int = 0):
-        self.resolver = ZoneResolver()
-        self.server = DNSServer(self.resolver, port=port, address="127.0.0.1",
-                                logger=DNSLogger(prefix=False, logf=lambda s: None))
-        self.port = self.server.server.server_address[1]
-        self.server.start_thread()
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.server.server.server_close()
-
-    def dnsfunc(self, name, timeout=5):
-        """dkimpy's TXT lookup, really over UDP to this server."""
-        if isinstance(name, bytes):
-            name = name.decode()
-        q = dns_message.make_query(name, "TXT")
-        r = dns.query.udp(q, "127.0.0.1", port=self.port, timeout=timeout)
-        for rrset in r.answer:
-            if rrset.rdtype == dns.rdatatype.TXT:
-                return b"".join(list(rrset)[0].strings)
-        return None
 
 
 def parse_records(text: str) -> list[tuple[str, str, list[str]]]:
@@ -148,7 +99,7 @@ def start_env(tmp_path_factory, name: str, extra_toml: str, relay: dict | None,
     from conftest import BIN
     assert BIN.exists(), f"{BIN} not built (cargo build --release)"
     srv = MailgateServer(BIN, tmp_path_factory.mktemp(name), relay=relay,
-                         extra_toml=extra_toml)
+                         extra_toml=extra_toml, dns_port=free_port())
     # The DNS server listens where the server's [dns] nameservers point, so
     # mailgate's own lookups (`dkim status`) are answered from it too.
     dns = LoopbackDns(srv.dns_port)

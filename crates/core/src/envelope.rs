@@ -181,6 +181,10 @@ pub struct Envelope {
     /// A delay warning has been sent for this message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_warned: bool,
+    /// The inbound checks quarantined it: it goes to `[policy].quarantine`
+    /// instead of its recipients' next hop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantine: bool,
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+mod verify;
+pub use verify::{VerifyArgs, verify};
+
 #[derive(Parser, Debug)]
 #[command(name = "mailgate", version, about = "A mail transfer agent for the organisation's edge")]
 pub struct Cli {
@@ -35,6 +38,9 @@ pub enum Command {
     },
     /// Print every DNS record to publish for the configured domains.
     Records,
+    /// Check a sender (SPF) or a whole message (SPF, DKIM, ARC, DMARC,
+    /// look-alike) exactly as the gateway does, and print the action.
+    Verify(VerifyArgs),
     /// Manage SMTP AUTH users.
     User {
         #[command(subcommand)]

@@ -15,6 +15,9 @@ use mailgate_core::session::Role;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod policy;
+pub use policy::{Action, PolicyConfig, TempErrorAction};
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
@@ -56,6 +59,8 @@ struct RawConfig {
     dkim: DkimGlobal,
     #[serde(default)]
     lookalike: RawLookalike,
+    #[serde(default)]
+    policy: policy::RawPolicy,
 }
 
 /// `[lookalike]`: partner and brand domains protected besides our own.
@@ -369,6 +374,8 @@ pub struct Config {
     pub dkim: DkimGlobal,
     /// Partner and brand domains that look-alike detection protects too.
     pub protect: Vec<String>,
+    /// What the inbound checks' outcomes lead to.
+    pub policy: PolicyConfig,
 }
 
 impl Config {
@@ -505,6 +512,8 @@ impl Config {
             return Err(invalid("spool.segment_size".into(), "must be at least 1 MiB".into()));
         }
 
+        let policy = raw.policy.validate(base).map_err(|(key, message)| invalid(key, message))?;
+
         Ok(Config {
             hostname,
             data_dir,
@@ -527,6 +536,7 @@ impl Config {
             log_format: raw.log.format,
             dkim: DkimGlobal { dns_check_interval: raw.dkim.dns_check_interval.max(1), ..raw.dkim },
             protect: raw.lookalike.protect.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
+            policy,
         })
     }
 

@@ -29,21 +29,47 @@ impl Metrics {
     }
 }
 
+/// An append-only file of JSON lines under `data_dir/reports/`, the
+/// report store that reports are later built from.
+pub struct JsonLines {
+    file: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl JsonLines {
+    pub fn open(dir: &std::path::Path, name: &str) -> Self {
+        let file = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)))
+            .map_err(|e| tracing::warn!(error = %e, file = name, "cannot open report store"))
+            .ok();
+        JsonLines { file: std::sync::Mutex::new(file) }
+    }
+
+    /// Appends one line; a failure is logged once per line, never fatal.
+    pub fn append(&self, line: &serde_json::Value) {
+        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            use std::io::Write;
+            if let Err(e) = writeln!(f, "{line}") {
+                tracing::warn!(error = %e, "cannot append to report store");
+            }
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// TLS outcomes of outbound connections (RFC 8460 result types), kept for
 /// TLS-RPT reports: one JSON line each in `data_dir/reports/tls-events.jsonl`.
 pub struct TlsEvents {
-    file: std::sync::Mutex<Option<std::fs::File>>,
+    file: JsonLines,
     pub successes: AtomicU64,
     pub failures: AtomicU64,
 }
 
 impl TlsEvents {
     pub fn open(dir: &std::path::Path) -> Self {
-        let file = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(dir.join("tls-events.jsonl")))
-            .map_err(|e| tracing::warn!(error = %e, "cannot record TLS events"))
-            .ok();
-        TlsEvents { file: std::sync::Mutex::new(file), successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
+        TlsEvents { file: JsonLines::open(dir, "tls-events.jsonl"), successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
     }
 
     /// `result` is "success" or an RFC 8460 failure type; `policy` is
@@ -56,11 +82,6 @@ impl TlsEvents {
         } else {
             tracing::warn!(domain, mx, policy, result, "TLS failure");
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let line = serde_json::json!({"time": now, "domain": domain, "mx": mx, "policy": policy, "result": result});
-        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            use std::io::Write;
-            let _ = writeln!(f, "{line}");
-        }
+        self.file.append(&serde_json::json!({"time": unix_now(), "domain": domain, "mx": mx, "policy": policy, "result": result}));
     }
 }

@@ -22,6 +22,8 @@ use tokio::sync::watch;
 
 use crate::checks::auth::Authenticator;
 use crate::checks::sender;
+use crate::checks::verdict::{Checker, Input, Verdict};
+use crate::config::Action as Disposition;
 use crate::events::Metrics;
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{ServerTls, Stream};
@@ -40,7 +42,10 @@ pub struct Inbound {
     pub implicit_tls: bool,
     pub auth: Arc<Authenticator>,
     pub signer: Arc<crate::sign::Signer>,
-    pub lookalikes: Arc<crate::checks::lookalike::Lookalikes>,
+    /// SPF, DKIM, DMARC, ARC and look-alike checks for inbound mail.
+    pub checker: Arc<Checker>,
+    /// `[policy].quarantine` is set: quarantined mail goes there.
+    pub quarantine: bool,
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
@@ -82,7 +87,10 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                         // Mail a client may relay is outbound mail: ours to sign.
                         let outbound = info.authenticated_as.is_some() || info.trusted;
                         let result = match check_sender(&ctx, &session, &incoming.data) {
-                            Ok(()) => store(&ctx, peer, *incoming, outbound).await,
+                            Ok(()) => {
+                                let helo = info.helo.clone().unwrap_or_default();
+                                store(&ctx, peer, &helo, *incoming, outbound).await
+                            }
                             Err(reply) => Err(reply),
                         };
                         if result.is_err() {
@@ -159,41 +167,6 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
     }
 }
 
-/// Look-alike findings for inbound mail: the MAIL FROM domain, the
-/// `From:` domain and display name, and DKIM `d=` domains.
-fn lookalike_findings(ctx: &Inbound, envelope: &mailgate_core::Envelope, data: &[u8]) -> Vec<crate::checks::lookalike::Finding> {
-    let mut found: Vec<crate::checks::lookalike::Finding> = Vec::new();
-    let mut add = |f: Option<crate::checks::lookalike::Finding>| {
-        if let Some(f) = f.filter(|f| !found.contains(f)) {
-            found.push(f);
-        }
-    };
-    if let Some(d) = envelope.sender.mailbox().and_then(|m| m.domain()) {
-        add(ctx.lookalikes.check_domain(d.as_str()));
-    }
-    if let Some(msg) = mail_parser::MessageParser::default().parse_headers(data) {
-        for h in msg.headers() {
-            match (&h.name, &h.value) {
-                (mail_parser::HeaderName::From, mail_parser::HeaderValue::Address(mail_parser::Address::List(list))) => {
-                    for a in list {
-                        let domain = a.address.as_deref().and_then(|x| x.rsplit_once('@')).map(|(_, d)| d).unwrap_or("");
-                        add(ctx.lookalikes.check_domain(domain));
-                        if let Some(name) = a.name.as_deref() {
-                            add(ctx.lookalikes.check_display_name(name, domain));
-                        }
-                    }
-                }
-                (mail_parser::HeaderName::Other(n), mail_parser::HeaderValue::Text(v)) if n.eq_ignore_ascii_case("DKIM-Signature") => {
-                    let d = v.split(';').map(str::trim).find_map(|t| t.strip_prefix("d=")).unwrap_or("");
-                    add(ctx.lookalikes.check_domain(d.trim()));
-                }
-                _ => {}
-            }
-        }
-    }
-    found
-}
-
 /// Prepends DKIM signatures when the `From:` domain is ours. RSA signing
 /// takes a while, so it runs off the async threads.
 async fn sign(ctx: &Inbound, content: Vec<u8>) -> anyhow::Result<Vec<u8>> {
@@ -227,28 +200,81 @@ fn check_sender(ctx: &Inbound, session: &Session, data: &[u8]) -> Result<(), Rep
     }
 }
 
-async fn store(ctx: &Inbound, peer: SocketAddr, incoming: Incoming, outbound: bool) -> Result<QueueId, Reply> {
+/// Runs the inbound checks and turns a refusal into its reply.
+async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &mailgate_core::Envelope, data: &[u8]) -> Result<Verdict, Reply> {
+    let mail_from = envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default();
+    let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: Some(data) };
+    let verdict = ctx.checker.check(&input).await;
+    let reason = verdict.reason.as_deref().unwrap_or("");
+    let dkim: Vec<String> = verdict.dkim.iter().map(|d| format!("{}:{}", d.domain, d.result)).collect();
+    tracing::info!(
+        client = %peer,
+        from = %mail_from,
+        spf = verdict.spf.result,
+        dkim = %dkim.join(","),
+        arc = verdict.arc.result,
+        dmarc = verdict.dmarc.result,
+        header_from = %verdict.dmarc.from_domain,
+        action = verdict.action.as_str(),
+        temporary = verdict.temporary,
+        reason,
+        "checked"
+    );
+    for f in &verdict.lookalike {
+        tracing::warn!(client = %peer, domain = %f.domain, resembles = %f.resembles, rule = %f.rule, "look-alike sender domain");
+    }
+    match verdict.action {
+        Disposition::Reject if verdict.temporary => {
+            Err(Reply::new(451, mailgate_core::reply::StatusCode::new(4, 7, 1), format!("{}; try again later", printable(reason))))
+        }
+        Disposition::Reject => {
+            Err(Reply::new(550, mailgate_core::reply::StatusCode::new(5, 7, 1), format!("Message refused: {}", printable(reason))))
+        }
+        _ => Ok(verdict),
+    }
+}
+
+fn printable(s: &str) -> String {
+    crate::checks::author::printable(s)
+}
+
+/// The header fields the checks add: `Authentication-Results`, a finding
+/// per look-alike domain, and the action when it is not `accept`.
+fn verdict_headers(verdict: &Verdict) -> String {
+    let mut h = verdict.auth_results_header();
+    let ascii = |d: &str| idna::domain_to_ascii(d).unwrap_or_else(|_| d.chars().filter(|c| c.is_ascii_graphic() && *c != ';').collect());
+    for f in &verdict.lookalike {
+        h.push_str(&format!("X-Mailgate-Lookalike: rule={}; domain={}; resembles={}\r\n", f.rule, ascii(&f.domain), ascii(&f.resembles)));
+    }
+    if verdict.action > Disposition::Accept {
+        h.push_str(&format!("X-Mailgate-Action: {} ({})\r\n", verdict.action.as_str(), printable(verdict.reason.as_deref().unwrap_or(""))));
+    }
+    h
+}
+
+async fn store(ctx: &Inbound, peer: SocketAddr, helo: &str, incoming: Incoming, outbound: bool) -> Result<QueueId, Reply> {
     let Incoming { mut envelope, data } = incoming;
+    // Inbound mail is judged as received, before anything is added.
+    let (data, checks) = if outbound {
+        (data, String::new())
+    } else {
+        let verdict = check(ctx, peer, helo, &envelope, &data).await?;
+        envelope.quarantine = verdict.action == Disposition::Quarantine && ctx.quarantine;
+        let data = match crate::checks::auth_results::strip_forged(&data, ctx.checker.authserv_id()) {
+            Some((clean, n)) => {
+                tracing::info!(client = %peer, fields = n, "removed incoming header fields claiming our authserv-id");
+                clean
+            }
+            None => data,
+        };
+        (data, verdict_headers(&verdict))
+    };
     let now = SystemTime::now();
     envelope.received_at = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let id = ctx.spool.new_id();
     let date = httpdate::fmt_http_date(now).replace(" GMT", " +0000");
     let mut header = received_header(&ctx.session.hostname, &envelope, &id, &date);
-    if !outbound {
-        for f in lookalike_findings(ctx, &envelope, &data) {
-            tracing::warn!(queue_id = %id, domain = %f.domain, resembles = %f.resembles, rule = %f.rule, "look-alike sender domain");
-            // Domains from the message go into a header: ASCII (punycode)
-            // and nothing that could end the line.
-            let ascii =
-                |d: &str| idna::domain_to_ascii(d).unwrap_or_else(|_| d.chars().filter(|c| c.is_ascii_graphic() && *c != ';').collect());
-            header.push_str(&format!(
-                "X-Mailgate-Lookalike: rule={}; domain={}; resembles={}\r\n",
-                f.rule,
-                ascii(&f.domain),
-                ascii(&f.resembles)
-            ));
-        }
-    }
+    header.push_str(&checks);
     let mut content = Vec::with_capacity(header.len() + data.len() + 1024);
     content.extend_from_slice(header.as_bytes());
     content.extend_from_slice(&data);

@@ -2,7 +2,6 @@
 //! listener → inbound session → checks → spool → scheduler → delivery.
 //! `main` only parses arguments and hands over to the library (`lib.rs`).
 
-
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -39,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue { action } => cli::queue(&config, action),
         Command::Dkim { action } => cli::dkim(&config, action),
         Command::Records => cli::records(&config),
+        Command::Verify(args) => cli::verify(&config, args),
         Command::User { .. } => Ok(()),
     }
 }

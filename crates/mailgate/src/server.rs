@@ -40,9 +40,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let auth = Authenticator::new(&config.users)?;
     let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone()));
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
-    let lookalikes = Arc::new(crate::checks::lookalike::Lookalikes::new(
-        config.domains.iter().map(|d| d.name.as_str()).chain(config.protect.iter().map(String::as_str)),
-    ));
+    let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), true)?);
     let signer = Arc::new(crate::sign::Signer::start(&config.data_dir, &config.domains).context("cannot set up DKIM signing")?);
     reload_on_hup(signer.clone());
     let server_tls = ServerTls::new(tls_files, &config.data_dir, &config.hostname).context("cannot set up TLS")?;
@@ -100,7 +98,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             implicit_tls: l.role == Role::Submissions,
             auth: auth.clone(),
             signer: signer.clone(),
-            lookalikes: lookalikes.clone(),
+            checker: checker.clone(),
+            quarantine: config.policy.quarantine.is_some(),
             session: Arc::new(session),
             policy: policy.clone(),
             spool: spool.clone(),
@@ -161,4 +160,11 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// The domains look-alike detection protects: ours and `[lookalike].protect`.
+pub fn lookalikes(config: &Config) -> crate::checks::lookalike::Lookalikes {
+    crate::checks::lookalike::Lookalikes::new(
+        config.domains.iter().map(|d| d.name.as_str()).chain(config.protect.iter().map(String::as_str)),
+    )
 }

@@ -79,6 +79,20 @@ impl ServerBuilder {
     pub fn start(self) -> Server {
         let work = tempfile::Builder::new().prefix("mailgate-test-").tempdir().expect("create work dir");
         let data_dir = self.data_dir.unwrap_or_else(|| work.path().join("data"));
+        // Without a `[dns]` of the test's own, an empty loopback DNS answers
+        // (NXDOMAIN): the inbound checks never ask the system resolver.
+        let mut extra = self.extra;
+        let dns = (!extra.contains("[dns]")).then(|| {
+            let dns = crate::dns::DnsServer::start(crate::dns::Zone::new());
+            extra.push('\n');
+            extra.push_str(&dns.config());
+            dns
+        });
+        // Protocol tests send bare messages without a From: header, which
+        // the default policy refuses; tests of the checks bring `[policy]`.
+        if !extra.contains("[policy]") {
+            extra.push_str("\n[policy]\ninvalid_from = \"tag\"\n");
+        }
         let mut server = Server {
             bin: self.bin,
             config_path: work.path().join("mailgate.toml"),
@@ -86,7 +100,8 @@ impl ServerBuilder {
             work: Some(work),
             data_dir,
             hostname: self.hostname,
-            extra: self.extra,
+            extra,
+            _dns: dns,
             env: self.env,
             smtp: free_addr(),
             http: free_addr(),
@@ -112,6 +127,8 @@ pub struct Server {
     http: SocketAddr,
     child: Option<Child>,
     starts: u32,
+    /// The empty DNS server, when the test brought none.
+    _dns: Option<crate::dns::DnsServer>,
 }
 
 impl Server {

@@ -681,6 +681,7 @@ impl Session {
             },
             received_at: 0,
             delay_warned: false,
+            quarantine: false,
         };
         self.state = State::Enqueuing;
         self.actions.push(Action::Enqueue(Box::new(Incoming { envelope, data: tx.body })));

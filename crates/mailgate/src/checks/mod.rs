@@ -1,10 +1,16 @@
 //! Checks applied to a session's commands and messages before the spool.
 //!
-//! May import: `config`, `events`, `mailgate-core`. Never the spool or
-//! anything downstream of it.
+//! May import: `config`, `events`, `dns`, `mailgate-core`. Never the spool
+//! or anything downstream of it.
 
+pub mod arc;
 pub mod auth;
+pub mod auth_results;
+pub mod author;
+pub mod dkim;
+pub mod dmarc;
 pub mod lookalike;
 pub mod relay;
 pub mod sender;
 pub mod spf;
+pub mod verdict;

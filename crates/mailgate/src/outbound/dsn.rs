@@ -174,6 +174,7 @@ pub fn build(
         },
         received_at: now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         delay_warned: false,
+        quarantine: false,
     };
     Some((bounce, out))
 }

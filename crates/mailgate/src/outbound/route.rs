@@ -52,29 +52,37 @@ fn split_host_port(s: &str) -> (String, u16) {
     }
 }
 
-/// Picks the destination for one recipient.
-pub fn destination(config: &Config, rcpt: &Mailbox) -> Destination {
+/// Picks the destination for one recipient of a message, which the inbound
+/// checks may have quarantined.
+pub fn destination(config: &Config, rcpt: &Mailbox, quarantined: bool) -> Destination {
+    if let (true, Some(hop)) = (quarantined, &config.policy.quarantine) {
+        return next_hop(hop);
+    }
     let domain = match rcpt.host() {
         Host::Literal(ip) => return Destination::Smtp { host: ip.to_string(), port: config.delivery.mx_port, smarthost: false },
         Host::Domain(d) => d,
     };
     if let Some(hop) = config.domain(domain).and_then(|d| d.deliver.as_ref()) {
-        return match hop {
-            NextHop::Smtp(hp) => {
-                let (host, port) = split_host_port(hp);
-                Destination::Smtp { host, port, smarthost: false }
-            }
-            NextHop::Lmtp(hp) => {
-                let (host, port) = split_host_port(hp);
-                Destination::Lmtp { host, port }
-            }
-            NextHop::Maildir(p) => Destination::Maildir(p.clone()),
-        };
+        return next_hop(hop);
     }
     if let Some(s) = &config.smarthost {
         return Destination::Smtp { host: s.host.clone(), port: s.port, smarthost: true };
     }
     Destination::Mx(domain.clone())
+}
+
+fn next_hop(hop: &NextHop) -> Destination {
+    match hop {
+        NextHop::Smtp(hp) => {
+            let (host, port) = split_host_port(hp);
+            Destination::Smtp { host, port, smarthost: false }
+        }
+        NextHop::Lmtp(hp) => {
+            let (host, port) = split_host_port(hp);
+            Destination::Lmtp { host, port }
+        }
+        NextHop::Maildir(p) => Destination::Maildir(p.clone()),
+    }
 }
 
 /// One host to try, with its addresses in order.

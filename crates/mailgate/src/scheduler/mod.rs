@@ -191,7 +191,7 @@ impl Scheduler {
             if !r.is_pending() || r.next_attempt > now {
                 continue;
             }
-            let dest = route::destination(&self.config, &r.address);
+            let dest = route::destination(&self.config, &r.address, envelope.quarantine);
             match groups.iter_mut().find(|(d, _)| *d == dest) {
                 Some((_, v)) => v.push(i),
                 None => groups.push((dest, vec![i])),

@@ -184,6 +184,7 @@ pub(super) mod tests {
             },
             received_at: 1,
             delay_warned: false,
+            quarantine: false,
         }
     }
 

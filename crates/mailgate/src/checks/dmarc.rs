@@ -1,0 +1,94 @@
+//! DMARC (RFC 7489, RFC 9989) through mail-auth: the policy is found by the
+//! RFC 9989 DNS tree walk, identifiers are aligned strictly or relaxed,
+//! and `p`, `sp`, `np` and `t` pick the policy that applies. mailgate
+//! feeds it only results its own rules let pass (see `checks::dkim`), and
+//! only an author that `checks::author` found unambiguous.
+
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::{AuthenticatedMessage, DkimOutput, DmarcResult, MessageAuthenticator, SpfOutput};
+use serde::Serialize;
+
+/// The DMARC verdict on one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dmarc {
+    /// `pass`, `fail`, `none`, `temperror` or `permerror`.
+    pub result: &'static str,
+    pub from_domain: String,
+    /// The policy that applies to the author domain after `sp`/`np`/`t`:
+    /// `none`, `quarantine`, `reject`, or empty when there is no record.
+    pub policy: &'static str,
+    pub spf_aligned: bool,
+    pub dkim_aligned: bool,
+    /// The published record, for aggregate reports.
+    #[serde(skip)]
+    pub published: Option<Published>,
+}
+
+/// What the policy record said (RFC 7489 `policy_published`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub p: &'static str,
+    pub sp: &'static str,
+    pub np: &'static str,
+    pub adkim: &'static str,
+    pub aspf: &'static str,
+    pub testing: bool,
+    pub rua: Vec<String>,
+}
+
+fn policy_word(p: Policy) -> &'static str {
+    match p {
+        Policy::None => "none",
+        Policy::Quarantine => "quarantine",
+        Policy::Reject => "reject",
+        Policy::Unspecified => "",
+    }
+}
+
+fn alignment_word(a: mail_auth::dmarc::Alignment) -> &'static str {
+    match a {
+        mail_auth::dmarc::Alignment::Relaxed => "r",
+        mail_auth::dmarc::Alignment::Strict => "s",
+    }
+}
+
+/// Evaluates DMARC for `msg`, whose author `checks::author` has already
+/// found. `spf_domain` is the MAIL FROM domain, or the HELO name when the
+/// reverse-path is empty (RFC 7489 §4.2), and `spf` its SPF result.
+pub async fn evaluate(
+    auth: &MessageAuthenticator,
+    msg: &AuthenticatedMessage<'_>,
+    dkim: &[DkimOutput<'_>],
+    spf_domain: &str,
+    spf: &SpfOutput,
+    from_domain: &str,
+) -> Dmarc {
+    let params =
+        DmarcParameters { message: msg, dkim_output: dkim, dkim2_output: None, rfc5321_mail_from_domain: spf_domain, spf_output: spf };
+    let out = auth.verify_dmarc(params).await;
+    let result = match out.result() {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    };
+    let published = out.dmarc_record().map(|r| Published {
+        p: policy_word(r.p),
+        sp: policy_word(r.sp),
+        np: policy_word(r.np),
+        adkim: alignment_word(r.adkim),
+        aspf: alignment_word(r.aspf),
+        testing: r.t,
+        rua: r.rua.iter().map(|u| u.uri().to_string()).collect(),
+    });
+    Dmarc {
+        result,
+        from_domain: if out.domain().is_empty() { from_domain.to_string() } else { out.domain().to_string() },
+        policy: if published.is_some() { policy_word(out.policy()) } else { "" },
+        spf_aligned: *out.spf_result() == DmarcResult::Pass,
+        dkim_aligned: *out.dkim_result() == DmarcResult::Pass,
+        published,
+    }
+}

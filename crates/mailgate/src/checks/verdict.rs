@@ -1,0 +1,432 @@
+//! The inbound verdict: SPF (MAIL FROM and HELO), DKIM, ARC, the author,
+//! DMARC and look-alike domains evaluated together, mapped through
+//! `[policy]` to one action, with the `Authentication-Results` header
+//! that records it. The gateway and `mailgate verify` both call
+//! [`Checker::check`], so the tool explains exactly what the gateway did.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
+use serde::Serialize;
+
+use super::auth_results::{self, ResInfo};
+use super::dkim::{DkimCheck, DkimVerdict};
+use super::dmarc::Dmarc;
+use super::lookalike::{Finding, Lookalikes};
+use super::spf::{SpfChecker, SpfOutcome, SpfResult, mail_from_identity};
+use super::{arc, author, dkim, dmarc};
+use crate::config::{Action, Config, PolicyConfig, TempErrorAction};
+use crate::events::{JsonLines, unix_now};
+
+/// What the checks look at.
+pub struct Input<'a> {
+    pub ip: IpAddr,
+    pub helo: &'a str,
+    /// The reverse-path without brackets; empty for `<>`.
+    pub mail_from: &'a str,
+    /// The message as received; `None` checks SPF only.
+    pub message: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpfReport {
+    pub result: &'static str,
+    pub domain: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
+}
+
+impl From<&SpfOutcome> for SpfReport {
+    fn from(o: &SpfOutcome) -> Self {
+        SpfReport { result: o.result.as_str(), domain: o.domain.clone(), explanation: o.explanation.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DkimReport {
+    pub result: &'static str,
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArcReport {
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sealers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LookalikeReport {
+    pub domain: String,
+    pub resembles: String,
+    pub rule: String,
+}
+
+/// Everything the checks found, and what to do about it. Serialized, this
+/// is `mailgate verify --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub spf: SpfReport,
+    pub spf_helo: SpfReport,
+    pub dkim: Vec<DkimReport>,
+    pub arc: ArcReport,
+    pub dmarc: Dmarc,
+    pub lookalike: Vec<LookalikeReport>,
+    pub action: Action,
+    /// The action is a temporary refusal (451 4.7.1): DNS failed where the
+    /// outcome depends on it.
+    pub temporary: bool,
+    /// Why the action is not `accept`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The `Authentication-Results` value (without the field name).
+    pub authentication_results: String,
+}
+
+impl Verdict {
+    /// The full `Authentication-Results:` field, ending in CRLF.
+    pub fn auth_results_header(&self) -> String {
+        format!("Authentication-Results: {}\r\n", self.authentication_results)
+    }
+}
+
+/// The checks, sharing one resolver (and its cache).
+pub struct Checker {
+    auth: MessageAuthenticator,
+    spf: SpfChecker,
+    authserv_id: String,
+    lookalikes: Arc<Lookalikes>,
+    policy: PolicyConfig,
+    /// DMARC evaluations for aggregate reports; `None` for `verify`.
+    evaluations: Option<JsonLines>,
+}
+
+impl Checker {
+    /// `record` keeps every DMARC evaluation in
+    /// `data_dir/reports/dmarc-evaluations.jsonl`.
+    pub fn new(config: &Config, lookalikes: Arc<Lookalikes>, record: bool) -> anyhow::Result<Self> {
+        let resolver = crate::dns::resolver(config.nameservers.as_deref())?;
+        Ok(Checker {
+            auth: MessageAuthenticator(resolver.clone()),
+            spf: SpfChecker::from_resolver(resolver, &config.hostname),
+            authserv_id: config.hostname.clone(),
+            lookalikes,
+            policy: config.policy.clone(),
+            evaluations: record.then(|| JsonLines::open(&config.data_dir.join("reports"), "dmarc-evaluations.jsonl")),
+        })
+    }
+
+    pub fn authserv_id(&self) -> &str {
+        &self.authserv_id
+    }
+
+    pub async fn check(&self, input: &Input<'_>) -> Verdict {
+        let helo_is_name = input.helo.contains('.') && input.helo.parse::<IpAddr>().is_err() && !input.helo.starts_with('[');
+        let (spf, spf_helo) = tokio::join!(self.spf.check_mail_from(input.ip, input.helo, input.mail_from), async {
+            if helo_is_name {
+                self.spf.check_helo(input.ip, input.helo).await
+            } else {
+                SpfOutcome { result: SpfResult::None, domain: input.helo.to_string(), explanation: None }
+            }
+        });
+        let mut findings: Vec<Finding> = Vec::new();
+        let mut add = |f: Option<Finding>| {
+            if let Some(f) = f.filter(|f| !findings.contains(f)) {
+                findings.push(f);
+            }
+        };
+        let mail_from_domain = input.mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        if !mail_from_domain.is_empty() {
+            add(self.lookalikes.check_domain(&mail_from_domain));
+        }
+        let mut results = Vec::new();
+        results.push(
+            ResInfo::new("spf", spf.result.as_str())
+                .comment(spf_comment(&spf, input.ip))
+                .prop("smtp.mailfrom", &mail_from_identity(input.helo, input.mail_from)),
+        );
+        if helo_is_name {
+            results.push(ResInfo::new("spf", spf_helo.result.as_str()).prop("smtp.helo", input.helo));
+        }
+
+        let mut verdict = Verdict {
+            spf: SpfReport::from(&spf),
+            spf_helo: SpfReport::from(&spf_helo),
+            dkim: Vec::new(),
+            arc: ArcReport { result: "none", sealers: Vec::new(), reason: None },
+            dmarc: Dmarc {
+                result: "none",
+                from_domain: String::new(),
+                policy: "",
+                spf_aligned: false,
+                dkim_aligned: false,
+                published: None,
+            },
+            lookalike: Vec::new(),
+            action: Action::Accept,
+            temporary: false,
+            reason: None,
+            authentication_results: String::new(),
+        };
+        let mut decision = Decision::default();
+        match spf.result {
+            SpfResult::Fail => decision.raise(self.policy.spf_fail, format!("SPF of {} does not permit {}", spf.domain, input.ip)),
+            SpfResult::SoftFail => decision.raise(self.policy.spf_softfail, format!("SPF of {} softfails for {}", spf.domain, input.ip)),
+            _ => {}
+        }
+
+        if let Some(raw) = input.message {
+            self.check_message(raw, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add).await;
+        }
+
+        for f in &findings {
+            decision.raise(self.policy.lookalike, format!("sender domain {} resembles {} ({})", f.domain, f.resembles, f.rule));
+            results.push(
+                ResInfo::new("x-lookalike", "fail")
+                    .comment(format!("{} resembles {}", f.rule, ascii(&f.resembles)))
+                    .prop("header.from", &ascii(&f.domain)),
+            );
+        }
+        if findings.is_empty() && input.message.is_some() {
+            results.push(ResInfo::new("x-lookalike", "none"));
+        }
+        verdict.lookalike = findings
+            .iter()
+            .map(|f| LookalikeReport { domain: f.domain.clone(), resembles: f.resembles.clone(), rule: f.rule.to_string() })
+            .collect();
+        verdict.action = decision.action;
+        verdict.reason = decision.reason;
+        verdict.temporary = decision.temporary;
+        verdict.authentication_results = auth_results::value(&self.authserv_id, &results);
+        self.record(input, &verdict);
+        verdict
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn check_message(
+        &self,
+        raw: &[u8],
+        input: &Input<'_>,
+        spf: &SpfOutcome,
+        spf_helo: &SpfOutcome,
+        verdict: &mut Verdict,
+        decision: &mut Decision,
+        results: &mut Vec<ResInfo>,
+        add: &mut impl FnMut(Option<Finding>),
+    ) {
+        let Some(msg) = AuthenticatedMessage::parse(raw) else {
+            decision.raise(self.policy.invalid_from, "the message header does not parse".into());
+            verdict.dmarc.result = "fail";
+            results.push(ResInfo::new("dmarc", "fail").comment("unparsable header"));
+            return;
+        };
+        let (checks, arc) = tokio::join!(dkim::verify(&self.auth, &msg, self.policy.max_dkim_signatures), arc::verify(&self.auth, &msg));
+        for c in &checks {
+            add(self.lookalikes.check_domain(&c.domain));
+        }
+        verdict.dkim = checks.iter().map(dkim_report).collect();
+        if checks.is_empty() {
+            results.push(ResInfo::new("dkim", "none"));
+        }
+        for c in &checks {
+            let mut r = ResInfo::new("dkim", c.result.as_str())
+                .prop("header.d", &c.domain)
+                .prop("header.s", &c.selector)
+                .prop("header.a", &c.algorithm)
+                .prop("header.b", &c.header_b);
+            if let Some(why) = &c.reason {
+                r = r.comment(why.clone());
+            }
+            results.push(r);
+        }
+        verdict.arc = ArcReport { result: arc.result.as_str(), sealers: arc.sealers.clone(), reason: arc.reason.clone() };
+        let mut arc_info = ResInfo::new("arc", arc.result.as_str());
+        if let Some(why) = &arc.reason {
+            arc_info = arc_info.comment(why.clone());
+        }
+        if let Some(newest) = arc.sealers.last() {
+            arc_info = arc_info.prop("header.d", newest);
+        }
+
+        let author = match author::author(raw, &msg.from) {
+            Ok(a) => a,
+            Err(why) => {
+                decision.raise(self.policy.invalid_from, why.clone());
+                verdict.dmarc.result = "fail";
+                results.push(arc_info);
+                results.push(ResInfo::new("dmarc", "fail").comment(why));
+                return;
+            }
+        };
+        add(self.lookalikes.check_domain(&author.domain));
+        if let Some(name) = &author.display_name {
+            add(self.lookalikes.check_display_name(name, &author.domain));
+        }
+
+        // With a null reverse-path, SPF's identity is the HELO name.
+        let (spf_domain, spf_out) = if input.mail_from.is_empty() {
+            (input.helo.to_ascii_lowercase(), spf_output(spf_helo))
+        } else {
+            (spf.domain.clone(), spf_output(spf))
+        };
+        let outputs: Vec<_> = checks.iter().map(|c| c.output.clone()).collect();
+        let d = dmarc::evaluate(&self.auth, &msg, &outputs, &spf_domain, &spf_out, &author.domain).await;
+        let mut dmarc_info = ResInfo::new("dmarc", d.result);
+        match d.result {
+            "fail" => {
+                let (action, asked) = match d.policy {
+                    "reject" => (self.policy.dmarc_reject, "reject"),
+                    "quarantine" => (self.policy.dmarc_quarantine, "quarantine"),
+                    _ => (self.policy.dmarc_none, "none"),
+                };
+                let newest = arc.sealers.last();
+                let trusted = arc.result == arc::ArcResult::Pass && newest.is_some_and(|s| self.policy.trusted_arc_sealers.contains(s));
+                if trusted && action > Action::Accept {
+                    dmarc_info = dmarc_info.comment(format!(
+                        "p={asked}; overridden by the valid ARC chain of trusted sealer {}",
+                        newest.map_or("", String::as_str)
+                    ));
+                } else {
+                    dmarc_info = dmarc_info.comment(format!("p={asked} dis={}", disposition(action)));
+                    decision.raise(
+                        action,
+                        format!("DMARC policy of {} is p={asked} and neither SPF nor DKIM passes aligned with From:", d.from_domain),
+                    );
+                }
+            }
+            "temperror" => {
+                if self.policy.temperror == TempErrorAction::Defer {
+                    decision.defer(format!("temporary DNS failure checking DMARC for {}", d.from_domain));
+                }
+            }
+            _ => {
+                if !d.policy.is_empty() {
+                    dmarc_info = dmarc_info.comment(format!("p={}", d.policy));
+                }
+            }
+        }
+        // DMARC passes: an SPF failure of some other identity is no reason
+        // to act on an authenticated message.
+        if d.result == "pass" {
+            decision.clear_spf();
+        }
+        results.push(arc_info);
+        results.push(dmarc_info.prop("header.from", &author.domain));
+        verdict.dmarc = d;
+    }
+
+    /// Keeps the DMARC evaluation for aggregate reports (RFC 7489 §7.2).
+    fn record(&self, input: &Input<'_>, v: &Verdict) {
+        let (Some(store), Some(published)) = (&self.evaluations, &v.dmarc.published) else { return };
+        let line = serde_json::json!({
+            "time": unix_now(),
+            "source_ip": input.ip.to_string(),
+            "header_from": v.dmarc.from_domain,
+            "envelope_from": input.mail_from.rsplit_once('@').map(|(_, d)| d).unwrap_or(input.helo),
+            "policy_published": published,
+            "disposition": disposition(v.action),
+            "dmarc": {"result": v.dmarc.result, "dkim_aligned": v.dmarc.dkim_aligned, "spf_aligned": v.dmarc.spf_aligned},
+            "spf": {"domain": if input.mail_from.is_empty() { &v.spf_helo.domain } else { &v.spf.domain },
+                    "scope": if input.mail_from.is_empty() { "helo" } else { "mfrom" },
+                    "result": if input.mail_from.is_empty() { v.spf_helo.result } else { v.spf.result }},
+            "dkim": v.dkim.iter().map(|d| serde_json::json!({"domain": d.domain, "selector": d.selector, "result": d.result})).collect::<Vec<_>>(),
+            "arc": v.arc.result,
+        });
+        store.append(&line);
+    }
+}
+
+/// RFC 7489 disposition of an action.
+fn disposition(a: Action) -> &'static str {
+    match a {
+        Action::Accept | Action::Tag => "none",
+        Action::Quarantine => "quarantine",
+        Action::Reject => "reject",
+    }
+}
+
+fn dkim_report(c: &DkimCheck<'_>) -> DkimReport {
+    DkimReport {
+        result: c.result.as_str(),
+        domain: c.domain.clone(),
+        selector: c.selector.clone(),
+        algorithm: c.algorithm.clone(),
+        reason: c.reason.clone().or_else(|| (c.result != DkimVerdict::Pass).then(|| format!("{:?}", c.output.result()))),
+    }
+}
+
+/// The SPF outcome as mail-auth's DMARC evaluation takes it.
+fn spf_output(o: &SpfOutcome) -> mail_auth::SpfOutput {
+    let result = match o.result {
+        SpfResult::Pass => mail_auth::SpfResult::Pass,
+        SpfResult::Fail => mail_auth::SpfResult::Fail,
+        SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
+        SpfResult::Neutral => mail_auth::SpfResult::Neutral,
+        SpfResult::None => mail_auth::SpfResult::None,
+        SpfResult::TempError => mail_auth::SpfResult::TempError,
+        SpfResult::PermError => mail_auth::SpfResult::PermError,
+    };
+    mail_auth::SpfOutput::new(o.domain.clone()).with_result(result)
+}
+
+fn spf_comment(spf: &SpfOutcome, ip: IpAddr) -> String {
+    match spf.result {
+        SpfResult::Pass => format!("{} designates {ip} as permitted sender", spf.domain),
+        SpfResult::Fail | SpfResult::SoftFail => format!("{} does not designate {ip} as permitted sender", spf.domain),
+        SpfResult::Neutral => format!("{ip} is neither permitted nor denied by {}", spf.domain),
+        SpfResult::None => format!("{} publishes no SPF record", spf.domain),
+        SpfResult::TempError => format!("DNS error looking up SPF of {}", spf.domain),
+        SpfResult::PermError => format!("the SPF record of {} is invalid", spf.domain),
+    }
+}
+
+/// A domain from the message for a header: ASCII, nothing that could end
+/// the line or the field.
+fn ascii(d: &str) -> String {
+    idna::domain_to_ascii(d).unwrap_or_else(|_| d.chars().filter(|c| c.is_ascii_graphic() && *c != ';').collect())
+}
+
+/// The strongest action any outcome asked for, and why.
+#[derive(Default)]
+struct Decision {
+    action: Action,
+    reason: Option<String>,
+    temporary: bool,
+    /// The action came from SPF alone (dropped if DMARC passes).
+    from_spf: bool,
+}
+
+impl Decision {
+    fn raise(&mut self, action: Action, why: String) {
+        if action > self.action || (self.temporary && action == Action::Reject) {
+            let from_spf = why.starts_with("SPF ");
+            self.action = action;
+            self.reason = Some(why);
+            self.temporary = false;
+            self.from_spf = from_spf;
+        }
+    }
+
+    /// A temporary refusal unless something already refuses for good.
+    fn defer(&mut self, why: String) {
+        if self.action < Action::Reject {
+            self.action = Action::Reject;
+            self.reason = Some(why);
+            self.temporary = true;
+            self.from_spf = false;
+        }
+    }
+
+    fn clear_spf(&mut self) {
+        if self.from_spf {
+            *self = Decision::default();
+        }
+    }
+}

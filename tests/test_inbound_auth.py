@@ -1,0 +1,268 @@
+"""Inbound authentication end to end: SPF, DKIM, DMARC, look-alike domains,
+Authentication-Results and policy, over real SMTP to the real binary, with
+a loopback DNS server (dnslib) serving domains that publish p=reject,
+p=quarantine and p=none. Messages are signed by an independent signer,
+dkimpy, with Ed25519 and RSA-2048 keys made here. Every case is also run
+through `mailgate verify --json`, which must reach the same verdict.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+dkim = pytest.importorskip("dkim", reason="pip install dkimpy")
+nacl_signing = pytest.importorskip("nacl.signing", reason="pip install pynacl")
+pytest.importorskip("dnslib", reason="pip install dnslib")
+
+from conftest import BIN, _RUNNING, MailgateServer, free_port  # noqa: E402
+from loopdns import LoopbackDns  # noqa: E402
+from postfix import PySink  # noqa: E402
+
+HOST = "mx.example.test"
+HELO = "client.outside.test"
+REJECT, QUARANTINE, NONE = "reject.test", "quarantine.test", "none.test"
+CYRILLIC = "ex\u0430mple.test"          # Cyrillic а (U+0430)
+CYRILLIC_A = CYRILLIC.encode("idna").decode()  # xn--exmple-4nf.test
+TYPO = "exmaple.test"            # two letters swapped
+WAIT = 20.0
+
+
+class Keys:
+    """One Ed25519 and one RSA-2048 key, with their DKIM records."""
+
+    def __init__(self, tmp):
+        seed = nacl_signing.SigningKey.generate()
+        self.ed_private = base64.b64encode(bytes(seed)).decode().encode()
+        self.ed_record = "v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(seed.verify_key)).decode()
+        pem = tmp / "rsa.pem"
+        subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(pem), "2048"],
+                       check=True, capture_output=True)
+        self.rsa_private = pem.read_bytes()
+        der = subprocess.run(["openssl", "rsa", "-in", str(pem), "-pubout", "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        self.rsa_record = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
+def sign(message: bytes, domain: str, keys: Keys, *, rsa: bool = True) -> bytes:
+    headers = [b"from", b"to", b"subject", b"date", b"message-id"]
+    sig = dkim.sign(message, b"ed", domain.encode(), keys.ed_private,
+                    signature_algorithm=b"ed25519-sha256", include_headers=headers)
+    if rsa:
+        sig += dkim.sign(message, b"rs", domain.encode(), keys.rsa_private,
+                         signature_algorithm=b"rsa-sha256", include_headers=headers)
+    return sig + message
+
+
+def message(sender_header: str, marker: str, extra: str = "") -> bytes:
+    return (f"{extra}From: {sender_header}\r\nTo: bob@example.test\r\n"
+            f"Subject: {marker}\r\nDate: Mon, 23 Nov 2026 12:00:00 +0000\r\n"
+            f"Message-ID: <{marker}@outside.test>\r\n\r\n"
+            f"Hello, this is {marker}.\r\n").encode()
+
+
+class Env:
+    def __init__(self, srv, sink, dns, keys):
+        self.srv, self.sink, self.dns, self.keys = srv, sink, dns, keys
+
+    def send(self, mail_from: str, data: bytes):
+        """(code, text) of the reply to the end of DATA."""
+        with smtplib.SMTP("127.0.0.1", self.srv.mx_port, local_hostname=HELO, timeout=30) as s:
+            try:
+                s.sendmail(mail_from, ["bob@example.test"], data)
+                return 250, ""
+            except smtplib.SMTPDataError as e:
+                return e.smtp_code, e.smtp_error.decode(errors="replace")
+
+    def delivered(self, marker: str) -> str:
+        got = self.sink.wait_for(lambda m: marker.encode() in m["content"], WAIT)
+        assert len(got) == 1, f"{marker}: {len(got)} deliveries"
+        return got[0]["content"].decode(errors="replace")
+
+    def verify(self, mail_from: str, data: bytes | None, tmp) -> dict:
+        args = [str(BIN), "--config", str(self.srv.config_path), "verify", "--ip", "127.0.0.1",
+                "--helo", HELO, "--mail-from", mail_from, "--json"]
+        if data is not None:
+            path = tmp / f"msg-{time.monotonic_ns()}.eml"
+            path.write_bytes(data)
+            args.append(str(path))
+        p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inbound-auth")
+    keys = Keys(tmp)
+    sink = PySink().start()
+    dns_port = free_port()
+    dns = LoopbackDns(dns_port)
+    records = []
+    for domain, policy in [(REJECT, "reject"), (QUARANTINE, "quarantine"), (NONE, "none"),
+                           (CYRILLIC_A, "reject"), (TYPO, "reject")]:
+        records += [
+            (f"{domain}.", "TXT", ["v=spf1 ip4:127.0.0.1 -all"]),
+            (f"_dmarc.{domain}.", "TXT", [f"v=DMARC1; p={policy}"]),
+            (f"ed._domainkey.{domain}.", "TXT", [keys.ed_record]),
+            (f"rs._domainkey.{domain}.", "TXT", [keys.rsa_record[i:i + 255] for i in range(0, len(keys.rsa_record), 255)]),
+        ]
+    # A domain whose SPF does not list us: spoofing from another address.
+    records.append((f"evil.test.", "TXT", ["v=spf1 ip4:192.0.2.1 -all"]))
+    dns.resolver.load(records)
+    srv = MailgateServer(BIN, tmp / "server", hostname=HOST, dns_port=dns_port, policy={},
+                         extra_toml=f'[[domain]]\nname = "inbox.test"\ndkim = false\ndeliver = "{sink.url()}"\n')
+    # example.test (the base config's domain) must reach the sink too.
+    text = srv.config_path.read_text().replace('deliver = "smtp://127.0.0.1:9"', f'deliver = "{sink.url()}"')
+    srv.config_path.write_text(text)
+    srv.start()
+    yield Env(srv, sink, dns, keys)
+    srv.stop()
+    while srv in _RUNNING:
+        _RUNNING.remove(srv)
+    dns.stop()
+    sink.stop()
+
+
+def auth_results(data: str) -> list[str]:
+    """The unfolded Authentication-Results fields of a message."""
+    head = data.split("\r\n\r\n", 1)[0].replace("\r\n\t", " ").replace("\r\n ", " ")
+    return [line.split(":", 1)[1].strip() for line in head.split("\r\n")
+            if line.lower().startswith("authentication-results:")]
+
+
+def test_spoofed_from_of_p_reject_domain_is_refused(env, tmp_path):
+    data = message(f"CEO <ceo@{REJECT}>", "spoof-reject")
+    code, text = env.send("attacker@evil.test", data)
+    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    assert "DMARC" in text and REJECT in text, text
+    v = env.verify("attacker@evil.test", data, tmp_path)
+    assert v["action"] == "reject"
+    assert v["dmarc"] == {"result": "fail", "from_domain": REJECT, "policy": "reject",
+                          "spf_aligned": False, "dkim_aligned": False}
+    assert v["spf"]["result"] == "fail" and v["spf"]["domain"] == "evil.test"
+    assert v["dkim"] == []
+
+
+def test_signed_message_passes_with_right_authentication_results(env, tmp_path):
+    data = sign(message(f"News <news@{REJECT}>", "signed-pass"), REJECT, env.keys)
+    assert env.send(f"news@{REJECT}", data) == (250, "")
+    got = env.delivered("signed-pass")
+    [ar] = auth_results(got)
+    assert ar.startswith(f"{HOST};"), ar
+    assert f"spf=pass" in ar and f"smtp.mailfrom=news@{REJECT}" in ar, ar
+    assert f"dkim=pass header.d={REJECT} header.s=ed header.a=ed25519-sha256" in ar, ar
+    assert f"dkim=pass header.d={REJECT} header.s=rs header.a=rsa-sha256" in ar, ar
+    assert f"dmarc=pass (p=reject) header.from={REJECT}" in ar, ar
+    assert "arc=none" in ar and "x-lookalike=none" in ar, ar
+    assert "X-Mailgate-Action" not in got
+    v = env.verify(f"news@{REJECT}", data, tmp_path)
+    assert v["action"] == "accept", v
+    assert [(d["result"], d["domain"], d["selector"], d["algorithm"]) for d in v["dkim"]] == [
+        ("pass", REJECT, "ed", "ed25519-sha256"), ("pass", REJECT, "rs", "rsa-sha256")]
+    assert v["dmarc"]["result"] == "pass" and v["dmarc"]["spf_aligned"] and v["dmarc"]["dkim_aligned"]
+    assert v["arc"]["result"] == "none"
+    assert v["authentication_results"].replace("\r\n\t", " ") == ar
+
+
+def test_dkim_alone_passes_dmarc_when_forwarded(env, tmp_path):
+    """Forwarded: SPF of the forwarder's MAIL FROM fails, the aligned DKIM
+    signature still carries DMARC."""
+    data = sign(message(f"news@{REJECT}", "forwarded"), REJECT, env.keys, rsa=False)
+    assert env.send("list@evil.test", data) == (250, "")
+    [ar] = auth_results(env.delivered("forwarded"))
+    assert "spf=fail" in ar and "dmarc=pass" in ar, ar
+
+
+def test_tampered_body_fails_dkim_and_dmarc_rejects(env, tmp_path):
+    data = sign(message(f"news@{REJECT}", "tampered"), REJECT, env.keys).replace(b"Hello", b"Jello")
+    code, text = env.send("list@evil.test", data)
+    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    v = env.verify("list@evil.test", data, tmp_path)
+    assert [d["result"] for d in v["dkim"]] == ["fail", "fail"], v["dkim"]
+    assert v["action"] == "reject"
+
+
+@pytest.mark.parametrize("case,data,prepend", [
+    # A second author prepended above a valid signature (Composition Kills).
+    ("two-from", message(f"news@{REJECT}", "two-from"), f"From: ceo@{NONE}\r\n"),
+    ("two-from-obs", message(f"news@{REJECT}", "two-from-obs"), f"FROM : ceo@{NONE}\r\n"),
+    ("two-from-folded", message(f"news@{REJECT}", "two-from-folded"), f"From\r\n : ceo@{NONE}\r\n"),
+    ("multi-mailbox", message(f"news@{NONE}, ceo@{REJECT}", "multi-mailbox"), ""),
+    ("group", message(f"team: news@{NONE};", "group"), ""),
+    ("no-from", b"Subject: no-from\r\nTo: bob@example.test\r\n\r\nHi\r\n", ""),
+    ("unparsable", message("not an address", "unparsable"), ""),
+])
+def test_ambiguous_from_is_refused(env, tmp_path, case, data, prepend):
+    # Signed and SPF-aligned for reject.test: still refused, because
+    # DMARC cannot say which author it vouches for.
+    signed = prepend.encode() + sign(data, REJECT, env.keys, rsa=False)
+    code, text = env.send(f"news@{REJECT}", signed)
+    assert code == 550 and text.startswith("5.7.1"), (case, code, text)
+    assert "From" in text or "header" in text, text
+    v = env.verify(f"news@{REJECT}", signed, tmp_path)
+    assert v["action"] == "reject" and v["dmarc"]["result"] == "fail", (case, v)
+
+
+def test_forged_authentication_results_is_removed(env, tmp_path):
+    forged = (f"Authentication-Results: {HOST}; dkim=pass header.d={REJECT}; dmarc=pass\r\n"
+              f"Authentication-Results: other.test; spf=pass smtp.mailfrom=x@other.test\r\n"
+              f"X-Mailgate-Action: accept (forged)\r\n")
+    data = message(f"ceo@{NONE}", "forged-ar", extra=forged)
+    assert env.send("attacker@evil.test", data) == (250, "")
+    got = env.delivered("forged-ar")
+    ars = auth_results(got)
+    ours = [a for a in ars if a.lower().startswith(HOST)]
+    assert len(ours) == 1, ars
+    assert "dmarc=fail (p=none dis=none)" in ours[0] and "dkim=none" in ours[0], ours[0]
+    assert any(a.startswith("other.test;") for a in ars), "a foreign AR field must stay"
+    assert "forged" not in got.split("\r\n\r\n")[0].split("X-Mailgate-Action")[0] or "(forged)" not in got
+    assert env.srv.log_text().count("claiming our authserv-id") >= 1
+
+
+def test_p_quarantine_spoof_is_accepted_and_tagged(env, tmp_path):
+    data = message(f"billing@{QUARANTINE}", "quarantined")
+    assert env.send("attacker@evil.test", data) == (250, "")
+    got = env.delivered("quarantined")
+    assert "X-Mailgate-Action: quarantine (DMARC policy of quarantine.test is p=quarantine" in got, got[:800]
+    v = env.verify("attacker@evil.test", data, tmp_path)
+    assert v["action"] == "quarantine" and v["dmarc"]["policy"] == "quarantine"
+
+
+@pytest.mark.parametrize("domain,rule", [(CYRILLIC_A, "confusable"), (TYPO, "edit-distance")])
+def test_lookalike_is_flagged_although_spf_dkim_dmarc_pass(env, tmp_path, domain, rule):
+    marker = f"lookalike-{rule}"
+    data = sign(message(f"CEO <ceo@{domain}>", marker), domain, env.keys)
+    assert env.send(f"ceo@{domain}", data) == (250, "")
+    got = env.delivered(marker)
+    [ar] = auth_results(got)
+    assert "spf=pass" in ar and "dkim=pass" in ar and "dmarc=pass" in ar, ar
+    assert f"x-lookalike=fail ({rule} resembles example.test) header.from={domain}" in ar, ar
+    assert f"X-Mailgate-Lookalike: rule={rule}; domain={domain}; resembles=example.test" in got
+    assert "X-Mailgate-Action: quarantine (sender domain" in got
+    v = env.verify(f"ceo@{domain}", data, tmp_path)
+    assert v["dmarc"]["result"] == "pass" and v["spf"]["result"] == "pass"
+    assert all(d["result"] == "pass" for d in v["dkim"])
+    assert {"rule": rule, "resembles": "example.test"}.items() <= v["lookalike"][0].items(), v["lookalike"]
+    assert v["action"] == "quarantine"
+
+
+def test_verify_without_message_checks_spf_only(env):
+    p = subprocess.run([str(BIN), "--config", str(env.srv.config_path), "verify", "--ip", "192.0.2.1",
+                        "--helo", HELO, "--mail-from", f"x@{REJECT}", "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    v = json.loads(p.stdout)
+    assert v["spf"] == {"result": "fail", "domain": REJECT}
+    assert v["spf_helo"]["result"] == "none"
+    assert v["dkim"] == [] and v["dmarc"]["result"] == "none"
+    assert set(v) >= {"spf", "spf_helo", "dkim", "arc", "dmarc", "lookalike", "action", "authentication_results"}
+    text = subprocess.run([str(BIN), "--config", str(env.srv.config_path), "verify", "--ip", "127.0.0.1",
+                           "--helo", HELO, "--mail-from", f"x@{REJECT}"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "spf (mail from)  pass" in text and "Authentication-Results: mx.example.test;" in text, text
