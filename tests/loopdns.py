@@ -25,6 +25,8 @@ class ZoneResolver(BaseResolver):
         self.txt: dict[str, list[list[bytes]]] = {}
         self.queries: list[str] = []
         self.servfail = servfail
+        # Names that fail (SERVFAIL) while the rest of the zone answers.
+        self.failing: set[str] = set()
 
     def load(self, records: list[tuple[str, str, list[str]]]) -> None:
         for name, rtype, strings in records:
@@ -35,7 +37,7 @@ class ZoneResolver(BaseResolver):
         reply = request.reply()
         qname = str(request.q.qname).lower()
         self.queries.append(qname)
-        if self.servfail:
+        if self.servfail or qname in self.failing:
             reply.header.rcode = RCODE.SERVFAIL
         elif qname not in self.txt:
             reply.header.rcode = RCODE.NXDOMAIN

@@ -30,6 +30,8 @@ REJECT, QUARANTINE, NONE = "reject.test", "quarantine.test", "none.test"
 CYRILLIC = "ex\u0430mple.test"          # Cyrillic а (U+0430)
 CYRILLIC_A = CYRILLIC.encode("idna").decode()  # xn--exmple-4nf.test
 TYPO = "exmaple.test"            # two letters swapped
+LIST = "lists.test"              # a forwarder that ARC-seals
+BROKEN = "broken.test"           # its DMARC lookup fails
 WAIT = 20.0
 
 
@@ -67,8 +69,21 @@ def message(sender_header: str, marker: str, extra: str = "") -> bytes:
 
 
 class Env:
-    def __init__(self, srv, sink, dns, keys):
+    def __init__(self, srv, sink, dns, keys, quarantine):
         self.srv, self.sink, self.dns, self.keys = srv, sink, dns, keys
+        self.quarantine = quarantine
+
+    def quarantined(self, marker: str) -> str:
+        """The message delivered to the quarantine Maildir."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            # maildir: delivery files by local part: QUARANTINE/bob/new/...
+            for f in self.quarantine.glob("*/new/*"):
+                data = f.read_bytes()
+                if marker.encode() in data:
+                    return data.decode(errors="replace")
+            time.sleep(0.05)
+        raise AssertionError(f"{marker} not in the quarantine Maildir")
 
     def send(self, mail_from: str, data: bytes):
         """(code, text) of the reply to the end of DATA."""
@@ -113,15 +128,23 @@ def env(tmp_path_factory):
             (f"rs._domainkey.{domain}.", "TXT", [keys.rsa_record[i:i + 255] for i in range(0, len(keys.rsa_record), 255)]),
         ]
     # A domain whose SPF does not list us: spoofing from another address.
-    records.append((f"evil.test.", "TXT", ["v=spf1 ip4:192.0.2.1 -all"]))
+    records.append(("evil.test.", "TXT", ["v=spf1 ip4:192.0.2.1 -all"]))
+    # A forwarder (mailing list) that ARC-seals with its RSA key.
+    records.append((f"rs._domainkey.{LIST}.", "TXT", [keys.rsa_record[i:i + 255] for i in range(0, len(keys.rsa_record), 255)]))
     dns.resolver.load(records)
-    srv = MailgateServer(BIN, tmp / "server", hostname=HOST, dns_port=dns_port, policy={},
+    # broken.test's DMARC lookup fails (SERVFAIL) while its SPF answers.
+    records.append((f"{BROKEN}.", "TXT", ["v=spf1 ip4:127.0.0.1 -all"]))
+    dns.resolver.load(records[-1:])
+    dns.resolver.failing.add(f"_dmarc.{BROKEN}.")
+    quarantine = tmp / "quarantine"
+    srv = MailgateServer(BIN, tmp / "server", hostname=HOST, dns_port=dns_port,
+                         policy={"quarantine": f"maildir:{quarantine}"},
                          extra_toml=f'[[domain]]\nname = "inbox.test"\ndkim = false\ndeliver = "{sink.url()}"\n')
     # example.test (the base config's domain) must reach the sink too.
     text = srv.config_path.read_text().replace('deliver = "smtp://127.0.0.1:9"', f'deliver = "{sink.url()}"')
     srv.config_path.write_text(text)
     srv.start()
-    yield Env(srv, sink, dns, keys)
+    yield Env(srv, sink, dns, keys, quarantine)
     srv.stop()
     while srv in _RUNNING:
         _RUNNING.remove(srv)
@@ -228,7 +251,7 @@ def test_forged_authentication_results_is_removed(env, tmp_path):
 def test_p_quarantine_spoof_is_accepted_and_tagged(env, tmp_path):
     data = message(f"billing@{QUARANTINE}", "quarantined")
     assert env.send("attacker@evil.test", data) == (250, "")
-    got = env.delivered("quarantined")
+    got = env.quarantined("quarantined")
     assert "X-Mailgate-Action: quarantine (DMARC policy of quarantine.test is p=quarantine" in got, got[:800]
     v = env.verify("attacker@evil.test", data, tmp_path)
     assert v["action"] == "quarantine" and v["dmarc"]["policy"] == "quarantine"
@@ -239,7 +262,7 @@ def test_lookalike_is_flagged_although_spf_dkim_dmarc_pass(env, tmp_path, domain
     marker = f"lookalike-{rule}"
     data = sign(message(f"CEO <ceo@{domain}>", marker), domain, env.keys)
     assert env.send(f"ceo@{domain}", data) == (250, "")
-    got = env.delivered(marker)
+    got = env.quarantined(marker)
     [ar] = auth_results(got)
     assert "spf=pass" in ar and "dkim=pass" in ar and "dmarc=pass" in ar, ar
     assert f"x-lookalike=fail ({rule} resembles example.test) header.from={domain}" in ar, ar
@@ -266,3 +289,52 @@ def test_verify_without_message_checks_spf_only(env):
                            "--helo", HELO, "--mail-from", f"x@{REJECT}"],
                           capture_output=True, text=True, timeout=60).stdout
     assert "spf (mail from)  pass" in text and "Authentication-Results: mx.example.test;" in text, text
+
+
+def test_quarantined_mail_never_reaches_the_recipient(env):
+    assert not env.sink.wait_for(lambda m: b"quarantined" in m["content"], 0.5)
+
+
+def test_dns_temporary_error_defers_with_451(env, tmp_path):
+    data = message(f"ceo@{BROKEN}", "temperror")
+    code, text = env.send(f"ceo@{BROKEN}", data)
+    assert code == 451 and text.startswith("4.7.1"), (code, text)
+    v = env.verify(f"ceo@{BROKEN}", data, tmp_path)
+    assert v["dmarc"]["result"] == "temperror" and v["action"] == "reject" and v["temporary"], v
+
+
+def test_dmarc_evaluations_are_recorded_for_reports(env):
+    env.send(f"news@{REJECT}", sign(message(f"news@{REJECT}", "recorded"), REJECT, env.keys))
+    env.delivered("recorded")
+    path = env.srv.data_dir / "reports" / "dmarc-evaluations.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    spoof = [x for x in lines if x["header_from"] == REJECT and x["disposition"] == "reject"]
+    assert spoof, lines
+    e = spoof[0]
+    assert e["source_ip"] == "127.0.0.1" and e["envelope_from"] == "evil.test"
+    assert e["policy_published"]["p"] == "reject" and e["spf"] == {"domain": "evil.test", "scope": "mfrom", "result": "fail"}
+    ok = [x for x in lines if x["header_from"] == REJECT and x["dmarc"]["result"] == "pass"]
+    assert ok and ok[-1]["dkim"][0] == {"domain": REJECT, "selector": "ed", "result": "pass"}, ok
+
+
+def test_trusted_arc_sealer_overrides_dmarc_failure_from_forwarding(env, tmp_path):
+    """A list adds a footer (breaking DKIM) and sends from its own MAIL
+    FROM (no SPF alignment); its ARC seal, made by dkimpy, is valid."""
+    original = sign(message(f"news@{REJECT}", "via-list"), REJECT, env.keys, rsa=False)
+    forwarded = original.replace(b"Hello, this is via-list.\r\n", b"Hello, this is via-list.\r\n-- \r\nlist footer\r\n")
+    forwarded = (f"Authentication-Results: {LIST}; dkim=pass header.d={REJECT}; dmarc=pass header.from={REJECT}\r\n").encode() + forwarded
+    sealed = b"".join(dkim.arc_sign(forwarded, b"rs", LIST.encode(), env.keys.rsa_private, LIST.encode())) + forwarded
+    # Not trusted: DMARC fails and p=reject applies.
+    code, text = env.send(f"bounces@{LIST}", sealed)
+    assert code == 550, (code, text)
+    v = env.verify(f"bounces@{LIST}", sealed, tmp_path)
+    assert v["arc"]["result"] == "pass" and v["dmarc"]["result"] == "fail" and v["action"] == "reject", v
+    # Trusted: the same message is accepted, and the header says why.
+    trusting = tmp_path / "trusting.toml"
+    trusting.write_text(env.srv.config_path.read_text().replace("[policy]\n", f'[policy]\ntrusted_arc_sealers = ["{LIST}"]\n', 1))
+    p = subprocess.run([str(BIN), "--config", str(trusting), "verify", "--ip", "127.0.0.1", "--helo", HELO,
+                        "--mail-from", f"bounces@{LIST}", "--json", "-"], input=sealed, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    v = json.loads(p.stdout)
+    assert v["action"] == "accept" and v["arc"]["result"] == "pass", v
+    assert "overridden by the valid ARC chain of trusted sealer lists.test" in v["authentication_results"], v
