@@ -247,6 +247,19 @@ def verify_each(env: Env, content: bytes) -> tuple[dict[str, bool], dict[str, st
     return verdicts, reasons
 
 
+def mailgate_verify(env: Env, content: bytes) -> dict[str, str]:
+    """mailgate's own verifier (`mailgate verify --json`) on the captured
+    message, against the same loopback DNS: DKIM result per a=."""
+    import json
+    p = subprocess.run(
+        [str(env.srv.binary), "--config", str(env.srv.config_path), "verify", "--ip", "127.0.0.1",
+         "--helo", "client.test", "--mail-from", f"alice@{OURS}", "--nameserver", f"127.0.0.1:{env.dns.port}",
+         "--json", "-"], input=content, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return {d["algorithm"]: d["result"] for d in json.loads(p.stdout)["dkim"]}
+
+
+OWN_PASS = {"ed25519-sha256": "pass", "rsa-sha256": "pass"}
 BOTH_VALID = {"ed25519-sha256": True, "rsa-sha256": True}
 BOTH_INVALID = {"ed25519-sha256": False, "rsa-sha256": False}
 
@@ -285,6 +298,8 @@ def assert_signed_and_valid(env: Env, content: bytes, t0: float, t1: float,
     for s in sigs:
         assert f"{s['s']}._domainkey.{OURS}." in asked, (
             f"dkimpy did not fetch {s['s']}'s key from the loopback DNS: {asked}")
+    # And mailgate's own verifier agrees.
+    assert mailgate_verify(env, content) == OWN_PASS
     return sigs
 
 
@@ -337,6 +352,8 @@ def test_authenticated_submission_is_signed_and_verifies(submission_env):
     t1 = time.time()
     content = env.delivered("submit-1")
     assert_signed_and_valid(env, content, t0, t1, expire=86400)
+    # Authenticated submission skips the inbound checks: no verdict added.
+    assert b"Authentication-Results" not in content and b"X-Mailgate-" not in content
 
 
 def test_unauthenticated_inbound_mail_is_not_signed(submission_env):
@@ -350,6 +367,8 @@ def test_unauthenticated_inbound_mail_is_not_signed(submission_env):
         assert r.code == 250, r
     content = env.delivered("inbound-1")
     assert signatures(content) == [], "inbound mail must not carry our signature"
+    # ...and is checked instead.
+    assert b"Authentication-Results: mx.example.test;" in content
 
 
 def test_one_changed_body_byte_breaks_both_signatures(relay_env):
@@ -372,6 +391,7 @@ def test_one_changed_body_byte_breaks_both_signatures(relay_env):
     ok, why = verify_each(env, tampered)
     assert ok == BOTH_INVALID, why
     assert all("body hash mismatch" in w for w in why.values()), why
+    assert mailgate_verify(env, tampered) == {"ed25519-sha256": "fail", "rsa-sha256": "fail"}
 
 
 def test_prepended_second_from_breaks_both_signatures(relay_env):
@@ -383,6 +403,7 @@ def test_prepended_second_from_breaks_both_signatures(relay_env):
     forged = b"From: CEO <ceo@attacker.test>\r\n" + content
     ok, why = verify_each(env, forged)
     assert ok == BOTH_INVALID, f"a prepended From: must break both signatures: {why}"
+    assert "pass" not in mailgate_verify(env, forged).values()
     assert not any("body hash mismatch" in w for w in why.values()), why
     # Likewise a second Subject: (also oversigned).
     ok, why = verify_each(env, b"Subject: urgent wire transfer\r\n" + content)
