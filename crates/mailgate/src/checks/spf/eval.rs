@@ -27,6 +27,9 @@ pub const MAX_MX_NAMES: usize = 10;
 pub const MAX_PTR_NAMES: usize = 10;
 /// Longest domain name to query; longer expansions lose labels on the left (§7.3).
 const MAX_NAME_LEN: usize = 253;
+/// Longest explanation kept: it ends up in a reply and a header field, and
+/// a hostile exp= record can expand `%{s}` thousands of times.
+const MAX_EXPLANATION_LEN: usize = 512;
 
 /// A check_host() result and, for a fail, the expanded explanation.
 pub type Verdict = (SpfResult, Option<String>);
@@ -240,7 +243,13 @@ impl<'a> Evaluation<'a> {
         let [text] = texts.as_slice() else { return None };
         let text = std::str::from_utf8(text).ok().filter(|t| t.is_ascii())?;
         let template = MacroString::parse(text, super::macros::Grammar::Explanation).ok()?;
-        Some(self.expand(&template, domain).await)
+        let mut explanation = self.expand(&template, domain).await;
+        // The sender may be UTF-8 (SMTPUTF8): cut at a char boundary.
+        if explanation.len() > MAX_EXPLANATION_LEN {
+            let end = (0..=MAX_EXPLANATION_LEN).rev().find(|i| explanation.is_char_boundary(*i)).unwrap_or(0);
+            explanation.truncate(end);
+        }
+        Some(explanation)
     }
 
     /// A mechanism's target name: its domain-spec expanded, or `<domain>`.

@@ -406,6 +406,19 @@ mod tests {
         assert_eq!(spf.check_helo(ip, "example.com").await.result, SpfResult::Pass);
     }
 
+    #[tokio::test]
+    async fn hostile_explanation_is_cut_short() {
+        let exp = "%{l}".repeat(300);
+        let dns = DnsServer::start(Zone::new().txt("example.com", "v=spf1 -all exp=why.example.com").txt("why.example.com", &exp));
+        let spf = checker(&dns, Duration::from_secs(2));
+        // A UTF-8 local-part (SMTPUTF8) must not be cut inside a character.
+        let o = spf.check_mail_from(ip("192.0.2.1"), "h", "jos\u{e9}@example.com").await;
+        assert_eq!(o.result, SpfResult::Fail);
+        let explanation = o.explanation.unwrap_or_default();
+        assert!(explanation.starts_with("jos\u{e9}jos\u{e9}"), "{explanation}");
+        assert!(explanation.len() <= 512 && explanation.len() > 500, "{}", explanation.len());
+    }
+
     #[test]
     fn outcome_for_mail_auth() {
         let o = SpfOutcome { result: SpfResult::Fail, domain: "example.com".into(), explanation: Some("no".into()) };
