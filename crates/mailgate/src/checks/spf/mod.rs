@@ -75,6 +75,20 @@ impl From<SpfResult> for mail_auth::SpfResult {
     }
 }
 
+impl From<mail_auth::SpfResult> for SpfResult {
+    fn from(r: mail_auth::SpfResult) -> Self {
+        match r {
+            mail_auth::SpfResult::Pass => SpfResult::Pass,
+            mail_auth::SpfResult::Fail => SpfResult::Fail,
+            mail_auth::SpfResult::SoftFail => SpfResult::SoftFail,
+            mail_auth::SpfResult::Neutral => SpfResult::Neutral,
+            mail_auth::SpfResult::None => SpfResult::None,
+            mail_auth::SpfResult::TempError => SpfResult::TempError,
+            mail_auth::SpfResult::PermError => SpfResult::PermError,
+        }
+    }
+}
+
 /// Which identity was checked (RFC 7208 §2.3, §2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpfIdentity {
@@ -109,6 +123,12 @@ impl SpfOutcome {
             Some(exp) => out.with_explanation(exp.clone()),
             None => out,
         }
+    }
+}
+
+impl From<mail_auth::SpfOutput> for SpfOutcome {
+    fn from(out: mail_auth::SpfOutput) -> Self {
+        SpfOutcome { result: out.result().into(), domain: out.domain().to_string(), explanation: out.explanation().map(str::to_string) }
     }
 }
 
@@ -424,6 +444,7 @@ mod tests {
         let o = SpfOutcome { result: SpfResult::Fail, domain: "example.com".into(), explanation: Some("no".into()) };
         let m = o.to_mail_auth();
         assert_eq!((m.result(), m.domain(), m.explanation()), (mail_auth::SpfResult::Fail, "example.com", Some("no")));
+        assert_eq!(SpfOutcome::from(m), o);
         let o = SpfOutcome { result: SpfResult::TempError, domain: "example.org".into(), explanation: None };
         assert_eq!(o.to_mail_auth().result(), mail_auth::SpfResult::TempError);
     }
