@@ -139,8 +139,14 @@ impl<'a> Evaluation<'a> {
         let mut spf = texts.iter().filter(|t| is_spf(t));
         match (spf.next(), spf.next()) {
             (None, _) => Ok(None),
-            (Some(text), None) => Record::parse(text).map(Some).map_err(|_| Abort::Perm),
-            (Some(_), Some(_)) => Err(Abort::Perm),
+            (Some(text), None) => Record::parse(text).map(Some).map_err(|e| {
+                tracing::debug!(domain, error = %e, "SPF record does not parse: permerror");
+                Abort::Perm
+            }),
+            (Some(_), Some(_)) => {
+                tracing::debug!(domain, "several SPF records: permerror");
+                Err(Abort::Perm)
+            }
         }
     }
 
