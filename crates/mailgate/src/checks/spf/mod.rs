@@ -1,30 +1,34 @@
-//! SPF (RFC 7208) through the `mail-auth` crate: a small typed wrapper that
-//! checks the HELO and MAIL FROM identities against `[dns].nameservers`, and
-//! formats the `Received-SPF:` trace field (RFC 7208 §9.1).
+//! SPF (RFC 7208), mailgate's own implementation: checks the HELO and
+//! MAIL FROM identities over `[dns].nameservers` (hickory's `TokioResolver`,
+//! whose per-TTL answer cache is our DNS cache) and formats the
+//! `Received-SPF:` trace field (§9.1).
 //!
-//! RFC 7208 processing limits, as enforced by mail-auth 0.13: at most 10
-//! DNS-querying terms (include, a, mx, ptr, exists, redirect) per check →
-//! permerror, and at most 10 MX names per `mx` term → permerror; `ptr`
-//! looks at no more than the names the remaining term budget allows. The
-//! void-lookup limit (§4.6.4, 2 lookups answering NXDOMAIN or no data) is
-//! NOT enforced by mail-auth 0.13 (see the tests below).
+//! Layout: `record` parses records strictly (§4.5, §4.6, §5, §6, §12),
+//! `macros` parses and expands macro-strings (§7), `eval` is check_host()
+//! with the §4.6.4 limits: 10 DNS-querying terms, 2 void lookups, 10 MX
+//! names per `mx`, 10 PTR names per `ptr`. `suite` runs the openspf
+//! conformance suites against a loopback DNS server.
 //!
-//! Not wired into the SMTP pipeline yet, hence the `dead_code` allowances
-//! on the items below (remove them when inbound.rs calls the checker).
+//! A key design decision: records and DNS answers are hostile input, so
+//! nothing here panics on them; anything malformed is a permerror (records)
+//! or treated as absent (names in answers).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, SpfOutput};
 
+mod eval;
+pub mod macros;
+pub mod record;
 #[cfg(test)]
-#[path = "spf_suite.rs"]
 mod suite;
 
+/// §4.6.4: at least 20 seconds for a whole check, then temperror.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The result of an SPF check, RFC 7208 §2.6.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpfResult {
     Pass,
@@ -36,7 +40,6 @@ pub enum SpfResult {
     PermError,
 }
 
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 impl SpfResult {
     /// The RFC 8601 / RFC 7208 word, lower case.
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,20 @@ impl fmt::Display for SpfResult {
     }
 }
 
+impl From<SpfResult> for mail_auth::SpfResult {
+    fn from(r: SpfResult) -> Self {
+        match r {
+            SpfResult::Pass => mail_auth::SpfResult::Pass,
+            SpfResult::Fail => mail_auth::SpfResult::Fail,
+            SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
+            SpfResult::Neutral => mail_auth::SpfResult::Neutral,
+            SpfResult::None => mail_auth::SpfResult::None,
+            SpfResult::TempError => mail_auth::SpfResult::TempError,
+            SpfResult::PermError => mail_auth::SpfResult::PermError,
+        }
+    }
+}
+
 impl From<mail_auth::SpfResult> for SpfResult {
     fn from(r: mail_auth::SpfResult) -> Self {
         match r {
@@ -73,14 +90,12 @@ impl From<mail_auth::SpfResult> for SpfResult {
 }
 
 /// Which identity was checked (RFC 7208 §2.3, §2.4).
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpfIdentity {
     Helo,
     MailFrom,
 }
 
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 impl SpfIdentity {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,7 +106,6 @@ impl SpfIdentity {
 }
 
 /// What a check found.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpfOutcome {
     pub result: SpfResult,
@@ -101,21 +115,30 @@ pub struct SpfOutcome {
     pub explanation: Option<String>,
 }
 
-impl From<SpfOutput> for SpfOutcome {
-    fn from(out: SpfOutput) -> Self {
+impl SpfOutcome {
+    /// The same outcome as mail-auth's type, for its DMARC evaluation.
+    pub fn to_mail_auth(&self) -> mail_auth::SpfOutput {
+        let out = mail_auth::SpfOutput::new(self.domain.clone()).with_result(self.result.into());
+        match &self.explanation {
+            Some(exp) => out.with_explanation(exp.clone()),
+            None => out,
+        }
+    }
+}
+
+impl From<mail_auth::SpfOutput> for SpfOutcome {
+    fn from(out: mail_auth::SpfOutput) -> Self {
         SpfOutcome { result: out.result().into(), domain: out.domain().to_string(), explanation: out.explanation().map(str::to_string) }
     }
 }
 
 /// An SPF checker sharing one resolver.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 pub struct SpfChecker {
-    auth: MessageAuthenticator,
+    resolver: TokioResolver,
     /// This host's name, the `%{r}` macro.
     host_domain: String,
 }
 
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 impl SpfChecker {
     /// Queries `nameservers` (with their ports) only; `None` means the
     /// system resolver, as everywhere in mailgate (`crate::dns`).
@@ -124,27 +147,45 @@ impl SpfChecker {
     }
 
     pub fn from_resolver(resolver: TokioResolver, host_domain: &str) -> Self {
-        SpfChecker { auth: MessageAuthenticator(resolver), host_domain: host_domain.to_string() }
+        SpfChecker { resolver, host_domain: host_domain.to_string() }
     }
 
     /// Checks the MAIL FROM identity. An empty reverse-path (`<>`) checks
     /// `postmaster@<helo>`; a sender without a local-part gets `postmaster`
     /// (RFC 7208 §2.4, §4.3).
     pub async fn check_mail_from(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfOutcome {
-        let sender = mail_from_identity(helo, mail_from);
-        let params = SpfParameters::verify_mail_from(ip, helo, &self.host_domain, &sender);
-        self.auth.verify_spf(params).await.into()
+        self.check(ip, helo, &mail_from_identity(helo, mail_from)).await
     }
 
-    /// Checks the HELO identity (sender `postmaster@<helo>`).
+    /// Checks the HELO identity (sender `postmaster@<helo>`). A HELO that
+    /// is an address literal or not a multi-label name gives `none`.
     pub async fn check_helo(&self, ip: IpAddr, helo: &str) -> SpfOutcome {
-        let params = SpfParameters::verify_ehlo(ip, helo, &self.host_domain);
-        self.auth.verify_spf(params).await.into()
+        self.check(ip, helo, &format!("postmaster@{helo}")).await
+    }
+
+    async fn check(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfOutcome {
+        let domain = sender.rsplit_once('@').map_or(sender, |(_, d)| d);
+        let outcome = |result, explanation| SpfOutcome { result, domain: domain.to_string(), explanation };
+        // §4.3: a malformed domain has no SPF record to find.
+        if !eval::is_valid_domain(domain) {
+            return outcome(SpfResult::None, None);
+        }
+        // §5: an IPv4-mapped IPv6 client is the IPv4 client it maps.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        let client = eval::Client { ip, sender, helo, receiver: &self.host_domain };
+        let mut evaluation = eval::Evaluation::new(&self.resolver, &client);
+        let domain_arg = domain.strip_suffix('.').unwrap_or(domain).to_string();
+        match tokio::time::timeout(CHECK_TIMEOUT, evaluation.check_host(domain_arg, true)).await {
+            Ok((result, explanation)) => outcome(result, explanation),
+            Err(_) => outcome(SpfResult::TempError, None),
+        }
     }
 }
 
 /// The `<sender>` of check_host() for a MAIL FROM reverse-path.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 pub fn mail_from_identity(helo: &str, mail_from: &str) -> String {
     let mail_from = mail_from.trim_start_matches('<').trim_end_matches('>');
     match mail_from.rsplit_once('@') {
@@ -158,7 +199,6 @@ pub fn mail_from_identity(helo: &str, mail_from: &str) -> String {
 /// An RFC 7208 §9.1 `Received-SPF:` header field, folded, ending in CRLF.
 /// `receiver` is this host's name; `mail_from` is the reverse-path as given
 /// (empty for `<>`).
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 pub fn received_spf_header(outcome: &SpfOutcome, identity: SpfIdentity, receiver: &str, ip: IpAddr, helo: &str, mail_from: &str) -> String {
     let sender = match identity {
         SpfIdentity::MailFrom => mail_from_identity(helo, mail_from),
@@ -187,7 +227,6 @@ pub fn received_spf_header(outcome: &SpfOutcome, identity: SpfIdentity, receiver
 }
 
 /// A comment's content: backslash-escape `(`, `)` and `\`, drop controls.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 fn ctext(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars().filter(|c| !c.is_control()) {
@@ -200,7 +239,6 @@ fn ctext(s: &str) -> String {
 }
 
 /// A key-value pair's value: a dot-atom as is, anything else quoted.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 fn value(s: &str) -> String {
     const SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
     let atom = |a: &str| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c));
@@ -297,8 +335,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn limits() {
-        // 10 DNS-querying terms are fine, the 11th is a permerror.
+    async fn ten_dns_terms_at_most() {
+        // 10 DNS-querying terms are fine, the 11th is a permerror, across
+        // include and redirect too (one global count, §4.6.4).
         let mut zone = Zone::new();
         let mut ten = String::from("v=spf1");
         for i in 0..10 {
@@ -308,42 +347,106 @@ mod tests {
         zone = zone
             .txt("ten.example.com", &format!("{ten} ip4:192.0.2.1 -all"))
             .txt("eleven.example.com", &format!("{ten} a:h0.example.com ip4:192.0.2.1 -all"))
-            .txt("incl.example.com", "v=spf1 include:i1.example.com -all")
-            .txt("i1.example.com", "v=spf1 include:i2.example.com")
-            .txt("i2.example.com", "v=spf1 include:i3.example.com")
-            .txt("i3.example.com", "v=spf1 include:i4.example.com")
-            .txt("i4.example.com", "v=spf1 include:i5.example.com")
-            .txt("i5.example.com", "v=spf1 include:i6.example.com")
-            .txt("i6.example.com", "v=spf1 include:i7.example.com")
-            .txt("i7.example.com", "v=spf1 include:i8.example.com")
-            .txt("i8.example.com", "v=spf1 include:i9.example.com")
-            .txt("i9.example.com", "v=spf1 include:i10.example.com")
-            .txt("i10.example.com", "v=spf1 include:i11.example.com")
-            .txt("i11.example.com", "v=spf1 +all")
-            // 10 MX names to look up are fine, 11 are a permerror.
-            .txt("mx10.example.com", "v=spf1 mx:m10.example.com -all")
-            .txt("mx11.example.com", "v=spf1 mx:m11.example.com -all")
-            // Void lookups: three names that do not exist.
-            .txt("void.example.com", "v=spf1 a:n1.example.com a:n2.example.com a:n3.example.com ip4:192.0.2.1 -all");
-        for i in 0..11 {
-            let host = format!("mxhost{i}.example.com");
-            if i < 10 {
-                zone = zone.mx("m10.example.com", 10, &host);
-            }
-            zone = zone.mx("m11.example.com", 10, &host);
-            zone = zone.a(&host, "192.0.2.200");
+            // Ten terms, the last a redirect: fine.
+            .txt(
+                "redir.example.com",
+                "v=spf1 a:h0.example.com a:h1.example.com a:h2.example.com include:inc8.example.com redirect=ok.example.com",
+            )
+            .txt("inc8.example.com", "v=spf1 a:h3.example.com a:h4.example.com a:h5.example.com a:h6.example.com a:h7.example.com")
+            .txt("ok.example.com", "v=spf1 ip4:192.0.2.1 -all")
+            // A match before the limit is reached wins.
+            .txt("early.example.com", &format!("v=spf1 ip4:192.0.2.1 {ten} a:h0.example.com -all"));
+        for i in 1..=11 {
+            let next = if i == 11 { "v=spf1 +all".to_string() } else { format!("v=spf1 include:i{}.example.com", i + 1) };
+            zone = zone.txt(&format!("i{i}.example.com"), &next);
         }
+        zone = zone.txt("incl.example.com", "v=spf1 include:i1.example.com -all");
         let dns = DnsServer::start(zone);
         let spf = checker(&dns, Duration::from_secs(2));
         let ip = ip("192.0.2.1");
         assert_eq!(spf.check_mail_from(ip, "h", "x@ten.example.com").await.result, SpfResult::Pass);
         assert_eq!(spf.check_mail_from(ip, "h", "x@eleven.example.com").await.result, SpfResult::PermError);
+        assert_eq!(spf.check_mail_from(ip, "h", "x@redir.example.com").await.result, SpfResult::Pass);
+        assert_eq!(spf.check_mail_from(ip, "h", "x@early.example.com").await.result, SpfResult::Pass);
         assert_eq!(spf.check_mail_from(ip, "h", "x@incl.example.com").await.result, SpfResult::PermError);
+    }
+
+    #[tokio::test]
+    async fn two_void_lookups_at_most() {
+        let zone = Zone::new()
+            .txt("two.example.com", "v=spf1 a:n1.example.com mx:n2.example.com ip4:192.0.2.1 -all")
+            .txt("three.example.com", "v=spf1 a:n1.example.com exists:n2.example.com a:nodata.example.com ip4:192.0.2.1 -all")
+            // A name with records but none of the asked type is void too.
+            .txt("nodata.example.com", "v=spf1 -all");
+        let dns = DnsServer::start(zone);
+        let spf = checker(&dns, Duration::from_secs(2));
+        let ip = ip("192.0.2.1");
+        assert_eq!(spf.check_mail_from(ip, "h", "x@two.example.com").await.result, SpfResult::Pass);
+        assert_eq!(spf.check_mail_from(ip, "h", "x@three.example.com").await.result, SpfResult::PermError);
+    }
+
+    #[tokio::test]
+    async fn mx_and_ptr_name_limits() {
+        let mut zone = Zone::new()
+            .txt("mx10.example.com", "v=spf1 mx:m10.example.com -all")
+            .txt("mx11.example.com", "v=spf1 mx:m11.example.com -all")
+            // The client's name is the 11th PTR name: ignored.
+            .txt("ptr.example.com", "v=spf1 ptr:p10.example.com ptr:p11.example.com -all");
+        for i in 0..11 {
+            let host = format!("mxhost{i}.example.com");
+            if i < 10 {
+                zone = zone.mx("m10.example.com", 10, &host);
+            }
+            zone = zone.mx("m11.example.com", 10, &host).a(&host, "192.0.2.200");
+        }
+        for i in 1..=11 {
+            let host = format!("p{i}.example.com");
+            zone = zone.ptr("1.2.0.192.in-addr.arpa", &host).a(&host, "192.0.2.1");
+        }
+        let dns = DnsServer::start(zone);
+        let spf = checker(&dns, Duration::from_secs(2));
+        let ip = ip("192.0.2.1");
         assert_eq!(spf.check_mail_from(ip, "h", "x@mx10.example.com").await.result, SpfResult::Fail);
         assert_eq!(spf.check_mail_from(ip, "h", "x@mx11.example.com").await.result, SpfResult::PermError);
-        // RFC 7208 §4.6.4 wants permerror after the 2nd void lookup;
-        // mail-auth 0.13 does not count void lookups and goes on to ip4.
-        assert_eq!(spf.check_mail_from(ip, "h", "x@void.example.com").await.result, SpfResult::Pass);
+        // PTR answers come in no fixed order, so which 10 names count varies;
+        // 11 names must never be a permerror.
+        let r = spf.check_mail_from(ip, "h", "x@ptr.example.com").await.result;
+        assert!(matches!(r, SpfResult::Pass | SpfResult::Fail), "{r}");
+    }
+
+    #[tokio::test]
+    async fn helo_identity_must_be_a_domain() {
+        let dns = DnsServer::start(Zone::new().txt("example.com", "v=spf1 +all"));
+        let spf = checker(&dns, Duration::from_secs(2));
+        let ip = ip("192.0.2.1");
+        for helo in ["[192.0.2.1]", "192.0.2.1", "localhost", "a..example.com", ""] {
+            let o = spf.check_helo(ip, helo).await;
+            assert_eq!(o.result, SpfResult::None, "{helo}");
+        }
+        assert_eq!(spf.check_helo(ip, "example.com").await.result, SpfResult::Pass);
+    }
+
+    #[tokio::test]
+    async fn hostile_explanation_is_cut_short() {
+        let exp = "%{l}".repeat(300);
+        let dns = DnsServer::start(Zone::new().txt("example.com", "v=spf1 -all exp=why.example.com").txt("why.example.com", &exp));
+        let spf = checker(&dns, Duration::from_secs(2));
+        // A UTF-8 local-part (SMTPUTF8) must not be cut inside a character.
+        let o = spf.check_mail_from(ip("192.0.2.1"), "h", "jos\u{e9}@example.com").await;
+        assert_eq!(o.result, SpfResult::Fail);
+        let explanation = o.explanation.unwrap_or_default();
+        assert!(explanation.starts_with("jos\u{e9}jos\u{e9}"), "{explanation}");
+        assert!(explanation.len() <= 512 && explanation.len() > 500, "{}", explanation.len());
+    }
+
+    #[test]
+    fn outcome_for_mail_auth() {
+        let o = SpfOutcome { result: SpfResult::Fail, domain: "example.com".into(), explanation: Some("no".into()) };
+        let m = o.to_mail_auth();
+        assert_eq!((m.result(), m.domain(), m.explanation()), (mail_auth::SpfResult::Fail, "example.com", Some("no")));
+        assert_eq!(SpfOutcome::from(m), o);
+        let o = SpfOutcome { result: SpfResult::TempError, domain: "example.org".into(), explanation: None };
+        assert_eq!(o.to_mail_auth().result(), mail_auth::SpfResult::TempError);
     }
 
     #[tokio::test]
