@@ -272,9 +272,9 @@ impl Checker {
 
         // With a null reverse-path, SPF's identity is the HELO name.
         let (spf_domain, spf_out) = if input.mail_from.is_empty() {
-            (input.helo.to_ascii_lowercase(), spf_output(spf_helo))
+            (input.helo.to_ascii_lowercase(), spf_helo.to_mail_auth())
         } else {
-            (spf.domain.clone(), spf_output(spf))
+            (spf.domain.clone(), spf.to_mail_auth())
         };
         let outputs: Vec<_> = checks.iter().map(|c| c.output.clone()).collect();
         let d = dmarc::evaluate(&self.auth, &msg, &outputs, &spf_domain, &spf_out, &author.domain).await;
@@ -360,20 +360,6 @@ fn dkim_report(c: &DkimCheck<'_>) -> DkimReport {
         algorithm: c.algorithm.clone(),
         reason: c.reason.clone().or_else(|| (c.result != DkimVerdict::Pass).then(|| format!("{:?}", c.output.result()))),
     }
-}
-
-/// The SPF outcome as mail-auth's DMARC evaluation takes it.
-fn spf_output(o: &SpfOutcome) -> mail_auth::SpfOutput {
-    let result = match o.result {
-        SpfResult::Pass => mail_auth::SpfResult::Pass,
-        SpfResult::Fail => mail_auth::SpfResult::Fail,
-        SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
-        SpfResult::Neutral => mail_auth::SpfResult::Neutral,
-        SpfResult::None => mail_auth::SpfResult::None,
-        SpfResult::TempError => mail_auth::SpfResult::TempError,
-        SpfResult::PermError => mail_auth::SpfResult::PermError,
-    };
-    mail_auth::SpfOutput::new(o.domain.clone()).with_result(result)
 }
 
 fn spf_comment(spf: &SpfOutcome, ip: IpAddr) -> String {
