@@ -3,6 +3,7 @@
 //! May import: `config`, `events`, `mailgate-core`. Never the spool or
 //! anything downstream of it.
 
+pub mod arc;
 pub mod auth;
 pub mod lookalike;
 pub mod relay;

@@ -1,0 +1,1 @@
+//! Sealing: our own validation and dkimpy's must both accept our seals.
