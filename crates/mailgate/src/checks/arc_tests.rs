@@ -278,3 +278,37 @@ fn long_results_are_folded() {
     let unfolded: String = folded.replace("\r\n\t", " ");
     assert_eq!(unfolded, line);
 }
+
+/// Mangled ARC header fields (cut short, bytes replaced, fields doubled)
+/// give a result, never a panic, and sealing answers Ok or Err.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_headers_do_not_panic() {
+    let first = hop("lists.test", "arc1", Algorithm::RsaSha256);
+    let second = hop("forwarder.test", "arc2", Algorithm::RsaSha256);
+    let dns = DnsServer::start(zone(&[&first, &second]));
+    let auth = authenticator(&dns);
+    let one = relay(&auth, &first, MESSAGE, ArcResult::None).await;
+    let two = relay(&auth, &second, &one, ArcResult::Pass).await;
+    let head_len = two.find("\r\n\r\n").expect("header end");
+    let replacements: &[&str] = &["", ";", "=", ";;", "i=0", "i=99", "cv=fail", "\u{e9}", "\r\n ", ":", "\0", "i=1; i=2"];
+    let mut cases = Vec::new();
+    for at in (0..head_len).step_by(7) {
+        let r = replacements[at % replacements.len()];
+        let end = (at + 1 + at % 5).min(head_len);
+        if two.is_char_boundary(at) && two.is_char_boundary(end) {
+            cases.push(format!("{}{r}{}", &two[..at], &two[end..]));
+        }
+        cases.push(format!("{}{}", &two[..at], &two[head_len..]));
+    }
+    let fields = split_fields(&two);
+    cases.push(format!("{}\r\n{two}", fields[0]));
+    cases.push(format!("{}\r\n{}\r\n{two}", fields[1], fields[2]));
+    for case in &cases {
+        let Some(msg) = AuthenticatedMessage::parse(case.as_bytes()) else { continue };
+        let outcome = verify(&auth, &msg).await;
+        if outcome.result == ArcResult::Fail {
+            assert!(outcome.reason.is_some());
+        }
+        let _ = seal(&second.key, second.domain, second.selector, &msg, &outcome, "mx.forwarder.test; arc=fail");
+    }
+}
