@@ -77,6 +77,7 @@ impl std::fmt::Display for ArcResult {
 
 /// What [`verify`] found.
 #[allow(dead_code)] // not wired into the SMTP pipeline yet
+#[derive(Debug, Clone)]
 pub struct ArcOutcome<'x> {
     pub result: ArcResult,
     /// mail-auth's view, with its result brought in line with `result`;
@@ -235,9 +236,15 @@ const SIGNED_HEADERS: &[&str] = &[
 /// is the Authentication-Results value this hop adds, authserv-id first;
 /// it becomes the AAR.
 ///
+/// `msg` and `arc` must be the message and outcome [`verify`] was given
+/// and gave. A failed chain gets a cv=fail set that seals only itself
+/// (RFC 8617 §5.1.2).
+///
 /// Errors when no seal may be added: the validation had a temporary
-/// error, the chain already ends in cv=fail (RFC 8617 §5.1.2: nothing to
-/// add), or it already has 50 sets.
+/// error; the chain already ends in cv=fail, so it stays failed and there
+/// is nothing to add (RFC 8617 §5.2 step 2; the ValiMail signing suite's
+/// `no_additional_sig`); or it already has 50 sets. Also when `domain` or
+/// `selector` is not a domain name.
 #[allow(dead_code)] // not wired into the SMTP pipeline yet
 pub fn seal(
     key: &SealingKey,
@@ -247,6 +254,11 @@ pub fn seal(
     arc: &ArcOutcome<'_>,
     auth_results: &str,
 ) -> anyhow::Result<String> {
+    for (what, name) in [("domain", domain), ("selector", selector)] {
+        if !chain::is_domain(name) {
+            anyhow::bail!("ARC sealing {what} {name:?} is not a domain name");
+        }
+    }
     let ar = one_line(auth_results)?;
     let highest = chain::highest_instance(&msg.headers);
     if chain::ends_failed(&msg.headers) {
@@ -266,6 +278,9 @@ pub fn seal(
     let fields = match arc.result {
         ArcResult::TempError => anyhow::bail!("ARC validation had a temporary error; not sealing"),
         ArcResult::None if highest > 0 => anyhow::bail!("the message has ARC header fields but the result is none"),
+        ArcResult::Pass if arc.output.sets().len() != highest as usize => {
+            anyhow::bail!("the ARC outcome does not belong to this message")
+        }
         ArcResult::None | ArcResult::Pass => sealer.seal(msg, &results, &arc.output).map_err(err)?.to_header(),
         ArcResult::Fail => {
             // mail-auth would seal a failed chain over all its sets, or as

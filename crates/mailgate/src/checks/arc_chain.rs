@@ -288,6 +288,12 @@ fn base64_value(tags: &BTreeMap<&str, &str>, tag: &str) -> Result<(), String> {
 /// d= and s=: dot-separated labels of letters, digits and hyphens.
 fn domain(tags: &BTreeMap<&str, &str>, tag: &str) -> Result<(), String> {
     let v = tags.get(tag).copied().unwrap_or("");
+    if is_domain(v) { Ok(()) } else { Err(format!("invalid {tag}={v}")) }
+}
+
+/// Dot-separated labels of letters, digits, hyphens (and underscores, seen
+/// in selectors), none empty or longer than 63, at most 253 in all.
+pub(super) fn is_domain(v: &str) -> bool {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -295,7 +301,7 @@ fn domain(tags: &BTreeMap<&str, &str>, tag: &str) -> Result<(), String> {
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
-    if v.len() <= 253 && v.split('.').all(label_ok) { Ok(()) } else { Err(format!("invalid {tag}={v}")) }
+    v.len() <= 253 && v.split('.').all(label_ok)
 }
 
 fn canon(c: &str) -> bool {

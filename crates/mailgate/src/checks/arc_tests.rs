@@ -184,6 +184,13 @@ async fn seal_failed_chain() {
 
     let one = relay(&auth, &first, MESSAGE, ArcResult::None).await;
     let footer = one.replace("this is the body.\r\n", "this is the body.\r\n--\r\nlist footer\r\n");
+    // mail-auth's Authentication-Results builder reads the outcome's output.
+    let msg = AuthenticatedMessage::parse(footer.as_bytes()).expect("parses");
+    let outcome = verify(&auth, &msg).await;
+    let ar = mail_auth::AuthenticationResults::new("mx.forwarder.test").with_arc_result(&outcome.output, [192, 0, 2, 1].into());
+    assert!(ar.to_string().contains("arc=fail"), "{ar}");
+    assert!(seal(&second.key, "bad;domain", second.selector, &msg, &outcome, "mx.test; arc=fail").is_err());
+    assert!(seal(&second.key, second.domain, "sel\r\nX-Injected: 1", &msg, &outcome, "mx.test; arc=fail").is_err());
     let two = relay(&auth, &second, &footer, ArcResult::Fail).await;
     assert!(two.starts_with("ARC-Seal: i=2; a=rsa-sha256; d=forwarder.test; s=arc2; cv=fail;"), "{two}");
     let (result, sealers, reason) = verify_text(&auth, &two).await;
