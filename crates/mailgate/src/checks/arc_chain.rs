@@ -97,7 +97,7 @@ pub(super) fn sealers(headers: &[(&[u8], &[u8])]) -> Vec<String> {
         if Field::of(name) != Some(Field::Seal) {
             continue;
         }
-        let Ok(tags) = std::str::from_utf8(value).map_err(|_| String::new()).and_then(|v| tag_list(v)) else { continue };
+        let Some(tags) = tags_of(value) else { continue };
         let i = tags.get("i").and_then(|v| instance(v).ok());
         if let (Some(i), Some(d)) = (i, tags.get("d")) {
             found.push((i, d.to_ascii_lowercase()));
@@ -109,7 +109,7 @@ pub(super) fn sealers(headers: &[(&[u8], &[u8])]) -> Vec<String> {
 
 /// Whether an ARC-Message-Signature value lacks `c=`.
 pub(super) fn no_canonicalization(value: &[u8]) -> bool {
-    std::str::from_utf8(value).map_err(|_| String::new()).and_then(|v| tag_list(v)).is_ok_and(|tags| !tags.contains_key("c"))
+    tags_of(value).is_some_and(|tags| !tags.contains_key("c"))
 }
 
 /// Whether the highest-numbered readable ARC-Seal says cv=fail: the chain
@@ -120,7 +120,7 @@ pub(super) fn ends_failed(headers: &[(&[u8], &[u8])]) -> bool {
         if Field::of(name) != Some(Field::Seal) {
             continue;
         }
-        let Ok(tags) = std::str::from_utf8(value).map_err(|_| String::new()).and_then(|v| tag_list(v)) else { continue };
+        let Some(tags) = tags_of(value) else { continue };
         let Some(i) = tags.get("i").and_then(|v| instance(v).ok()) else { continue };
         let failed = tags.get("cv").is_some_and(|cv| cv.eq_ignore_ascii_case("fail"));
         if last.is_none_or(|(j, f)| i > j || (i == j && !f)) {
@@ -218,6 +218,11 @@ fn results_instance(value: &str) -> Result<u32, String> {
         return Err(bad("no authserv-id"));
     }
     instance(i.trim_matches(fws)).map_err(|e| bad(&e))
+}
+
+/// The tags of a field value, if it is a well-formed tag-list.
+fn tags_of(value: &[u8]) -> Option<BTreeMap<&str, &str>> {
+    std::str::from_utf8(value).ok().and_then(|v| tag_list(v).ok())
 }
 
 /// RFC 6376 §3.2 tag-list: names and values, or why it is malformed.

@@ -319,3 +319,48 @@ async fn hostile_headers_do_not_panic() {
         let _ = seal(&second.key, second.domain, second.selector, &msg, &outcome, "mx.forwarder.test; arc=fail");
     }
 }
+
+/// A message with `n` ARC sets of the right shape whose signatures are
+/// junk.
+fn fake_chain(n: u32) -> String {
+    let mut out = String::new();
+    for i in (1..=n).rev() {
+        let cv = if i == 1 { "none" } else { "pass" };
+        out.push_str(&format!("ARC-Seal: i={i}; a=rsa-sha256; cv={cv}; d=x.test; s=s; b=AAAA\r\n"));
+        out.push_str(&format!("ARC-Message-Signature: i={i}; a=rsa-sha256; d=x.test; s=s; h=from; bh=AAAA; b=AAAA\r\n"));
+        out.push_str(&format!("ARC-Authentication-Results: i={i}; mx{i}.x.test; none\r\n"));
+    }
+    out + MESSAGE
+}
+
+/// RFC 8617 §4.2.1, §5.2 step 1: at most 50 sets; a 51st is never added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sets_at_most() {
+    let sealer = hop("forwarder.test", "arc2", Algorithm::Ed25519Sha256);
+    let dns = DnsServer::start(zone(&[&sealer]));
+    let auth = authenticator(&dns);
+
+    let fifty = fake_chain(50);
+    let msg = AuthenticatedMessage::parse(fifty.as_bytes()).expect("parses");
+    let outcome = verify(&auth, &msg).await;
+    assert_eq!(outcome.result, ArcResult::Fail, "junk signatures");
+    assert_eq!(outcome.sealers.len(), 50);
+    let err = seal(&sealer.key, sealer.domain, sealer.selector, &msg, &outcome, "mx.test; arc=fail").expect_err("no 51st set");
+    assert!(err.to_string().contains("50 sets"), "{err}");
+
+    let fifty_one = fake_chain(51);
+    let msg = AuthenticatedMessage::parse(fifty_one.as_bytes()).expect("parses");
+    let outcome = verify(&auth, &msg).await;
+    assert_eq!(outcome.result, ArcResult::Fail);
+    assert!(outcome.reason.unwrap_or_default().contains("i=51"));
+
+    // Below the limit a failed chain is sealed as i=N+1, cv=fail.
+    let three = fake_chain(3);
+    let msg = AuthenticatedMessage::parse(three.as_bytes()).expect("parses");
+    let outcome = verify(&auth, &msg).await;
+    assert_eq!(outcome.result, ArcResult::Fail);
+    let fields = seal(&sealer.key, sealer.domain, sealer.selector, &msg, &outcome, "mx.test; arc=fail").expect("seal");
+    assert!(fields.starts_with("ARC-Seal: i=4; a=ed25519-sha256; d=forwarder.test; s=arc2; cv=fail;"), "{fields}");
+    assert!(fields.contains("ARC-Message-Signature: i=4;"), "{fields}");
+    assert!(fields.contains("ARC-Authentication-Results: i=4; mx.test; arc=fail\r\n"), "{fields}");
+}
