@@ -283,8 +283,14 @@ fn algorithm(tags: &BTreeMap<&str, &str>) -> Result<(), String> {
 
 fn base64_value(tags: &BTreeMap<&str, &str>, tag: &str) -> Result<(), String> {
     use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    // RFC 6376 §2.4 base64string: the padding is optional.
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
     let v: String = tags.get(tag).copied().unwrap_or("").chars().filter(|c| !fws(*c)).collect();
-    match base64::engine::general_purpose::STANDARD.decode(&v) {
+    match LENIENT.decode(&v) {
         Ok(bytes) if !bytes.is_empty() => Ok(()),
         _ => Err(format!("{tag}= is not base64")),
     }

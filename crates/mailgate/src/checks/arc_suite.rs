@@ -1,6 +1,7 @@
 //! The ValiMail ARC validation suite (171 tests), run through [`verify`]
 //! against a loopback DNS server serving each scenario's `txt-records`
-//! (format in `shared/conformance/README.md`).
+//! (format in `shared/conformance/README.md`). `ARC_SUITE_VERBOSE=1`
+//! prints every test's result and reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -152,6 +153,9 @@ async fn arc_validation_suite() {
             let ok = got == case.cv;
             let line =
                 format!("{} / {}: got {got} ({}), expected {}", scenario.description, case.name, reason.unwrap_or_default(), case.cv);
+            if std::env::var_os("ARC_SUITE_VERBOSE").is_some() {
+                eprintln!("  {} {line}", if ok { "ok" } else { "MISMATCH" });
+            }
             if case.shadowed {
                 shadowed.1 += 1;
                 if ok {
