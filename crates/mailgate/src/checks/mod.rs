@@ -1,7 +1,7 @@
 //! Checks applied to a session's commands and messages before the spool.
 //!
-//! May import: `config`, `events`, `dns`, `mailgate-core`. Never the spool
-//! or anything downstream of it.
+//! May import: `config`, `events`, `dns`, `sign::key` (to load ARC sealing
+//! keys), `mailgate-core`. Never the spool or anything downstream of it.
 
 pub mod arc;
 pub mod auth;
