@@ -139,11 +139,15 @@ def env(tmp_path_factory):
     quarantine = tmp / "quarantine"
     srv = MailgateServer(BIN, tmp / "server", hostname=HOST, dns_port=dns_port,
                          policy={"quarantine": f"maildir:{quarantine}"},
-                         extra_toml=f'[[domain]]\nname = "inbox.test"\ndkim = false\ndeliver = "{sink.url()}"\n')
+                         extra_toml=f'[[domain]]\nname = "inbox.test"\ndeliver = "{sink.url()}"\n'
+                                    '[arc]\nseal = "inbox.test"\n')
     # example.test (the base config's domain) must reach the sink too.
     text = srv.config_path.read_text().replace('deliver = "smtp://127.0.0.1:9"', f'deliver = "{sink.url()}"')
     srv.config_path.write_text(text)
     srv.start()
+    # Our own records (inbox.test's DKIM keys, which also seal ARC).
+    from test_dkim import parse_records
+    dns.resolver.load([r for r in parse_records(srv.cli("records").stdout) if r[1] == "TXT"])
     yield Env(srv, sink, dns, keys, quarantine)
     srv.stop()
     while srv in _RUNNING:
@@ -338,3 +342,26 @@ def test_trusted_arc_sealer_overrides_dmarc_failure_from_forwarding(env, tmp_pat
     v = json.loads(p.stdout)
     assert v["action"] == "accept" and v["arc"]["result"] == "pass", v
     assert "overridden by the valid ARC chain of trusted sealer lists.test" in v["authentication_results"], v
+
+
+def test_forwarded_mail_is_arc_sealed_and_dkimpy_validates_the_seal(env, tmp_path):
+    data = sign(message(f"news@{REJECT}", "sealed"), REJECT, env.keys, rsa=False)
+    assert env.send(f"news@{REJECT}", data) == (250, "")
+    got = env.delivered("sealed").encode()
+    head = got.split(b"\r\n\r\n", 1)[0].decode()
+    assert "ARC-Seal: i=1;" in head and "cv=none" in head and "d=inbox.test" in head, head
+    # The AAR carries our Authentication-Results.
+    assert "ARC-Authentication-Results: i=1; mx.example.test;" in head.replace("\r\n\t", " ").replace("\r\n ", " ")
+    cv, _results, comment = dkim.arc_verify(got, dnsfunc=env.dns.dnsfunc)
+    assert cv == b"pass", comment
+    # mailgate's verifier agrees, and names the sealer.
+    v = env.verify(f"news@{REJECT}", got, tmp_path)
+    assert v["arc"]["result"] == "pass" and v["arc"]["sealers"] == ["inbox.test"], v["arc"]
+    # A changed body breaks the seal's message signature.
+    cv, _results, comment = dkim.arc_verify(got.replace(b"Hello", b"Jello"), dnsfunc=env.dns.dnsfunc)
+    assert cv == b"fail", comment
+
+
+def test_refused_mail_is_not_sealed_and_quarantine_is(env):
+    got = env.quarantined("quarantined")
+    assert "ARC-Seal: i=1;" in got

@@ -61,6 +61,15 @@ struct RawConfig {
     lookalike: RawLookalike,
     #[serde(default)]
     policy: policy::RawPolicy,
+    #[serde(default)]
+    arc: RawArc,
+}
+
+/// `[arc]`: sealing what mailgate forwards.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawArc {
+    seal: Option<String>,
 }
 
 /// `[lookalike]`: partner and brand domains protected besides our own.
@@ -376,6 +385,9 @@ pub struct Config {
     pub protect: Vec<String>,
     /// What the inbound checks' outcomes lead to.
     pub policy: PolicyConfig,
+    /// `[arc] seal`: the `[[domain]]` whose active RSA DKIM key ARC-seals
+    /// inbound mail on its way to the next hop.
+    pub arc_seal: Option<Domain>,
 }
 
 impl Config {
@@ -513,6 +525,23 @@ impl Config {
         }
 
         let policy = raw.policy.validate(base).map_err(|(key, message)| invalid(key, message))?;
+        let arc_seal = match raw.arc.seal {
+            Some(name) => {
+                let d = Domain::parse(&name, true).map_err(|e| invalid("arc.seal".into(), format!("{name:?} is not a domain: {e}")))?;
+                let rsa = domains
+                    .iter()
+                    .find(|c| c.name == d)
+                    .is_some_and(|c| c.dkim.sign && c.dkim.algorithms.contains(&mailgate_core::dkim::Algorithm::RsaSha256));
+                if !rsa {
+                    return Err(invalid(
+                        "arc.seal".into(),
+                        format!("{name:?} must be a [[domain]] that signs with \"rsa2048\" (ARC seals are rsa-sha256)"),
+                    ));
+                }
+                Some(d)
+            }
+            None => None,
+        };
 
         Ok(Config {
             hostname,
@@ -537,6 +566,7 @@ impl Config {
             dkim: DkimGlobal { dns_check_interval: raw.dkim.dns_check_interval.max(1), ..raw.dkim },
             protect: raw.lookalike.protect.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
             policy,
+            arc_seal,
         })
     }
 

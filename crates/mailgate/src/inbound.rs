@@ -203,7 +203,7 @@ fn check_sender(ctx: &Inbound, session: &Session, data: &[u8]) -> Result<(), Rep
 /// Runs the inbound checks and turns a refusal into its reply.
 async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &mailgate_core::Envelope, data: &[u8]) -> Result<Verdict, Reply> {
     let mail_from = envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default();
-    let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: Some(data) };
+    let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: Some(data), seal: true };
     let verdict = ctx.checker.check(&input).await;
     let reason = verdict.reason.as_deref().unwrap_or("");
     let dkim: Vec<String> = verdict.dkim.iter().map(|d| format!("{}:{}", d.domain, d.result)).collect();
@@ -241,7 +241,8 @@ fn printable(s: &str) -> String {
 /// The header fields the checks add: `Authentication-Results`, a finding
 /// per look-alike domain, and the action when it is not `accept`.
 fn verdict_headers(verdict: &Verdict) -> String {
-    let mut h = verdict.auth_results_header();
+    let mut h = verdict.arc_seal.clone().unwrap_or_default();
+    h.push_str(&verdict.auth_results_header());
     let ascii = |d: &str| idna::domain_to_ascii(d).unwrap_or_else(|_| d.chars().filter(|c| c.is_ascii_graphic() && *c != ';').collect());
     for f in &verdict.lookalike {
         h.push_str(&format!("X-Mailgate-Lookalike: rule={}; domain={}; resembles={}\r\n", f.rule, ascii(&f.domain), ascii(&f.resembles)));

@@ -44,7 +44,6 @@ mod tests;
 
 /// The chain validation status (RFC 8617 §4.4), as written in `arc=` of
 /// Authentication-Results and `cv=` of a new seal.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArcResult {
     /// No ARC header fields at all.
@@ -56,7 +55,6 @@ pub enum ArcResult {
     TempError,
 }
 
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 impl ArcResult {
     /// The RFC 8601 word.
     pub fn as_str(self) -> &'static str {
@@ -76,7 +74,6 @@ impl std::fmt::Display for ArcResult {
 }
 
 /// What [`verify`] found.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 #[derive(Debug, Clone)]
 pub struct ArcOutcome<'x> {
     pub result: ArcResult,
@@ -90,7 +87,6 @@ pub struct ArcOutcome<'x> {
 }
 
 /// Validates the ARC chain of `msg` (RFC 8617 §5.2).
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 pub async fn verify<'x>(auth: &MessageAuthenticator, msg: &'x AuthenticatedMessage<'x>) -> ArcOutcome<'x> {
     let sealers = chain::sealers(&msg.headers);
     match chain::check(&msg.headers) {
@@ -148,12 +144,10 @@ fn broken() -> DkimResult {
 
 /// A private key for ARC sealing: Ed25519 or RSA, stored as mailgate
 /// stores DKIM keys (PKCS#8 PEM; PKCS#1 RSA is read too).
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 pub struct SealingKey {
     key: DkimKey,
 }
 
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 impl SealingKey {
     pub fn from_pem(pem: &str) -> anyhow::Result<SealingKey> {
         Ok(SealingKey { key: DkimKey::from_pem(pem)? })
@@ -245,7 +239,6 @@ const SIGNED_HEADERS: &[&str] = &[
 /// is nothing to add (RFC 8617 §5.2 step 2; the ValiMail signing suite's
 /// `no_additional_sig`); or it already has 50 sets. Also when `domain` or
 /// `selector` is not a domain name.
-#[allow(dead_code)] // not wired into the SMTP pipeline yet
 pub fn seal(
     key: &SealingKey,
     domain: &str,

@@ -27,6 +27,9 @@ pub struct Input<'a> {
     pub mail_from: &'a str,
     /// The message as received; `None` checks SPF only.
     pub message: Option<&'a [u8]>,
+    /// ARC-seal the message when `[arc] seal` is configured (the gateway
+    /// does; `verify` does not).
+    pub seal: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +91,10 @@ pub struct Verdict {
     pub reason: Option<String>,
     /// The `Authentication-Results` value (without the field name).
     pub authentication_results: String,
+    /// ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results to
+    /// prepend, when sealing.
+    #[serde(skip)]
+    pub arc_seal: Option<String>,
 }
 
 impl Verdict {
@@ -106,6 +113,42 @@ pub struct Checker {
     policy: PolicyConfig,
     /// DMARC evaluations for aggregate reports; `None` for `verify`.
     evaluations: Option<JsonLines>,
+    sealing: Option<Sealing>,
+}
+
+/// The ARC sealing key: the `[arc] seal` domain's active RSA DKIM key,
+/// re-read now and then so that a key rotation is followed.
+struct Sealing {
+    domain: String,
+    data_dir: std::path::PathBuf,
+    current: std::sync::Mutex<(Option<std::time::Instant>, Option<(String, Arc<arc::SealingKey>)>)>,
+}
+
+impl Sealing {
+    const REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn key(&self) -> Option<(String, Arc<arc::SealingKey>)> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.0.is_none_or(|t| t.elapsed() > Self::REFRESH) {
+            let loaded = self.load();
+            if let Err(e) = &loaded {
+                tracing::warn!(domain = %self.domain, error = %e, "no ARC sealing key; forwarding unsealed");
+            }
+            *cur = (Some(std::time::Instant::now()), loaded.ok());
+        }
+        cur.1.clone()
+    }
+
+    fn load(&self) -> anyhow::Result<(String, Arc<arc::SealingKey>)> {
+        use crate::sign::store;
+        let active = store::list(&self.data_dir, &self.domain)?
+            .into_iter()
+            .filter(|k| k.state == store::KeyState::Active && k.algorithm == "rsa2048")
+            .max_by_key(|k| k.activated.unwrap_or(k.created))
+            .ok_or_else(|| anyhow::anyhow!("the domain has no active rsa2048 key"))?;
+        let path = store::domain_dir(&self.data_dir, &self.domain).join(format!("{}.pem", active.selector));
+        Ok((active.selector, Arc::new(arc::SealingKey::load(&path)?)))
+    }
 }
 
 impl Checker {
@@ -120,6 +163,11 @@ impl Checker {
             lookalikes,
             policy: config.policy.clone(),
             evaluations: record.then(|| JsonLines::open(&config.data_dir.join("reports"), "dmarc-evaluations.jsonl")),
+            sealing: config.arc_seal.as_ref().map(|d| Sealing {
+                domain: d.to_string(),
+                data_dir: config.data_dir.clone(),
+                current: std::sync::Mutex::new((None, None)),
+            }),
         })
     }
 
@@ -174,6 +222,7 @@ impl Checker {
             temporary: false,
             reason: None,
             authentication_results: String::new(),
+            arc_seal: None,
         };
         let mut decision = Decision::default();
         match spf.result {
@@ -182,8 +231,21 @@ impl Checker {
             _ => {}
         }
 
-        if let Some(raw) = input.message {
-            self.check_message(raw, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add).await;
+        let parsed = input.message.map(|raw| (raw, AuthenticatedMessage::parse(raw)));
+        let mut arc_outcome = None;
+        if let Some((raw, msg)) = &parsed {
+            match msg {
+                Some(msg) => {
+                    arc_outcome = Some(
+                        self.check_message(raw, msg, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add).await,
+                    );
+                }
+                None => {
+                    decision.raise(self.policy.invalid_from, "the message header does not parse".into());
+                    verdict.dmarc.result = "fail";
+                    results.push(ResInfo::new("dmarc", "fail").comment("unparsable header"));
+                }
+            }
         }
 
         for f in &findings {
@@ -206,13 +268,25 @@ impl Checker {
         verdict.temporary = decision.temporary;
         verdict.authentication_results = auth_results::value(&self.authserv_id, &results);
         self.record(input, &verdict);
+        if let (true, Some(sealing), Some((_, Some(msg))), Some(arc)) = (input.seal, &self.sealing, &parsed, &arc_outcome)
+            && verdict.action != Action::Reject
+            && let Some((selector, key)) = sealing.key()
+        {
+            match arc::seal(&key, &sealing.domain, &selector, msg, arc, &verdict.authentication_results) {
+                Ok(fields) => verdict.arc_seal = Some(fields),
+                Err(e) => tracing::info!(error = %e, "not ARC-sealing this message"),
+            }
+        }
         verdict
     }
 
+    /// DKIM, ARC, the author and DMARC; returns the ARC outcome, which
+    /// sealing needs.
     #[allow(clippy::too_many_arguments)]
-    async fn check_message(
+    async fn check_message<'x>(
         &self,
         raw: &[u8],
+        msg: &'x AuthenticatedMessage<'x>,
         input: &Input<'_>,
         spf: &SpfOutcome,
         spf_helo: &SpfOutcome,
@@ -220,14 +294,8 @@ impl Checker {
         decision: &mut Decision,
         results: &mut Vec<ResInfo>,
         add: &mut impl FnMut(Option<Finding>),
-    ) {
-        let Some(msg) = AuthenticatedMessage::parse(raw) else {
-            decision.raise(self.policy.invalid_from, "the message header does not parse".into());
-            verdict.dmarc.result = "fail";
-            results.push(ResInfo::new("dmarc", "fail").comment("unparsable header"));
-            return;
-        };
-        let (checks, arc) = tokio::join!(dkim::verify(&self.auth, &msg, self.policy.max_dkim_signatures), arc::verify(&self.auth, &msg));
+    ) -> arc::ArcOutcome<'x> {
+        let (checks, arc) = tokio::join!(dkim::verify(&self.auth, msg, self.policy.max_dkim_signatures), arc::verify(&self.auth, msg));
         for c in &checks {
             add(self.lookalikes.check_domain(&c.domain));
         }
@@ -262,7 +330,7 @@ impl Checker {
                 verdict.dmarc.result = "fail";
                 results.push(arc_info);
                 results.push(ResInfo::new("dmarc", "fail").comment(why));
-                return;
+                return arc;
             }
         };
         add(self.lookalikes.check_domain(&author.domain));
@@ -277,7 +345,7 @@ impl Checker {
             (spf.domain.clone(), spf.to_mail_auth())
         };
         let outputs: Vec<_> = checks.iter().map(|c| c.output.clone()).collect();
-        let d = dmarc::evaluate(&self.auth, &msg, &outputs, &spf_domain, &spf_out, &author.domain).await;
+        let d = dmarc::evaluate(&self.auth, msg, &outputs, &spf_domain, &spf_out, &author.domain).await;
         let mut dmarc_info = ResInfo::new("dmarc", d.result);
         match d.result {
             "fail" => {
@@ -320,6 +388,7 @@ impl Checker {
         results.push(arc_info);
         results.push(dmarc_info.prop("header.from", &author.domain));
         verdict.dmarc = d;
+        arc
     }
 
     /// Keeps the DMARC evaluation for aggregate reports (RFC 7489 §7.2).

@@ -55,7 +55,7 @@ pub fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let verdict = runtime.block_on(async {
         let checker = Checker::new(&config, Arc::new(crate::server::lookalikes(&config)), false)?;
-        let input = Input { ip: args.ip, helo: &args.helo, mail_from: &mail_from, message: message.as_deref() };
+        let input = Input { ip: args.ip, helo: &args.helo, mail_from: &mail_from, message: message.as_deref(), seal: false };
         anyhow::Ok(checker.check(&input).await)
     })?;
     if args.json {
