@@ -126,6 +126,35 @@ mod tests {
     }
 
     #[test]
+    fn hostile_headers_never_panic() {
+        use crate::checks::auth_results::strip_forged;
+        let base = b"From: \"A (x)\" <a@b\xc3\xbccher.test>\r\nAuthentication-Results: mx.test; spf=pass\r\nSubject: =?utf-8?q?x?=\r\n\r\nbody\r\n";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mut m = base.to_vec();
+            for _ in 0..(next() % 6 + 1) {
+                let i = (next() as usize) % m.len();
+                match next() % 3 {
+                    0 => m[i] = next() as u8,
+                    1 => m.insert(i, b":<>@\"()\\\r\n\t ,;"[(next() % 14) as usize]),
+                    _ => {
+                        m.remove(i);
+                    }
+                }
+            }
+            let from = mail_auth::AuthenticatedMessage::parse(&m).map(|a| a.from).unwrap_or_default();
+            let _ = author(&m, &from);
+            let _ = strip_forged(&m, "mx.test");
+        }
+    }
+
+    #[test]
     fn ambiguous_authors_are_refused() {
         for raw in [
             "Subject: no author\r\n\r\nx",
@@ -143,6 +172,12 @@ mod tests {
             "From: a@localhost\r\n\r\nx",
             "From: a@bank.test\u{0}.evil.test\r\n\r\nx",
             "From: a@bank..test\r\n\r\nx",
+            // An encoded-word is text, never an address.
+            "From: =?utf-8?B?Y2VvQGJhbmsudGVzdA==?=\r\n\r\nx",
+            // A source route hides the real address behind another.
+            "From: <@evil.test:ceo@bank.test>\r\n\r\nx",
+            "From: ceo@bank.test@evil.test\r\n\r\nx",
+            "From: <ceo@bank.test>, \r\n <a@evil.test>\r\n\r\nx",
         ] {
             assert!(check(raw).is_err(), "accepted {raw:?}: {:?}", check(raw));
         }
