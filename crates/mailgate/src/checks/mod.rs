@@ -4,6 +4,7 @@
 //! anything downstream of it.
 
 pub mod auth;
+pub mod dkim;
 pub mod lookalike;
 pub mod relay;
 pub mod sender;
