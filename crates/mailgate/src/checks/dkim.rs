@@ -48,9 +48,11 @@
 //! [`signature_fields`] with the cap to log what was dropped.
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -129,7 +131,22 @@ pub fn signature_fields(msg: &AuthenticatedMessage<'_>) -> usize {
 
 /// Verifies the first `max_signatures` DKIM signatures of `msg`, in message
 /// order. Never panics on hostile input.
+///
+/// Key records come from `auth`'s resolver (and its cache) and are parsed
+/// afresh for every message; [`verify_cached`] keeps parsed keys.
 pub async fn verify<'x>(auth: &MessageAuthenticator, msg: &'x AuthenticatedMessage<'x>, max_signatures: usize) -> Vec<DkimCheck<'x>> {
+    verify_cached(auth, msg, max_signatures, &KeyCache::new(PER_MESSAGE_KEYS)).await
+}
+
+/// As [`verify`], with parsed key records kept in `keys` (shared across
+/// messages, TTLs honoured): a busy server saves the resolver round and
+/// the key parsing per signature.
+pub async fn verify_cached<'x>(
+    auth: &MessageAuthenticator,
+    msg: &'x AuthenticatedMessage<'x>,
+    max_signatures: usize,
+    keys: &KeyCache,
+) -> Vec<DkimCheck<'x>> {
     let selected = select(msg, max_signatures);
     // A signature that does not sign From: is not worth a key lookup.
     let valid: Vec<usize> = selected
@@ -137,7 +154,7 @@ pub async fn verify<'x>(auth: &MessageAuthenticator, msg: &'x AuthenticatedMessa
         .filter_map(|f| if let Field::Parsed(i) = f { Some(*i) } else { None })
         .filter(|i| msg.dkim_headers.get(*i).is_some_and(|h| signs_from(&h.header)))
         .collect();
-    let outcomes = verify_parsed(auth, msg, &valid).await;
+    let outcomes = verify_parsed(auth, msg, &valid, keys).await;
 
     let b_values: Vec<String> = selected.iter().map(|f| full_b(msg, *f)).collect();
     let mut checks = Vec::with_capacity(selected.len());
@@ -191,11 +208,11 @@ fn select(msg: &AuthenticatedMessage<'_>, max: usize) -> Vec<Field> {
 
 /// Per `msg.dkim_headers` index: mail-auth's result, its failure-report
 /// address, and the RSA key size if a key was fetched.
-type Outcomes = std::collections::HashMap<usize, (DkimResult, Option<String>, Option<usize>)>;
+type Outcomes = HashMap<usize, (DkimResult, Option<String>, Option<usize>)>;
 
 /// Runs mail-auth on the selected parsed signatures. mail-auth verifies
 /// every signature it is given, so over the cap it gets a trimmed copy.
-async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'_>, valid: &[usize]) -> Outcomes {
+async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'_>, valid: &[usize], keys: &KeyCache) -> Outcomes {
     let mut outcomes = Outcomes::new();
     if valid.is_empty() {
         return outcomes;
@@ -210,8 +227,7 @@ async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'
         trimmed = copy;
         &trimmed
     };
-    let keys = KeysSeen::default();
-    let outputs = auth.verify_dkim(Parameters::new(target).with_txt_cache(&keys)).await;
+    let outputs = auth.verify_dkim(Parameters::new(target).with_txt_cache(keys)).await;
     for output in &outputs {
         // Outputs without a signature are mail-auth's reports of
         // unparsable fields, which `malformed` handles.
@@ -430,29 +446,51 @@ fn algorithm_name(a: Algorithm) -> &'static str {
     }
 }
 
-/// The key records mail-auth fetched during one call, kept so we can read
-/// the RSA key size afterwards (RFC 8301) without a second lookup. It also
-/// spares a lookup when two signatures share a selector.
-#[derive(Default)]
-struct KeysSeen(Mutex<Vec<(Box<str>, Txt)>>);
+/// Enough for the signatures of one message ([`DEFAULT_MAX_SIGNATURES`]
+/// plus report-address records).
+const PER_MESSAGE_KEYS: usize = 2 * DEFAULT_MAX_SIGNATURES;
 
-impl KeysSeen {
+/// Parsed `_domainkey` records as mail-auth looked them up, until their
+/// DNS TTL runs out. Besides sparing lookups, it lets us read the RSA key
+/// size afterwards (RFC 8301) without a second lookup. When full, expired
+/// entries go first, then everything (a crude bound, not an LRU).
+pub struct KeyCache {
+    entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    pub fn new(capacity: usize) -> KeyCache {
+        KeyCache { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (Txt, Instant)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn rsa_bits(&self, name: &str) -> Option<usize> {
-        match self.get::<str>(name)? {
-            Txt::DomainKey(key) => Some(key.p.public_key_bits()),
+        match self.lock().get(name)? {
+            (Txt::DomainKey(key), _) => Some(key.p.public_key_bits()),
             _ => None,
         }
     }
 }
 
-impl ResolverCache<Box<str>, Txt> for KeysSeen {
+impl ResolverCache<Box<str>, Txt> for KeyCache {
     fn get<Q>(&self, name: &Q) -> Option<Txt>
     where
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        seen.iter().find(|(k, _)| k.borrow() == name).map(|(_, v)| v.clone())
+        let mut entries = self.lock();
+        match entries.get(name) {
+            Some((value, until)) if *until > Instant::now() => Some(value.clone()),
+            Some(_) => {
+                entries.remove(name);
+                None
+            }
+            None => None,
+        }
     }
 
     fn remove<Q>(&self, name: &Q) -> Option<Txt>
@@ -460,13 +498,19 @@ impl ResolverCache<Box<str>, Txt> for KeysSeen {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let pos = seen.iter().position(|(k, _)| k.borrow() == name)?;
-        Some(seen.swap_remove(pos).1)
+        self.lock().remove(name).map(|(value, _)| value)
     }
 
-    fn insert(&self, key: Box<str>, value: Txt, _valid_until: std::time::Instant) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((key, value));
+    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+        let mut entries = self.lock();
+        if entries.len() >= self.capacity {
+            let now = Instant::now();
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (value, valid_until));
     }
 }
 

@@ -463,3 +463,38 @@ async fn verify_future_is_send() {
     let auth = authenticator(&dns, Duration::from_millis(100));
     send(verify(&auth, &msg, DEFAULT_MAX_SIGNATURES));
 }
+
+#[tokio::test]
+async fn key_cache_serves_later_messages_without_dns() {
+    let dns = DnsServer::start(own_signer().records.clone());
+    let auth = authenticator(&dns, Duration::from_millis(300));
+    let keys = KeyCache::new(100);
+    let signed = own_signed(MESSAGE);
+    let msg = AuthenticatedMessage::parse(&signed).unwrap();
+    let first: Vec<DkimVerdict> = verify_cached(&auth, &msg, DEFAULT_MAX_SIGNATURES, &keys).await.iter().map(|c| c.result).collect();
+    assert_eq!(first, [DkimVerdict::Pass, DkimVerdict::Pass]);
+    drop(dns);
+    // A fresh resolver (empty cache) whose server is gone: only our cache can answer.
+    let gone = DnsServer::start(Zone::new());
+    let auth = authenticator(&gone, Duration::from_millis(300));
+    let again: Vec<DkimVerdict> = verify_cached(&auth, &msg, DEFAULT_MAX_SIGNATURES, &keys).await.iter().map(|c| c.result).collect();
+    assert_eq!(again, [DkimVerdict::Pass, DkimVerdict::Pass]);
+    let uncached: Vec<DkimVerdict> = verify(&auth, &msg, DEFAULT_MAX_SIGNATURES).await.iter().map(|c| c.result).collect();
+    assert_eq!(uncached, [DkimVerdict::PermError, DkimVerdict::PermError]);
+}
+
+#[test]
+fn key_cache_is_bounded_and_honours_ttl() {
+    let cache = KeyCache::new(2);
+    let later = std::time::Instant::now() + Duration::from_secs(60);
+    let past = std::time::Instant::now() - Duration::from_secs(1);
+    let err = || Txt::Error(Error::ParseError);
+    cache.insert("a.".into(), err(), later);
+    cache.insert("old.".into(), err(), past);
+    assert!(cache.get::<str>("a.").is_some());
+    assert!(cache.get::<str>("old.").is_none(), "expired");
+    cache.insert("b.".into(), err(), later);
+    cache.insert("c.".into(), err(), later);
+    assert!(cache.lock().len() <= 2);
+    assert!(cache.get::<str>("c.").is_some());
+}
