@@ -40,6 +40,12 @@
 //! a pass exactly when `result` is [`DkimVerdict::Pass`]. Our `policy`
 //! becomes a mail-auth `fail` there (mail-auth has no policy result).
 //!
+//! Known mail-auth 0.13 behaviour underneath: it applies `l=` to the raw
+//! body before canonicalization (RFC 6376 counts canonicalized octets), so
+//! a correct `l=` signature over a relaxed body with collapsible whitespace
+//! may fail; that errs on the safe side and `l=` never passes unverified
+//! content here anyway.
+//!
 //! At most `max_signatures` `DKIM-Signature` fields are evaluated: the
 //! first ones in message order (topmost, i.e. most recently added).
 //! Fields beyond the cap are not evaluated and not reported, so a message
