@@ -84,8 +84,9 @@ fn pvalue(v: &str) -> String {
     q
 }
 
-/// Comment text: no control characters, parentheses and backslashes escaped.
-fn comment_text(s: &str) -> String {
+/// Comment text (RFC 5322 `ctext`): no control characters, parentheses
+/// and backslashes escaped.
+pub fn comment_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars().filter(|c| !c.is_control()) {
         if matches!(c, '(' | ')' | '\\') {

@@ -114,6 +114,8 @@ pub struct Checker {
     /// DMARC evaluations for aggregate reports; `None` for `verify`.
     evaluations: Option<JsonLines>,
     sealing: Option<Sealing>,
+    /// Parsed DKIM key records, by DNS name, for their TTL.
+    dkim_keys: dkim::KeyCache,
 }
 
 /// The ARC sealing key: the `[arc] seal` domain's active RSA DKIM key,
@@ -168,6 +170,7 @@ impl Checker {
                 data_dir: config.data_dir.clone(),
                 current: std::sync::Mutex::new((None, None)),
             }),
+            dkim_keys: dkim::KeyCache::new(4096),
         })
     }
 
@@ -295,7 +298,10 @@ impl Checker {
         results: &mut Vec<ResInfo>,
         add: &mut impl FnMut(Option<Finding>),
     ) -> arc::ArcOutcome<'x> {
-        let (checks, arc) = tokio::join!(dkim::verify(&self.auth, msg, self.policy.max_dkim_signatures), arc::verify(&self.auth, msg));
+        let (checks, arc) = tokio::join!(
+            dkim::verify_cached(&self.auth, msg, self.policy.max_dkim_signatures, &self.dkim_keys),
+            arc::verify(&self.auth, msg)
+        );
         for c in &checks {
             add(self.lookalikes.check_domain(&c.domain));
         }

@@ -103,25 +103,6 @@ pub struct PolicyConfig {
     pub max_dkim_signatures: usize,
 }
 
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        let raw = RawPolicy::default();
-        PolicyConfig {
-            dmarc_reject: raw.dmarc_reject,
-            dmarc_quarantine: raw.dmarc_quarantine,
-            dmarc_none: raw.dmarc_none,
-            spf_fail: raw.spf_fail,
-            spf_softfail: raw.spf_softfail,
-            lookalike: raw.lookalike,
-            invalid_from: raw.invalid_from,
-            temperror: raw.temperror,
-            trusted_arc_sealers: raw.trusted_arc_sealers,
-            quarantine: None,
-            max_dkim_signatures: raw.max_dkim_signatures,
-        }
-    }
-}
-
 impl RawPolicy {
     /// Validates; an `Err` is (key, message).
     pub(super) fn validate(self, base: &std::path::Path) -> Result<PolicyConfig, (String, String)> {
@@ -132,7 +113,11 @@ impl RawPolicy {
         if self.max_dkim_signatures == 0 || self.max_dkim_signatures > 100 {
             return Err(("policy.max_dkim_signatures".into(), "must be between 1 and 100".into()));
         }
-        Ok(PolicyConfig {
+        Ok(self.with_quarantine(quarantine))
+    }
+
+    fn with_quarantine(self, quarantine: Option<super::NextHop>) -> PolicyConfig {
+        PolicyConfig {
             dmarc_reject: self.dmarc_reject,
             dmarc_quarantine: self.dmarc_quarantine,
             dmarc_none: self.dmarc_none,
@@ -144,6 +129,6 @@ impl RawPolicy {
             trusted_arc_sealers: self.trusted_arc_sealers.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
             quarantine,
             max_dkim_signatures: self.max_dkim_signatures,
-        })
+        }
     }
 }

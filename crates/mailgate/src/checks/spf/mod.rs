@@ -223,19 +223,12 @@ pub fn received_spf_header(outcome: &SpfOutcome, identity: SpfIdentity, receiver
     }
     pairs.push(format!("receiver={}", value(receiver)));
     pairs.push(format!("identity={}", identity.as_str()));
-    format!("Received-SPF: {} ({})\r\n\t{};\r\n", outcome.result, ctext(&comment), pairs.join(";\r\n\t"))
-}
-
-/// A comment's content: backslash-escape `(`, `)` and `\`, drop controls.
-fn ctext(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars().filter(|c| !c.is_control()) {
-        if matches!(c, '(' | ')' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+    format!(
+        "Received-SPF: {} ({})\r\n\t{};\r\n",
+        outcome.result,
+        crate::checks::auth_results::comment_text(&comment),
+        pairs.join(";\r\n\t")
+    )
 }
 
 /// A key-value pair's value: a dot-atom as is, anything else quoted.
