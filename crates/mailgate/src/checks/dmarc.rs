@@ -4,9 +4,12 @@
 //! feeds it only results its own rules let pass (see `checks::dkim`), and
 //! only an author that `checks::author` found unambiguous.
 
+use mail_auth::Parameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{AuthenticatedMessage, DkimOutput, DmarcResult, MessageAuthenticator, SpfOutput};
+
+use super::dkim::KeyCache;
 use serde::Serialize;
 
 /// The DMARC verdict on one message.
@@ -56,6 +59,7 @@ fn alignment_word(a: mail_auth::dmarc::Alignment) -> &'static str {
 /// Evaluates DMARC for `msg`, whose author `checks::author` has already
 /// found. `spf_domain` is the MAIL FROM domain, or the HELO name when the
 /// reverse-path is empty (RFC 7489 §4.2), and `spf` its SPF result.
+/// `records` keeps parsed DMARC records for their TTL.
 pub async fn evaluate(
     auth: &MessageAuthenticator,
     msg: &AuthenticatedMessage<'_>,
@@ -63,10 +67,11 @@ pub async fn evaluate(
     spf_domain: &str,
     spf: &SpfOutput,
     from_domain: &str,
+    records: &KeyCache,
 ) -> Dmarc {
     let params =
         DmarcParameters { message: msg, dkim_output: dkim, dkim2_output: None, rfc5321_mail_from_domain: spf_domain, spf_output: spf };
-    let out = auth.verify_dmarc(params).await;
+    let out = auth.verify_dmarc(Parameters::new(params).with_txt_cache(records)).await;
     let result = match out.result() {
         DmarcResult::Pass => "pass",
         DmarcResult::Fail(_) => "fail",

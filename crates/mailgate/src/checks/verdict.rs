@@ -116,6 +116,8 @@ pub struct Checker {
     sealing: Option<Sealing>,
     /// Parsed DKIM key records, by DNS name, for their TTL.
     dkim_keys: dkim::KeyCache,
+    /// Parsed DMARC records, likewise.
+    dmarc_records: dkim::KeyCache,
 }
 
 /// The ARC sealing key: the `[arc] seal` domain's active RSA DKIM key,
@@ -171,6 +173,7 @@ impl Checker {
                 current: std::sync::Mutex::new((None, None)),
             }),
             dkim_keys: dkim::KeyCache::new(4096),
+            dmarc_records: dkim::KeyCache::new(4096),
         })
     }
 
@@ -351,7 +354,7 @@ impl Checker {
             (spf.domain.clone(), spf.to_mail_auth())
         };
         let outputs: Vec<_> = checks.iter().map(|c| c.output.clone()).collect();
-        let d = dmarc::evaluate(&self.auth, msg, &outputs, &spf_domain, &spf_out, &author.domain).await;
+        let d = dmarc::evaluate(&self.auth, msg, &outputs, &spf_domain, &spf_out, &author.domain, &self.dmarc_records).await;
         let mut dmarc_info = ResInfo::new("dmarc", d.result);
         match d.result {
             "fail" => {
