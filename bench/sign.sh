@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # DKIM signing benchmark: messages signed per second on one core, 5 KB
 # message, relaxed/relaxed, the same oversigned header list, the same keys:
-#   - mailgate: bench/sign-bench, mailgate-core's canonicalization + ring,
-#     exactly as the server's signer (From: parse, prepare, sign, prepend);
+#   - mailgate: bench/sign-bench, which links the mailgate library and runs
+#     the server's own signer (mailgate::sign::Signer, loaded from a config
+#     and data_dir as at start-up), then prepends the fields as inbound.rs;
 #   - OpenDKIM (Debian opendkim): `opendkim -t FILE,FILE,...` in test mode,
 #     signing (Mode s, KeyTable/SigningTable); its output is verified with
 #     TestPublicKeys (no DNS);
@@ -36,8 +37,7 @@ QUIET_SECS=${QUIET_SECS:-5}
 QUIET_MAX=${QUIET_MAX:-600}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MAILGATE=$ROOT/target/release/mailgate
-BENCH_TARGET=$ROOT/target/sign-bench
-SIGNER=$BENCH_TARGET/release/mailgate-sign-bench
+SIGNER=$ROOT/target/release/mailgate-sign-bench
 DOMAIN=bench.test
 ALGS="ed25519 rsa both"
 
@@ -68,7 +68,9 @@ PY_VERSION=$(python3 -c 'import importlib.metadata as m; print(m.version("dkimpy
 log "building mailgate and bench/sign-bench (release)"
 (cd "$ROOT" && cargo build --release -p mailgate) > "${TMPDIR:-/tmp}/mailgate-sign-build.log" 2>&1 ||
     { tail -30 "${TMPDIR:-/tmp}/mailgate-sign-build.log" >&2; die "cargo build failed"; }
-(cd "$ROOT/bench/sign-bench" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build --release) \
+# The bench shares the workspace's target directory: its Cargo.lock pins
+# the same versions, so mailgate's dependencies are not built twice.
+(cd "$ROOT/bench/sign-bench" && CARGO_TARGET_DIR=$ROOT/target cargo build --release) \
     >> "${TMPDIR:-/tmp}/mailgate-sign-build.log" 2>&1 ||
     { tail -30 "${TMPDIR:-/tmp}/mailgate-sign-build.log" >&2; die "sign-bench build failed"; }
 [ -x "$MAILGATE" ] && [ -x "$SIGNER" ] || die "binaries missing after build"
@@ -97,8 +99,18 @@ EOF
 KEYDIR=$WORK/data/dkim/$DOMAIN
 ED_SEL=$(python3 -c 'import json,sys; print([k["selector"] for k in json.load(open(sys.argv[1]))["keys"] if k["algorithm"]=="ed25519"][0])' "$KEYDIR/keys.json")
 RSA_SEL=$(python3 -c 'import json,sys; print([k["selector"] for k in json.load(open(sys.argv[1]))["keys"] if k["algorithm"]=="rsa2048"][0])' "$KEYDIR/keys.json")
-mkdir -p keys-ed25519 keys-rsa
-ln -s "$KEYDIR/$ED_SEL.pem" keys-ed25519/ && ln -s "$KEYDIR/$RSA_SEL.pem" keys-rsa/
+# One configuration per algorithm for the bench: mg-both.toml is mg.toml
+# (both keys active); mg-ed25519.toml and mg-rsa.toml each point at a
+# data_dir whose keys.json lists only that key.
+cp mg.toml mg-both.toml
+for a in ed25519 rsa; do
+    sel=$([ "$a" = ed25519 ] && echo "$ED_SEL" || echo "$RSA_SEL")
+    mkdir -p "data-$a/dkim/$DOMAIN"
+    ln -s "$KEYDIR/$sel.pem" "data-$a/dkim/$DOMAIN/"
+    python3 -c 'import json,sys; k=json.load(open(sys.argv[1])); k["keys"]=[x for x in k["keys"] if x["selector"]==sys.argv[2]]; json.dump(k, open(sys.argv[3], "w"))' \
+        "$KEYDIR/keys.json" "$sel" "data-$a/dkim/$DOMAIN/keys.json"
+    sed "s|^data_dir = .*|data_dir = \"$WORK/data-$a\"|" mg.toml > "mg-$a.toml"
+done
 
 # The published records (from `mailgate records`), as OpenDKIM's
 # TestPublicKeys file: "NAME VALUE" per line.
@@ -236,8 +248,7 @@ file_list() { python3 -c 'import sys; print(",".join([sys.argv[1]] * int(sys.arg
 log "checking every signer's output"
 for a in $ALGS; do
     want=$([ "$a" = both ] && echo 2 || echo 1)
-    kd=$WORK/keys-$a; [ "$a" = both ] && kd=$KEYDIR
-    pin "$SIGNER" "$kd" "$DOMAIN" msg.eml 1 "$a" "mg-$a.eml" > /dev/null
+    pin "$SIGNER" "mg-$a.toml" msg.eml 1 "$a" "mg-$a.eml" > /dev/null
     python3 dkimpy_verify.py testkeys "mg-$a.eml" "$want" >&2
     "$OPENDKIM" -x opendkim-verify.conf -t "mg-$a.eml" > "od-verify-$a.out" 2>&1 || true
     grep -q "verification (s=.*) succeeded" "od-verify-$a.out" ||
@@ -277,10 +288,9 @@ rate() { awk -v n="$1" -v s="$2" 'BEGIN{printf "%.1f", n / s}'; }
 RESULTS=()   # "side alg run n secs rate quiet"
 
 run_mailgate() { # alg run
-    local n kd out
+    local n out
     n=$(nth "$MG_N" "$(alg_index "$1")")
-    kd=$WORK/keys-$1; [ "$1" = both ] && kd=$KEYDIR
-    out=$(pin "$SIGNER" "$kd" "$DOMAIN" msg.eml "$n" "$1")
+    out=$(pin "$SIGNER" "mg-$1.toml" msg.eml "$n" "$1")
     RESULTS+=("mailgate $1 $2 $n $(echo "$out" | awk '{print $3, $4}') $QUIET")
 }
 
@@ -326,7 +336,7 @@ best() { printf '%s\n' "${RESULTS[@]}" | awk -v s="$1" -v a="$2" '$1==s && $2==a
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.1f", a / b; else print "-" }'; }
 echo
 echo "## sign: DKIM signatures on one core (taskset -c $CPU), 5120-byte message, relaxed/relaxed"
-echo "mailgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) (mailgate-core + ring), OpenDKIM $OD_VERSION (opendkim -t), dkimpy $PY_VERSION; $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "mailgate $(git -C "$ROOT" describe --always --dirty 2>/dev/null) (mailgate::sign::Signer), OpenDKIM $OD_VERSION (opendkim -t), dkimpy $PY_VERSION; $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "| side | algorithm | run | messages | seconds | msg/s | quiet before |"
 echo "|---|---|---|---|---|---|---|"

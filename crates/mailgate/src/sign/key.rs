@@ -1,22 +1,28 @@
 //! DKIM private keys: Ed25519 (RFC 8463) and RSA, loaded from PEM, and the
 //! public `p=` value for DNS.
+//!
+//! Signatures come from aws-lc-rs, not ring (which TLS uses): its RSA-2048
+//! private-key operation is about twice ring's speed and its Ed25519 about
+//! three times on x86-64, and RSA is most of the cost of signing a message
+//! (BENCHMARKS.md, "Signing").
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use mailgate_core::dkim::{Algorithm, SigningInput};
-use ring::signature::{Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer};
 
 pub enum DkimKey {
     Ed25519(Ed25519KeyPair),
-    /// RSA of 2048 bits or more, signed with ring.
+    /// RSA of 2048 bits or more, signed with aws-lc-rs.
     Rsa {
         key: RsaKeyPair,
         spki: Vec<u8>,
     },
-    /// RSA under 2048 bits, which ring refuses: only for verifying old
+    /// RSA under 2048 bits, which aws-lc-rs refuses: only for verifying old
     /// material such as RFC 8463's 1024-bit example key. RFC 8301 forbids
     /// generating such keys; `keygen` never does.
     RsaLegacy {
@@ -56,7 +62,7 @@ impl DkimKey {
         let spki = key.to_public_key().to_public_key_der().map_err(err)?.as_bytes().to_vec();
         let pkcs8 = key.to_pkcs8_der().map_err(err)?;
         match RsaKeyPair::from_pkcs8(pkcs8.as_bytes()) {
-            Ok(ring_key) => Ok(DkimKey::Rsa { key: ring_key, spki }),
+            Ok(fast) => Ok(DkimKey::Rsa { key: fast, spki }),
             Err(_) => Ok(DkimKey::RsaLegacy { key: Box::new(key), spki }),
         }
     }
@@ -71,14 +77,10 @@ impl DkimKey {
     pub fn generate(algorithm: Algorithm, bits: usize) -> anyhow::Result<(DkimKey, String)> {
         match algorithm {
             Algorithm::Ed25519Sha256 => {
-                let v2 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(err)?;
-                // ring writes PKCS#8 v2 (RFC 5958, with the public key),
-                // which OpenSSL 3.0 tools cannot read. Store the plain v1
-                // form (RFC 8410): the seed is bytes 16..48 of ring's DER.
-                let seed = v2.as_ref().get(16..48).ok_or_else(|| anyhow::anyhow!("unexpected Ed25519 PKCS#8 layout"))?;
-                let mut v1 = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
-                v1.extend_from_slice(seed);
-                let pem = pem_encode("PRIVATE KEY", &v1);
+                // PKCS#8 v1 (RFC 8410), not v2 (RFC 5958, with the public
+                // key), which OpenSSL 3.0 tools cannot read.
+                let v1 = Ed25519KeyPair::generate().and_then(|k| k.to_pkcs8v1()).map_err(err)?;
+                let pem = pem_encode("PRIVATE KEY", v1.as_ref());
                 Ok((DkimKey::from_pem(&pem)?, pem))
             }
             Algorithm::RsaSha256 => {
@@ -95,8 +97,8 @@ impl DkimKey {
             // RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data.
             DkimKey::Ed25519(k) => Ok(k.sign(&input.digest()).as_ref().to_vec()),
             DkimKey::Rsa { key, .. } => {
-                let mut sig = vec![0; key.public().modulus_len()];
-                key.sign(&RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), &input.data, &mut sig).map_err(err)?;
+                let mut sig = vec![0; key.public_modulus_len()];
+                key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), &input.data, &mut sig).map_err(err)?;
                 Ok(sig)
             }
             DkimKey::RsaLegacy { key, .. } => {
