@@ -25,8 +25,6 @@ use mail_auth::common::crypto::{Algorithm, CryptoError, HashAlgorithm, Sha256, S
 use mail_auth::common::headers::{Header, HeaderWriter, Writable};
 use mail_auth::dkim::Canonicalization;
 use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimResult, MessageAuthenticator};
-use ring::signature::RSA_PKCS1_SHA256;
-use rsa::signature::{SignatureEncoding, Signer as _};
 use sha2::Digest;
 
 use crate::sign::key::DkimKey;
@@ -170,22 +168,9 @@ impl SealingKey {
         }
     }
 
-    /// Signs `data` as DKIM does: RSA PKCS#1 v1.5 over SHA-256, or Ed25519
-    /// over the SHA-256 digest (RFC 8463 §3).
+    /// Signs `data` as DKIM does (`sign::key::DkimKey::sign_data`).
     fn sign(&self, data: &[u8]) -> anyhow::Result<Vec<u8>> {
-        match &self.key {
-            DkimKey::Ed25519(k) => Ok(k.sign(&sha2::Sha256::digest(data)).as_ref().to_vec()),
-            DkimKey::Rsa { key, .. } => {
-                let mut sig = vec![0; key.public().modulus_len()];
-                key.sign(&RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), data, &mut sig)
-                    .map_err(|e| anyhow::anyhow!("RSA signing failed: {e}"))?;
-                Ok(sig)
-            }
-            DkimKey::RsaLegacy { key, .. } => {
-                let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**key).clone());
-                Ok(signer.sign(data).to_vec())
-            }
-        }
+        self.key.sign_data(data, sha2::Sha256::digest(data).into())
     }
 }
 

@@ -214,7 +214,10 @@ async fn seal_failed_chain() {
     let b: String = b.chars().filter(|c| !c.is_whitespace()).collect();
     let b = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim_end_matches(';')).expect("base64");
     let DkimKey::Rsa { key, .. } = &second.key.key else { panic!("RSA key") };
-    let public = ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key.public().as_ref());
+    let public = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        aws_lc_rs::signature::KeyPair::public_key(key).as_ref(),
+    );
     public.verify(&signed, &b).expect("the cv=fail seal signs the new set alone");
 
     let msg = AuthenticatedMessage::parse(two.as_bytes()).expect("parses");

@@ -93,17 +93,22 @@ impl DkimKey {
     }
 
     pub fn sign(&self, input: &SigningInput) -> anyhow::Result<Vec<u8>> {
+        self.sign_data(&input.data, input.digest())
+    }
+
+    /// Signs `data` (whose SHA-256 hash is `digest`) as DKIM and ARC do:
+    /// RSA PKCS#1 v1.5 over SHA-256, or Ed25519 over the digest (RFC 8463 §3).
+    pub fn sign_data(&self, data: &[u8], digest: [u8; 32]) -> anyhow::Result<Vec<u8>> {
         match self {
-            // RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data.
-            DkimKey::Ed25519(k) => Ok(k.sign(&input.digest()).as_ref().to_vec()),
+            DkimKey::Ed25519(k) => Ok(k.sign(&digest).as_ref().to_vec()),
             DkimKey::Rsa { key, .. } => {
                 let mut sig = vec![0; key.public_modulus_len()];
-                key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), &input.data, &mut sig).map_err(err)?;
+                key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), data, &mut sig).map_err(err)?;
                 Ok(sig)
             }
             DkimKey::RsaLegacy { key, .. } => {
                 let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**key).clone());
-                Ok(signer.sign(&input.data).to_vec())
+                Ok(signer.sign(data).to_vec())
             }
         }
     }
