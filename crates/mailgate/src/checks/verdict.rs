@@ -232,8 +232,10 @@ impl Checker {
         };
         let mut decision = Decision::default();
         match spf.result {
-            SpfResult::Fail => decision.raise(self.policy.spf_fail, format!("SPF of {} does not permit {}", spf.domain, input.ip)),
-            SpfResult::SoftFail => decision.raise(self.policy.spf_softfail, format!("SPF of {} softfails for {}", spf.domain, input.ip)),
+            SpfResult::Fail => decision.raise_spf(self.policy.spf_fail, format!("SPF of {} does not permit {}", spf.domain, input.ip)),
+            SpfResult::SoftFail => {
+                decision.raise_spf(self.policy.spf_softfail, format!("SPF of {} softfails for {}", spf.domain, input.ip))
+            }
             _ => {}
         }
 
@@ -468,13 +470,23 @@ struct Decision {
 }
 
 impl Decision {
-    fn raise(&mut self, action: Action, why: String) {
-        if action > self.action || (self.temporary && action == Action::Reject) {
-            let from_spf = why.starts_with("SPF ");
+    /// Takes `action` if it is stronger than the current one (a permanent
+    /// reject also beats a temporary one).
+    fn raise(&mut self, action: Action, why: String) -> bool {
+        let stronger = action > self.action || (self.temporary && action == Action::Reject);
+        if stronger {
             self.action = action;
             self.reason = Some(why);
             self.temporary = false;
-            self.from_spf = from_spf;
+            self.from_spf = false;
+        }
+        stronger
+    }
+
+    /// As `raise`, for an SPF result alone, which a DMARC pass undoes.
+    fn raise_spf(&mut self, action: Action, why: String) {
+        if self.raise(action, why) {
+            self.from_spf = true;
         }
     }
 
