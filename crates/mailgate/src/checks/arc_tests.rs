@@ -245,23 +245,13 @@ fn split_fields(text: &str) -> Vec<&str> {
 /// reason, and such a chain is not sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_failure_is_temperror() {
-    use hickory_resolver::TokioResolver;
-    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-    use hickory_resolver::net::runtime::TokioRuntimeProvider;
-
     let first = hop("lists.test", "arc1", Algorithm::Ed25519Sha256);
     let dns = DnsServer::start(zone(&[&first]));
     let one = relay(&authenticator(&dns), &first, MESSAGE, ArcResult::None).await;
 
     let broken = DnsServer::start(Zone::new().timeout(&first.dns_name()));
-    let addr = broken.addr();
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let servers = vec![NameServerConfig::new(addr.ip(), true, vec![udp])];
-    let mut builder = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
-    builder.options_mut().timeout = Duration::from_millis(300);
-    builder.options_mut().attempts = 1;
-    let auth = MessageAuthenticator(builder.build().expect("resolver"));
+    let lookup = crate::dns::Lookup { attempts: 1, timeout: Duration::from_millis(300), tcp: false };
+    let auth = MessageAuthenticator(crate::dns::resolver_with(Some(&[broken.addr()]), lookup).expect("resolver"));
 
     let msg = AuthenticatedMessage::parse(one.as_bytes()).expect("parses");
     let outcome = verify(&auth, &msg).await;

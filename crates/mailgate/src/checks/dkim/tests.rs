@@ -2,7 +2,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use mailgate_core::dkim::{self as core_dkim, Canon, Params};
 use mailgate_testkit::dns::{DnsServer, Zone};
 
@@ -25,20 +24,8 @@ fn zone_from(records: &str) -> Zone {
 }
 
 fn authenticator(dns: &DnsServer, timeout: Duration) -> MessageAuthenticator {
-    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-    use hickory_resolver::net::runtime::TokioRuntimeProvider;
-    let addr = dns.addr();
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = addr.port();
-    let servers = vec![NameServerConfig::new(addr.ip(), true, vec![udp, tcp])];
-    let mut builder = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
-    let opts = builder.options_mut();
-    opts.ndots = 0;
-    opts.attempts = 1;
-    opts.timeout = timeout;
-    MessageAuthenticator(builder.build().unwrap())
+    let lookup = crate::dns::Lookup { attempts: 1, timeout, tcp: true };
+    MessageAuthenticator(crate::dns::resolver_with(Some(&[dns.addr()]), lookup).expect("resolver"))
 }
 
 /// A DkimCheck without the borrow, for asserting on.

@@ -256,20 +256,8 @@ mod tests {
     use std::time::Duration;
 
     pub(super) fn checker(dns: &DnsServer, timeout: Duration) -> SpfChecker {
-        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-        use hickory_resolver::net::runtime::TokioRuntimeProvider;
-        let addr = dns.addr();
-        let mut udp = ConnectionConfig::udp();
-        udp.port = addr.port();
-        let mut tcp = ConnectionConfig::tcp();
-        tcp.port = addr.port();
-        let servers = vec![NameServerConfig::new(addr.ip(), true, vec![udp, tcp])];
-        let mut builder = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
-        let opts = builder.options_mut();
-        opts.ndots = 0;
-        opts.attempts = 1;
-        opts.timeout = timeout;
-        SpfChecker::from_resolver(builder.build().expect("resolver"), "mx.test.invalid")
+        let lookup = crate::dns::Lookup { attempts: 1, timeout, tcp: true };
+        SpfChecker::from_resolver(crate::dns::resolver_with(Some(&[dns.addr()]), lookup).expect("resolver"), "mx.test.invalid")
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -13,7 +13,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::op::{Message, MessageType};
 use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record};
@@ -220,17 +219,8 @@ impl Drop for Front {
 
 /// A checker querying only `addr`, over UDP (all the front serves).
 fn checker(addr: SocketAddr) -> SpfChecker {
-    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-    use hickory_resolver::net::runtime::TokioRuntimeProvider;
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let servers = vec![NameServerConfig::new(addr.ip(), true, vec![udp])];
-    let mut builder = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
-    let opts = builder.options_mut();
-    opts.ndots = 0;
-    opts.attempts = 1;
-    opts.timeout = TIMEOUT;
-    SpfChecker::from_resolver(builder.build().expect("resolver"), "mx.test.invalid")
+    let lookup = crate::dns::Lookup { attempts: 1, timeout: TIMEOUT, tcp: false };
+    SpfChecker::from_resolver(crate::dns::resolver_with(Some(&[addr]), lookup).expect("resolver"), "mx.test.invalid")
 }
 
 fn load(yaml: &str) -> Vec<Scenario> {
