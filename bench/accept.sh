@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accept benchmark: mailgate against a private Postfix instance, same load,
-# same machine, same run. See /work/shared/bench-peers.md ("Accept").
+# same machine, same run. See BENCHMARKS.md ("Accept") for how Postfix is set up.
 #
 # Work compared: receive over SMTP and make the message durable (fsync before
 # 250), nothing delivered during the run.
@@ -291,7 +291,7 @@ run_postfix() { # run-number
     chmod 755 "$d"
     port=$(free_port)
     cat > "$d/conf/main.cf" <<EOF
-# Private benchmark instance (bench/accept.sh); see shared/bench-peers.md.
+# Private benchmark instance (bench/accept.sh).
 compatibility_level = 3.6
 config_directory = $d/conf
 queue_directory = $d/queue

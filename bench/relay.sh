@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Relay benchmark: end to end, smtp-source -> MTA -> smtp-sink, mailgate
 # against a private Postfix instance, same load, same machine, same run.
-# See /work/shared/bench-peers.md ("Relay (issue: delivery benchmark)").
+# See BENCHMARKS.md ("Relay") for how Postfix is set up.
 #
 # Work compared: receive over SMTP, make the message durable (fsync before
 # 250), deliver it to smtp-sink over SMTP, remove it from the queue.
@@ -416,7 +416,7 @@ run_postfix() { # run-number
     start_sink "$d"
     port=$(free_port)
     cat > "$d/conf/main.cf" <<EOF
-# Private benchmark instance (bench/relay.sh); see shared/bench-peers.md.
+# Private benchmark instance (bench/relay.sh).
 compatibility_level = 3.6
 config_directory = $d/conf
 queue_directory = $d/queue

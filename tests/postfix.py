@@ -4,7 +4,7 @@
   smtp-sink, smtp-source) is installed, installing it the way .ci/run does
   when it is missing; skips the test only if that is impossible.
 - `PostfixInstance`: a private Postfix instance in its own directory
-  (see /work/shared/bench-peers.md): own main.cf/master.cf, queue and data
+  (as BENCHMARKS.md describes): own main.cf/master.cf, queue and data
   directories, listening only on 127.0.0.1, started and stopped with
   `postfix -c DIR`. It never touches /etc/postfix or a system instance.
 - `SmtpSink`: Postfix's `smtp-sink` dumping every transaction to a file.

@@ -1,7 +1,7 @@
 """Interop with a real Postfix, in both directions, on loopback.
 
 Each test starts a private Postfix instance in its own directory
-(`postfix -c DIR`, see tests/postfix.py and /work/shared/bench-peers.md)
+(`postfix -c DIR`, see tests/postfix.py)
 and a mailgate server from the shared conftest, and stops both afterwards.
 
 - mailgate -> Postfix: mailgate's `[[domain]] deliver` points at Postfix's

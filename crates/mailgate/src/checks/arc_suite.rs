@@ -1,6 +1,6 @@
 //! The ValiMail ARC validation suite (171 tests), run through [`verify`]
 //! against a loopback DNS server serving each scenario's `txt-records`
-//! (format in `shared/conformance/README.md`). `ARC_SUITE_VERBOSE=1`
+//! (format in `tests/conformance/README.md`). `ARC_SUITE_VERBOSE=1`
 //! prints every test's result and reason.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +13,7 @@ use serde_yaml::Value;
 
 use super::{ArcResult, verify};
 
-const SUITE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/arc/arc-draft-validation-tests.yml"));
+const SUITE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/conformance/arc/arc-draft-validation-tests.yml"));
 
 /// Tests expected to fail, each with why. A test listed here that passes
 /// fails the run, so the list cannot go stale.

@@ -2,7 +2,7 @@ use super::*;
 use base64::Engine;
 
 fn conformance(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/dkim/rfc8463").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/dkim/rfc8463").join(name)
 }
 
 fn b_value(signed: &str, selector: &str) -> String {

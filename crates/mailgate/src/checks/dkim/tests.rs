@@ -11,7 +11,7 @@ use crate::sign::key::DkimKey;
 use crate::sign::{OVERSIGNED, SIGNED_HEADERS, Signer, store};
 
 fn conformance(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/dkim/rfc8463").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/dkim/rfc8463").join(name)
 }
 
 fn testdata(name: &str) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The openspf RFC 7208 and RFC 4408 conformance suites, run through
 //! [`SpfChecker`] against a loopback DNS server serving each scenario's
-//! `zonedata` (conventions in `shared/conformance/README.md`).
+//! `zonedata` (conventions in `tests/conformance/README.md`).
 //!
 //! The testkit's zone takes names through hickory's host-name parser, which
 //! rejects the `:`, `/`, `%` and spaces some scenarios use in names (legal
@@ -21,8 +21,8 @@ use serde_yaml::Value;
 
 use super::{SpfChecker, SpfResult};
 
-const RFC7208: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/spf/rfc7208-tests.yml"));
-const RFC4408: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/spf/rfc4408-tests.yml"));
+const RFC7208: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/conformance/spf/rfc7208-tests.yml"));
+const RFC4408: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/conformance/spf/rfc4408-tests.yml"));
 
 /// Resolver timeout: a TIMEOUT name costs this much per query.
 const TIMEOUT: Duration = Duration::from_millis(250);
