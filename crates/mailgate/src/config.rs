@@ -104,6 +104,9 @@ struct RawServer {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     public_addresses: Vec<std::net::IpAddr>,
+    /// The user `serve` runs as once its listeners are bound, when started
+    /// as root.
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,11 +235,15 @@ struct RawUser {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     bind: Option<SocketAddr>,
+    /// Serve the admin API and dashboard over TLS with the listener
+    /// certificate.
+    #[serde(default)]
+    tls: bool,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { bind: Some(default_http()) }
+        RawHttp { bind: Some(default_http()), tls: false }
     }
 }
 
@@ -264,6 +271,14 @@ pub struct Limits {
     pub data_timeout: u64,
     /// Seconds in-flight sessions get to finish on shutdown.
     pub shutdown_grace: u64,
+    /// Octets of message content held in memory across all sessions;
+    /// content past a small per-message threshold goes to disk and does
+    /// not count. Reaching it answers 451 4.3.2.
+    pub max_inflight_memory: u64,
+    /// Longest line (octets, with CRLF) accepted on submission listeners
+    /// and from trusted networks; longer than 998 octets is re-encoded
+    /// before signing. `mx` stays at RFC 5321's 1000.
+    pub max_submission_line: usize,
 }
 
 impl Default for Limits {
@@ -277,6 +292,8 @@ impl Default for Limits {
             command_timeout: 300,
             data_timeout: 300,
             shutdown_grace: 60,
+            max_inflight_memory: 256 * 1024 * 1024,
+            max_submission_line: 64 * 1024,
         }
     }
 }
@@ -377,6 +394,10 @@ pub struct Config {
     pub domains: Vec<DomainConfig>,
     pub users: Vec<User>,
     pub http_bind: Option<SocketAddr>,
+    /// `[http] tls`: the admin API speaks HTTPS with the listener certificate.
+    pub http_tls: bool,
+    /// `[server] user`: None means "mailgate" if that user exists.
+    pub user: Option<String>,
     pub limits: Limits,
     pub spool: SpoolConfig,
     pub log_format: LogFormat,
@@ -509,6 +530,12 @@ impl Config {
         if limits.max_message_size < 1024 {
             return Err(invalid("limits.max_message_size".into(), "must be at least 1024".into()));
         }
+        if limits.max_inflight_memory < 1024 * 1024 {
+            return Err(invalid("limits.max_inflight_memory".into(), "must be at least 1048576 (1 MiB)".into()));
+        }
+        if !(1000..=16 * 1024 * 1024).contains(&limits.max_submission_line) {
+            return Err(invalid("limits.max_submission_line".into(), "must be between 1000 and 16777216".into()));
+        }
         for (key, value) in [
             ("max_connections", limits.max_connections as u64),
             ("max_connections_per_ip", limits.max_connections_per_ip as u64),
@@ -560,6 +587,8 @@ impl Config {
             domains,
             users,
             http_bind: raw.http.bind,
+            http_tls: raw.http.tls,
+            user: raw.server.user,
             limits,
             spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },
             log_format: raw.log.format,
