@@ -100,6 +100,9 @@ pub mod status {
     pub const NO_SYSTEM_STORAGE: StatusCode = StatusCode::new(4, 3, 1);
     pub const SYSTEM_ERROR: StatusCode = StatusCode::new(4, 3, 0);
     pub const SHUTTING_DOWN: StatusCode = StatusCode::new(4, 3, 2);
+    /// "System not accepting network messages": also for running out of
+    /// the in-flight memory budget.
+    pub const OVERLOADED: StatusCode = StatusCode::new(4, 3, 2);
     pub const MSG_TOO_BIG: StatusCode = StatusCode::new(5, 3, 4);
     pub const MSG_TOO_BIG_SYSTEM: StatusCode = StatusCode::new(5, 2, 3);
     pub const TIMEOUT: StatusCode = StatusCode::new(4, 4, 2);

@@ -11,6 +11,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContentError {
     TooBig,
+    /// The server's in-flight memory budget ran out during the transaction.
+    OverBudget,
     BareLineEnding,
     Nul,
     LineTooLong,
@@ -23,6 +25,9 @@ pub struct ContentCheck {
     pub nul: bool,
     pub line_too_long: bool,
     pub too_big: bool,
+    /// The driver ran out of memory budget: content is discarded from
+    /// then on and the transaction gets a 451 at its end.
+    pub over_budget: bool,
 }
 
 impl ContentCheck {
@@ -31,6 +36,8 @@ impl ContentCheck {
     pub fn error(&self) -> Option<ContentError> {
         if self.too_big {
             Some(ContentError::TooBig)
+        } else if self.over_budget {
+            Some(ContentError::OverBudget)
         } else if self.bare_line_ending {
             Some(ContentError::BareLineEnding)
         } else if self.nul {
@@ -63,15 +70,25 @@ pub struct DataReader {
     in_long_line: bool,
     max_line: usize,
     max_size: u64,
+    /// Content octets accepted so far, including any the driver has
+    /// already taken out of `body` (moved to disk).
+    size: u64,
     pub check: ContentCheck,
 }
 
 impl DataReader {
     pub fn new(max_line: usize, max_size: u64) -> Self {
-        DataReader { after_crlf: true, in_long_line: false, max_line, max_size, check: ContentCheck::default() }
+        DataReader { after_crlf: true, in_long_line: false, max_line, max_size, size: 0, check: ContentCheck::default() }
+    }
+
+    /// Content octets accepted so far (unstuffed).
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// Consumes complete lines from `input`, appending content to `body`.
+    /// The driver may take bytes out of `body` between calls (to move them
+    /// to disk); the size limit counts everything ever appended.
     pub fn feed(&mut self, input: &[u8], body: &mut Vec<u8>) -> DataProgress {
         let mut pos = 0;
         while pos < input.len() {
@@ -115,10 +132,11 @@ impl DataReader {
                 self.check.line_too_long = true;
             }
             let content = if self.after_crlf && line.first() == Some(&b'.') { &line[1..] } else { line };
-            if body.len() as u64 + content.len() as u64 > self.max_size {
+            if self.size + content.len() as u64 > self.max_size {
                 self.check.too_big = true;
             } else if self.check.error().is_none() {
                 body.extend_from_slice(content);
+                self.size += content.len() as u64;
             }
             self.after_crlf = crlf;
         }

@@ -168,7 +168,10 @@ struct Transaction {
     sender: ReversePath,
     params: MailParams,
     recipients: Vec<Recipient>,
+    /// Content not yet taken by the driver (see [`Session::take_body`]).
     body: Vec<u8>,
+    /// BDAT octets received so far, including what the driver took.
+    size: u64,
     check: ContentCheck,
     bdat: Option<BdatScanner>,
 }
@@ -291,6 +294,55 @@ impl Session {
             self.close_with(Reply::new(421, status::SHUTTING_DOWN, format!("{} Service shutting down", self.config.hostname)));
         }
         self.take()
+    }
+
+    /// Octets of message content the session holds in memory for the
+    /// current transaction.
+    pub fn buffered_body(&self) -> usize {
+        self.transaction().map_or(0, |tx| tx.body.len())
+    }
+
+    /// Takes the content buffered so far, so the driver can move it to
+    /// disk; later content is appended after it. The message the session
+    /// finally hands over ([`Incoming::data`]) holds only what was not taken.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        self.transaction_mut().map(|tx| std::mem::take(&mut tx.body)).unwrap_or_default()
+    }
+
+    /// The driver's memory budget ran out: the current transaction's
+    /// content is dropped, the rest of it is read and discarded, and the
+    /// client gets `451 4.3.2` where the transaction would have ended.
+    pub fn over_budget(&mut self) {
+        match &mut self.state {
+            State::Data(tx, reader) => {
+                reader.check.over_budget = true;
+                tx.body = Vec::new();
+            }
+            State::Chunk { tx: Some(tx), .. } => {
+                tx.check.over_budget = true;
+                tx.body = Vec::new();
+            }
+            State::Mail(tx) if tx.bdat.is_some() => {
+                // Between chunks: the next BDAT is refused with the 451.
+                tx.check.over_budget = true;
+                tx.body = Vec::new();
+            }
+            _ => {}
+        }
+    }
+
+    fn transaction(&self) -> Option<&Transaction> {
+        match &self.state {
+            State::Mail(tx) | State::Data(tx, _) | State::Chunk { tx: Some(tx), .. } => Some(tx),
+            _ => None,
+        }
+    }
+
+    fn transaction_mut(&mut self) -> Option<&mut Transaction> {
+        match &mut self.state {
+            State::Mail(tx) | State::Data(tx, _) | State::Chunk { tx: Some(tx), .. } => Some(tx),
+            _ => None,
+        }
     }
 
     fn take(&mut self) -> Vec<Action> {
@@ -504,6 +556,7 @@ impl Session {
             params,
             recipients: Vec::new(),
             body: Vec::new(),
+            size: 0,
             check: ContentCheck::default(),
             bdat: None,
         });
@@ -572,8 +625,9 @@ impl Session {
         // branch reads them; otherwise they would be taken for commands.
         let (tx, refusal) = match std::mem::replace(&mut self.state, State::Ready) {
             State::Mail(tx) if tx.recipients.is_empty() => (None, Some(Reply::new(554, status::INVALID_COMMAND, "No valid recipients"))),
+            State::Mail(tx) if tx.check.over_budget => (None, Some(over_budget_reply())),
             State::Mail(mut tx) => {
-                if tx.body.len() as u64 + size > self.config.max_message_size {
+                if tx.size + size > self.config.max_message_size {
                     (None, Some(Reply::new(552, status::MSG_TOO_BIG, "Message size exceeds fixed maximum message size")))
                 } else {
                     tx.bdat.get_or_insert_with(BdatScanner::default);
@@ -618,7 +672,10 @@ impl Session {
             if let Some(scanner) = tx.bdat.as_mut() {
                 scanner.scan(bytes, self.config.max_text_line, &mut tx.check);
             }
-            tx.body.extend_from_slice(bytes);
+            if !tx.check.over_budget {
+                tx.body.extend_from_slice(bytes);
+            }
+            tx.size += take as u64;
         }
         *remaining -= take as u64;
         if *remaining > 0 {
@@ -640,8 +697,12 @@ impl Session {
             return self.reply(reply);
         }
         let Some(mut tx) = tx else { return };
+        if !last && tx.check.over_budget {
+            // RFC 3030 §2: a failed chunk fails the transaction.
+            return self.reply(over_budget_reply());
+        }
         if !last {
-            let n = tx.body.len();
+            let n = tx.size;
             self.state = State::Mail(tx);
             return self.reply(Reply::new(250, status::OK, format!("{n} octets received")));
         }
@@ -657,6 +718,7 @@ impl Session {
             self.state = State::Ready;
             let reply = match err {
                 ContentError::TooBig => Reply::new(552, status::MSG_TOO_BIG, "Message size exceeds fixed maximum message size"),
+                ContentError::OverBudget => over_budget_reply(),
                 ContentError::BareLineEnding => {
                     Reply::new(550, status::MEDIA, "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
                 }
@@ -686,6 +748,10 @@ impl Session {
         self.state = State::Enqueuing;
         self.actions.push(Action::Enqueue(Box::new(Incoming { envelope, data: tx.body })));
     }
+}
+
+fn over_budget_reply() -> Reply {
+    Reply::new(451, status::OVERLOADED, "Insufficient system resources for this message now; try again later")
 }
 
 #[cfg(test)]

@@ -358,3 +358,65 @@ fn auth_plain_for_another_identity_is_refused() {
     // ceo\0alice\0secret: alice asking to act as ceo.
     assert_eq!(codes_and_actions(s.receive(b"EHLO c\r\nAUTH PLAIN Y2VvAGFsaWNlAHNlY3JldA==\r\n")), ["250", "535"]);
 }
+
+/// The message a run enqueued, with the body bytes the session still held.
+fn enqueued(actions: Vec<Action>) -> Option<Vec<u8>> {
+    actions.into_iter().find_map(|a| match a {
+        Action::Enqueue(m) => Some(m.data),
+        _ => None,
+    })
+}
+
+#[test]
+fn body_taken_by_the_driver_still_counts_and_is_not_handed_over_twice() {
+    let mut s = session();
+    assert_eq!(run(&mut s, TX), ["250", "250", "250", "354"]);
+    s.receive(b"Subject: a\r\n\r\n..first\r\n");
+    assert_eq!(s.buffered_body(), b"Subject: a\r\n\r\n.first\r\n".len());
+    let taken = s.take_body();
+    assert_eq!(taken, b"Subject: a\r\n\r\n.first\r\n");
+    assert_eq!(s.buffered_body(), 0);
+    let tail = enqueued(s.receive(b"second\r\n.\r\n")).expect("enqueued");
+    assert_eq!(tail, b"second\r\n");
+}
+
+#[test]
+fn taken_body_counts_toward_the_size_limit() {
+    let mut s = session();
+    run(&mut s, TX);
+    // max_message_size is 1000: take 900, then send 200 more.
+    s.receive(&[b"x".repeat(898), b"\r\n".to_vec()].concat());
+    assert_eq!(s.take_body().len(), 900);
+    s.receive(&[b"y".repeat(198), b"\r\n".to_vec()].concat());
+    let out: Vec<String> =
+        s.receive(b".\r\n").into_iter().filter_map(|a| if let Action::Reply(r) = a { Some(r.code.to_string()) } else { None }).collect();
+    assert_eq!(out, ["552"]);
+}
+
+#[test]
+fn over_budget_during_data_reads_to_the_end_then_451() {
+    let mut s = session();
+    run(&mut s, TX);
+    s.receive(b"Subject: a\r\n\r\npart one\r\n");
+    s.over_budget();
+    assert_eq!(s.buffered_body(), 0);
+    s.receive(b"more content that is dropped\r\n");
+    assert_eq!(s.buffered_body(), 0, "content after the budget ran out is not kept");
+    // MAIL after the fake end would be a command only after the real one.
+    let actions = s.receive(b".\r\nMAIL FROM:<a@x.test>\r\n");
+    let replies: Vec<Reply> = actions.into_iter().filter_map(|a| if let Action::Reply(r) = a { Some(r) } else { None }).collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!((replies[0].code, replies[0].status), (451, Some(status::OVERLOADED)));
+    assert_eq!(replies[1].code, 250, "the session goes on after the 451");
+}
+
+#[test]
+fn over_budget_during_bdat_fails_the_chunk_and_the_transaction() {
+    let mut s = session();
+    let out = run(&mut s, b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\nBDAT 10\r\n12345");
+    assert_eq!(out, ["250", "250", "250"]);
+    s.over_budget();
+    assert_eq!(run(&mut s, b"67890"), ["451"]);
+    // The transaction is gone: the next chunk has none to join.
+    assert_eq!(run(&mut s, b"BDAT 3 LAST\r\nabc"), ["503"]);
+}
