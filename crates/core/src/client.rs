@@ -594,19 +594,48 @@ fn b64(bytes: &[u8]) -> String {
 /// stored with CRLF line endings; a missing final CRLF is added.
 pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in content {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !content.is_empty() && !content.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut stuffer = DotStuffer::default();
+    stuffer.push(content, &mut out);
+    stuffer.finish(&mut out);
     out
+}
+
+/// [`dot_stuff`] for content that arrives in pieces: a line may start in
+/// one piece and go on in the next.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    /// The last two octets pushed, to tell whether content ended in CRLF.
+    tail: [u8; 2],
+    empty: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer { at_line_start: true, tail: [0; 2], empty: true }
+    }
+}
+
+impl DotStuffer {
+    pub fn push(&mut self, content: &[u8], out: &mut Vec<u8>) {
+        for &b in content {
+            if self.at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            self.at_line_start = b == b'\n';
+            self.tail = [self.tail[1], b];
+        }
+        self.empty &= content.is_empty();
+    }
+
+    /// The final CRLF if missing, and the terminator.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.empty && self.tail != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,17 @@ fn dot_stuffing() {
     assert_eq!(dot_stuff(b".a\r\nb\r\n..c\r\n"), b"..a\r\nb\r\n...c\r\n.\r\n");
     assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
     assert_eq!(dot_stuff(b""), b".\r\n");
+    // Fed in pieces that split lines, CRLFs and dots: the same bytes.
+    let content = b".a\r\n..b\r\nc.\r\n.\r\nend\r";
+    for split in 0..content.len() {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        stuffer.push(&content[..split], &mut out);
+        stuffer.push(&content[split..], &mut out);
+        stuffer.finish(&mut out);
+        assert_eq!(out, dot_stuff(content), "split at {split}");
+    }
+    assert_eq!(dot_stuff(b"x\r"), b"x\r\r\n.\r\n");
 }
 
 #[test]

@@ -95,7 +95,7 @@ async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     v["ret"] = json!(env.ret);
     v["envid"] = json!(env.envid);
     v["received_at"] = json!(env.received_at);
-    if let Ok(Some(data)) = api.spool.read_data(&id) {
+    if let Ok(Some(data)) = api.spool.read_limited(&id, 0) {
         let end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(data.len());
         v["headers"] = json!(String::from_utf8_lossy(&data[..end]));
     }

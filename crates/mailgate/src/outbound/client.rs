@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailgate_core::client::{Client, ClientAction, ClientConfig, ContentMode, OutboundMessage, Outcome, dot_stuff};
+use mailgate_core::client::{Client, ClientAction, ClientConfig, ContentMode, DotStuffer, OutboundMessage, Outcome};
 use mailgate_core::reply::{Reply, ReplyReader, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,7 +13,11 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use super::route::Candidate;
+use crate::spool::Content;
 use crate::tls::Stream;
+
+/// Octets of message content read from the spool and written at a time.
+const CONTENT_CHUNK: usize = 64 * 1024;
 
 /// Told the TLS outcome of each connection: the MX host and "success" or
 /// an RFC 8460 failure type.
@@ -89,7 +93,7 @@ async fn connect_one(name: &str, addr: SocketAddr, settings: &Settings) -> Resul
         sent: 0,
         broken: false,
     };
-    let result = conn.run(Vec::new(), &[]).await;
+    let result = conn.run(Vec::new(), None).await;
     if let (Some(report), false) = (settings.report.as_ref(), conn.tls_active()) {
         if let Stop::Closed(Some(o)) = &result {
             if o.reply().status == Some(StatusCode::new(4, 7, 10)) {
@@ -116,11 +120,12 @@ impl Connection {
 
     /// Sends one message; returns one outcome per recipient. Call on a
     /// fresh connection or after [`Connection::reset`] succeeded.
-    pub async fn send(&mut self, message: OutboundMessage, content: &[u8]) -> Vec<Outcome> {
+    pub async fn send(&mut self, message: OutboundMessage, content: &mut Content) -> Vec<Outcome> {
         let n = message.recipients.len();
         self.sent += 1;
+        content.rewind();
         let actions = self.client.send_message(message);
-        match self.run(actions, content).await {
+        match self.run(actions, Some(content)).await {
             Stop::Finished(outcomes) => outcomes,
             Stop::Closed(o) => {
                 self.broken = true;
@@ -137,7 +142,7 @@ impl Connection {
             return false;
         }
         let actions = self.client.next_message();
-        match self.run(actions, &[]).await {
+        match self.run(actions, None).await {
             Stop::Ready => true,
             _ => {
                 self.broken = true;
@@ -149,14 +154,14 @@ impl Connection {
     pub async fn quit(mut self) {
         if !self.broken {
             let actions = self.client.quit();
-            let _ = timeout(Duration::from_secs(5), self.run(actions, &[])).await;
+            let _ = timeout(Duration::from_secs(5), self.run(actions, None)).await;
         }
         let _ = self.stream.shutdown().await;
     }
 
     /// Carries out actions and feeds replies until the client is ready,
     /// has finished a message, or the connection ends.
-    async fn run(&mut self, mut actions: Vec<ClientAction>, content: &[u8]) -> Stop {
+    async fn run(&mut self, mut actions: Vec<ClientAction>, mut content: Option<&mut Content>) -> Stop {
         let mut buf = vec![0u8; 16 * 1024];
         let mut finished = None;
         loop {
@@ -169,9 +174,9 @@ impl Connection {
                         }
                     }
                     ClientAction::SendContent(mode) => {
-                        let result = match mode {
-                            ContentMode::Data => self.write(&dot_stuff(content)).await,
-                            ContentMode::BdatLast => self.write(content).await,
+                        let result = match content.as_deref_mut() {
+                            Some(content) => self.write_content(mode, content).await,
+                            None => Err(std::io::Error::other("no content to send")),
                         };
                         if let Err(e) = result {
                             return self.abort(&format!("write to {} failed: {e}", self.remote));
@@ -219,6 +224,34 @@ impl Connection {
             };
             actions = self.client.on_reply(reply);
         }
+    }
+
+    /// Streams the content from the spool, a chunk at a time, so a large
+    /// message is never held whole in memory (dot-stuffed for DATA).
+    async fn write_content(&mut self, mode: ContentMode, content: &mut Content) -> std::io::Result<()> {
+        let mut chunk = vec![0u8; CONTENT_CHUNK];
+        let mut stuffed = Vec::with_capacity(CONTENT_CHUNK + CONTENT_CHUNK / 32);
+        let mut stuffer = DotStuffer::default();
+        loop {
+            let n = std::io::Read::read(content, &mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            match mode {
+                ContentMode::BdatLast => self.write(&chunk[..n]).await?,
+                ContentMode::Data => {
+                    stuffed.clear();
+                    stuffer.push(&chunk[..n], &mut stuffed);
+                    self.write(&stuffed).await?;
+                }
+            }
+        }
+        if matches!(mode, ContentMode::Data) {
+            stuffed.clear();
+            stuffer.finish(&mut stuffed);
+            self.write(&stuffed).await?;
+        }
+        Ok(())
     }
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {

@@ -11,6 +11,8 @@ use mailgate_core::client::Outcome;
 use mailgate_core::reply::{Reply, StatusCode};
 use mailgate_core::{Mailbox, ReversePath};
 
+use crate::spool::Content;
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A local part as a safe directory name: no path separators, no leading dot.
@@ -27,7 +29,8 @@ fn folder_name(local: &str) -> String {
 }
 
 /// Delivers to every recipient; blocking, run it off the async runtime.
-pub fn deliver(root: &Path, hostname: &str, sender: &ReversePath, recipients: &[Mailbox], content: &[u8]) -> Vec<Outcome> {
+/// The content is copied from the spool a chunk at a time.
+pub fn deliver(root: &Path, hostname: &str, sender: &ReversePath, recipients: &[Mailbox], content: &mut Content) -> Vec<Outcome> {
     recipients
         .iter()
         .map(|rcpt| match deliver_one(root, hostname, sender, rcpt, content) {
@@ -41,7 +44,7 @@ pub fn deliver(root: &Path, hostname: &str, sender: &ReversePath, recipients: &[
         .collect()
 }
 
-fn deliver_one(root: &Path, hostname: &str, sender: &ReversePath, rcpt: &Mailbox, content: &[u8]) -> std::io::Result<PathBuf> {
+fn deliver_one(root: &Path, hostname: &str, sender: &ReversePath, rcpt: &Mailbox, content: &mut Content) -> std::io::Result<PathBuf> {
     let dir = root.join(folder_name(rcpt.local_part()));
     for sub in ["tmp", "new", "cur"] {
         fs::create_dir_all(dir.join(sub))?;
@@ -58,7 +61,8 @@ fn deliver_one(root: &Path, hostname: &str, sender: &ReversePath, rcpt: &Mailbox
     let tmp = dir.join("tmp").join(&unique);
     let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     let header = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n");
-    let written = f.write_all(header.as_bytes()).and_then(|_| f.write_all(content)).and_then(|_| f.sync_all());
+    content.rewind();
+    let written = f.write_all(header.as_bytes()).and_then(|_| std::io::copy(content, &mut f)).and_then(|_| f.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -78,7 +82,7 @@ mod tests {
     fn writes_into_new_and_sanitizes() {
         let root = tempfile::tempdir().unwrap();
         let rcpt = Mailbox::parse("\"../x\"@example.test", false).unwrap();
-        let out = deliver(root.path(), "mx.test", &ReversePath::Null, &[rcpt], b"Subject: t\r\n\r\nhi\r\n");
+        let out = deliver(root.path(), "mx.test", &ReversePath::Null, &[rcpt], &mut Content::memory(b"Subject: t\r\n\r\nhi\r\n".to_vec()));
         assert!(matches!(out[0], Outcome::Delivered(_)));
         let entries: Vec<_> = fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(entries.len(), 1);

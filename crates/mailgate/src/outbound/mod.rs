@@ -22,7 +22,7 @@ use mailgate_core::reply::{Reply, StatusCode};
 use mailgate_core::{Envelope, QueueId};
 use tokio::sync::{Notify, mpsc};
 
-use crate::spool::Spool;
+use crate::spool::{Content, Spool};
 use client::{Connection, Settings};
 use route::Destination;
 
@@ -199,7 +199,7 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             }
             continue;
         };
-        let content = match ob.spool.read_data(&job.id) {
+        let mut content = match ob.spool.open_content(&job.id) {
             Ok(Some(c)) => c,
             Ok(None) => continue, // deleted meanwhile
             Err(e) => {
@@ -220,9 +220,9 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             let rcpts: Vec<_> = job.rcpts.iter().filter_map(|&i| env.recipients.get(i)).map(|r| r.address.clone()).collect();
             let (root, host) = (root.clone(), ob.hostname.clone());
             let outcomes =
-                tokio::task::spawn_blocking(move || outbound_maildir(&root, &host, &env, &rcpts, &content)).await.unwrap_or_else(|_| {
-                    vec![Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "maildir delivery crashed")); job.rcpts.len()]
-                });
+                tokio::task::spawn_blocking(move || outbound_maildir(&root, &host, &env, &rcpts, &mut content)).await.unwrap_or_else(
+                    |_| vec![Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "maildir delivery crashed")); job.rcpts.len()],
+                );
             let _ = results.send(JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true });
             continue;
         }
@@ -265,7 +265,8 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let outcomes = c.send(message_for(&job, content.len() as u64), &content).await;
+        let size = content.len();
+        let outcomes = c.send(message_for(&job, size), &mut content).await;
         let result = JobResult {
             id: job.id,
             rcpts: job.rcpts,
@@ -278,6 +279,12 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
     }
 }
 
-fn outbound_maildir(root: &std::path::Path, host: &str, env: &Envelope, rcpts: &[mailgate_core::Mailbox], content: &[u8]) -> Vec<Outcome> {
+fn outbound_maildir(
+    root: &std::path::Path,
+    host: &str,
+    env: &Envelope,
+    rcpts: &[mailgate_core::Mailbox],
+    content: &mut Content,
+) -> Vec<Outcome> {
     maildir::deliver(root, host, &env.sender, rcpts, content)
 }

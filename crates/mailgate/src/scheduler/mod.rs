@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::events::Metrics;
+
+/// Largest original a delivery notice quotes whole (RET=FULL); past it,
+/// the notice carries the header block only.
+const NOTICE_QUOTE_LIMIT: u64 = 1024 * 1024;
 use crate::outbound::route::{self, Destination};
 use crate::outbound::{self, Job, JobResult, Outbound, dsn};
 use crate::spool::{Spool, SpoolError};
@@ -316,7 +320,9 @@ impl Scheduler {
         tokio::spawn(async move {
             let notices = [(dsn::Kind::Failure, failure), (dsn::Kind::Success, succeeded), (dsn::Kind::Delay, delayed)];
             if notices.iter().any(|(_, which)| !which.is_empty()) {
-                let original = spool.read_data(&id).ok().flatten().unwrap_or_default();
+                // A big message is quoted by its header block only (as Postfix does
+                // past bounce_size_limit): the notice is built in memory.
+                let original = spool.read_limited(&id, NOTICE_QUOTE_LIMIT).ok().flatten().unwrap_or_default();
                 for (kind, which) in notices {
                     notify_sender(&spool, &signer, &hostname, &id, &env, &original, kind, which).await;
                 }

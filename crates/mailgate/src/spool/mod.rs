@@ -9,8 +9,14 @@
 //! cancels. On start-up every segment is replayed; a damaged one has its
 //! intact messages copied to a fresh segment and is moved to `spool/corrupt/`.
 //!
+//! Large messages live in files of their own (see [`external`]): received
+//! into `spool/staging/` as they arrive, renamed into `spool/msg/` when
+//! stored, unlinked as soon as they are removed. Delivery reads every
+//! message through [`Content`], a chunk at a time.
+//!
 //! May import: `mailgate-core`, std, tokio channels. Knows nothing of SMTP.
 
+mod external;
 mod record;
 mod recover;
 mod writer;
@@ -27,6 +33,7 @@ use mailgate_core::{Envelope, QueueId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+pub use external::{Content, Staged};
 pub use recover::Recovery;
 
 #[derive(Debug, Error, Clone)]
@@ -63,6 +70,15 @@ pub(crate) struct Entry {
     env_len: u32,
     /// Earliest next attempt among pending recipients (0: at once).
     due: u64,
+    /// For a message in a file of its own: the range of that file that
+    /// follows the `data` prefix.
+    external: Option<(u64, u64)>,
+}
+
+impl Entry {
+    fn size(&self) -> u64 {
+        u64::from(self.data_len) + self.external.map_or(0, |(_, len)| len)
+    }
 }
 
 /// A queued message as the API and scheduler see it.
@@ -113,6 +129,7 @@ impl Spool {
     /// Opens the spool under `dir`, recovering what a previous run left.
     pub fn open(dir: &Path, segment_size: u64) -> io::Result<(Spool, Recovery)> {
         std::fs::create_dir_all(dir)?;
+        external::prepare(dir)?;
         let recovered = recover::recover(dir)?;
         let mut state = State::default();
         for (segment, _) in &recovered.segments {
@@ -160,11 +177,58 @@ impl Spool {
             env_offset,
             env_len: data_offset - env_offset,
             due: due_of(&envelope),
+            external: None,
         };
         self.write(bytes, change).await?;
+        self.announce(id);
+        Ok(())
+    }
+
+    fn announce(&self, id: &QueueId) {
         if let Some(tx) = self.new_messages.get() {
             let _ = tx.send(id.clone());
         }
+    }
+
+    /// A staging file for content that is too large to hold in memory.
+    pub fn stage(&self) -> Result<Staged, SpoolError> {
+        Staged::create(&self.dir).map_err(|e| SpoolError::from_io(&e))
+    }
+
+    /// Stores a message whose content is `prefix` followed by the staged
+    /// file from offset `start` (the file's first `start` octets, the
+    /// header block as received, are replaced by `prefix`). Returns once
+    /// the file, its name and the record are on stable storage.
+    pub async fn store_staged(
+        &self,
+        id: &QueueId,
+        envelope: Envelope,
+        prefix: &[u8],
+        mut staged: Staged,
+        start: u64,
+    ) -> Result<(), SpoolError> {
+        let len = staged.len().checked_sub(start).ok_or_else(|| SpoolError::Io("body starts past the end of the staged file".into()))?;
+        let dir = self.dir.clone();
+        let commit_id = id.clone();
+        let staged = tokio::task::spawn_blocking(move || staged.commit(&dir, &commit_id).map(|_| staged))
+            .await
+            .map_err(|e| SpoolError::Io(e.to_string()))?
+            .map_err(|e| SpoolError::from_io(&e))?;
+        let (bytes, data_offset) = record::encode_external(id, &envelope, prefix, start, len);
+        let env_offset = record::EXTERNAL_ENV_OFFSET;
+        let change = writer::IndexChange::Insert {
+            id: id.clone(),
+            data_offset,
+            data_len: prefix.len(),
+            env_offset,
+            env_len: data_offset - env_offset,
+            due: due_of(&envelope),
+            external: Some((start, len)),
+        };
+        // On failure `staged` is dropped and takes the renamed file along.
+        self.write(bytes, change).await?;
+        staged.keep();
+        self.announce(id);
         Ok(())
     }
 
@@ -194,11 +258,19 @@ impl Spool {
                     if let Some(n) = state.live.get_mut(&entry.segment) {
                         *n = n.saturating_sub(1);
                     }
-                    true
+                    Some(entry)
                 }
-                None => false,
+                None => None,
             }
         };
+        // The tombstone is durable: the file's space can go now. A crash
+        // before the unlink leaves an orphan that recovery removes.
+        if let Some(Entry { external: Some(_), .. }) = removed {
+            if let Err(e) = std::fs::remove_file(external::message_path(&self.dir, id)) {
+                tracing::warn!(queue_id = %id, error = %e, "spool: cannot delete a message file");
+            }
+        }
+        let removed = removed.is_some();
         self.collect_segments();
         Ok(removed)
     }
@@ -225,10 +297,20 @@ impl Spool {
         };
         let mut moved = 0;
         for id in ids {
-            let Some(q) = self.get(&id) else { continue };
-            let Ok(Some(data)) = self.read_data(&id) else { continue };
-            let (bytes, data_offset) = record::encode_message(&id, &q.envelope, &data);
-            let env_offset = record::MESSAGE_ENV_OFFSET;
+            let Some(entry) = self.shared.lock().index.get(&id).copied() else { continue };
+            let Ok(envelope) = self.read_envelope(&entry) else { continue };
+            // Only the record moves; an external message's file stays.
+            let Ok(data) = self.read_prefix(&entry) else { continue };
+            let (bytes, data_offset, env_offset) = match entry.external {
+                Some((start, len)) => {
+                    let (b, o) = record::encode_external(&id, &envelope, &data, start, len);
+                    (b, o, record::EXTERNAL_ENV_OFFSET)
+                }
+                None => {
+                    let (b, o) = record::encode_message(&id, &envelope, &data);
+                    (b, o, record::MESSAGE_ENV_OFFSET)
+                }
+            };
             let change = writer::IndexChange::Move {
                 id: id.clone(),
                 from: oldest,
@@ -236,7 +318,8 @@ impl Spool {
                 data_len: data.len(),
                 env_offset,
                 env_len: data_offset - env_offset,
-                due: due_of(&q.envelope),
+                due: due_of(&envelope),
+                external: entry.external,
             };
             self.write(bytes, change).await?;
             if !self.shared.lock().index.contains_key(&id) {
@@ -306,7 +389,7 @@ impl Spool {
     pub fn get(&self, id: &QueueId) -> Option<Queued> {
         let entry = *self.shared.lock().index.get(id)?;
         match self.read_envelope(&entry) {
-            Ok(envelope) => Some(Queued { id: id.clone(), envelope, size: u64::from(entry.data_len) }),
+            Ok(envelope) => Some(Queued { id: id.clone(), envelope, size: entry.size() }),
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "spool: cannot read envelope");
                 None
@@ -325,15 +408,49 @@ impl Spool {
         self.shared.lock().index.len()
     }
 
-    /// Reads a message's content (with our `Received:` header).
+    /// Reads a message's whole content (with our `Received:` header) into
+    /// memory. Delivery uses [`Spool::open_content`], which does not.
     pub fn read_data(&self, id: &QueueId) -> io::Result<Option<Vec<u8>>> {
-        let Some(entry) = self.shared.lock().index.get(id).cloned() else {
-            return Ok(None);
-        };
+        let Some(mut content) = self.open_content(id)? else { return Ok(None) };
+        let mut buf = Vec::with_capacity(content.len() as usize);
+        std::io::Read::read_to_end(&mut content, &mut buf)?;
+        Ok(Some(buf))
+    }
+
+    /// The content when it is at most `limit` octets; otherwise only its
+    /// header block. For notices that quote the message.
+    pub fn read_limited(&self, id: &QueueId, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(entry) = self.shared.lock().index.get(id).copied() else { return Ok(None) };
+        if entry.size() <= limit {
+            return self.read_data(id);
+        }
+        // An external message's prefix is its whole header block.
+        let mut data = self.read_prefix(&entry)?;
+        if entry.external.is_none()
+            && let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            data.truncate(end + 4);
+        }
+        Ok(Some(data))
+    }
+
+    /// A reader over a message's content that holds at most the header
+    /// block in memory.
+    pub fn open_content(&self, id: &QueueId) -> io::Result<Option<Content>> {
+        let Some(entry) = self.shared.lock().index.get(id).copied() else { return Ok(None) };
+        let prefix = self.read_prefix(&entry)?;
+        Ok(Some(match entry.external {
+            Some((start, len)) => Content::external(prefix, File::open(external::message_path(&self.dir, id))?, start, len),
+            None => Content::memory(prefix),
+        }))
+    }
+
+    /// The part of the content kept in the segment record.
+    fn read_prefix(&self, entry: &Entry) -> io::Result<Vec<u8>> {
         let file = File::open(segment_path(&self.dir, entry.segment))?;
         let mut buf = vec![0; entry.data_len as usize];
         file.read_exact_at(&mut buf, entry.data_offset)?;
-        Ok(Some(buf))
+        Ok(buf)
     }
 
     /// fsync calls made and records written since start: their ratio shows

@@ -24,6 +24,9 @@ pub enum Kind {
     Remove = 2,
     /// A new envelope state (recipient statuses) for a stored message.
     Update = 3,
+    /// A message whose body is in a file of its own (`spool/msg/<id>`):
+    /// id, the file range, envelope (JSON) and the header block in front.
+    External = 4,
 }
 
 /// A decoded record, borrowing from the segment bytes.
@@ -37,6 +40,16 @@ pub enum Record<'a> {
     },
     Remove {
         id: QueueId,
+    },
+    /// `data` is the prefix; the rest of the content is `len` octets of
+    /// the message file from `start`.
+    External {
+        id: QueueId,
+        envelope: Envelope,
+        data_offset: usize,
+        data: &'a [u8],
+        start: u64,
+        len: u64,
     },
     /// `env_len` is the length of the envelope JSON at [`UPDATE_ENV_OFFSET`].
     Update {
@@ -85,6 +98,7 @@ fn frame(kind: Kind, payload_len: usize, out: &mut Vec<u8>, fill: impl FnOnce(&m
 /// Where the envelope JSON sits inside a record's bytes.
 pub const MESSAGE_ENV_OFFSET: usize = 9 + ID_LEN + 4;
 pub const UPDATE_ENV_OFFSET: usize = 9 + ID_LEN;
+pub const EXTERNAL_ENV_OFFSET: usize = 9 + ID_LEN + 16 + 4;
 
 /// Encodes a message record; returns the bytes and the offset of the
 /// message content inside them (the envelope starts at
@@ -100,6 +114,24 @@ pub fn encode_message(id: &QueueId, envelope: &Envelope, data: &[u8]) -> (Vec<u8
         out.extend_from_slice(data);
     });
     (out, 9 + ID_LEN + 4 + env.len())
+}
+
+/// Encodes an external message record; returns the bytes and the offset
+/// of the prefix inside them (the envelope starts at
+/// [`EXTERNAL_ENV_OFFSET`] and ends there).
+pub fn encode_external(id: &QueueId, envelope: &Envelope, prefix: &[u8], start: u64, len: u64) -> (Vec<u8>, usize) {
+    let env = serde_json::to_vec(envelope).unwrap_or_default(); // ok: serializing our own types cannot fail
+    let payload_len = ID_LEN + 16 + 4 + env.len() + prefix.len();
+    let mut out = Vec::new();
+    frame(Kind::External, payload_len, &mut out, |out| {
+        out.extend_from_slice(id.as_str().as_bytes());
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(env.len() as u32).to_le_bytes());
+        out.extend_from_slice(&env);
+        out.extend_from_slice(prefix);
+    });
+    (out, EXTERNAL_ENV_OFFSET + env.len())
 }
 
 pub fn encode_remove(id: &QueueId) -> Vec<u8> {
@@ -150,6 +182,16 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Corruption> {
             let envelope = serde_json::from_slice(env_bytes).map_err(|e| bad(&e.to_string()))?;
             let data_offset = 9 + ID_LEN + 4 + env_len;
             Record::Message { id, envelope, data_offset, data: &buf[data_offset..9 + len] }
+        }
+        k if k == Kind::External as u8 => {
+            let u64_at = |at: usize| rest.get(at..at + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+            let (start, body_len) = u64_at(0).zip(u64_at(8)).ok_or_else(|| bad("file range"))?;
+            let env_len = rest.get(16..20).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(|| bad("length"))?;
+            let env_bytes = rest.get(20..20 + env_len).ok_or_else(|| bad("envelope length"))?;
+            let envelope = serde_json::from_slice(env_bytes).map_err(|e| bad(&e.to_string()))?;
+            let data_offset = EXTERNAL_ENV_OFFSET + env_len;
+            let data = buf.get(data_offset..9 + len).ok_or_else(|| bad("envelope length"))?;
+            Record::External { id, envelope, data_offset, data, start, len: body_len }
         }
         k if k == Kind::Remove as u8 => Record::Remove { id },
         k if k == Kind::Update as u8 => {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mailgate_core::QueueId;
 
 use super::record::{self, Record};
-use super::{Entry, due_of, segment_path, sync_dir};
+use super::{Entry, due_of, external, segment_path, sync_dir};
 
 /// A segment that did not read cleanly to its end.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,6 +28,11 @@ pub struct Recovery {
     pub messages: usize,
     pub segments: usize,
     pub corrupt: Vec<CorruptSegment>,
+    /// Messages whose file in `spool/msg/` is missing or short: lost.
+    pub missing_files: Vec<String>,
+    /// Files in `spool/msg/` that no message record names (a crash
+    /// between a tombstone and the unlink, or before a record): deleted.
+    pub orphans_removed: usize,
 }
 
 pub(super) struct Recovered {
@@ -80,6 +85,20 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                                 env_offset: (pos + record::MESSAGE_ENV_OFFSET) as u64,
                                 env_len: (data_offset - record::MESSAGE_ENV_OFFSET) as u32,
                                 due: due_of(&envelope),
+                                external: None,
+                            };
+                            index.insert(id, entry);
+                        }
+                        Record::External { id, envelope, data_offset, data, start, len } => {
+                            let entry = Entry {
+                                segment: *number,
+                                data_offset: (pos + data_offset) as u64,
+                                data_len: data.len() as u32,
+                                env_segment: *number,
+                                env_offset: (pos + record::EXTERNAL_ENV_OFFSET) as u64,
+                                env_len: (data_offset - record::EXTERNAL_ENV_OFFSET) as u32,
+                                due: due_of(&envelope),
+                                external: Some((start, len)),
                             };
                             index.insert(id, entry);
                         }
@@ -152,13 +171,22 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                     continue;
                 };
                 let envelope = read_envelope(dir, entry)?;
-                let (rec, data_offset) = record::encode_message(id, &envelope, data);
+                let (rec, data_offset, env_offset) = match entry.external {
+                    Some((start, len)) => {
+                        let (rec, o) = record::encode_external(id, &envelope, data, start, len);
+                        (rec, o, record::EXTERNAL_ENV_OFFSET)
+                    }
+                    None => {
+                        let (rec, o) = record::encode_message(id, &envelope, data);
+                        (rec, o, record::MESSAGE_ENV_OFFSET)
+                    }
+                };
                 out.write_all(&rec)?;
                 entry.segment = rescue;
                 entry.data_offset = offset + data_offset as u64;
                 entry.env_segment = rescue;
-                entry.env_offset = offset + record::MESSAGE_ENV_OFFSET as u64;
-                entry.env_len = (data_offset - record::MESSAGE_ENV_OFFSET) as u32;
+                entry.env_offset = offset + env_offset as u64;
+                entry.env_len = (data_offset - env_offset) as u32;
                 offset += rec.len() as u64;
                 *rescued.entry(*number).or_insert(0) += 1;
             }
@@ -181,7 +209,40 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         sync_dir(&corrupt_dir)?;
         sync_dir(dir)?;
     }
+    check_message_files(dir, &mut index, &mut report)?;
     report.messages = index.len();
     report.segments = kept.len();
     Ok(Recovered { index, segments: kept, next_segment, report })
+}
+
+/// Every external message must have its file; every file a message.
+fn check_message_files(dir: &Path, index: &mut HashMap<QueueId, Entry>, report: &mut Recovery) -> io::Result<()> {
+    let msg_dir = external::message_dir(dir);
+    let mut lost = Vec::new();
+    for (id, entry) in index.iter() {
+        let Some((start, len)) = entry.external else { continue };
+        let size = fs::metadata(external::message_path(dir, id)).map(|m| m.len()).unwrap_or(0);
+        if size < start.saturating_add(len) {
+            lost.push(id.clone());
+        }
+    }
+    for id in lost {
+        tracing::error!(queue_id = %id, "spool: the message's file is missing or short; the message is lost");
+        index.remove(&id);
+        report.missing_files.push(id.to_string());
+    }
+    for entry in fs::read_dir(&msg_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let known = name.to_str().and_then(QueueId::parse).and_then(|id| index.get(&id)).is_some_and(|e| e.external.is_some());
+        if !known {
+            fs::remove_file(entry.path())?;
+            report.orphans_removed += 1;
+        }
+    }
+    if report.orphans_removed > 0 {
+        tracing::info!(files = report.orphans_removed, "spool: removed message files that no record names");
+        sync_dir(&msg_dir)?;
+    }
+    Ok(())
 }

@@ -142,3 +142,111 @@ async fn compaction_frees_old_segments_held_by_one_message() {
     assert_eq!(report.messages, 1);
     assert_eq!(spool.read_data(&keep).unwrap().unwrap(), b"long-deferred\r\n");
 }
+
+/// Stages `header` + `body` and stores it with `prefix` in place of `header`.
+async fn store_big(spool: &Spool, prefix: &[u8], header: &[u8], body: &[u8]) -> QueueId {
+    let id = spool.new_id();
+    let mut staged = spool.stage().unwrap();
+    staged.write(header).unwrap();
+    for chunk in body.chunks(7000) {
+        staged.write(chunk).unwrap();
+    }
+    spool.store_staged(&id, envelope(), prefix, staged, header.len() as u64).await.unwrap();
+    id
+}
+
+fn msg_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("msg")).unwrap().count()
+}
+
+#[tokio::test]
+async fn staged_message_is_read_back_streamed_and_freed_on_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| b"abcdefgh\r\n"[(i % 10) as usize]).collect();
+    let id = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let id = store_big(&spool, b"Received: x\r\nSubject: new\r\n\r\n", b"Subject: old\r\n\r\n", &body).await;
+        let expected = [&b"Received: x\r\nSubject: new\r\n\r\n"[..], &body].concat();
+        assert_eq!(spool.read_data(&id).unwrap().unwrap(), expected);
+        assert_eq!(spool.get(&id).unwrap().size, expected.len() as u64);
+        // Read in small pieces, as delivery does.
+        let mut content = spool.open_content(&id).unwrap().unwrap();
+        assert!(content.in_memory().is_none());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        loop {
+            let n = std::io::Read::read(&mut content, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, expected);
+        // Only the header block for a notice about a big message.
+        assert_eq!(spool.read_limited(&id, 1000).unwrap().unwrap(), b"Received: x\r\nSubject: new\r\n\r\n");
+        assert_eq!(msg_files(dir.path()), 1);
+        assert_eq!(std::fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+        id
+    };
+    // Across a restart, then removal frees the file at once.
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!((report.messages, report.orphans_removed), (1, 0));
+    assert_eq!(spool.read_data(&id).unwrap().unwrap().len(), 29 + body.len());
+    assert!(spool.remove(&id).await.unwrap());
+    assert_eq!(msg_files(dir.path()), 0);
+    drop(spool);
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.messages, 0);
+    assert!(spool.get(&id).is_none());
+}
+
+#[tokio::test]
+async fn abandoned_staging_files_and_orphans_are_removed_missing_files_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, lost) = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        // A transaction that never finished leaves nothing behind...
+        let mut staged = spool.stage().unwrap();
+        staged.write(b"half a message").unwrap();
+        drop(staged);
+        assert_eq!(std::fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+        // ...nor does a crash in the middle of one (file left in staging/).
+        let staged = spool.stage().unwrap();
+        std::mem::forget(staged);
+        let kept = store_big(&spool, b"H: 1\r\n\r\n", b"H: 0\r\n\r\n", &[b'k'; 1000]).await;
+        let lost = store_big(&spool, b"H: 1\r\n\r\n", b"H: 0\r\n\r\n", &[b'l'; 1000]).await;
+        (kept, lost)
+    };
+    std::fs::write(dir.path().join("msg").join("00000000000000000001"), b"no record names me").unwrap();
+    std::fs::remove_file(dir.path().join("msg").join(lost.as_str())).unwrap();
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+    assert_eq!(report.orphans_removed, 1);
+    assert_eq!(report.missing_files, vec![lost.to_string()]);
+    assert_eq!(report.messages, 1);
+    assert!(spool.read_data(&kept).unwrap().is_some());
+    assert_eq!(msg_files(dir.path()), 1);
+}
+
+#[tokio::test]
+async fn compaction_moves_an_external_record_and_keeps_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![b'x'; 700 * 1024];
+    let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let keep = store_big(&spool, b"P: 1\r\n\r\n", b"H: 0\r\n\r\n", &[b'b'; 200_000]).await;
+    for _ in 0..4 {
+        let id = spool.new_id();
+        spool.store(&id, envelope(), &big).await.unwrap();
+        spool.store(&spool.new_id(), envelope(), b"x\r\n").await.unwrap();
+        spool.remove(&id).await.unwrap();
+    }
+    assert!(segment_path(dir.path(), 1).exists());
+    assert_eq!(spool.compact_oldest(100).await.unwrap(), 2, "the external record and one small message");
+    assert!(!segment_path(dir.path(), 1).exists());
+    let data = spool.read_data(&keep).unwrap().unwrap();
+    assert_eq!(data.len(), 8 + 200_000);
+    drop(spool);
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.orphans_removed, 0);
+    assert_eq!(spool.read_data(&keep).unwrap().unwrap(), data);
+}

@@ -32,6 +32,7 @@ pub(super) enum IndexChange {
         env_offset: usize,
         env_len: usize,
         due: u64,
+        external: Option<(u64, u64)>,
     },
     Envelope {
         id: QueueId,
@@ -49,6 +50,7 @@ pub(super) enum IndexChange {
         env_offset: usize,
         env_len: usize,
         due: u64,
+        external: Option<(u64, u64)>,
     },
 }
 
@@ -153,7 +155,7 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
         let at = |offset: usize| base + offset as u64;
         match std::mem::replace(&mut op.change, IndexChange::None) {
             IndexChange::None => {}
-            IndexChange::Insert { id, data_offset, data_len, env_offset, env_len, due } => {
+            IndexChange::Insert { id, data_offset, data_len, env_offset, env_len, due, external } => {
                 *state.live.entry(segment).or_insert(0) += 1;
                 let entry = Entry {
                     segment,
@@ -163,10 +165,11 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
                     env_offset: at(env_offset),
                     env_len: env_len as u32,
                     due,
+                    external,
                 };
                 state.index.insert(id, entry);
             }
-            IndexChange::Move { id, from, data_offset, data_len, env_offset, env_len, due } => {
+            IndexChange::Move { id, from, data_offset, data_len, env_offset, env_len, due, external } => {
                 let Some(e) = state.index.get_mut(&id).filter(|e| e.segment == from) else { continue };
                 *e = Entry {
                     segment,
@@ -176,6 +179,7 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
                     env_offset: at(env_offset),
                     env_len: env_len as u32,
                     due,
+                    external,
                 };
                 if let Some(n) = state.live.get_mut(&from) {
                     *n = n.saturating_sub(1);
