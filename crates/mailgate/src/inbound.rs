@@ -254,7 +254,8 @@ fn verdict_headers(verdict: &Verdict) -> String {
 }
 
 async fn store(ctx: &Inbound, peer: SocketAddr, helo: &str, incoming: Incoming, outbound: bool) -> Result<QueueId, Reply> {
-    let Incoming { mut envelope, data } = incoming;
+    let Incoming { mut envelope, data, long_lines } = incoming;
+    let _ = long_lines;
     // Inbound mail is judged as received, before anything is added.
     let (data, checks) = if outbound {
         (data, String::new())
