@@ -216,15 +216,13 @@ fn rewrite_headers(raw: &[u8], cte: Option<&str>, mime_version: bool) -> Result<
     for f in &fields {
         let name = name_of(f);
         has_mime_version |= name == "mime-version";
-        if name == "content-transfer-encoding" {
-            if let Some(cte) = cte {
-                // The first one is replaced in place; repeats are dropped.
-                if !cte_written {
-                    out.extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
-                    cte_written = true;
-                }
-                continue;
+        if let Some(cte) = cte.filter(|_| name == "content-transfer-encoding") {
+            // The first one is replaced in place; repeats are dropped.
+            if !cte_written {
+                out.extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
+                cte_written = true;
             }
+            continue;
         }
         let mut any = false;
         for line in f {

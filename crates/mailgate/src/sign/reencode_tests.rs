@@ -131,7 +131,7 @@ fn nested_multipart_and_message_rfc822() {
     assert!(text[fwd..].starts_with("Subject: forwarded\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"));
     let body_start = fwd + "Subject: forwarded\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n".len();
     let body_end = text.rfind("\r\n--outer--").unwrap();
-    assert_eq!(quoted_printable_decode(text[body_start..body_end].as_bytes()).unwrap(), format!("{inner_text}\r\n").as_bytes());
+    assert_eq!(quoted_printable_decode(&text.as_bytes()[body_start..body_end]).unwrap(), format!("{inner_text}\r\n").as_bytes());
     // The outer structure is byte-identical up to the HTML part's body.
     let first_change = msg.find("Content-Type: text/html\r\n").unwrap() + "Content-Type: text/html\r\n".len();
     assert_eq!(&text[..first_change], &msg[..first_change]);
