@@ -131,6 +131,10 @@ impl Checker {
                     assert_eq!(i + 1, n, "actions after Enqueue in the same batch");
                     assert_eq!(session.waiting(), Waiting::Driver);
                     self.check_message(&incoming.envelope, &incoming.data);
+                    // The flag may be set by a dot-stuffed line of 1000
+                    // octets, but never missing for a longer one.
+                    let long = incoming.data.split_inclusive(|&b| b == b'\n').any(|l| l.len() > 1000);
+                    assert!(!long || incoming.long_lines, "a line over 1000 octets not flagged");
                     self.enqueues += 1;
                     enqueue = Some(incoming);
                 }
@@ -191,11 +195,17 @@ fuzz_target!(|data: &[u8]| {
     if flags & 4 != 0 {
         config.max_message_size = 2048;
         config.max_text_line = 100;
+        config.max_submission_line = 300;
         config.max_errors = 3;
     }
     let mut checker = Checker {
         max_size: config.max_message_size,
-        max_line: config.max_text_line,
+        // Submission and trusted clients get the longer line limit.
+        max_line: if role != Role::Mx || flags & 1 != 0 {
+            config.max_submission_line.max(config.max_text_line)
+        } else {
+            config.max_text_line
+        },
         closed: false,
         enqueues: 0,
         data_go_aheads: 0,

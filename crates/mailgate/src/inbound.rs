@@ -187,6 +187,32 @@ async fn sign(ctx: &Inbound, content: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     .map_err(|e| anyhow::anyhow!("{e}"))?
 }
 
+/// Lines over 998 octets (accepted on submission) are re-encoded before
+/// signing: a relay that wrapped them later would break the signature.
+async fn reencode(id: &QueueId, content: Vec<u8>) -> Result<Vec<u8>, Reply> {
+    let done = tokio::task::spawn_blocking(move || {
+        let result = crate::sign::reencode::reencode(&content);
+        (content, result)
+    })
+    .await;
+    let refuse = |why: String| Reply::new(550, status::MEDIA, format!("Message refused: {why}"));
+    match done {
+        Ok((_, Ok(Some(r)))) => {
+            tracing::info!(queue_id = %id, parts = %r.parts.join(", "), folded_headers = r.folded, "re-encoded lines over 998 octets");
+            Ok(r.message)
+        }
+        Ok((content, Ok(None))) => Ok(content),
+        Ok((_, Err(e))) => {
+            tracing::info!(queue_id = %id, error = %e, "message with long lines refused");
+            Err(refuse(e.to_string()))
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %id, error = %e, "re-encoding failed");
+            Err(Reply::new(451, status::SYSTEM_ERROR, "Local error in processing; try again later"))
+        }
+    }
+}
+
 /// On submission: an authenticated user's `From:` must be one mailbox it
 /// may send as. Such a message is never signed or relayed otherwise.
 fn check_sender(ctx: &Inbound, session: &Session, data: &[u8]) -> Result<(), Reply> {
@@ -254,7 +280,7 @@ fn verdict_headers(verdict: &Verdict) -> String {
 }
 
 async fn store(ctx: &Inbound, peer: SocketAddr, helo: &str, incoming: Incoming, outbound: bool) -> Result<QueueId, Reply> {
-    let Incoming { mut envelope, data } = incoming;
+    let Incoming { mut envelope, data, long_lines } = incoming;
     // Inbound mail is judged as received, before anything is added.
     let (data, checks) = if outbound {
         (data, String::new())
@@ -281,6 +307,9 @@ async fn store(ctx: &Inbound, peer: SocketAddr, helo: &str, incoming: Incoming, 
     content.extend_from_slice(&data);
     drop(data);
     if outbound {
+        if long_lines {
+            content = reencode(&id, content).await?;
+        }
         // Signing is the last change before the spool (RFC 6376 §5).
         match sign(ctx, content).await {
             Ok(signed) => content = signed,

@@ -91,6 +91,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         session.max_message_size = config.limits.max_message_size;
         session.max_recipients = config.limits.max_recipients;
         session.max_errors = config.limits.max_errors;
+        session.max_submission_line = config.limits.max_submission_line;
         session.starttls = l.role != Role::Submissions;
         session.auth = l.role != Role::Mx;
         let ctx = Arc::new(Inbound {

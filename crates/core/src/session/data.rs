@@ -28,6 +28,10 @@ pub struct ContentCheck {
     /// The driver ran out of memory budget: content is discarded from
     /// then on and the transaction gets a 451 at its end.
     pub over_budget: bool,
+    /// A line was longer than RFC 5322's 998 octets + CRLF. Not an error
+    /// on its own (submission allows longer lines); the message must be
+    /// re-encoded before it is signed and relayed.
+    pub long_lines: bool,
 }
 
 impl ContentCheck {
@@ -49,6 +53,10 @@ impl ContentCheck {
         }
     }
 }
+
+/// RFC 5321 §4.5.3.1.6 / RFC 5322 §2.1.1: 998 octets + CRLF. A longer
+/// line sets [`ContentCheck::long_lines`].
+pub const RFC_LINE: usize = 1000;
 
 /// What feeding bytes to the DATA reader produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,6 +104,7 @@ impl DataReader {
             let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
                 // An incomplete line: wait for more unless it is already too
                 // long, in which case drop what we have and remember.
+                self.check.long_lines |= rest.len() > RFC_LINE;
                 if rest.len() > self.max_line || self.in_long_line {
                     self.check.line_too_long = true;
                     self.check.bare_line_ending |= has_bare_cr(rest, false);
@@ -131,6 +140,7 @@ impl DataReader {
             if line.len() > self.max_line {
                 self.check.line_too_long = true;
             }
+            self.check.long_lines |= line.len() > RFC_LINE;
             let content = if self.after_crlf && line.first() == Some(&b'.') { &line[1..] } else { line };
             if self.size + content.len() as u64 > self.max_size {
                 self.check.too_big = true;
@@ -179,6 +189,7 @@ impl BdatScanner {
             if self.line_len + 1 > max_line {
                 check.line_too_long = true;
             }
+            check.long_lines |= self.line_len + 1 > RFC_LINE;
         }
     }
 

@@ -56,6 +56,10 @@ pub struct SessionConfig {
     pub max_command_line: usize,
     /// RFC 5321 §4.5.3.1.6: 1000 octets including CRLF.
     pub max_text_line: usize,
+    /// The text line limit, in octets including CRLF, for submission
+    /// listeners and trusted clients: applications send HTML with lines of
+    /// thousands of characters, which are re-encoded before signing.
+    pub max_submission_line: usize,
     /// Offer STARTTLS (RFC 3207) until TLS is active.
     pub starttls: bool,
     /// Offer AUTH PLAIN and LOGIN (RFC 4954), only once TLS is active.
@@ -72,6 +76,7 @@ impl SessionConfig {
             max_errors: 10,
             max_command_line: 512,
             max_text_line: 1000,
+            max_submission_line: 64 * 1024,
             starttls: false,
             auth: false,
         }
@@ -145,6 +150,10 @@ pub enum AuthVerdict {
 pub struct Incoming {
     pub envelope: Envelope,
     pub data: Vec<u8>,
+    /// Some line is longer than 998 octets + CRLF (only possible where
+    /// [`SessionConfig::max_submission_line`] applies): the message must be
+    /// re-encoded before it is signed or relayed.
+    pub long_lines: bool,
 }
 
 /// Which timeout applies while the session waits for input.
@@ -342,6 +351,17 @@ impl Session {
         match &mut self.state {
             State::Mail(tx) | State::Data(tx, _) | State::Chunk { tx: Some(tx), .. } => Some(tx),
             _ => None,
+        }
+    }
+
+    /// The longest text line accepted in DATA and BDAT, CRLF included:
+    /// longer on submission and from trusted networks, RFC 5321's 1000
+    /// octets for anyone else.
+    fn line_limit(&self) -> usize {
+        if self.config.role != Role::Mx || self.info.trusted {
+            self.config.max_submission_line.max(self.config.max_text_line)
+        } else {
+            self.config.max_text_line
         }
     }
 
@@ -615,7 +635,7 @@ impl Session {
                 return self.reply(Reply::new(503, status::INVALID_COMMAND, "Need MAIL and RCPT first"));
             }
         };
-        let reader = DataReader::new(self.config.max_text_line, self.config.max_message_size);
+        let reader = DataReader::new(self.line_limit(), self.config.max_message_size);
         self.state = State::Data(tx, reader);
         self.reply(Reply::bare(354, vec!["End data with <CR><LF>.<CR><LF>".into()]));
     }
@@ -662,6 +682,7 @@ impl Session {
     }
 
     fn feed_chunk(&mut self, pos: usize) -> Step {
+        let max_line = self.line_limit();
         let State::Chunk { tx, remaining, .. } = &mut self.state else {
             return Step::Wait(pos);
         };
@@ -670,7 +691,7 @@ impl Session {
         let bytes = &self.input[pos..pos + take];
         if let Some(tx) = tx {
             if let Some(scanner) = tx.bdat.as_mut() {
-                scanner.scan(bytes, self.config.max_text_line, &mut tx.check);
+                scanner.scan(bytes, max_line, &mut tx.check);
             }
             if !tx.check.over_budget {
                 tx.body.extend_from_slice(bytes);
@@ -723,7 +744,9 @@ impl Session {
                     Reply::new(550, status::MEDIA, "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
                 }
                 ContentError::Nul => Reply::new(550, status::MEDIA, "Message refused: NUL character in content"),
-                ContentError::LineTooLong => Reply::new(550, status::MEDIA, "Message refused: line longer than 1000 octets"),
+                ContentError::LineTooLong => {
+                    Reply::new(550, status::MEDIA, format!("Message refused: line longer than {} octets", self.line_limit()))
+                }
             };
             return self.reply(reply);
         }
@@ -746,7 +769,7 @@ impl Session {
             quarantine: false,
         };
         self.state = State::Enqueuing;
-        self.actions.push(Action::Enqueue(Box::new(Incoming { envelope, data: tx.body })));
+        self.actions.push(Action::Enqueue(Box::new(Incoming { envelope, data: tx.body, long_lines: check.long_lines })));
     }
 }
 

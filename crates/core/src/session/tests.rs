@@ -420,3 +420,80 @@ fn over_budget_during_bdat_fails_the_chunk_and_the_transaction() {
     // The transaction is gone: the next chunk has none to join.
     assert_eq!(run(&mut s, b"BDAT 3 LAST\r\nabc"), ["503"]);
 }
+
+/// Runs one DATA transaction with a `len`-octet line (CRLF excluded) and
+/// returns the replies and what was enqueued.
+fn long_line_dialogue(role: Role, trusted: bool, len: usize, bdat: bool) -> (Vec<String>, Option<Box<Incoming>>) {
+    let mut cfg = SessionConfig::new("mx.test", role);
+    cfg.max_submission_line = 4096;
+    let mut s = Session::new(Arc::new(cfg), Arc::new(TestPolicy), "192.0.2.1".parse().unwrap(), trusted);
+    s.greeting();
+    let mut body = b"Subject: x\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'h', len));
+    body.extend_from_slice(b"\r\nend\r\n");
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\n".to_vec();
+    if bdat {
+        input.extend_from_slice(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+        input.extend_from_slice(&body);
+    } else {
+        input.extend_from_slice(b"DATA\r\n");
+        input.extend_from_slice(&body);
+        input.extend_from_slice(b".\r\n");
+    }
+    let mut codes = Vec::new();
+    let mut incoming = None;
+    // Fed in small pieces, as a slow client would send it.
+    for piece in input.chunks(700) {
+        for a in s.receive(piece) {
+            match a {
+                Action::Reply(r) => {
+                    let status = r.status.map(|st| st.to_string()).unwrap_or_default();
+                    codes.push(format!("{} {status} {}", r.code, r.lines.join(" ")))
+                }
+                Action::Enqueue(m) => incoming = Some(m),
+                _ => {}
+            }
+        }
+    }
+    (codes, incoming)
+}
+
+#[test]
+fn mx_refuses_lines_over_1000_octets() {
+    for bdat in [false, true] {
+        let (codes, incoming) = long_line_dialogue(Role::Mx, false, 999, bdat);
+        assert!(incoming.is_none(), "bdat={bdat}");
+        let last = codes.last().unwrap();
+        assert!(last.starts_with("550 5.6.0") && last.contains("1000 octets"), "bdat={bdat}: {codes:?}");
+        // 998 + CRLF is the longest line allowed, and not "long".
+        let (_, incoming) = long_line_dialogue(Role::Mx, false, 998, bdat);
+        assert!(!incoming.expect("998 octets accepted").long_lines);
+    }
+}
+
+#[test]
+fn submission_and_trusted_accept_long_lines_and_flag_them() {
+    for (role, trusted) in [(Role::Submission, false), (Role::Submissions, false), (Role::Mx, true)] {
+        for bdat in [false, true] {
+            let (codes, incoming) = long_line_dialogue(role, trusted, 3000, bdat);
+            let incoming = incoming.unwrap_or_else(|| panic!("{role:?} trusted={trusted} bdat={bdat}: {codes:?}"));
+            assert!(incoming.long_lines, "{role:?} bdat={bdat}");
+            assert!(incoming.data.windows(3000).any(|w| w.iter().all(|&b| b == b'h')), "line kept whole");
+            let (_, incoming) = long_line_dialogue(role, trusted, 998, bdat);
+            assert!(!incoming.expect("short lines accepted").long_lines, "{role:?} bdat={bdat}");
+        }
+    }
+}
+
+#[test]
+fn submission_refuses_lines_over_max_submission_line() {
+    for bdat in [false, true] {
+        // 4094 + CRLF is exactly the limit of 4096.
+        let (_, incoming) = long_line_dialogue(Role::Submission, false, 4094, bdat);
+        assert!(incoming.is_some(), "bdat={bdat}");
+        let (codes, incoming) = long_line_dialogue(Role::Submission, false, 4095, bdat);
+        assert!(incoming.is_none(), "bdat={bdat}");
+        let last = codes.last().unwrap();
+        assert!(last.starts_with("550 5.6.0") && last.contains("4096 octets"), "bdat={bdat}: {codes:?}");
+    }
+}

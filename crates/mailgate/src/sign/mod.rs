@@ -5,6 +5,7 @@
 //! May import: `config`, `mailgate-core`.
 
 pub mod key;
+pub mod reencode;
 pub mod rotation;
 pub mod store;
 
