@@ -7,12 +7,14 @@
 //! its true end has been read, so nothing after a fake terminator is ever
 //! read as commands.
 
+use crate::reply::Reply;
+
 /// Why a message body was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContentError {
     TooBig,
-    /// The server's in-flight memory budget ran out during the transaction.
-    OverBudget,
+    /// The driver refused the content ([`ContentCheck::refused`]).
+    Refused,
     BareLineEnding,
     Nul,
     LineTooLong,
@@ -25,9 +27,10 @@ pub struct ContentCheck {
     pub nul: bool,
     pub line_too_long: bool,
     pub too_big: bool,
-    /// The driver ran out of memory budget: content is discarded from
-    /// then on and the transaction gets a 451 at its end.
-    pub over_budget: bool,
+    /// The driver refused the content while it arrived (memory budget
+    /// exhausted, disk full): it is discarded from then on and the
+    /// transaction gets this reply at its end.
+    pub refused: Option<Reply>,
     /// A line was longer than RFC 5322's 998 octets + CRLF. Not an error
     /// on its own (submission allows longer lines); the message must be
     /// re-encoded before it is signed and relayed.
@@ -40,8 +43,8 @@ impl ContentCheck {
     pub fn error(&self) -> Option<ContentError> {
         if self.too_big {
             Some(ContentError::TooBig)
-        } else if self.over_budget {
-            Some(ContentError::OverBudget)
+        } else if self.refused.is_some() {
+            Some(ContentError::Refused)
         } else if self.bare_line_ending {
             Some(ContentError::BareLineEnding)
         } else if self.nul {

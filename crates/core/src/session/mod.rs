@@ -219,6 +219,8 @@ pub struct Session {
     /// Dropping the rest of an overlong command line.
     skipping_line: bool,
     errors: u32,
+    /// MAIL commands accepted so far.
+    serial: u64,
     shutting_down: bool,
     actions: Vec<Action>,
 }
@@ -235,6 +237,7 @@ impl Session {
             input: Vec::new(),
             skipping_line: false,
             errors: 0,
+            serial: 0,
             shutting_down: false,
             actions: Vec::new(),
         }
@@ -318,26 +321,44 @@ impl Session {
         self.transaction_mut().map(|tx| std::mem::take(&mut tx.body)).unwrap_or_default()
     }
 
-    /// The driver's memory budget ran out: the current transaction's
-    /// content is dropped, the rest of it is read and discarded, and the
-    /// client gets `451 4.3.2` where the transaction would have ended.
-    pub fn over_budget(&mut self) {
-        match &mut self.state {
+    /// The driver cannot keep this transaction's content (its memory
+    /// budget ran out, the disk is full): what is buffered is dropped, the
+    /// rest is read and discarded, and the client gets `reply` where the
+    /// transaction would have ended (after DATA's end, or for the current
+    /// or next BDAT chunk).
+    pub fn refuse_content(&mut self, reply: Reply) {
+        let check = match &mut self.state {
             State::Data(tx, reader) => {
-                reader.check.over_budget = true;
                 tx.body = Vec::new();
+                &mut reader.check
             }
             State::Chunk { tx: Some(tx), .. } => {
-                tx.check.over_budget = true;
                 tx.body = Vec::new();
+                &mut tx.check
             }
             State::Mail(tx) if tx.bdat.is_some() => {
-                // Between chunks: the next BDAT is refused with the 451.
-                tx.check.over_budget = true;
                 tx.body = Vec::new();
+                &mut tx.check
             }
-            _ => {}
-        }
+            _ => return,
+        };
+        check.refused.get_or_insert(reply);
+    }
+
+    /// [`Session::refuse_content`] for an exhausted memory budget: `451 4.3.2`.
+    pub fn over_budget(&mut self) {
+        self.refuse_content(over_budget_reply());
+    }
+
+    /// Counts accepted MAIL commands: tells the driver whether content it
+    /// moved to disk still belongs to the current transaction.
+    pub fn transaction_serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// A transaction (MAIL accepted, not yet finished) is open.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction().is_some()
     }
 
     fn transaction(&self) -> Option<&Transaction> {
@@ -571,6 +592,7 @@ impl Session {
         if let Err(reply) = self.policy.check_mail(&self.info, &sender, params.size) {
             return self.reply(reply);
         }
+        self.serial += 1;
         self.state = State::Mail(Transaction {
             sender,
             params,
@@ -645,7 +667,7 @@ impl Session {
         // branch reads them; otherwise they would be taken for commands.
         let (tx, refusal) = match std::mem::replace(&mut self.state, State::Ready) {
             State::Mail(tx) if tx.recipients.is_empty() => (None, Some(Reply::new(554, status::INVALID_COMMAND, "No valid recipients"))),
-            State::Mail(tx) if tx.check.over_budget => (None, Some(over_budget_reply())),
+            State::Mail(tx) if tx.check.refused.is_some() => (None, tx.check.refused),
             State::Mail(mut tx) => {
                 if tx.size + size > self.config.max_message_size {
                     (None, Some(Reply::new(552, status::MSG_TOO_BIG, "Message size exceeds fixed maximum message size")))
@@ -693,7 +715,7 @@ impl Session {
             if let Some(scanner) = tx.bdat.as_mut() {
                 scanner.scan(bytes, max_line, &mut tx.check);
             }
-            if !tx.check.over_budget {
+            if tx.check.refused.is_none() {
                 tx.body.extend_from_slice(bytes);
             }
             tx.size += take as u64;
@@ -718,9 +740,9 @@ impl Session {
             return self.reply(reply);
         }
         let Some(mut tx) = tx else { return };
-        if !last && tx.check.over_budget {
+        if !last && let Some(reply) = tx.check.refused {
             // RFC 3030 §2: a failed chunk fails the transaction.
-            return self.reply(over_budget_reply());
+            return self.reply(reply);
         }
         if !last {
             let n = tx.size;
@@ -739,7 +761,7 @@ impl Session {
             self.state = State::Ready;
             let reply = match err {
                 ContentError::TooBig => Reply::new(552, status::MSG_TOO_BIG, "Message size exceeds fixed maximum message size"),
-                ContentError::OverBudget => over_budget_reply(),
+                ContentError::Refused => check.refused.clone().unwrap_or_else(over_budget_reply),
                 ContentError::BareLineEnding => {
                     Reply::new(550, status::MEDIA, "Message refused: bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)")
                 }
