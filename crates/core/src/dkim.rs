@@ -2,7 +2,11 @@
 //! canonicalization, header selection with oversigning, and the
 //! `DKIM-Signature` header built around a signature the caller computes.
 //!
-//! The caller hashes nothing itself: [`SigningInput::data`] is exactly the
+//! The body arrives apart from the header block, in chunks, so a large
+//! message is never held whole: [`BodyHash`] canonicalizes and hashes it
+//! as it is fed, and [`prepare`] takes the header block and that hash.
+//!
+//! The caller hashes nothing else itself: [`SigningInput::data`] is exactly the
 //! byte string an `rsa-sha256` signer signs; an `ed25519-sha256` signer
 //! signs its SHA-256 digest (RFC 8463 §3), which [`SigningInput::digest`]
 //! gives.
@@ -111,14 +115,15 @@ fn fold(line: &str) -> String {
 }
 
 /// Splits a message into its header fields (name, raw field including the
-/// terminating CRLF) and its body.
-fn split(message: &[u8]) -> (Vec<(&str, &[u8])>, &[u8]) {
+/// terminating CRLF) and the offset where its body starts: just past the
+/// first empty line, or the end when there is none.
+fn split(message: &[u8]) -> (Vec<(&str, &[u8])>, usize) {
     let mut fields: Vec<(&str, &[u8])> = Vec::new();
     let mut pos = 0;
     while pos < message.len() {
         let rest = &message[pos..];
         if rest.starts_with(b"\r\n") {
-            return (fields, &message[pos + 2..]);
+            return (fields, pos + 2);
         }
         // A field runs to the CRLF not followed by WSP.
         let mut end = pos;
@@ -142,7 +147,16 @@ fn split(message: &[u8]) -> (Vec<(&str, &[u8])>, &[u8]) {
         fields.push((name, field));
         pos = end;
     }
-    (fields, &[])
+    (fields, message.len())
+}
+
+/// Where the signer's view of the body starts in `message`: just past
+/// the first empty line (CRLF at the start of a field), or its end. A
+/// caller that holds the header block apart from the body feeds
+/// `header[header_len(header)..]` to [`BodyHash`] before the body, so the
+/// result equals signing the whole message even for a malformed header.
+pub fn header_len(message: &[u8]) -> usize {
+    split(message).1
 }
 
 fn relaxed_header(name: &str, field: &[u8], out: &mut Vec<u8>) {
@@ -167,54 +181,158 @@ fn relaxed_header(name: &str, field: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn canonical_body(body: &[u8], canon: Canon) -> Vec<u8> {
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let (line, next) = match rest.windows(2).position(|w| w == b"\r\n") {
-            Some(p) => (&rest[..p], &rest[p + 2..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        let line = match canon {
-            Canon::Simple => line.to_vec(),
-            Canon::Relaxed => {
-                let mut l = Vec::with_capacity(line.len());
-                let mut space = false;
-                for &b in line {
-                    if b == b' ' || b == b'\t' {
-                        space = true;
-                    } else {
-                        if space {
-                            l.push(b' ');
-                        }
-                        space = false;
-                        l.push(b);
-                    }
-                }
-                l
-            }
-        };
-        lines.push(line);
-        rest = next;
-    }
-    while lines.last().is_some_and(|l| l.is_empty()) {
-        lines.pop();
-    }
-    let mut out = Vec::with_capacity(body.len());
-    for l in &lines {
-        out.extend_from_slice(l);
-        out.extend_from_slice(b"\r\n");
-    }
-    if out.is_empty() && canon == Canon::Simple {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+/// The body hash (`bh=`, SHA-256) of a body fed in chunks of any size,
+/// canonicalized as RFC 6376 §3.4.3 (simple) or §3.4.4 (relaxed) says.
+/// Lines end at CRLF only; a bare CR or LF is an ordinary octet.
+pub struct BodyHash {
+    canon: Canon,
+    out: Sink,
+    /// Empty lines seen but not yet written: trailing ones are dropped.
+    empty_lines: u64,
+    /// The current line has canonical content (so it is not empty).
+    line_has_content: bool,
+    /// Relaxed: white space seen since the last content octet.
+    pending_space: bool,
+    /// The last octet fed was a CR whose meaning the next octet decides.
+    pending_cr: bool,
+    /// Anything at all was written.
+    wrote: bool,
 }
 
-/// Prepares a signature over `message` (CRLF line endings).
-pub fn prepare(message: &[u8], p: &Params) -> SigningInput {
-    let (fields, body) = split(message);
-    let bh = STANDARD.encode(Sha256::digest(canonical_body(body, p.body_canon)));
+/// Where canonical octets go: the digest, and in tests a copy.
+struct Sink {
+    sha: Sha256,
+    #[cfg(test)]
+    copy: Vec<u8>,
+}
+
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        #[cfg(test)]
+        self.copy.extend_from_slice(bytes);
+    }
+}
+
+impl BodyHash {
+    pub fn new(canon: Canon) -> BodyHash {
+        BodyHash {
+            canon,
+            out: Sink {
+                sha: Sha256::new(),
+                #[cfg(test)]
+                copy: Vec::new(),
+            },
+            empty_lines: 0,
+            line_has_content: false,
+            pending_space: false,
+            pending_cr: false,
+            wrote: false,
+        }
+    }
+
+    /// Feeds the next octets of the body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        while let Some((&b, tail)) = rest.split_first() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b == b'\n' {
+                    self.end_line();
+                    rest = tail;
+                    continue;
+                }
+                self.content(b"\r");
+            }
+            match b {
+                b'\r' => {
+                    self.pending_cr = true;
+                    rest = tail;
+                }
+                b' ' | b'\t' if self.canon == Canon::Relaxed => {
+                    self.pending_space = true;
+                    rest = tail;
+                }
+                _ => {
+                    // The longest run of octets that need no decision.
+                    let run = rest
+                        .iter()
+                        .position(|&c| c == b'\r' || (self.canon == Canon::Relaxed && (c == b' ' || c == b'\t')))
+                        .unwrap_or(rest.len());
+                    let (now, later) = rest.split_at(run.max(1));
+                    self.content(now);
+                    rest = later;
+                }
+            }
+        }
+    }
+
+    fn content(&mut self, bytes: &[u8]) {
+        if !self.line_has_content {
+            for _ in 0..self.empty_lines {
+                self.out.write(b"\r\n");
+            }
+            self.empty_lines = 0;
+            self.line_has_content = true;
+        }
+        if self.pending_space {
+            self.out.write(b" ");
+            self.pending_space = false;
+        }
+        self.out.write(bytes);
+        self.wrote = true;
+    }
+
+    fn end_line(&mut self) {
+        if self.line_has_content {
+            self.out.write(b"\r\n");
+        } else {
+            self.empty_lines += 1;
+        }
+        self.line_has_content = false;
+        self.pending_space = false;
+    }
+
+    fn close(&mut self) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            self.content(b"\r");
+        }
+        // A last line without CRLF gets one; trailing empty lines go.
+        if self.line_has_content {
+            self.out.write(b"\r\n");
+        }
+        if !self.wrote && self.canon == Canon::Simple {
+            self.out.write(b"\r\n");
+        }
+    }
+
+    /// The SHA-256 of the canonical body.
+    pub fn finish(mut self) -> [u8; 32] {
+        self.close();
+        self.out.sha.finalize().into()
+    }
+
+    /// The SHA-256 of the canonical form of a body held whole.
+    pub fn of(body: &[u8], canon: Canon) -> [u8; 32] {
+        let mut h = BodyHash::new(canon);
+        h.update(body);
+        h.finish()
+    }
+}
+
+/// Prepares a signature over `message`, held whole (CRLF line endings).
+pub fn prepare_message(message: &[u8], p: &Params) -> SigningInput {
+    let (header, body) = message.split_at(header_len(message));
+    prepare(header, &BodyHash::of(body, p.body_canon), p)
+}
+
+/// Prepares a signature over a message whose header block (the fields
+/// and the empty line after them) is `header` and whose body hash, from
+/// [`BodyHash`], is `body_hash`.
+pub fn prepare(header: &[u8], body_hash: &[u8; 32], p: &Params) -> SigningInput {
+    let (fields, _) = split(header);
+    let bh = STANDARD.encode(body_hash);
 
     // h=: every present instance of each name, then once more each
     // oversigned name (as in RFC 8463's example).
@@ -264,12 +382,113 @@ pub fn prepare(message: &[u8], p: &Params) -> SigningInput {
 mod tests {
     use super::*;
 
+    /// The canonical body, fed in chunks of `chunk` octets.
+    fn canonical(body: &[u8], canon: Canon, chunk: usize) -> Vec<u8> {
+        let mut h = BodyHash::new(canon);
+        for piece in body.chunks(chunk.max(1)) {
+            h.update(piece);
+        }
+        h.close();
+        h.out.copy
+    }
+
+    fn canonical_body(body: &[u8], canon: Canon) -> Vec<u8> {
+        canonical(body, canon, usize::MAX)
+    }
+
     #[test]
     fn relaxed_body_rules() {
         assert_eq!(canonical_body(b"a  b \t\r\n\r\n\r\n", Canon::Relaxed), b"a b\r\n");
         assert_eq!(canonical_body(b"", Canon::Relaxed), b"");
         assert_eq!(canonical_body(b"", Canon::Simple), b"\r\n");
         assert_eq!(canonical_body(b"x", Canon::Relaxed), b"x\r\n");
+        assert_eq!(canonical_body(b" \t a\r\n  \r\n\r\nb\r\n \r\n", Canon::Relaxed), b" a\r\n\r\n\r\nb\r\n");
+        assert_eq!(canonical_body(b"a\rb\nc \r\r\n", Canon::Relaxed), b"a\rb\nc \r\r\n");
+    }
+
+    #[test]
+    fn simple_body_rules() {
+        assert_eq!(canonical_body(b"a \r\n\r\n \r\n\r\n\r\n", Canon::Simple), b"a \r\n\r\n \r\n");
+        assert_eq!(canonical_body(b"\r\n\r\n", Canon::Simple), b"\r\n");
+        assert_eq!(canonical_body(b"x", Canon::Simple), b"x\r\n");
+        assert_eq!(canonical_body(b"x\r", Canon::Simple), b"x\r\r\n");
+    }
+
+    /// The rules as RFC 6376 states them, line by line, on a body held
+    /// whole: what the streaming hasher must equal at any chunk size.
+    fn reference(body: &[u8], canon: Canon) -> Vec<u8> {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (line, next) = match rest.windows(2).position(|w| w == b"\r\n") {
+                Some(p) => (&rest[..p], &rest[p + 2..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            let line = match canon {
+                Canon::Simple => line.to_vec(),
+                Canon::Relaxed => {
+                    let mut l = Vec::new();
+                    let mut space = false;
+                    for &b in line {
+                        if b == b' ' || b == b'\t' {
+                            space = true;
+                        } else {
+                            if space {
+                                l.push(b' ');
+                            }
+                            space = false;
+                            l.push(b);
+                        }
+                    }
+                    l
+                }
+            };
+            lines.push(line);
+            rest = next;
+        }
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        let mut out = Vec::new();
+        for l in &lines {
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.is_empty() && canon == Canon::Simple {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn streaming_equals_the_reference_at_every_chunk_size() {
+        // Bodies built from the awkward octets, deterministically.
+        let alphabet: &[&[u8]] = &[b" ", b"\t", b"\r\n", b"\r", b"\n", b"a", b"bc", b"\r\n\r\n", b"  \t "];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for n in 0..300 {
+            let mut body = Vec::new();
+            for _ in 0..(n % 40) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                body.extend_from_slice(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            for canon in [Canon::Simple, Canon::Relaxed] {
+                let want = reference(&body, canon);
+                for chunk in 1..=body.len().max(1) {
+                    assert_eq!(canonical(&body, canon, chunk), want, "{canon:?} chunk {chunk} {body:?}");
+                }
+                assert_eq!(BodyHash::of(&body, canon), <[u8; 32]>::from(Sha256::digest(&want)));
+            }
+        }
+    }
+
+    #[test]
+    fn header_len_finds_the_empty_line() {
+        assert_eq!(header_len(b"A: b\r\n\r\nbody"), 8);
+        assert_eq!(header_len(b"A: b\r\n c\r\n\r\n"), 12);
+        assert_eq!(header_len(b"A: b\r\n"), 6);
+        assert_eq!(header_len(b"\r\nbody"), 2);
     }
 
     #[test]
@@ -294,7 +513,7 @@ mod tests {
             expiration: Some(100),
             identity: None,
         };
-        let input = prepare(msg, &p);
+        let input = prepare_message(msg, &p);
         let header = input.finish(&[1, 2, 3]);
         let unfolded = header.replace("\r\n ", " ");
         assert!(unfolded.contains("h=from : subject : from : to;"), "{unfolded}");

@@ -172,7 +172,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
 async fn sign(ctx: &Inbound, content: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     let signer = ctx.signer.clone();
     tokio::task::spawn_blocking(move || {
-        let headers = signer.sign(&content)?;
+        let headers = signer.sign_message(&content)?;
         Ok(match headers {
             Some(h) => {
                 let mut out = Vec::with_capacity(h.len() + content.len());
@@ -229,7 +229,10 @@ fn check_sender(ctx: &Inbound, session: &Session, data: &[u8]) -> Result<(), Rep
 /// Runs the inbound checks and turns a refusal into its reply.
 async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &mailgate_core::Envelope, data: &[u8]) -> Result<Verdict, Reply> {
     let mail_from = envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default();
-    let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: Some(data), seal: true };
+    // Until the message streams to disk: a copy split into header block and body.
+    let whole = std::sync::Arc::new(data.to_vec());
+    let (header_len, body) = crate::checks::body::Body::split(&whole);
+    let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: whole.get(..header_len), body: Some(body), seal: true };
     let verdict = ctx.checker.check(&input).await;
     let reason = verdict.reason.as_deref().unwrap_or("");
     let dkim: Vec<String> = verdict.dkim.iter().map(|d| format!("{}:{}", d.domain, d.result)).collect();

@@ -14,7 +14,9 @@
 //! `fail`, and [`seal`] refuses to seal (a seal would have to say cv=fail
 //! for good).
 //!
-//! Not wired into the SMTP pipeline yet, hence the `dead_code` allowances.
+//! Both work on a message parsed whole or from its header block alone;
+//! for the latter the body hashes come from one streamed pass over the
+//! body (`checks::body`, [`body_lanes`]).
 
 use std::path::Path;
 
@@ -136,6 +138,29 @@ async fn relaxed_by_default(auth: &MessageAuthenticator, msg: &AuthenticatedMess
     matches!(output.result(), DkimResult::Pass)
 }
 
+/// The body hashes ARC needs beyond those its AMS fields name (which
+/// mail-auth's parse lists in `body_hashes`), for a message parsed from its
+/// header block whose body is streamed (`checks::body`): the relaxed
+/// reading of an AMS without `c=` ([`relaxed_by_default`]), and, when
+/// `sealing`, the relaxed/sha256 whole-body hash the new AMS signs (mail-auth's
+/// sealer takes it from `body_hashes`; without it, it would hash the empty
+/// body of a header block).
+pub fn body_lanes(msg: &AuthenticatedMessage<'_>, sealing: bool) -> Vec<super::body::Lane> {
+    let mut lanes = Vec::new();
+    for ams in &msg.ams_headers {
+        if chain::no_canonicalization(ams.value) {
+            lanes.push((Canonicalization::Relaxed, HashAlgorithm::from(ams.header.a), ams.header.l));
+        }
+    }
+    if sealing {
+        lanes.push(SEAL_LANE);
+    }
+    lanes
+}
+
+/// The body hash a new seal's AMS uses (relaxed, sha256, whole body).
+pub const SEAL_LANE: super::body::Lane = (Canonicalization::Relaxed, HashAlgorithm::Sha256, 0);
+
 fn broken() -> DkimResult {
     DkimResult::Fail(mail_auth::Error::Arc(mail_auth::arc::ArcError::BrokenChain))
 }
@@ -216,7 +241,8 @@ const SIGNED_HEADERS: &[&str] = &[
 /// it becomes the AAR.
 ///
 /// `msg` and `arc` must be the message and outcome [`verify`] was given
-/// and gave. A failed chain gets a cv=fail set that seals only itself
+/// and gave. A `msg` parsed from its header block alone must carry the
+/// streamed body hash [`SEAL_LANE`] (see [`body_lanes`]). A failed chain gets a cv=fail set that seals only itself
 /// (RFC 8617 §5.1.2).
 ///
 /// Errors when no seal may be added: the validation had a temporary

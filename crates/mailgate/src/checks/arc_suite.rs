@@ -1,4 +1,6 @@
 //! The ValiMail ARC validation suite (171 tests), run through [`verify`]
+//! twice: with each message parsed whole, and parsed from its header block
+//! with the body hashes streamed (`checks::body`, as the gateway does),
 //! against a loopback DNS server serving each scenario's `txt-records`
 //! (format in `tests/conformance/README.md`). `ARC_SUITE_VERBOSE=1`
 //! prints every test's result and reason.
@@ -126,6 +128,15 @@ pub(super) fn authenticator(dns: &DnsServer) -> MessageAuthenticator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arc_validation_suite() {
+    run_suite(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arc_validation_suite_streamed() {
+    run_suite(true).await;
+}
+
+async fn run_suite(streamed: bool) {
     let known: BTreeMap<&str, &str> = KNOWN.iter().copied().collect();
     assert_eq!(known.len(), KNOWN.len(), "duplicate KNOWN entries");
     let started = Instant::now();
@@ -143,7 +154,13 @@ async fn arc_validation_suite() {
                 names.insert(case.name.clone());
             }
             // A message without a header field has no ARC set: "none".
-            let (got, reason) = match AuthenticatedMessage::parse(case.message.as_bytes()) {
+            let whole = std::sync::Arc::new(case.message.clone().into_bytes());
+            let parsed = if streamed {
+                crate::checks::body::parse_streamed(&whole, true, |m| super::body_lanes(m, false)).map(|(m, _)| m)
+            } else {
+                AuthenticatedMessage::parse(&whole)
+            };
+            let (got, reason) = match parsed {
                 Some(msg) => {
                     let outcome = verify(&auth, &msg).await;
                     (outcome.result, outcome.reason)
@@ -181,7 +198,8 @@ async fn arc_validation_suite() {
         }
     }
     println!(
-        "ARC validation suite: {passed}/{total} passed ({} known failures; shadowed duplicates {}/{}; {:.1} s)",
+        "ARC validation suite ({}): {passed}/{total} passed ({} known failures; shadowed duplicates {}/{}; {:.1} s)",
+        if streamed { "header block + streamed body" } else { "whole message" },
         known.len(),
         shadowed.0,
         shadowed.1,

@@ -2,7 +2,12 @@
 //! mail-auth's `verify_dkim`, with mailgate's own rules on top of
 //! cryptographic validity. One [`DkimCheck`] per evaluated signature.
 //!
-//! May import: `mail-auth`. Never the spool or anything downstream of it.
+//! May import: `mail-auth`, `checks::body`. Never the spool or anything
+//! downstream of it.
+//!
+//! Two ways in: [`verify`]/[`verify_cached`] take a message parsed whole;
+//! [`verify_streamed`] one parsed from its header block alone, with the
+//! body hashes and lengths of its streamed body (`checks::body`).
 //!
 //! Result words (RFC 8601 §2.7.1) and what gives them:
 //! - `pass`: the signature verifies, and none of the rules below objects.
@@ -67,6 +72,8 @@ use mail_auth::common::headers::Writer;
 use mail_auth::common::verify::VerifySignature;
 use mail_auth::dkim::{DkimError, Signature};
 use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, MessageAuthenticator, Parameters, ResolverCache, Txt};
+
+use super::body::BodyDigest;
 
 /// Signatures evaluated per message unless the caller says otherwise.
 pub const DEFAULT_MAX_SIGNATURES: usize = 10;
@@ -153,6 +160,39 @@ pub async fn verify_cached<'x>(
     max_signatures: usize,
     keys: &KeyCache,
 ) -> Vec<DkimCheck<'x>> {
+    verify_with(auth, msg, BodyView::Whole, max_signatures, keys).await
+}
+
+/// As [`verify_cached`], for a message parsed from its header block alone
+/// whose body was streamed: `msg.body_hashes` come from `digest`
+/// ([`BodyDigest::apply`]), and the `l=` rules read the body's lengths
+/// from `digest` instead of `msg.raw_body()`.
+pub async fn verify_streamed<'x>(
+    auth: &MessageAuthenticator,
+    msg: &'x AuthenticatedMessage<'x>,
+    digest: &BodyDigest,
+    max_signatures: usize,
+    keys: &KeyCache,
+) -> Vec<DkimCheck<'x>> {
+    verify_with(auth, msg, BodyView::Streamed(digest), max_signatures, keys).await
+}
+
+/// Where the `l=` rules find the body.
+#[derive(Clone, Copy)]
+enum BodyView<'a> {
+    /// `msg` was parsed from the whole message.
+    Whole,
+    /// `msg` was parsed from the header block; the body was streamed.
+    Streamed(&'a BodyDigest),
+}
+
+async fn verify_with<'x>(
+    auth: &MessageAuthenticator,
+    msg: &'x AuthenticatedMessage<'x>,
+    body: BodyView<'_>,
+    max_signatures: usize,
+    keys: &KeyCache,
+) -> Vec<DkimCheck<'x>> {
     let selected = select(msg, max_signatures);
     // A signature that does not sign From: is not worth a key lookup.
     let valid: Vec<usize> = selected
@@ -170,7 +210,7 @@ pub async fn verify_cached<'x>(
             Field::Parsed(i) => {
                 let Some(header) = msg.dkim_headers.get(i) else { continue };
                 let (result, report, key_bits) = outcomes.get(&i).cloned().unwrap_or((DkimResult::None, None, None));
-                judge(msg, &header.header, result, report, key_bits, header_b)
+                judge(msg, body, &header.header, result, report, key_bits, header_b)
             }
             Field::Malformed(j) => {
                 let Some(header) = msg.errors.get(j) else { continue };
@@ -247,8 +287,10 @@ async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'
 }
 
 /// Applies our rules to mail-auth's result for one parsed signature.
+#[allow(clippy::too_many_arguments)]
 fn judge<'x>(
     msg: &AuthenticatedMessage<'_>,
+    body: BodyView<'_>,
     sig: &'x Signature,
     result: DkimResult,
     report: Option<String>,
@@ -261,7 +303,7 @@ fn judge<'x>(
     let small_key = key_bits.filter(|bits| is_rsa && *bits > 0 && *bits < MIN_RSA_BITS);
     let (verdict, reason, err): (DkimVerdict, Option<String>, Option<Error>) = match result {
         _ if !signs_from(sig) => (PermError, Some("From field not signed (RFC 6376 §6.1.1)".into()), Some(Error::MissingParameters)),
-        DkimResult::Pass => match pass_objection(msg, sig, small_key) {
+        DkimResult::Pass => match pass_objection(msg, body, sig, small_key) {
             Some((reason, err)) => (Policy, Some(reason), Some(err)),
             None => (Pass, None, None),
         },
@@ -314,7 +356,12 @@ fn signs_from(sig: &Signature) -> bool {
 
 /// Why a cryptographically valid signature must still not pass, with the
 /// error mail-auth's `fail` output carries.
-fn pass_objection(msg: &AuthenticatedMessage<'_>, sig: &Signature, small_key: Option<usize>) -> Option<(String, Error)> {
+fn pass_objection(
+    msg: &AuthenticatedMessage<'_>,
+    body: BodyView<'_>,
+    sig: &Signature,
+    small_key: Option<usize>,
+) -> Option<(String, Error)> {
     if sig.a == Algorithm::RsaSha1 {
         return Some(("rsa-sha1 is not accepted (RFC 8301)".into(), Error::Dkim(DkimError::UnsupportedAlgorithm)));
     }
@@ -323,11 +370,21 @@ fn pass_objection(msg: &AuthenticatedMessage<'_>, sig: &Signature, small_key: Op
         return Some((reason, Error::Dkim(DkimError::UnsupportedKeyType)));
     }
     if sig.l > 0 {
-        let body = msg.raw_body();
-        if sig.l > body.len() as u64 {
-            return Some((format!("l={} is longer than the {}-byte body", sig.l, body.len()), Error::Dkim(DkimError::SignatureLength)));
+        // The raw body length, and its canonical length in full and at l=.
+        let (len, full, signed) = match body {
+            BodyView::Whole => {
+                let raw = msg.raw_body();
+                (raw.len() as u64, Some(canonical_len(sig, raw, 0)), Some(canonical_len(sig, raw, sig.l)))
+            }
+            BodyView::Streamed(d) => (d.len, d.canonical_len(sig.cb, 0), d.canonical_len(sig.cb, sig.l)),
+        };
+        if sig.l > len {
+            return Some((format!("l={} is longer than the {len}-byte body", sig.l), Error::Dkim(DkimError::SignatureLength)));
         }
-        let unsigned = canonical_len(sig, body, 0).saturating_sub(canonical_len(sig, body, sig.l));
+        let (Some(full), Some(signed)) = (full, signed) else {
+            return Some((format!("l={}: the body was not measured", sig.l), Error::Dkim(DkimError::SignatureLength)));
+        };
+        let unsigned = full.saturating_sub(signed);
         if unsigned > 0 {
             return Some((format!("l={} leaves {unsigned} bytes of the body unsigned", sig.l), Error::Dkim(DkimError::SignatureLength)));
         }

@@ -7,6 +7,7 @@ pub mod arc;
 pub mod auth;
 pub mod auth_results;
 pub mod author;
+pub mod body;
 pub mod dkim;
 pub mod dmarc;
 pub mod lookalike;

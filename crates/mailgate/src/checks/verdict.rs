@@ -3,6 +3,10 @@
 //! `[policy]` to one action, with the `Authentication-Results` header
 //! that records it. The gateway and `mailgate verify` both call
 //! [`Checker::check`], so the tool explains exactly what the gateway did.
+//!
+//! Only the header block is held in memory and parsed; the body is read
+//! once, as a stream ([`body::digest`]), for every body hash the DKIM
+//! signatures and ARC-Message-Signatures ask for (and ARC sealing needs).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
 use serde::Serialize;
 
 use super::auth_results::{self, ResInfo};
+use super::body::{self, Body, BodyDigest};
 use super::dkim::{DkimCheck, DkimVerdict};
 use super::dmarc::Dmarc;
 use super::lookalike::{Finding, Lookalikes};
@@ -25,8 +30,13 @@ pub struct Input<'a> {
     pub helo: &'a str,
     /// The reverse-path without brackets; empty for `<>`.
     pub mail_from: &'a str,
-    /// The message as received; `None` checks SPF only.
+    /// The header block of the message as received: the header fields and
+    /// the empty line after them (for a message without an empty line, the
+    /// whole message, and an empty body). `None` checks SPF only.
     pub message: Option<&'a [u8]>,
+    /// The body, read as a stream; `None` when `message` is `None` (or
+    /// the body is empty). [`Body::split`] makes both of a whole message.
+    pub body: Option<Body>,
     /// ARC-seal the message when `[arc] seal` is configured (the gateway
     /// does; `verify` does not).
     pub seal: bool,
@@ -239,16 +249,34 @@ impl Checker {
             _ => {}
         }
 
-        let parsed = input.message.map(|raw| (raw, AuthenticatedMessage::parse(raw)));
+        let sealing = input.seal && self.sealing.is_some();
+        let mut parsed = input.message.map(|header| (header, AuthenticatedMessage::parse(header)));
+        // The body hashes, streamed; mail-auth saw an empty body.
+        let mut digest: Option<std::io::Result<BodyDigest>> = None;
+        if let Some((header, Some(msg))) = parsed.as_mut() {
+            let extra = arc::body_lanes(msg, sealing);
+            let lanes = body::lanes(msg, &extra);
+            let prefix = header.get(msg.body_offset()..).unwrap_or_default().to_vec();
+            let d = body::digest_async(prefix, input.body.clone().unwrap_or_else(Body::empty), lanes).await;
+            if let Ok(d) = &d {
+                d.apply(msg);
+            }
+            digest = Some(d);
+        }
         let mut arc_outcome = None;
         if let Some((raw, msg)) = &parsed {
-            match msg {
-                Some(msg) => {
+            match (msg, &digest) {
+                (Some(_), Some(Err(e))) => {
+                    tracing::error!(error = %e, "cannot read the message body for the checks");
+                    decision.defer("cannot read the message body".into());
+                }
+                (Some(msg), Some(Ok(d))) => {
                     arc_outcome = Some(
-                        self.check_message(raw, msg, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add).await,
+                        self.check_message(raw, msg, d, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add).await,
                     );
                 }
-                None => {
+                (Some(_), None) => {}
+                (None, _) => {
                     decision.raise(self.policy.invalid_from, "the message header does not parse".into());
                     verdict.dmarc.result = "fail";
                     results.push(ResInfo::new("dmarc", "fail").comment("unparsable header"));
@@ -289,12 +317,14 @@ impl Checker {
     }
 
     /// DKIM, ARC, the author and DMARC; returns the ARC outcome, which
-    /// sealing needs.
+    /// sealing needs. `raw` is the header block; `msg` was parsed from it
+    /// and carries the body hashes `digest` streamed.
     #[allow(clippy::too_many_arguments)]
     async fn check_message<'x>(
         &self,
         raw: &[u8],
         msg: &'x AuthenticatedMessage<'x>,
+        digest: &BodyDigest,
         input: &Input<'_>,
         spf: &SpfOutcome,
         spf_helo: &SpfOutcome,
@@ -304,7 +334,7 @@ impl Checker {
         add: &mut impl FnMut(Option<Finding>),
     ) -> arc::ArcOutcome<'x> {
         let (checks, arc) = tokio::join!(
-            dkim::verify_cached(&self.auth, msg, self.policy.max_dkim_signatures, &self.dkim_keys),
+            dkim::verify_streamed(&self.auth, msg, digest, self.policy.max_dkim_signatures, &self.dkim_keys),
             arc::verify(&self.auth, msg)
         );
         for c in &checks {

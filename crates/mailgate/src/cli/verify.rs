@@ -50,12 +50,20 @@ pub fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
     };
     // Over SMTP every line ends in CRLF; files on disk often use LF.
-    let message = message.map(|m| crlf(&m));
+    let message = message.map(|m| Arc::new(crlf(&m)));
+    let split = message.as_ref().map(crate::checks::body::Body::split);
     let mail_from = args.mail_from.trim().trim_start_matches('<').trim_end_matches('>').to_string();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let verdict = runtime.block_on(async {
         let checker = Checker::new(&config, Arc::new(crate::server::lookalikes(&config)), false)?;
-        let input = Input { ip: args.ip, helo: &args.helo, mail_from: &mail_from, message: message.as_deref(), seal: false };
+        let input = Input {
+            ip: args.ip,
+            helo: &args.helo,
+            mail_from: &mail_from,
+            message: message.as_ref().zip(split.as_ref()).and_then(|(m, (n, _))| m.get(..*n)),
+            body: split.as_ref().map(|(_, b)| b.clone()),
+            seal: false,
+        };
         anyhow::Ok(checker.check(&input).await)
     })?;
     if args.json {

@@ -394,7 +394,7 @@ async fn notify_sender(
         return;
     };
     // Our own notices are signed like any outbound mail.
-    let content = match signer.sign(&content) {
+    let content = match signer.sign_message(&content) {
         Ok(Some(sig)) => [sig.into_bytes(), content].concat(),
         Ok(None) => content,
         Err(e) => {

@@ -2,7 +2,11 @@
 //! `From:` domain has keys is signed here, once, just before it is spooled,
 //! with each active key (by default Ed25519 and RSA-2048).
 //!
-//! May import: `config`, `mailgate-core`.
+//! The header block is held in memory, the body is read as a stream
+//! (`checks::body::Body`: memory or a file), so a 20 MB message is hashed
+//! chunk by chunk, once per body canonicalization, and never held whole.
+//!
+//! May import: `config`, `mailgate-core`, `checks::body` (the body type).
 
 pub mod key;
 pub mod reencode;
@@ -16,6 +20,7 @@ use std::sync::RwLock;
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 use mailgate_core::dkim::{self, Algorithm, Canon, Params};
 
+use crate::checks::body::{self, Body};
 use crate::config::DomainConfig;
 use key::DkimKey;
 use store::KeyState;
@@ -101,10 +106,30 @@ impl Signer {
         Ok(())
     }
 
-    /// The `DKIM-Signature` fields to prepend, or `None` when the `From:`
-    /// domain is not one we sign for.
-    pub fn sign(&self, message: &[u8]) -> anyhow::Result<Option<String>> {
-        let Some(from) = from_domain(message) else { return Ok(None) };
+    /// The `DKIM-Signature` fields to prepend to the message whose header
+    /// block (the fields and the empty line) is `header` and whose body is
+    /// `body`, or `None` when the `From:` domain is not one we sign for.
+    /// Reads the body once, in chunks.
+    pub fn sign(&self, header: &[u8], body: &Body) -> anyhow::Result<Option<String>> {
+        self.sign_with(header, |feed| body.for_each_chunk(feed))
+    }
+
+    /// As [`Signer::sign`], for a message held whole in memory.
+    pub fn sign_message(&self, message: &[u8]) -> anyhow::Result<Option<String>> {
+        let (header, rest) = message.split_at(body::header_end(message).unwrap_or(message.len()));
+        self.sign_with(header, |feed| {
+            rest.chunks(body::CHUNK).for_each(feed);
+            Ok(())
+        })
+    }
+
+    /// Signs `header` and the body `read_body` feeds, chunk by chunk.
+    fn sign_with(
+        &self,
+        header: &[u8],
+        read_body: impl FnOnce(&mut dyn FnMut(&[u8])) -> std::io::Result<()>,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(from) = from_domain(header) else { return Ok(None) };
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         // Our domain, or a subdomain of it (bounces from mx.example.com are
         // signed for example.com, which DMARC's relaxed alignment accepts).
@@ -116,6 +141,20 @@ impl Signer {
             tracing::warn!(domain = %domain, "no active DKIM key: message goes out unsigned");
             return Ok(None);
         }
+        // One pass over the body per body canonicalization the keys use
+        // (today one per domain). What the signer's header parsing leaves
+        // of `header` (normally nothing) is body too.
+        let mut hashes: Vec<(Canon, dkim::BodyHash)> = Vec::new();
+        for canon in dk.keys.iter().map(|_| dk.body_canon) {
+            if !hashes.iter().any(|(c, _)| *c == canon) {
+                hashes.push((canon, dkim::BodyHash::new(canon)));
+            }
+        }
+        let mut feed = |chunk: &[u8]| hashes.iter_mut().for_each(|(_, h)| h.update(chunk));
+        feed(header.get(dkim::header_len(header)..).unwrap_or_default());
+        read_body(&mut feed).map_err(|e| anyhow::anyhow!("cannot read the body to sign: {e}"))?;
+        let hashes: Vec<(Canon, [u8; 32])> = hashes.into_iter().map(|(c, h)| (c, h.finish())).collect();
+
         let t = now();
         let mut out = String::new();
         for (selector, key) in &dk.keys {
@@ -131,7 +170,10 @@ impl Signer {
                 expiration: dk.expire.map(|x| t + x),
                 identity: None,
             };
-            let input = dkim::prepare(message, &params);
+            let Some((_, bh)) = hashes.iter().find(|(c, _)| *c == params.body_canon) else {
+                anyhow::bail!("no body hash for {:?} canonicalization", params.body_canon);
+            };
+            let input = dkim::prepare(header, bh, &params);
             out.push_str(&input.finish(&key.sign(&input)?));
         }
         Ok(Some(out))
@@ -139,7 +181,8 @@ impl Signer {
 }
 
 /// The domain of the single `From:` mailbox, lower-cased; `None` if there
-/// is not exactly one.
+/// is not exactly one. Reads the header block only (a whole message
+/// works too: parsing stops at the empty line).
 pub fn from_domain(message: &[u8]) -> Option<String> {
     let parsed = MessageParser::default().parse_headers(message)?;
     let mut froms = parsed.headers().iter().filter(|h| h.name == HeaderName::From);

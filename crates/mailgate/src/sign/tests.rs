@@ -38,13 +38,13 @@ fn rfc8463_example_signatures_are_reproduced_exactly() {
         .decode(std::fs::read_to_string(conformance("brisbane.ed25519.seed.b64")).unwrap().trim())
         .unwrap();
     let ed = DkimKey::from_ed25519_seed(&seed).unwrap();
-    let input = dkim::prepare(&unsigned, &vector_params(Algorithm::Ed25519Sha256, "brisbane"));
+    let input = dkim::prepare_message(&unsigned, &vector_params(Algorithm::Ed25519Sha256, "brisbane"));
     let header = input.finish(&ed.sign(&input).unwrap());
     assert_eq!(b_value(&header, "brisbane"), b_value(&signed, "brisbane"), "{header}");
     assert!(ed.dns_record().ends_with("p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="), "{}", ed.dns_record());
 
     let rsa = DkimKey::from_pem(&std::fs::read_to_string(conformance("test.rsa1024.private.pem")).unwrap()).unwrap();
-    let input = dkim::prepare(&unsigned, &vector_params(Algorithm::RsaSha256, "test"));
+    let input = dkim::prepare_message(&unsigned, &vector_params(Algorithm::RsaSha256, "test"));
     let header = input.finish(&rsa.sign(&input).unwrap());
     assert_eq!(b_value(&header, "test"), b_value(&signed, "test"), "{header}");
     let records = std::fs::read_to_string(conformance("dns-records.txt")).unwrap();
@@ -58,7 +58,7 @@ fn rfc8463_example_signatures_are_reproduced_exactly() {
     let mut changed = unsigned.clone();
     let n = changed.len() - 3;
     changed[n] ^= 1;
-    let other = dkim::prepare(&changed, &vector_params(Algorithm::RsaSha256, "test"));
+    let other = dkim::prepare_message(&changed, &vector_params(Algorithm::RsaSha256, "test"));
     assert_ne!(bh(&other.finish(&[0])), bh(&header));
 }
 
@@ -68,7 +68,7 @@ fn generated_keys_sign_and_publish() {
         let (key, pem) = DkimKey::generate(alg, 2048).unwrap();
         let again = DkimKey::from_pem(&pem).unwrap();
         assert_eq!(key.dns_record(), again.dns_record());
-        let input = dkim::prepare(b"From: a@x.test\r\n\r\nhi\r\n", &vector_params(alg, "s"));
+        let input = dkim::prepare_message(b"From: a@x.test\r\n\r\nhi\r\n", &vector_params(alg, "s"));
         assert!(!again.sign(&input).unwrap().is_empty());
         assert!(matches!(again, DkimKey::Ed25519(_) | DkimKey::Rsa { .. }), "2048-bit RSA must use aws-lc-rs");
     }

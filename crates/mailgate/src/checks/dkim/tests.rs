@@ -39,7 +39,21 @@ struct Seen {
     reason: Option<String>,
 }
 
+/// Verifies `raw` parsed whole, and again as the gateway does (header
+/// block parsed alone, body streamed): both must say the same.
 async fn run_with(auth: &MessageAuthenticator, raw: &[u8], strict: bool, max: usize) -> Vec<Seen> {
+    let whole = run_whole(auth, raw, strict, max).await;
+    let shared = std::sync::Arc::new(raw.to_vec());
+    let (msg, digest) = crate::checks::body::parse_streamed(&shared, strict, |_| Vec::new()).unwrap();
+    let keys = KeyCache::new(PER_MESSAGE_KEYS);
+    let streamed: Vec<(DkimVerdict, Option<String>)> =
+        verify_streamed(auth, &msg, &digest, max, &keys).await.into_iter().map(|c| (c.result, c.reason)).collect();
+    let seen: Vec<(DkimVerdict, Option<String>)> = whole.iter().map(|c| (c.result, c.reason.clone())).collect();
+    assert_eq!(streamed, seen, "streamed body differs from the whole message");
+    whole
+}
+
+async fn run_whole(auth: &MessageAuthenticator, raw: &[u8], strict: bool, max: usize) -> Vec<Seen> {
     let msg = AuthenticatedMessage::parse_with_opts(raw, None, strict).unwrap();
     let checks = verify(auth, &msg, max).await;
     for c in &checks {
@@ -155,7 +169,7 @@ fn own_signer() -> &'static OwnSigner {
 }
 
 fn own_signed(message: &[u8]) -> Vec<u8> {
-    let fields = own_signer().signer.sign(message).unwrap().expect("example.test is signed");
+    let fields = own_signer().signer.sign_message(message).unwrap().expect("example.test is signed");
     prepend(fields.as_bytes(), message)
 }
 
@@ -174,7 +188,7 @@ fn signed_with(key: &DkimKey, selector: &str, message: &[u8], change: impl FnOnc
         identity: None,
     };
     change(&mut params);
-    let input = core_dkim::prepare(message, &params);
+    let input = core_dkim::prepare_message(message, &params);
     let field = input.finish(&key.sign(&input).unwrap());
     (prepend(field.as_bytes(), message), key.dns_record())
 }
