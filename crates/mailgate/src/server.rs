@@ -38,7 +38,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     relay::watch_free_space(spool_dir.clone(), free.clone(), spool::free_space);
     let local_domains = config.domains.iter().map(|d| d.name.clone()).collect();
     let auth = Authenticator::new(&config.users)?;
-    let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone()));
+    let budget = crate::inbound::spill::Budget::new(config.limits.max_inflight_memory);
+    let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone()));
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), true)?);
     let signer = Arc::new(crate::sign::Signer::start(&config.data_dir, &config.domains).context("cannot set up DKIM signing")?);
@@ -108,6 +109,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             trusted: config.trusted_networks.clone(),
             command_timeout: config.command_timeout(),
             data_timeout: config.data_timeout(),
+            budget: budget.clone(),
         });
         tracing::info!(role = l.role.as_str(), addr = %socket.local_addr()?, "listening");
         tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));

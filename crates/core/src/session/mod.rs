@@ -795,7 +795,8 @@ impl Session {
     }
 }
 
-fn over_budget_reply() -> Reply {
+/// `451 4.3.2`: the server's in-flight memory budget is exhausted.
+pub fn over_budget_reply() -> Reply {
     Reply::new(451, status::OVERLOADED, "Insufficient system resources for this message now; try again later")
 }
 

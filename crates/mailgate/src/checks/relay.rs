@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use crate::inbound::spill::Budget;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mailgate_core::address::{Host, Path};
@@ -21,11 +23,19 @@ pub struct RelayPolicy {
     /// Free bytes in the spool's filesystem, refreshed in the background.
     free_space: Arc<AtomicU64>,
     min_free_space: u64,
+    /// Message content sessions hold in memory, all together.
+    budget: Arc<Budget>,
 }
 
 impl RelayPolicy {
-    pub fn new(local_domains: Vec<Domain>, free_space: Arc<AtomicU64>, min_free_space: u64, auth: Arc<super::auth::Authenticator>) -> Self {
-        RelayPolicy { auth, local_domains, free_space, min_free_space }
+    pub fn new(
+        local_domains: Vec<Domain>,
+        free_space: Arc<AtomicU64>,
+        min_free_space: u64,
+        auth: Arc<super::auth::Authenticator>,
+        budget: Arc<Budget>,
+    ) -> Self {
+        RelayPolicy { auth, local_domains, free_space, min_free_space, budget }
     }
 
     fn may_relay(info: &SessionInfo) -> bool {
@@ -52,6 +62,11 @@ impl Policy for RelayPolicy {
         let need = self.min_free_space.saturating_add(declared_size.unwrap_or(0));
         if self.free_space.load(Ordering::Relaxed) < need {
             return Err(Reply::new(452, status::NO_SYSTEM_STORAGE, "Insufficient system storage"));
+        }
+        // No transaction starts while sessions already hold all the memory
+        // they may.
+        if self.budget.exhausted() {
+            return Err(mailgate_core::session::over_budget_reply());
         }
         Ok(())
     }
