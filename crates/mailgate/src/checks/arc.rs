@@ -130,6 +130,8 @@ async fn relaxed_by_default(auth: &MessageAuthenticator, msg: &AuthenticatedMess
     ams.header.ch = Canonicalization::Relaxed;
     ams.header.cb = Canonicalization::Relaxed;
     let (hash, l) = (HashAlgorithm::from(ams.header.a), ams.header.l);
+    // A message parsed from its header block has this hash already (its
+    // streamed lanes include `body_lanes`); one parsed whole has its body.
     if !patched.body_hashes.iter().any(|(c, h, len, _)| *c == Canonicalization::Relaxed && *h == hash && *len == l) {
         let bh = hash.hash(Canonicalization::Relaxed.canonical_body(msg.raw_body(), l)).as_ref().to_vec();
         patched.body_hashes.push((Canonicalization::Relaxed, hash, l, bh));

@@ -132,9 +132,13 @@ fn is_forged(name: &[u8], value: &[u8], ours: &str) -> bool {
     name.len() > 11 && name[..11].eq_ignore_ascii_case(b"x-mailgate-")
 }
 
-/// `raw` without the header fields that claim to be ours; `None` when
-/// there are none (the common case, which costs no copy).
-pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<(Vec<u8>, usize)> {
+/// The header block `header` (the fields and the empty line) without the
+/// fields that claim to be ours, and how many went; `None` when there are
+/// none (the common case, which costs no copy). Reads nothing past the
+/// first empty line; anything after it is copied unchanged, so a whole
+/// message works too.
+pub fn strip_forged(header: &[u8], authserv_id: &str) -> Option<(Vec<u8>, usize)> {
+    let raw = header;
     let fields = header_fields(raw);
     let base = raw.as_ptr() as usize;
     let mut cut: Vec<(usize, usize)> = Vec::new();
@@ -188,5 +192,8 @@ mod tests {
             b"Authentication-Results: other.test; spf=fail\r\nSubject: x\r\n\r\nAuthentication-Results: mx.example.test; body\r\n"
         );
         assert!(strip_forged(b"Subject: x\r\n\r\nbody", "mx.example.test").is_none());
+        // A header block alone, as the gateway holds it.
+        let block = b"X-Mailgate-Action: accept\r\nSubject: x\r\n\r\n";
+        assert_eq!(strip_forged(block, "mx.example.test").unwrap(), (b"Subject: x\r\n\r\n".to_vec(), 1));
     }
 }

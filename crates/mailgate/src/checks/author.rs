@@ -53,7 +53,8 @@ fn is_from(name: &[u8]) -> bool {
     trimmed.eq_ignore_ascii_case(b"from")
 }
 
-/// Finds the author, or says why there is no single one.
+/// Finds the author in `raw`, the header block (only the fields before the
+/// first empty line are read), or says why there is no single one.
 pub fn author(raw: &[u8], seen_by_dmarc: &[String]) -> Result<Author, String> {
     let froms: Vec<&[u8]> = header_fields(raw).into_iter().filter(|(n, _)| is_from(n)).map(|(_, v)| v).collect();
     let value = match froms.as_slice() {

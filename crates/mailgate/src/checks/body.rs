@@ -116,13 +116,15 @@ pub fn header_end(bytes: &[u8]) -> Option<usize> {
 /// the whole body), the key of `AuthenticatedMessage::body_hashes`.
 pub type Lane = (Canonicalization, HashAlgorithm, u64);
 
+/// Body hashes in the form of `AuthenticatedMessage::body_hashes`.
+pub type BodyHashes = Vec<(Canonicalization, HashAlgorithm, u64, Vec<u8>)>;
+
 /// What one pass over a body found.
 #[derive(Debug, Clone, Default)]
 pub struct BodyDigest {
     /// Octets in the body as mail-auth sees it.
     pub len: u64,
-    /// In the form of `AuthenticatedMessage::body_hashes`.
-    pub hashes: Vec<(Canonicalization, HashAlgorithm, u64, Vec<u8>)>,
+    pub hashes: BodyHashes,
     /// (canonicalization, l, canonical octets hashed) for every lane.
     canonical: Vec<(Canonicalization, u64, u64)>,
 }

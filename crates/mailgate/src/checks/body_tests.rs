@@ -49,14 +49,14 @@ fn with_all_lanes(message: &[u8]) -> Vec<u8> {
 
 /// mail-auth's hashes of `whole`, parsed whole and leniently (so `l=`
 /// signatures are hashed too).
-fn whole_hashes(whole: &[u8]) -> Vec<(Canonicalization, HashAlgorithm, u64, Vec<u8>)> {
+fn whole_hashes(whole: &[u8]) -> BodyHashes {
     AuthenticatedMessage::parse_with_opts(whole, None, false).expect("parses").body_hashes
 }
 
 /// The streamed hashes: the header block parsed alone, the body split at
 /// `at` (the part before it handed over as the prefix) and fed in chunks
 /// of `chunk` octets.
-fn streamed(whole: &[u8], at: usize, chunk: usize) -> (BodyDigest, Vec<(Canonicalization, HashAlgorithm, u64, Vec<u8>)>) {
+fn streamed(whole: &[u8], at: usize, chunk: usize) -> (BodyDigest, BodyHashes) {
     let whole = Arc::new(whole.to_vec());
     let (n, _) = Body::split(&whole);
     let header = &whole[..n];

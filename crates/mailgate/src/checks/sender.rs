@@ -8,7 +8,9 @@ fn refuse(why: &str) -> Reply {
     Reply::new(550, StatusCode::new(5, 7, 1), why)
 }
 
-/// The single `From:` address of `data`, or the reply refusing it.
+/// The single `From:` address of `data` (the header block; a whole
+/// message works too, parsing stops at the empty line), or the reply
+/// refusing it.
 pub fn single_from(data: &[u8]) -> Result<String, Reply> {
     let Some(message) = MessageParser::default().parse_headers(data) else {
         return Err(refuse("Message refused: unparsable header"));

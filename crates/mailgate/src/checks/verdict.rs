@@ -135,8 +135,11 @@ pub struct Checker {
 struct Sealing {
     domain: String,
     data_dir: std::path::PathBuf,
-    current: std::sync::Mutex<(Option<std::time::Instant>, Option<(String, Arc<arc::SealingKey>)>)>,
+    current: std::sync::Mutex<(Option<std::time::Instant>, Option<SelectorKey>)>,
 }
+
+/// A sealing key and its selector.
+type SelectorKey = (String, Arc<arc::SealingKey>);
 
 impl Sealing {
     const REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
@@ -536,3 +539,7 @@ impl Decision {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "verdict_tests.rs"]
+mod tests;
