@@ -26,7 +26,10 @@ pub fn check(path: Option<&Path>) -> anyhow::Result<()> {
             for w in &warnings {
                 println!("warning: {file}: {}: {}", w.key, w.message);
             }
-            println!("ok: {file} is valid ({} warning(s))", warnings.len());
+            match warnings.len() {
+                0 => println!("ok: {file}"),
+                n => println!("ok: {file} ({n} warning(s))"),
+            }
             Ok(())
         }
     }
