@@ -24,6 +24,10 @@ use mailgate_core::session::Role;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Before anything listens: a SIGTERM that arrives as soon as the admin
+    // API answers must find its handler.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     // Bind while still root (ports below 1024), then give root up before
     // anything writes a file, so what the server creates is the user's.
@@ -138,8 +142,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }));
     }
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: no new connections; finishing in-flight transactions"),
         _ = int.recv() => tracing::info!("SIGINT: no new connections; finishing in-flight transactions"),
