@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+mod check;
 mod verify;
+pub use check::check as config_check;
 pub use verify::{VerifyArgs, verify};
 
 #[derive(Parser, Debug)]
@@ -46,6 +48,18 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Work with the configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Validate the file given with --config: print every error (and exit
+    /// non-zero) and warn about risky choices.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]

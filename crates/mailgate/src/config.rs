@@ -16,7 +16,10 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod policy;
+mod risks;
+mod sections;
 pub use policy::{Action, PolicyConfig, TempErrorAction};
+pub use risks::{Warning, warnings};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -412,47 +415,55 @@ pub struct Config {
 }
 
 impl Config {
-    /// Loads `path`, or the built-in defaults when `None`.
+    /// Loads `path`, or the built-in defaults when `None`; the first
+    /// problem is the error.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_all(path).map_err(first)
+    }
+
+    /// Parses config text as if read from `path`; the first problem is the
+    /// error.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_all(text, path).map_err(first)
+    }
+
+    /// As [`Config::load`], with every problem found (`mailgate config
+    /// check`).
+    pub fn load_all(path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
         let Some(path) = path else {
-            return Config::from_raw(RawConfig::default(), None, Path::new("."));
+            return Config::from_raw(RawConfig::default(), None, Path::new("."), Vec::new());
         };
         let file = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-        Config::parse(&text, path)
+        let text = fs::read_to_string(path).map_err(|source| vec![ConfigError::Read { file: file.clone(), source }])?;
+        Config::parse_all(&text, path)
     }
 
-    /// Parses config text as if read from `path`.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    /// As [`Config::parse`], with every problem found: the TOML errors of
+    /// each section (a section with an error counts as absent for the
+    /// checks after), then every value check.
+    pub fn parse_all(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
         let file = path.display().to_string();
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // One line: where, which key, and what is wrong with it.
-            let message = e.message().replace('\n', " ");
-            let message = match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    match key_at(text, span.start) {
-                        Some(key) => format!("line {line}: {key}: {message}"),
-                        None => format!("line {line}: {message}"),
-                    }
-                }
-                None => message,
-            };
-            ConfigError::Parse { file: file.clone(), message }
-        })?;
+        let (raw, errors) = sections::read(text, &file);
+        let raw = raw.map_err(|e| vec![e])?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        Config::from_raw(raw, Some(path), base)
+        Config::from_raw(raw, Some(path), base, errors)
     }
 
-    fn from_raw(raw: RawConfig, source: Option<&Path>, base: &Path) -> Result<Config, ConfigError> {
+    /// Validates `raw`, adding every problem to `errors` (problems found
+    /// while reading it); only an empty list gives a [`Config`].
+    fn from_raw(raw: RawConfig, source: Option<&Path>, base: &Path, errors: Vec<ConfigError>) -> Result<Config, Vec<ConfigError>> {
         let file = source.map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
-        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.clone(), key, message };
+        let mut problems = Problems { file: file.clone(), list: errors };
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let hostname = match raw.server.hostname {
-            Some(h) => Domain::parse(&h, false)
-                .map_err(|e| invalid("server.hostname".into(), format!("{h:?} is not a hostname: {e}")))?
-                .to_string(),
+            Some(h) => match Domain::parse(&h, false) {
+                Ok(d) => d.to_string(),
+                Err(e) => {
+                    problems.add("server.hostname", format!("{h:?} is not a hostname: {e}"));
+                    h
+                }
+            },
             None => system_hostname(),
         };
         let data_dir = resolve(raw.server.data_dir.unwrap_or_else(|| PathBuf::from("mailgate-data")));
@@ -466,28 +477,41 @@ impl Config {
         };
         for (i, l) in listeners.iter().enumerate() {
             if listeners[..i].iter().any(|o| o.bind == l.bind) {
-                return Err(invalid(format!("listener[{i}].bind"), format!("{} is used by another listener", l.bind)));
+                problems.add(format!("listener[{i}].bind"), format!("{} is used by another listener", l.bind));
             }
         }
 
         let mut domains: Vec<DomainConfig> = Vec::new();
         for (i, d) in raw.domain.into_iter().enumerate() {
-            let name = Domain::parse(&d.name, true)
-                .map_err(|e| invalid(format!("domain[{i}].name"), format!("{:?} is not a domain: {e}", d.name)))?;
+            let name = match Domain::parse(&d.name, true) {
+                Ok(name) => name,
+                Err(e) => {
+                    problems.add(format!("domain[{i}].name"), format!("{:?} is not a domain: {e}", d.name));
+                    continue;
+                }
+            };
             if domains.iter().any(|o| o.name == name) {
-                return Err(invalid(format!("domain[{i}].name"), format!("{name} is listed twice")));
+                problems.add(format!("domain[{i}].name"), format!("{name} is listed twice"));
             }
-            let deliver =
-                d.deliver.map(|s| parse_next_hop(&s, base).map_err(|m| invalid(format!("domain[{i}].deliver"), m))).transpose()?;
+            let deliver = match d.deliver.map(|s| parse_next_hop(&s, base)).transpose() {
+                Ok(hop) => hop,
+                Err(m) => {
+                    problems.add(format!("domain[{i}].deliver"), m);
+                    None
+                }
+            };
             let mut algorithms = Vec::new();
             for a in d.dkim_algorithms.unwrap_or_else(|| vec!["ed25519".into(), "rsa2048".into()]) {
-                let alg = crate::sign::parse_algorithm(&a)
-                    .ok_or_else(|| invalid(format!("domain[{i}].dkim_algorithms"), format!("{a:?}: use \"ed25519\" or \"rsa2048\"")))?;
-                algorithms.push(alg);
+                match crate::sign::parse_algorithm(&a) {
+                    Some(alg) => algorithms.push(alg),
+                    None => problems.add(format!("domain[{i}].dkim_algorithms"), format!("{a:?}: use \"ed25519\" or \"rsa2048\"")),
+                }
             }
             let canon = d.dkim_canonicalization.as_deref().unwrap_or("relaxed/relaxed");
-            let canonicalization = crate::sign::parse_canon(canon)
-                .ok_or_else(|| invalid(format!("domain[{i}].dkim_canonicalization"), format!("{canon:?}: use e.g. \"relaxed/relaxed\"")))?;
+            let canonicalization = crate::sign::parse_canon(canon).unwrap_or_else(|| {
+                problems.add(format!("domain[{i}].dkim_canonicalization"), format!("{canon:?}: use e.g. \"relaxed/relaxed\""));
+                (mailgate_core::dkim::Canon::Relaxed, mailgate_core::dkim::Canon::Relaxed)
+            });
             let dkim = DkimSettings {
                 sign: d.dkim.unwrap_or(true),
                 algorithms,
@@ -501,40 +525,40 @@ impl Config {
         let mut users: Vec<User> = Vec::new();
         for (i, u) in raw.user.into_iter().enumerate() {
             if u.name.is_empty() || users.iter().any(|o| o.name == u.name) {
-                return Err(invalid(format!("user[{i}].name"), "must be non-empty and unique".into()));
+                problems.add(format!("user[{i}].name"), "must be non-empty and unique".into());
             }
             if !u.password.starts_with("$argon2id$") {
-                return Err(invalid(format!("user[{i}].password"), "must be an argon2id hash ($argon2id$...)".into()));
+                problems.add(format!("user[{i}].password"), "must be an argon2id hash ($argon2id$...)".into());
             }
             users.push(User { name: u.name, password_hash: u.password, send_as: u.send_as });
         }
 
         let smarthost = match raw.delivery.smarthost.as_deref() {
-            Some(s) => Some(
-                Smarthost::parse(s)
-                    .ok_or_else(|| invalid("delivery.smarthost".into(), format!("{s:?} must look like smtp://[user:pass@]host:port")))?,
-            ),
+            Some(s) => Smarthost::parse(s).or_else(|| {
+                problems.add("delivery.smarthost", format!("{s:?} must look like smtp://[user:pass@]host:port"));
+                None
+            }),
             None => None,
         };
         let d = &raw.delivery;
         if d.concurrency_per_destination == 0 || d.max_concurrency == 0 || d.max_messages_per_connection == 0 || d.window == 0 {
-            return Err(invalid("delivery".into(), "concurrency, messages per connection and window must be positive".into()));
+            problems.add("delivery", "concurrency, messages per connection and window must be positive".into());
         }
         if d.retry_initial == 0 || d.retry_max < d.retry_initial || d.connect_timeout == 0 || d.command_timeout == 0 {
-            return Err(invalid("delivery.retry_max".into(), "timeouts must be positive and retry_max >= retry_initial".into()));
+            problems.add("delivery.retry_max", "timeouts must be positive and retry_max >= retry_initial".into());
         }
         let limits = raw.limits;
         if limits.max_recipients < 100 {
-            return Err(invalid("limits.max_recipients".into(), "must be at least 100 (RFC 5321 4.5.3.1.8)".into()));
+            problems.add("limits.max_recipients", "must be at least 100 (RFC 5321 4.5.3.1.8)".into());
         }
         if limits.max_message_size < 1024 {
-            return Err(invalid("limits.max_message_size".into(), "must be at least 1024".into()));
+            problems.add("limits.max_message_size", "must be at least 1024".into());
         }
         if limits.max_inflight_memory < 1024 * 1024 {
-            return Err(invalid("limits.max_inflight_memory".into(), "must be at least 1048576 (1 MiB)".into()));
+            problems.add("limits.max_inflight_memory", "must be at least 1048576 (1 MiB)".into());
         }
         if !(1000..=16 * 1024 * 1024).contains(&limits.max_submission_line) {
-            return Err(invalid("limits.max_submission_line".into(), "must be between 1000 and 16777216".into()));
+            problems.add("limits.max_submission_line", "must be between 1000 and 16777216".into());
         }
         for (key, value) in [
             ("max_connections", limits.max_connections as u64),
@@ -544,30 +568,42 @@ impl Config {
             ("shutdown_grace", limits.shutdown_grace.max(1)),
         ] {
             if value == 0 {
-                return Err(invalid(format!("limits.{key}"), "must be positive".into()));
+                problems.add(format!("limits.{key}"), "must be positive".into());
             }
         }
         if raw.spool.segment_size < 1024 * 1024 {
-            return Err(invalid("spool.segment_size".into(), "must be at least 1 MiB".into()));
+            problems.add("spool.segment_size", "must be at least 1 MiB".into());
+        }
+        if raw.server.user.as_deref().is_some_and(|u| u.is_empty() || u.contains(['\0', ':', '/'])) {
+            problems.add("server.user", "must be a user name".into());
         }
 
-        let policy = raw.policy.validate(base).map_err(|(key, message)| invalid(key, message))?;
+        let policy = raw.policy.validate(base).map_err(|(key, message)| problems.add(key, message));
         let arc_seal = match raw.arc.seal {
-            Some(name) => {
-                let d = Domain::parse(&name, true).map_err(|e| invalid("arc.seal".into(), format!("{name:?} is not a domain: {e}")))?;
-                let rsa = domains
-                    .iter()
-                    .find(|c| c.name == d)
-                    .is_some_and(|c| c.dkim.sign && c.dkim.algorithms.contains(&mailgate_core::dkim::Algorithm::RsaSha256));
-                if !rsa {
-                    return Err(invalid(
-                        "arc.seal".into(),
-                        format!("{name:?} must be a [[domain]] that signs with \"rsa2048\" (ARC seals are rsa-sha256)"),
-                    ));
+            Some(name) => match Domain::parse(&name, true) {
+                Ok(d) => {
+                    let rsa = domains
+                        .iter()
+                        .find(|c| c.name == d)
+                        .is_some_and(|c| c.dkim.sign && c.dkim.algorithms.contains(&mailgate_core::dkim::Algorithm::RsaSha256));
+                    if !rsa {
+                        problems.add(
+                            "arc.seal",
+                            format!("{name:?} must be a [[domain]] that signs with \"rsa2048\" (ARC seals are rsa-sha256)"),
+                        );
+                    }
+                    Some(d)
                 }
-                Some(d)
-            }
+                Err(e) => {
+                    problems.add("arc.seal", format!("{name:?} is not a domain: {e}"));
+                    None
+                }
+            },
             None => None,
+        };
+        let policy = match policy {
+            Ok(p) if problems.list.is_empty() => p,
+            _ => return Err(problems.list),
         };
 
         Ok(Config {
@@ -623,6 +659,28 @@ impl Config {
     }
 }
 
+/// The problems found so far in one file.
+struct Problems {
+    file: String,
+    list: Vec<ConfigError>,
+}
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: String) {
+        self.list.push(ConfigError::Invalid { file: self.file.clone(), key: key.into(), message });
+    }
+}
+
+/// The first of a non-empty list of problems (`serve` reports one line).
+fn first(mut errors: Vec<ConfigError>) -> ConfigError {
+    if errors.is_empty() {
+        // Not reached (an empty list is a valid Config); an error rather
+        // than a panic all the same.
+        return ConfigError::Parse { file: "<config>".into(), message: "invalid configuration".into() };
+    }
+    errors.swap_remove(0)
+}
+
 /// `[delivery].smarthost`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Smarthost {
@@ -671,37 +729,6 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The dotted key (`listener[1].bind`) of the TOML line holding `offset`.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let mut table = String::new();
-    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut start = 0;
-    for line in text.split_inclusive('\n') {
-        let end = start + line.len();
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let n = counts.entry(name.clone()).or_insert(0);
-            table = format!("{name}[{n}]");
-            *n += 1;
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_string();
-        }
-        if offset < end || end == text.len() {
-            if t.starts_with('[') {
-                return Some(table);
-            }
-            let key = t.split('=').next()?.trim().trim_matches('"');
-            if key.is_empty() {
-                return None;
-            }
-            return Some(if table.is_empty() { key.to_string() } else { format!("{table}.{key}") });
-        }
-        start = end;
-    }
-    None
-}
-
 fn parse_next_hop(s: &str, base: &Path) -> Result<NextHop, String> {
     let host_port = |rest: &str| -> Result<String, String> {
         let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{s:?} needs host:port"))?;
@@ -740,66 +767,4 @@ fn system_hostname() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/mailgate/test.toml"))
-    }
-
-    #[test]
-    fn defaults() {
-        let c = Config::load(None).unwrap();
-        assert_eq!(c.listeners.len(), 2);
-        assert_eq!(c.http_bind, Some("127.0.0.1:8025".parse().unwrap()));
-        assert!(c.data_dir.ends_with("mailgate-data"));
-        assert_eq!(c.limits.max_recipients, 1000);
-    }
-
-    #[test]
-    fn unknown_key_names_key_and_file() {
-        let e = parse("[server]\nhostnme = \"x\"\n").unwrap_err().to_string();
-        assert!(e.contains("/etc/mailgate/test.toml"), "{e}");
-        assert!(e.contains("hostnme"), "{e}");
-    }
-
-    #[test]
-    fn parse_errors_are_one_line_with_the_key() {
-        let e = parse("[limits]\nmax_errors = \"many\"\n").unwrap_err().to_string();
-        assert!(!e.contains('\n'), "{e}");
-        assert!(e.contains("line 2: limits.max_errors:"), "{e}");
-        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"127.0.0.1:1\"\n[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("listener[1].bind"), "{e}");
-        let e = parse("[limits]\ndata_timeout = 0\n").unwrap_err().to_string();
-        assert!(e.contains("limits.data_timeout"), "{e}");
-    }
-
-    #[test]
-    fn bad_value_names_key() {
-        let e = parse("[limits]\nmax_recipients = 5\n").unwrap_err().to_string();
-        assert!(e.contains("limits.max_recipients"), "{e}");
-        let e = parse("[[listener]]\nrole = \"mx\"\nbind = \"nope\"\n").unwrap_err().to_string();
-        assert!(e.contains("bind"), "{e}");
-        let e = parse("[[domain]]\nname = \"example.test\"\ndeliver = \"ftp://x\"\n").unwrap_err().to_string();
-        assert!(e.contains("domain[0].deliver"), "{e}");
-    }
-
-    #[test]
-    fn smarthost() {
-        let c = parse("[delivery]\nsmarthost = \"smtp://us%40er:p%3Ass@relay.test:587\"\n").unwrap();
-        let s = c.smarthost.unwrap();
-        assert_eq!((s.host.as_str(), s.port), ("relay.test", 587));
-        assert_eq!(s.credentials, Some(("us@er".into(), "p:ss".into())));
-        assert!(parse("[delivery]\nsmarthost = \"relay.test\"\n").is_err());
-    }
-
-    #[test]
-    fn relative_paths_follow_the_file() {
-        let c = parse("[server]\ndata_dir = \"spool\"\n[[domain]]\nname = \"Example.TEST\"\ndeliver = \"maildir:mail\"\n").unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("/etc/mailgate/spool"));
-        assert_eq!(c.domains[0].name.as_str(), "example.test");
-        assert_eq!(c.domains[0].deliver, Some(NextHop::Maildir(PathBuf::from("/etc/mailgate/mail"))));
-    }
-}
+mod tests;

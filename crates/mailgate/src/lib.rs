@@ -12,6 +12,7 @@ pub mod http;
 pub mod inbound;
 pub mod listener;
 pub mod outbound;
+pub mod privileges;
 pub mod scheduler;
 pub mod server;
 pub mod sign;

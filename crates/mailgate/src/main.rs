@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use mailgate::cli::{self, Cli, Command};
+use mailgate::cli::{self, Cli, Command, ConfigAction};
 use mailgate::config::{Config, LogFormat};
 use mailgate::server;
 
@@ -28,6 +28,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::User { action } = cli.command {
         return cli::user(action);
     }
+    // `config check` reports every problem itself.
+    if let Command::Config { action: ConfigAction::Check } = cli.command {
+        return cli::config_check(cli.config.as_deref());
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
@@ -39,7 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dkim { action } => cli::dkim(&config, action),
         Command::Records => cli::records(&config),
         Command::Verify(args) => cli::verify(&config, args),
-        Command::User { .. } => Ok(()),
+        Command::User { .. } | Command::Config { .. } => Ok(()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `mailgate serve`: wires the stages together and runs until SIGTERM.
+//! `mailgate serve`: binds the listeners, drops root (`privileges`), wires
+//! the stages together and runs until SIGTERM.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,7 +24,23 @@ use mailgate_core::session::Role;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Before anything listens: a SIGTERM that arrives as soon as the admin
+    // API answers must find its handler.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // Bind while still root (ports below 1024), then give root up before
+    // anything writes a file, so what the server creates is the user's.
+    let mut smtp_sockets: Vec<TcpListener> = Vec::new();
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {} ({})", l.bind, l.role.as_str()))?;
+        smtp_sockets.push(socket);
+    }
+    let http_socket = match config.http_bind {
+        Some(bind) => Some(TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} (http)"))?),
+        None => None,
+    };
+    crate::privileges::drop_root(config.user.as_deref(), &config.data_dir)?;
     let spool_dir = config.data_dir.join("spool");
     let (spool, recovery) =
         Spool::open(&spool_dir, config.spool.segment_size).with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
@@ -86,8 +103,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks = Vec::new();
-    for l in &config.listeners {
-        let socket = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {} ({})", l.bind, l.role.as_str()))?;
+    for (l, socket) in config.listeners.iter().zip(smtp_sockets) {
         let mut session = SessionConfig::new(config.hostname.clone(), l.role);
         session.max_message_size = config.limits.max_message_size;
         session.max_recipients = config.limits.max_recipients;
@@ -115,8 +131,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
     }
 
-    if let Some(bind) = config.http_bind {
-        let socket = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} (http)"))?;
+    if let Some(socket) = http_socket {
         tracing::info!(role = "http", addr = %socket.local_addr()?, "listening");
         let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery });
         let mut stop = stop_rx.clone();
@@ -130,8 +145,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }));
     }
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: no new connections; finishing in-flight transactions"),
         _ = int.recv() => tracing::info!("SIGINT: no new connections; finishing in-flight transactions"),
