@@ -228,3 +228,67 @@ def test_messages_accepted_after_space_is_freed_survive_a_crash(tmpfs, mailgate_
     srv.start()
     listed = srv.queue_ids()
     assert set(accepted) <= listed, f"lost after SIGKILL: {sorted(set(accepted) - listed)} (of which after freeing: {sorted(set(after) - listed)})"
+
+
+def send_or_refused(d, sender: str, body: bytes):
+    """One transaction; the refusal at MAIL (452 4.3.1) or the final reply."""
+    r = d.cmd(f"MAIL FROM:<{sender}>")
+    if r.code != 250:
+        return r
+    assert d.cmd("RCPT TO:<b@example.test>").code == 250
+    assert d.cmd("DATA").code == 354
+    d.send(body + b".\r\n")
+    return d.read_reply()
+
+
+def test_deleting_queued_messages_frees_space_at_once(tmpfs, mailgate_factory):
+    """On a full 8 MiB spool, deleting 5 queued 200 KB messages makes room:
+    a new message is accepted within seconds (their files are unlinked, not
+    left inside segments until compaction), and after a restart the queue
+    is exactly what was acknowledged minus what was deleted."""
+    mnt = tmpfs("8m")
+    srv = mailgate_factory(
+        data_dir=mnt / "data",
+        limits={"max_message_size": 10 * MB},
+        spool={"min_free_space": 256 * 1024, "segment_size": MB},
+    ).start()
+    accepted = []
+    with srv.smtp(timeout=30) as d:
+        d.ehlo()
+        for i in range(80):
+            r = send_or_refused(d, f"fill{i}@sender.test", message(i, 200 * 1024))
+            if r.code != 250:
+                assert r.is_(452, "4.3.1") or r.is_(451, "4.3.0"), r
+                d.cmd("RSET")
+                break
+            accepted.append(queue_id(r))
+        else:
+            pytest.fail("80 messages of 200 KB fit on an 8 MiB tmpfs")
+    assert len(accepted) >= 20, f"only {len(accepted)} messages fit"
+    # Still full a moment later: nothing frees itself.
+    time.sleep(1.5)
+    with srv.smtp(timeout=30) as d:
+        d.ehlo()
+        r = send_or_refused(d, "still-full@sender.test", message(0, 200 * 1024))
+        assert r.code != 250, "the spool was not full after all"
+    deleted = accepted[:5]
+    for qid in deleted:
+        srv.queue_delete(qid)
+    t0 = time.monotonic()
+    new = None
+    with srv.smtp(timeout=30) as d:
+        d.ehlo()
+        while time.monotonic() - t0 < 5:
+            r = send_or_refused(d, "after-delete@sender.test", message(1, 200 * 1024))
+            if r.code == 250:
+                new = queue_id(r)
+                break
+            assert r.is_(452, "4.3.1") or r.is_(451, "4.3.0"), r
+            d.cmd("RSET")
+            time.sleep(0.25)
+    assert new, "no message accepted within 5 s of deleting five"
+    expected = (set(accepted) - set(deleted)) | {new}
+    assert srv.queue_ids() == expected
+    assert srv.stop() == 0
+    srv.start()
+    assert srv.queue_ids() == expected, "the queue changed across a restart"
