@@ -16,6 +16,9 @@
 #   MESSAGES=20000  SESSIONS=20  SIZE=5120   smtp-source -m / -s / -l
 #   SIDES="mailgate postfix sink"             which sides to run; "sink" is the
 #                   ceiling: smtp-source straight to smtp-sink, nothing stored
+#   BASELINE=BIN    another mailgate binary (an older build) run as side
+#                   "baseline" with the same load, for before/after figures;
+#                   add "baseline" to SIDES
 #   BENCH_TMP=DIR   parent of the scratch dir (default /var/tmp; must not be tmpfs)
 #   KEEP=1          keep the scratch dir (configs, logs, queues) afterwards
 #
@@ -215,8 +218,12 @@ thread_cpu() { # pid
 RESULTS=()   # "side run rate secs server_cpu src_cpu sys_busy sys_iowait load stored mem..."
 
 # ---------------------------------------------------------------- mailgate
-run_mailgate() { # run-number
-    local d=$WORK/mg$1 port http pid t0 t1 metrics fsyncs records stored hwm pss
+run_mailgate() { run_mg mailgate "$MAILGATE" "$1"; }
+run_baseline() { [ -x "${BASELINE:-}" ] || die "BASELINE must name a mailgate binary"; run_mg baseline "$BASELINE" "$1"; }
+
+run_mg() { # side binary run-number
+    local side=$1 MAILGATE=$2; shift 2
+    local d=$WORK/$side$1 port http pid t0 t1 metrics fsyncs records stored hwm pss
     mkdir -p "$d"
     port=$(free_port); http=$(free_port)
     cat > "$d/mailgate.toml" <<EOF
@@ -260,9 +267,9 @@ EOF
     stored=$("$MAILGATE" --config "$d/mailgate.toml" queue list --json |
         python3 -c 'import json,sys; print(len(json.load(sys.stdin)["messages"]))')
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-    RESULTS+=("mailgate $1 $RATE $SECS $(( (t1 - t0) * 100 / HZ )) $SRC_CPU $KERNEL_S $(other_cpu $(( t1 - t0 ))) $SYS_BUSY $SYS_IOWAIT $LOAD $stored 1 $hwm $pss $fsyncs $records")
-    log "$(printf 'mailgate run %s: %.0f msg/s (%.2f s), stored %s, fsyncs %s for %s records, peak RSS %s KiB' \
-        "$1" "$RATE" "$SECS" "$stored" "$fsyncs" "$records" "$hwm")"
+    RESULTS+=("$side $1 $RATE $SECS $(( (t1 - t0) * 100 / HZ )) $SRC_CPU $KERNEL_S $(other_cpu $(( t1 - t0 ))) $SYS_BUSY $SYS_IOWAIT $LOAD $stored 1 $hwm $pss $fsyncs $records")
+    log "$(printf '%s run %s: %.0f msg/s (%.2f s), stored %s, fsyncs %s for %s records, peak RSS %s KiB' \
+        "$side" "$1" "$RATE" "$SECS" "$stored" "$fsyncs" "$records" "$hwm")"
     [ "$stored" = "$MESSAGES" ] || die "mailgate queue holds $stored, expected $MESSAGES"
     rm -rf "$d/data"
 }
@@ -381,6 +388,10 @@ done
 MG=$(best mailgate); PF=$(best postfix)
 echo
 echo "best: mailgate ${MG:-?} msg/s, postfix ${PF:-?} msg/s, ceiling (smtp-sink) $(best sink) msg/s"
+BL=$(best baseline)
+if [ "${BL:-0}" -gt 0 ] && [ "${MG:-0}" -gt 0 ]; then
+    echo "baseline ($BASELINE): $BL msg/s; ratio mailgate/baseline: $(awk -v a="$MG" -v b="$BL" 'BEGIN{printf "%.2f", a / b}')"
+fi
 if [ "${MG:-0}" -gt 0 ] && [ "${PF:-0}" -gt 0 ]; then
     echo "ratio mailgate/postfix: $(awk -v a="$MG" -v b="$PF" 'BEGIN{printf "%.2f", a / b}')"
 fi
