@@ -23,7 +23,12 @@ use mailgate_core::session::Role;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    http::listen::check_bind(&config)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let admin_token = match config.http_bind {
+        Some(_) => Some(http::auth::load_or_create(&config.data_dir)?),
+        None => None,
+    };
     let spool_dir = config.data_dir.join("spool");
     let (spool, recovery) =
         Spool::open(&spool_dir, config.spool.segment_size).with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
@@ -112,19 +117,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
     }
 
-    if let Some(bind) = config.http_bind {
-        let socket = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind} (http)"))?;
-        tracing::info!(role = "http", addr = %socket.local_addr()?, "listening");
-        let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery });
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(socket, http::router(api)).with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        }));
+    if let (Some(bind), Some(token)) = (config.http_bind, admin_token) {
+        let guard = http::auth::Guard::new(token);
+        let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery, guard });
+        let tls = config.http_tls.then(|| server_tls.clone());
+        tasks.push(http::listen::start(bind, tls, http::router(api), stop_rx.clone()).await?);
     }
 
     let mut term = signal(SignalKind::terminate())?;

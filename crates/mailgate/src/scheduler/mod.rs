@@ -8,7 +8,10 @@
 //!
 //! May import: `spool`, `outbound`, `config`, `events`, `mailgate-core`.
 
+mod admin;
 mod queues;
+
+pub use admin::Filter;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -32,6 +35,8 @@ pub enum Command {
     Delete { id: QueueId, done: oneshot::Sender<Result<bool, SpoolError>> },
     /// Try a message's pending recipients now.
     Retry { id: QueueId, done: oneshot::Sender<bool> },
+    /// Remove every message the filter matches; answers how many.
+    DeleteMatching { filter: Filter, done: oneshot::Sender<Result<usize, SpoolError>> },
 }
 
 #[derive(Clone)]
@@ -43,6 +48,12 @@ impl Handle {
     pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
         let (done, rx) = oneshot::channel();
         self.tx.send(Command::Delete { id, done }).await.map_err(|_| SpoolError::Stopped)?;
+        rx.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    pub async fn delete_matching(&self, filter: Filter) -> Result<usize, SpoolError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Command::DeleteMatching { filter, done }).await.map_err(|_| SpoolError::Stopped)?;
         rx.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -345,6 +356,10 @@ impl Scheduler {
                     self.scheduled.remove(&id);
                     tracing::info!(queue_id = %id, "deleted by administrator");
                 }
+                let _ = done.send(result);
+            }
+            Command::DeleteMatching { filter, done } => {
+                let result = self.delete_matching(&filter).await;
                 let _ = done.send(result);
             }
             Command::Retry { id, done } => {
