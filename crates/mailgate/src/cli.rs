@@ -146,7 +146,11 @@ const LIST_PAGE: usize = 1000;
 pub fn queue(config: &Config, token_file: Option<&std::path::Path>, action: QueueAction) -> anyhow::Result<()> {
     let client = api::Client::new(config, token_file)?;
     match action {
-        QueueAction::List { json } => list(&client, json)?,
+        QueueAction::List { json } => match list(&client, json) {
+            // `queue list | head`: the reader has seen enough.
+            Err(e) if broken_pipe(&e) => {}
+            other => other?,
+        },
         QueueAction::Show { id, json } => {
             let v = client.call("GET", &format!("/queue/{id}"), None)?;
             if json {
@@ -170,6 +174,14 @@ pub fn queue(config: &Config, token_file: Option<&std::path::Path>, action: Queu
         }
     }
     Ok(())
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    let kind = e
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+        .or_else(|| e.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
+    kind == Some(std::io::ErrorKind::BrokenPipe)
 }
 
 /// Fetches page after page and prints each as it arrives; `--json` still

@@ -121,10 +121,12 @@ impl Spool {
         for (segment, _) in &recovered.segments {
             state.live.insert(*segment, 0);
         }
-        for (id, entry) in recovered.index {
+        for entry in recovered.index.values() {
             *state.live.entry(entry.segment).or_insert(0) += 1;
-            state.index.insert(id, entry);
         }
+        // Recovery builds the ordered index itself: no second copy of a
+        // large queue's index at start-up.
+        state.index = recovered.index;
         let shared = Arc::new(Shared { state: Mutex::new(state), fsyncs: AtomicU64::new(0), records: AtomicU64::new(0) });
         let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, shared.clone())?;
         let spool = Spool {
