@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(QueueId::parse(id.as_str()), Some(id.clone()));
         assert_eq!(id.as_str().len(), 20);
         assert_eq!(QueueId::parse("../etc/passwd"), None);
-        assert_eq!(QueueId::new(0x0661_F17B_806D_FC, 0x678A).as_str(), "0661F17B806DFC00678A");
+        assert_eq!(QueueId::new(0x0006_61F1_7B80_6DFC, 0x678A).as_str(), "0661F17B806DFC00678A");
         assert!(QueueId::new(1, 0xFF_FFFF) < QueueId::new(2, 0));
     }
 }
