@@ -95,6 +95,15 @@ def test_token_file_is_0600_one_line_and_kept_across_restart(server):
     assert status == 200
 
 
+def test_token_file_readable_by_others_stops_the_start(server):
+    path = server.data_dir / "admin.token"
+    server.stop()
+    os.chmod(path, 0o644)
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    assert "admin.token" in str(failed.value) and "chmod 600" in str(failed.value)
+
+
 def test_missing_or_wrong_token_gets_401_and_is_logged(server):
     status, headers, _ = request(server, "/api/v1/queue")
     assert status == 401

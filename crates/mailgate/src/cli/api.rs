@@ -41,7 +41,8 @@ impl Client {
         let scheme = if config.http_tls { "https" } else { "http" };
         let base = format!("{scheme}://{host}:{}/api/v1", bind.port());
         let token_path = token_file.map(Path::to_path_buf).unwrap_or_else(|| crate::http::auth::token_path(&config.data_dir));
-        let token = crate::http::auth::read_token(&token_path).context("use --token-file FILE to name another token file")?;
+        let token = crate::http::auth::read_token(&token_path)
+            .map_err(|e| anyhow::anyhow!("{e:#} (run as the server's user, or name another token file with --token-file FILE)"))?;
         let mut builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(120));
         if config.http_tls {
             builder = builder.tls_config(Arc::new(pinned_tls(&cert_file(config))?));
