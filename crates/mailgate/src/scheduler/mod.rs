@@ -124,7 +124,12 @@ pub fn start(
         results_tx,
         settled_tx,
     };
-    for (id, due) in s.spool.due_times() {
+    let recovered = s.spool.due_times();
+    // Sized once: growing a million-entry heap and map by doubling holds
+    // the old and the new tables at once, the start-up's memory peak.
+    s.due.reserve(recovered.len());
+    s.scheduled.reserve(recovered.len());
+    for (id, due) in recovered {
         s.schedule(id, due);
     }
     tokio::spawn(s.run(commands, results, settled, new_messages));
