@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -134,8 +135,10 @@ class MailgateServer:
         extra_toml: str = "",
         dns_port: int | None = None,
         policy: dict | None = None,
+        http_tls: bool = False,
     ):
         self.binary = binary
+        self.http_tls = http_tls
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or (workdir / "data")
@@ -164,7 +167,9 @@ class MailgateServer:
             f"bind = \"127.0.0.1:{self.mx_port}\"\n",
             "[[listener]]\nrole = \"submission\"\n"
             f"bind = \"127.0.0.1:{self.submission_port}\"\n",
-            toml_table("http", {"bind": f"127.0.0.1:{self.http_port}"}),
+            toml_table(
+                "http", {"bind": f"127.0.0.1:{self.http_port}", "tls": http_tls}
+            ),
             "[[domain]]\nname = \"example.test\"\ndkim = false\n"
             "deliver = \"smtp://127.0.0.1:9\"\n",
             toml_table("dns", {"nameservers": [f"127.0.0.1:{self.dns_port}"]}),
@@ -294,10 +299,28 @@ class MailgateServer:
     def queue_delete(self, qid: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.cli("queue", "delete", qid, check=check)
 
-    def http_get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
+    def admin_token(self) -> str:
+        """The admin API's bearer token, from DATA_DIR/admin.token."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def http_get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        """GET on the admin server; sends the server's token unless
+        `token` names another (use "" to send none). /healthz and /metrics
+        need none, and the token file may not exist yet at start-up."""
+        if token is None and path not in ("/healthz", "/metrics"):
+            token = self.admin_token()
+        url = f"{'https' if self.http_tls else 'http'}://127.0.0.1:{self.http_port}{path}"
+        req = urllib.request.Request(url)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        ctx = None
+        if self.http_tls:
+            # Trust exactly the server's certificate, which names the
+            # hostname, not 127.0.0.1.
+            ctx = ssl.create_default_context(cafile=str(self.data_dir / "tls" / "cert.pem"))
+            ctx.check_hostname = False
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

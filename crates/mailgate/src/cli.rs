@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+mod api;
 mod check;
 mod verify;
 pub use check::check as config_check;
@@ -20,6 +21,10 @@ pub struct Cli {
     /// Configuration file (TOML). Without it, built-in defaults apply.
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The admin API token, for `queue` commands (default: the server's
+    /// `DATA_DIR/admin.token`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -118,9 +123,10 @@ pub fn user(action: UserAction) -> anyhow::Result<()> {
 
 #[derive(Subcommand, Debug)]
 pub enum QueueAction {
-    /// List queued messages with per-recipient status.
+    /// List queued messages with per-recipient status, oldest first,
+    /// printed a page at a time as they arrive.
     List {
-        /// Print one JSON document.
+        /// Print one JSON document `{"messages": [...]}`.
         #[arg(long)]
         json: bool,
     },
@@ -130,45 +136,37 @@ pub enum QueueAction {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a message without delivering it.
-    Delete { id: String },
+    /// Delete a message without delivering it, or every message matching
+    /// --sender and/or --recipient-domain.
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(true).args(["id", "sender", "recipient_domain"]))]
+    Delete {
+        #[arg(conflicts_with_all = ["sender", "recipient_domain"])]
+        id: Option<String>,
+        /// Every message from this envelope sender (`<>` for bounces).
+        #[arg(long, value_name = "ADDR")]
+        sender: Option<String>,
+        /// Every message with a pending recipient at this domain (the whole
+        /// message goes, including its other recipients).
+        #[arg(long, value_name = "DOMAIN")]
+        recipient_domain: Option<String>,
+    },
     /// Try a message's pending recipients now, ignoring the backoff.
     Retry { id: String },
 }
 
-fn api_base(config: &Config) -> anyhow::Result<String> {
-    let bind = config.http_bind.context("[http].bind is not set; the admin API is disabled")?;
-    let host = if bind.ip().is_unspecified() { "127.0.0.1".to_string() } else { bind.ip().to_string() };
-    let host = if bind.is_ipv6() && !bind.ip().is_unspecified() { format!("[{host}]") } else { host };
-    Ok(format!("http://{host}:{}/api/v1", bind.port()))
-}
+/// Messages per request while listing: the API's largest page.
+const LIST_PAGE: usize = 1000;
 
-fn call(method: &str, url: &str) -> anyhow::Result<Value> {
-    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(30)).build();
-    match agent.request(method, url).call() {
-        Ok(resp) => resp.into_json().context("the server sent invalid JSON"),
-        Err(ureq::Error::Status(code, resp)) => {
-            let body: Value = resp.into_json().unwrap_or(Value::Null);
-            let why = body["error"].as_str().unwrap_or("request failed").to_string();
-            bail!("{why} (HTTP {code})")
-        }
-        Err(e) => bail!("cannot reach the admin API at {url}: {e}; is `mailgate serve` running?"),
-    }
-}
-
-pub fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
-    let base = api_base(config)?;
+pub fn queue(config: &Config, token_file: Option<&std::path::Path>, action: QueueAction) -> anyhow::Result<()> {
+    let client = api::Client::new(config, token_file)?;
     match action {
-        QueueAction::List { json } => {
-            let v = call("GET", &format!("{base}/queue"))?;
-            if json {
-                println!("{v}");
-            } else {
-                print_table(&v);
-            }
-        }
+        QueueAction::List { json } => match list(&client, json) {
+            // `queue list | head`: the reader has seen enough.
+            Err(e) if broken_pipe(&e) => {}
+            other => other?,
+        },
         QueueAction::Show { id, json } => {
-            let v = call("GET", &format!("{base}/queue/{id}"))?;
+            let v = client.call("GET", &format!("/queue/{id}"), None)?;
             if json {
                 println!("{v}");
             } else {
@@ -176,45 +174,100 @@ pub fn queue(config: &Config, action: QueueAction) -> anyhow::Result<()> {
             }
         }
         QueueAction::Retry { id } => {
-            call("POST", &format!("{base}/queue/{id}/retry"))?;
+            client.call("POST", &format!("/queue/{id}/retry"), None)?;
             println!("retrying {id}");
         }
-        QueueAction::Delete { id } => {
-            call("DELETE", &format!("{base}/queue/{id}"))?;
+        QueueAction::Delete { id: Some(id), .. } => {
+            client.call("DELETE", &format!("/queue/{id}"), None)?;
             println!("deleted {id}");
+        }
+        QueueAction::Delete { id: None, sender, recipient_domain } => {
+            let filter = serde_json::json!({ "sender": sender, "recipient_domain": recipient_domain });
+            let v = client.call("POST", "/queue/delete", Some(filter))?;
+            println!("deleted {} message(s)", v["deleted"].as_u64().unwrap_or(0));
         }
     }
     Ok(())
 }
 
-fn print_table(v: &Value) {
-    let empty = Vec::new();
-    let messages = v["messages"].as_array().unwrap_or(&empty);
-    println!("{:<20} {:>8} {:>9}  {:<30} RECIPIENTS", "ID", "AGE", "SIZE", "SENDER");
-    for m in messages {
-        let sender = m["sender"].as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
-        let rcpts: Vec<String> = m["recipients"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .map(|r| {
-                let mut s = format!("{} ({})", r["address"].as_str().unwrap_or("?"), r["status"].as_str().unwrap_or("?"));
-                if let Some(reply) = r["last_reply"].as_str() {
-                    s.push_str(&format!(" [{reply}]"));
-                }
-                s
-            })
-            .collect();
-        println!(
-            "{:<20} {:>7}s {:>9}  {:<30} {}",
-            m["id"].as_str().unwrap_or("?"),
-            m["age_s"].as_u64().unwrap_or(0),
-            m["size"].as_u64().unwrap_or(0),
-            sender,
-            rcpts.join(", ")
-        );
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    let kind = e
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+        .or_else(|| e.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
+    kind == Some(std::io::ErrorKind::BrokenPipe)
+}
+
+/// Fetches page after page and prints each as it arrives; `--json` still
+/// writes one document, `{"messages": [...]}`, a page at a time.
+fn list(client: &api::Client, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut after: Option<String> = None;
+    let mut count: u64 = 0;
+    if json {
+        out.write_all(b"{\"messages\":[")?;
+    } else {
+        writeln!(out, "{:<20} {:>8} {:>9}  {:<30} RECIPIENTS", "ID", "AGE", "SIZE", "SENDER")?;
     }
-    println!("{} message(s)", messages.len());
+    loop {
+        let path = match &after {
+            Some(id) => format!("/queue?limit={LIST_PAGE}&after={id}"),
+            None => format!("/queue?limit={LIST_PAGE}"),
+        };
+        let page = client.call("GET", &path, None)?;
+        let messages = page["messages"].as_array().context("the server's page has no \"messages\" array")?;
+        for m in messages {
+            if json {
+                if count > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut out, m)?;
+            } else {
+                print_row(&mut out, m)?;
+            }
+            count += 1;
+        }
+        out.flush()?;
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    if json {
+        out.write_all(b"]}\n")?;
+    } else {
+        writeln!(out, "{count} message(s)")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_row(out: &mut impl std::io::Write, m: &Value) -> std::io::Result<()> {
+    let empty = Vec::new();
+    let sender = m["sender"].as_str().filter(|s| !s.is_empty()).unwrap_or("<>");
+    let rcpts: Vec<String> = m["recipients"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| {
+            let mut s = format!("{} ({})", r["address"].as_str().unwrap_or("?"), r["status"].as_str().unwrap_or("?"));
+            if let Some(reply) = r["last_reply"].as_str() {
+                s.push_str(&format!(" [{reply}]"));
+            }
+            s
+        })
+        .collect();
+    writeln!(
+        out,
+        "{:<20} {:>7}s {:>9}  {:<30} {}",
+        m["id"].as_str().unwrap_or("?"),
+        m["age_s"].as_u64().unwrap_or(0),
+        m["size"].as_u64().unwrap_or(0),
+        sender,
+        rcpts.join(", ")
+    )
 }
 
 fn now() -> u64 {

@@ -39,7 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(server::serve(config))
         }
-        Command::Queue { action } => cli::queue(&config, action),
+        Command::Queue { action } => cli::queue(&config, cli.token_file.as_deref(), action),
         Command::Dkim { action } => cli::dkim(&config, action),
         Command::Records => cli::records(&config),
         Command::Verify(args) => cli::verify(&config, args),

@@ -24,6 +24,7 @@ use mailgate_core::session::Role;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    http::listen::check_bind(&config)?;
     // Before anything listens: a SIGTERM that arrives as soon as the admin
     // API answers must find its handler.
     let mut term = signal(SignalKind::terminate())?;
@@ -41,6 +42,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     crate::privileges::drop_root(config.user.as_deref(), &config.data_dir)?;
+    // Created by the user the server runs as, so it can read it back.
+    let admin_token = match config.http_bind {
+        Some(_) => Some(http::auth::load_or_create(&config.data_dir)?),
+        None => None,
+    };
     let spool_dir = config.data_dir.join("spool");
     let (spool, recovery) =
         Spool::open(&spool_dir, config.spool.segment_size).with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
@@ -131,18 +137,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
     }
 
-    if let Some(socket) = http_socket {
-        tracing::info!(role = "http", addr = %socket.local_addr()?, "listening");
-        let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery });
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(socket, http::router(api)).with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        }));
+    if let (Some(socket), Some(token)) = (http_socket, admin_token) {
+        let guard = http::auth::Guard::new(token);
+        let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery, guard });
+        let tls = config.http_tls.then(|| server_tls.clone());
+        tasks.push(http::listen::start(socket, tls, http::router(api), stop_rx.clone()).await?);
     }
 
     tokio::select! {

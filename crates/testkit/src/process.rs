@@ -230,11 +230,18 @@ impl Server {
         self.spawn();
     }
 
-    /// GET on the admin server; the body parsed as JSON.
+    /// The admin API's bearer token, from `data_dir/admin.token`.
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir.join("admin.token");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}\n{}", path.display(), self.log_tail(40)));
+        text.trim().to_string()
+    }
+
+    /// GET on the admin server with the token; the body parsed as JSON.
     pub fn api_get(&self, path: &str) -> Value {
         let url = format!("http://{}{path}", self.http);
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
-        match agent.get(&url).call() {
+        match agent.get(&url).set("Authorization", &format!("Bearer {}", self.admin_token())).call() {
             Ok(resp) => resp.into_json().unwrap_or_else(|e| panic!("GET {url}: invalid JSON: {e}")),
             Err(e) => panic!("GET {url}: {e}\n{}", self.log_tail(40)),
         }
@@ -250,9 +257,22 @@ impl Server {
             .unwrap_or(0)
     }
 
-    /// `GET /api/v1/queue`: `{"messages": [...]}`.
+    /// Every queued message, `{"messages": [...]}`, gathered from as many
+    /// `GET /api/v1/queue` pages as it takes.
     pub fn queue(&self) -> Value {
-        self.api_get("/api/v1/queue")
+        let mut all = Vec::new();
+        let mut path = "/api/v1/queue?limit=1000".to_string();
+        loop {
+            let mut page = self.api_get(&path);
+            if let Some(messages) = page["messages"].as_array_mut() {
+                all.append(messages);
+            }
+            match page["next"].as_str() {
+                Some(next) => path = format!("/api/v1/queue?limit=1000&after={next}"),
+                None => break,
+            }
+        }
+        serde_json::json!({ "messages": all })
     }
 
     /// The ids of every queued message, as the admin API lists them.

@@ -1,14 +1,19 @@
 //! HTTP: the admin API under `/api/v1`, Prometheus `/metrics`, `/healthz`.
 //!
-//! Reads the spool's index for listings; every change goes through the
-//! scheduler. Bind it to loopback: it has no authentication of its own.
+//! Reads the spool's index for listings (a page at a time); every change
+//! goes through the scheduler. Every request but `GET /healthz` and
+//! `GET /metrics` needs the bearer token ([`auth`]); [`listen`] serves it
+//! over HTTPS when `[http] tls = true`.
 //!
-//! May import: `scheduler`, `spool`, `events`, `mailgate-core`.
+//! May import: `scheduler`, `spool`, `events`, `tls`, `config`, `mailgate-core`.
+
+pub mod auth;
+pub mod listen;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,17 +30,25 @@ pub struct Api {
     pub scheduler: scheduler::Handle,
     pub metrics: Arc<Metrics>,
     pub recovery: Recovery,
+    pub guard: Arc<auth::Guard>,
 }
 
+/// Messages per page when `limit` is not given, and the most one page holds.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
 pub fn router(api: Arc<Api>) -> Router {
+    let guard = api.guard.clone();
     Router::new()
         .route("/api/v1/queue", get(list))
+        .route("/api/v1/queue/delete", axum::routing::post(delete_matching))
         .route("/api/v1/queue/{id}", get(show).delete(delete))
         .route("/api/v1/queue/{id}/retry", axum::routing::post(retry))
         .route("/api/v1/spool", get(spool_status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(guard, auth::require_token))
 }
 
 fn now() -> u64 {
@@ -67,10 +80,56 @@ pub fn message_json(q: &Queued, now: u64) -> Value {
     })
 }
 
-async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+fn bad_request(why: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response()
+}
+
+/// One page of the queue in id order: `{"messages": [...], "next": id|null}`;
+/// `next` is what to pass as `after` for the following page.
+async fn list(State(api): State<Arc<Api>>, query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_request("expected ?limit=N (1 to 1000) and &after=<queue id>");
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 {
+        return bad_request("limit must be at least 1");
+    }
+    let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) => match QueueId::parse(a) {
+            Some(id) => Some(id),
+            None => return bad_request("after: malformed queue id"),
+        },
+        None => None,
+    };
     let now = now();
-    let messages: Vec<Value> = api.spool.list().iter().map(|q| message_json(q, now)).collect();
-    Json(json!({ "messages": messages }))
+    let (page, next) = api.spool.page(after.as_ref(), limit.min(MAX_PAGE));
+    let messages: Vec<Value> = page.iter().map(|q| message_json(q, now)).collect();
+    Json(json!({ "messages": messages, "next": next.as_ref().map(QueueId::as_str) })).into_response()
+}
+
+/// `POST /api/v1/queue/delete` with `{"sender": ..., "recipient_domain": ...}`:
+/// deletes every matching message, answers `{"deleted": N}`.
+async fn delete_matching(
+    State(api): State<Arc<Api>>,
+    filter: Result<Json<scheduler::Filter>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let filter = match filter {
+        Ok(Json(f)) => f,
+        Err(e) => return bad_request(&format!("expected a JSON object with \"sender\" and/or \"recipient_domain\": {e}")),
+    };
+    if filter.is_empty() {
+        return bad_request("give \"sender\" and/or \"recipient_domain\"; an empty filter would match every message");
+    }
+    match api.scheduler.delete_matching(filter).await {
+        Ok(n) => Json(json!({ "deleted": n })).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response(),
+    }
 }
 
 fn parse_id(id: &str) -> Result<QueueId, Response> {

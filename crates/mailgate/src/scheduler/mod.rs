@@ -8,7 +8,10 @@
 //!
 //! May import: `spool`, `outbound`, `config`, `events`, `mailgate-core`.
 
+mod admin;
 mod queues;
+
+pub use admin::Filter;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -36,6 +39,8 @@ pub enum Command {
     Delete { id: QueueId, done: oneshot::Sender<Result<bool, SpoolError>> },
     /// Try a message's pending recipients now.
     Retry { id: QueueId, done: oneshot::Sender<bool> },
+    /// Remove every message the filter matches; answers how many.
+    DeleteMatching { filter: Filter, done: oneshot::Sender<Result<usize, SpoolError>> },
 }
 
 #[derive(Clone)]
@@ -47,6 +52,12 @@ impl Handle {
     pub async fn delete(&self, id: QueueId) -> Result<bool, SpoolError> {
         let (done, rx) = oneshot::channel();
         self.tx.send(Command::Delete { id, done }).await.map_err(|_| SpoolError::Stopped)?;
+        rx.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    pub async fn delete_matching(&self, filter: Filter) -> Result<usize, SpoolError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Command::DeleteMatching { filter, done }).await.map_err(|_| SpoolError::Stopped)?;
         rx.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -117,7 +128,12 @@ pub fn start(
         results_tx,
         settled_tx,
     };
-    for (id, due) in s.spool.due_times() {
+    let recovered = s.spool.due_times();
+    // Sized once: growing a million-entry heap and map by doubling holds
+    // the old and the new tables at once, the start-up's memory peak.
+    s.due.reserve(recovered.len());
+    s.scheduled.reserve(recovered.len());
+    for (id, due) in recovered {
         s.schedule(id, due);
     }
     tokio::spawn(s.run(commands, results, settled, new_messages));
@@ -351,6 +367,10 @@ impl Scheduler {
                     self.scheduled.remove(&id);
                     tracing::info!(queue_id = %id, "deleted by administrator");
                 }
+                let _ = done.send(result);
+            }
+            Command::DeleteMatching { filter, done } => {
+                let result = self.delete_matching(&filter).await;
                 let _ = done.send(result);
             }
             Command::Retry { id, done } => {

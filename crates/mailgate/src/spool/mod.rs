@@ -21,9 +21,10 @@ mod record;
 mod recover;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -96,7 +97,9 @@ pub fn due_of(envelope: &Envelope) -> u64 {
 
 #[derive(Default)]
 struct State {
-    index: HashMap<QueueId, Entry>,
+    /// Ordered by queue id (time-ordered), so the API can page through a
+    /// large queue from any id without sorting or copying every key.
+    index: BTreeMap<QueueId, Entry>,
     /// Live messages per segment; every existing segment has an entry.
     live: BTreeMap<u64, usize>,
     active: u64,
@@ -135,10 +138,12 @@ impl Spool {
         for (segment, _) in &recovered.segments {
             state.live.insert(*segment, 0);
         }
-        for (id, entry) in recovered.index {
+        for entry in recovered.index.values() {
             *state.live.entry(entry.segment).or_insert(0) += 1;
-            state.index.insert(id, entry);
         }
+        // Recovery builds the ordered index itself: no second copy of a
+        // large queue's index at start-up.
+        state.index = recovered.index;
         let shared = Arc::new(Shared { state: Mutex::new(state), fsyncs: AtomicU64::new(0), records: AtomicU64::new(0) });
         let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, shared.clone())?;
         let spool = Spool {
@@ -373,11 +378,21 @@ impl Spool {
         }
     }
 
-    /// Every queued message, oldest first, envelopes read from disk.
-    pub fn list(&self) -> Vec<Queued> {
-        let mut ids: Vec<QueueId> = self.shared.lock().index.keys().cloned().collect();
-        ids.sort();
-        ids.iter().filter_map(|id| self.get(id)).collect()
+    /// Up to `limit` messages with ids after `after` (from the start when
+    /// `None`), in queue-id order, envelopes read from disk; and the id to
+    /// continue after when more follow. Holds the index lock only to copy
+    /// the page's ids.
+    pub fn page(&self, after: Option<&QueueId>, limit: usize) -> (Vec<Queued>, Option<QueueId>) {
+        let (ids, more) = {
+            let state = self.shared.lock();
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut range = state.index.range::<QueueId, _>((from, Bound::Unbounded)).map(|(id, _)| id.clone());
+            let ids: Vec<QueueId> = range.by_ref().take(limit).collect();
+            (ids, range.next().is_some())
+        };
+        let next = if more { ids.last().cloned() } else { None };
+        // A message removed between the two steps is simply left out.
+        (ids.iter().filter_map(|id| self.get(id)).collect(), next)
     }
 
     /// Ids and due times of every queued message, for the scheduler's heap.

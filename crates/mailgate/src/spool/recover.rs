@@ -1,7 +1,7 @@
 //! Start-up recovery: replay every segment, keep what is intact, move
 //! damaged files aside, and report them. Nothing is silently deleted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ pub struct Recovery {
 }
 
 pub(super) struct Recovered {
-    pub index: HashMap<QueueId, Entry>,
+    pub index: BTreeMap<QueueId, Entry>,
     /// Segments that remain, with their numbers.
     pub segments: Vec<(u64, PathBuf)>,
     pub next_segment: u64,
@@ -67,7 +67,7 @@ fn read_envelope(dir: &Path, e: &Entry) -> io::Result<mailgate_core::Envelope> {
 
 pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     let segments = list_segments(dir)?;
-    let mut index: HashMap<QueueId, Entry> = HashMap::new();
+    let mut index: BTreeMap<QueueId, Entry> = BTreeMap::new();
     let mut damaged: Vec<(u64, PathBuf, u64, String)> = Vec::new();
     for (number, path) in &segments {
         let bytes = fs::read(path)?;
@@ -216,7 +216,7 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
 }
 
 /// Every external message must have its file; every file a message.
-fn check_message_files(dir: &Path, index: &mut HashMap<QueueId, Entry>, report: &mut Recovery) -> io::Result<()> {
+fn check_message_files(dir: &Path, index: &mut BTreeMap<QueueId, Entry>, report: &mut Recovery) -> io::Result<()> {
     let msg_dir = external::message_dir(dir);
     let mut lost = Vec::new();
     for (id, entry) in index.iter() {

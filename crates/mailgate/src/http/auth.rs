@@ -1,0 +1,256 @@
+//! Admin API authentication: the bearer token in `data_dir/admin.token`
+//! (created on first start, mode 0600), checked in constant time on every
+//! request but `GET /healthz` and `GET /metrics`, and a bounded per-address
+//! throttle that answers 429 to an address after repeated failures.
+//!
+//! May import: std, axum, `subtle`, `rand`, `base64`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+/// The token file's name inside `data_dir`.
+pub const TOKEN_FILE: &str = "admin.token";
+/// Bytes of OS randomness in a generated token (256 bits).
+const TOKEN_BYTES: usize = 32;
+/// A token an operator wrote by hand must still be hard to guess.
+const MIN_TOKEN_LEN: usize = 22;
+
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(TOKEN_FILE)
+}
+
+/// Reads `data_dir/admin.token`, creating it with a fresh random token
+/// first if it does not exist. Created with mode 0600 in one step, so it is
+/// never readable by others, not even for a moment.
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
+    let path = token_path(data_dir);
+    match create(&path) {
+        Ok(token) => {
+            tracing::info!(path = %path.display(), "created the admin API token");
+            return Ok(token);
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create the admin API token file {}", path.display())),
+    }
+    let mode = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!("{} is readable by other users (mode {:o}); run `chmod 600 {}`", path.display(), mode & 0o777, path.display());
+    }
+    read_token(&path)
+}
+
+fn create(path: &Path) -> io::Result<String> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes).map_err(io::Error::other)?;
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+/// Reads a token file (the server's, or the CLI's `--token-file`): one line
+/// of visible ASCII without spaces.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .with_context(|| format!("cannot read the admin API token from {}", path.display()))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "{}: expected one line of at least {MIN_TOKEN_LEN} visible ASCII characters without spaces (delete the file to have a new token generated)",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
+/// Failures from one address within `window` before it is refused.
+const MAX_FAILURES: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(600);
+/// How long a throttled address gets 429, whatever token it sends.
+const BLOCK_FOR: Duration = Duration::from_secs(600);
+/// Addresses tracked at most: a flood of source addresses must not grow it.
+const MAX_TRACKED: usize = 4096;
+
+struct Failures {
+    count: u32,
+    first: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl Failures {
+    fn expired(&self, now: Instant) -> bool {
+        match self.blocked_until {
+            Some(until) => now >= until,
+            None => now.duration_since(self.first) >= WINDOW,
+        }
+    }
+}
+
+/// The token and the failure table.
+pub struct Guard {
+    token: String,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// The throttle's key: IPv4 addresses as they are, IPv6 by their /64, which
+/// one client usually holds whole.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl Guard {
+    pub fn new(token: String) -> Arc<Guard> {
+        Arc::new(Guard { token, failures: Mutex::new(HashMap::new()) })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let table = self.table();
+        let until = table.get(&key(ip))?.blocked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Counts a failure; `Some(wait)` when the address is now throttled.
+    fn fail(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let mut table = self.table();
+        if table.len() >= MAX_TRACKED && !table.contains_key(&key(ip)) {
+            table.retain(|_, f| !f.expired(now));
+            if table.len() >= MAX_TRACKED {
+                // Still full of live entries: forget the oldest unblocked
+                // one (or, failing that, the oldest), so the table stays
+                // bounded; a blocked address is the last thing to forget.
+                let victim = table.iter().min_by_key(|(_, f)| (f.blocked_until.is_some(), f.first)).map(|(k, _)| *k);
+                if let Some(victim) = victim {
+                    table.remove(&victim);
+                }
+            }
+        }
+        let f = table.entry(key(ip)).or_insert(Failures { count: 0, first: now, blocked_until: None });
+        if f.expired(now) {
+            *f = Failures { count: 0, first: now, blocked_until: None };
+        }
+        f.count += 1;
+        if f.count >= MAX_FAILURES {
+            f.blocked_until = Some(now + BLOCK_FOR);
+            return Some(BLOCK_FOR);
+        }
+        None
+    }
+
+    fn valid(&self, req: &Request) -> bool {
+        let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some((scheme, token)) = value.split_once(' ') else { return false };
+        scheme.eq_ignore_ascii_case("bearer") && bool::from(token.trim().as_bytes().ct_eq(self.token.as_bytes()))
+    }
+}
+
+/// Paths anyone on the network may read: liveness and counters, which
+/// carry no addresses.
+fn public(req: &Request) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD) && matches!(req.uri().path(), "/healthz" | "/metrics")
+}
+
+fn too_many(wait: Duration) -> Response {
+    let mut resp =
+        (StatusCode::TOO_MANY_REQUESTS, axum::Json(serde_json::json!({"error": "too many failed attempts from this address; wait"})))
+            .into_response();
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// The middleware: 429 for a throttled address, 401 for a missing or wrong
+/// token, otherwise the request goes on.
+pub async fn require_token(
+    State(guard): State<Arc<Guard>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if public(&req) {
+        return next.run(req).await;
+    }
+    let now = Instant::now();
+    let ip = peer.ip();
+    if let Some(wait) = guard.blocked(ip, now) {
+        tracing::warn!(client = %ip, path = req.uri().path(), "admin API: refused, address throttled after failed attempts");
+        return too_many(wait);
+    }
+    if guard.valid(&req) {
+        return next.run(req).await;
+    }
+    let presented = req.headers().contains_key(header::AUTHORIZATION);
+    tracing::warn!(
+        client = %ip, method = %req.method(), path = req.uri().path(),
+        reason = if presented { "wrong token" } else { "no token" },
+        "admin API: authentication failed"
+    );
+    if let Some(wait) = guard.fail(ip, now) {
+        tracing::warn!(client = %ip, block_s = wait.as_secs(), "admin API: throttling this address after repeated failures");
+        return too_many(wait);
+    }
+    let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"error": "missing or wrong bearer token"}))).into_response();
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mailgate\""));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_table_stays_bounded() {
+        let g = Guard::new("x".repeat(30));
+        let now = Instant::now();
+        for i in 0..(MAX_TRACKED as u32 * 3) {
+            g.fail(IpAddr::V4(std::net::Ipv4Addr::from(0x0A00_0000 + i)), now);
+        }
+        assert!(g.table().len() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn fifth_failure_blocks_and_ipv6_counts_per_64() {
+        let g = Guard::new("x".repeat(30));
+        let now = Instant::now();
+        for i in 1..MAX_FAILURES {
+            let ip: IpAddr = format!("2001:db8::{i}").parse().unwrap();
+            assert!(g.fail(ip, now).is_none());
+        }
+        let ip: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert!(g.fail(ip, now).is_some());
+        assert!(g.blocked("2001:db8::1234".parse().unwrap(), now).is_some());
+        assert!(g.blocked("2001:db9::1".parse().unwrap(), now).is_none());
+        assert!(g.blocked(ip, now + BLOCK_FOR).is_none());
+    }
+}
