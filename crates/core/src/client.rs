@@ -391,18 +391,18 @@ impl Client {
         self.outcomes = vec![None; n];
         self.mail_failed = None;
         self.accepted.clear();
-        if let Some(limit) = ext.size.filter(|&l| l > 0) {
-            if message.size > limit {
-                let o = Outcome::Permanent(local(
-                    552,
-                    StatusCode::new(5, 3, 4),
-                    &format!("message size {} exceeds the server's limit {limit}", message.size),
-                ));
-                self.message = Some(message);
-                self.outcomes = vec![Some(o); n];
-                self.finish(&mut out);
-                return out;
-            }
+        if let Some(limit) = ext.size.filter(|&l| l > 0)
+            && message.size > limit
+        {
+            let o = Outcome::Permanent(local(
+                552,
+                StatusCode::new(5, 3, 4),
+                &format!("message size {} exceeds the server's limit {limit}", message.size),
+            ));
+            self.message = Some(message);
+            self.outcomes = vec![Some(o); n];
+            self.finish(&mut out);
+            return out;
         }
         if message.smtputf8 && !ext.smtputf8 {
             let o = Outcome::Permanent(local(553, StatusCode::new(5, 6, 7), "the server does not support SMTPUTF8"));

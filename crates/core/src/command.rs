@@ -174,12 +174,11 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
             _ => return Err(CommandError::UnknownParam(key)),
         }
     }
-    if !p.smtputf8 {
-        if let Path::Mailbox { mailbox, .. } = &path {
-            if !mailbox.is_ascii() {
-                return Err(AddressError::NeedsUtf8.into());
-            }
-        }
+    if !p.smtputf8
+        && let Path::Mailbox { mailbox, .. } = &path
+        && !mailbox.is_ascii()
+    {
+        return Err(AddressError::NeedsUtf8.into());
     }
     Ok(Command::Mail(path, p))
 }

@@ -180,10 +180,10 @@ impl ReplyReader {
                 Some(b'-') => false,
                 _ => return Err(ReplyError("malformed reply")),
             };
-            if let Some(first) = self.lines.first() {
-                if first.as_bytes()[..3] != b[..3] {
-                    return Err(ReplyError("reply code changed inside a multi-line reply"));
-                }
+            if let Some(first) = self.lines.first()
+                && first.as_bytes()[..3] != b[..3]
+            {
+                return Err(ReplyError("reply code changed inside a multi-line reply"));
             }
             self.lines.push(line);
             if self.lines.len() > MAX_REPLY_LINES {

@@ -55,7 +55,7 @@ impl Generator {
             self.state ^= self.state >> 7;
             self.state ^= self.state << 17;
             let c = b' ' + (self.state % 94) as u8;
-            line.push(if i == 0 && self.state % 16 == 0 { b'.' } else { c });
+            line.push(if i == 0 && self.state.is_multiple_of(16) { b'.' } else { c });
         }
         line.extend_from_slice(b"\r\n");
         true

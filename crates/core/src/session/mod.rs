@@ -620,10 +620,11 @@ impl Session {
             self.actions.push(Action::Reply(Reply::new(452, status::TOO_MANY_RCPTS, "Too many recipients")));
             return;
         }
-        if let Path::Mailbox { mailbox, .. } = &path {
-            if !mailbox.is_ascii() && !tx.params.smtputf8 {
-                return self.reply(Reply::new(553, status::NEED_UTF8, "Non-ASCII address requires SMTPUTF8"));
-            }
+        if let Path::Mailbox { mailbox, .. } = &path
+            && !mailbox.is_ascii()
+            && !tx.params.smtputf8
+        {
+            return self.reply(Reply::new(553, status::NEED_UTF8, "Non-ASCII address requires SMTPUTF8"));
         }
         let mailbox = match self.policy.check_rcpt(&self.info, &path) {
             Ok(m) => m,

@@ -223,7 +223,7 @@ fn dsn_parameters_reach_the_envelope() {
     let env = incoming.envelope;
     assert_eq!(env.ret, Some(crate::envelope::Ret::Hdrs));
     assert_eq!(env.envid.as_deref(), Some("e1"));
-    assert_eq!(env.recipients[0].notify.unwrap().failure, true);
+    assert!(env.recipients[0].notify.unwrap().failure);
     assert_eq!(env.recipients[0].orcpt.as_ref().unwrap().address, "b@example.test");
 }
 

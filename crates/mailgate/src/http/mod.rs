@@ -132,8 +132,8 @@ async fn delete_matching(
     }
 }
 
-fn parse_id(id: &str) -> Result<QueueId, Response> {
-    QueueId::parse(id).ok_or_else(|| (StatusCode::BAD_REQUEST, Json(json!({"error": "malformed queue id"}))).into_response())
+fn parse_id(id: &str) -> Result<QueueId, Box<Response>> {
+    QueueId::parse(id).ok_or_else(|| Box::new((StatusCode::BAD_REQUEST, Json(json!({"error": "malformed queue id"}))).into_response()))
 }
 
 fn not_found() -> Response {
@@ -143,7 +143,7 @@ fn not_found() -> Response {
 async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(q) = api.spool.get(&id) else {
         return not_found();
@@ -168,7 +168,7 @@ async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
 async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match api.scheduler.delete(id.clone()).await {
         Ok(true) => Json(json!({"deleted": id.as_str()})).into_response(),
@@ -180,7 +180,7 @@ async fn delete(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
 async fn retry(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if api.scheduler.retry(id.clone()).await { Json(json!({"retrying": id.as_str()})).into_response() } else { not_found() }
 }

@@ -94,12 +94,11 @@ async fn connect_one(name: &str, addr: SocketAddr, settings: &Settings) -> Resul
         broken: false,
     };
     let result = conn.run(Vec::new(), None).await;
-    if let (Some(report), false) = (settings.report.as_ref(), conn.tls_active()) {
-        if let Stop::Closed(Some(o)) = &result {
-            if o.reply().status == Some(StatusCode::new(4, 7, 10)) {
-                report(name, "starttls-not-supported");
-            }
-        }
+    if let (Some(report), false) = (settings.report.as_ref(), conn.tls_active())
+        && let Stop::Closed(Some(o)) = &result
+        && o.reply().status == Some(StatusCode::new(4, 7, 10))
+    {
+        report(name, "starttls-not-supported");
     }
     match result {
         Stop::Ready => Ok(conn),

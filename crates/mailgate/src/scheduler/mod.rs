@@ -313,17 +313,18 @@ impl Scheduler {
         let failure: Vec<(usize, &'static str)> =
             failed.into_iter().filter(|&i| env.recipients[i].notify.is_none_or(|n| n.failure)).map(|i| (i, "failed")).collect();
         let mut delayed = Vec::new();
-        if let Some(warn_after) = self.policy.delay_warning {
-            if !env.delay_warned && now.saturating_sub(env.received_at) >= warn_after.as_secs() {
-                delayed = env
-                    .recipients
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.status == RecipientStatus::Deferred && r.notify.is_none_or(|n| n.delay))
-                    .map(|(i, _)| (i, "delayed"))
-                    .collect();
-                env.delay_warned = !delayed.is_empty();
-            }
+        if let Some(warn_after) = self.policy.delay_warning
+            && !env.delay_warned
+            && now.saturating_sub(env.received_at) >= warn_after.as_secs()
+        {
+            delayed = env
+                .recipients
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.status == RecipientStatus::Deferred && r.notify.is_none_or(|n| n.delay))
+                .map(|(i, _)| (i, "delayed"))
+                .collect();
+            env.delay_warned = !delayed.is_empty();
         }
         // The writes (notices, then removal or the new state) go to the
         // spool concurrently with other messages', so they share fsyncs;

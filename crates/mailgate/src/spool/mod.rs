@@ -270,10 +270,10 @@ impl Spool {
         };
         // The tombstone is durable: the file's space can go now. A crash
         // before the unlink leaves an orphan that recovery removes.
-        if let Some(Entry { external: Some(_), .. }) = removed {
-            if let Err(e) = std::fs::remove_file(external::message_path(&self.dir, id)) {
-                tracing::warn!(queue_id = %id, error = %e, "spool: cannot delete a message file");
-            }
+        if let Some(Entry { external: Some(_), .. }) = removed
+            && let Err(e) = std::fs::remove_file(external::message_path(&self.dir, id))
+        {
+            tracing::warn!(queue_id = %id, error = %e, "spool: cannot delete a message file");
         }
         let removed = removed.is_some();
         self.collect_segments();
@@ -417,6 +417,10 @@ impl Spool {
         let mut buf = vec![0; entry.env_len as usize];
         file.read_exact_at(&mut buf, entry.env_offset)?;
         serde_json::from_slice(&buf).map_err(io::Error::other)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
