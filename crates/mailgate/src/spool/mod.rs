@@ -62,23 +62,47 @@ impl SpoolError {
 /// queue does not cost memory for what is not being worked on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
-    segment: u64,
+    /// Segment numbers fit 32 bits (4 billion segments of 64 MiB); the
+    /// index holds one entry per queued message, so every octet counts.
+    segment: u32,
     data_offset: u64,
     data_len: u32,
     /// The latest envelope: in the message record, or in a later update.
-    env_segment: u64,
+    env_segment: u32,
     env_offset: u64,
     env_len: u32,
     /// Earliest next attempt among pending recipients (0: at once).
     due: u64,
     /// For a message in a file of its own: the range of that file that
     /// follows the `data` prefix.
-    external: Option<(u64, u64)>,
+    external: Option<Ext>,
 }
 
 impl Entry {
     fn size(&self) -> u64 {
-        u64::from(self.data_len) + self.external.map_or(0, |(_, len)| len)
+        u64::from(self.data_len) + self.external.map_or(0, |e| e.len.get())
+    }
+
+    fn external(&self) -> Option<(u64, u64)> {
+        self.external.map(|e| (u64::from(e.start), e.len.get()))
+    }
+}
+
+/// The file range of a message in a file of its own: `len` octets from
+/// `start` (the end of the received header block, at most 1 MiB). Packed
+/// so that an index entry stays at 56 octets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ext {
+    len: std::num::NonZeroU64,
+    start: u32,
+}
+
+impl Ext {
+    /// None for a range no external message has (empty, or starting past
+    /// 4 GiB): such messages are stored in the segment instead.
+    pub(crate) fn new(range: Option<(u64, u64)>) -> Option<Ext> {
+        let (start, len) = range?;
+        Some(Ext { len: std::num::NonZeroU64::new(len)?, start: u32::try_from(start).ok()? })
     }
 }
 
@@ -139,7 +163,7 @@ impl Spool {
             state.live.insert(*segment, 0);
         }
         for entry in recovered.index.values() {
-            *state.live.entry(entry.segment).or_insert(0) += 1;
+            *state.live.entry(u64::from(entry.segment)).or_insert(0) += 1;
         }
         // Recovery builds the ordered index itself: no second copy of a
         // large queue's index at start-up.
@@ -213,6 +237,10 @@ impl Spool {
         start: u64,
     ) -> Result<(), SpoolError> {
         let len = staged.len().checked_sub(start).ok_or_else(|| SpoolError::Io("body starts past the end of the staged file".into()))?;
+        if Ext::new(Some((start, len))).is_none() {
+            // No body after the header block: the prefix is all of it.
+            return self.store(id, envelope, prefix).await;
+        }
         let dir = self.dir.clone();
         let commit_id = id.clone();
         let staged = tokio::task::spawn_blocking(move || staged.commit(&dir, &commit_id).map(|_| staged))
@@ -260,7 +288,7 @@ impl Spool {
             let mut state = self.shared.lock();
             match state.index.remove(id) {
                 Some(entry) => {
-                    if let Some(n) = state.live.get_mut(&entry.segment) {
+                    if let Some(n) = state.live.get_mut(&u64::from(entry.segment)) {
                         *n = n.saturating_sub(1);
                     }
                     Some(entry)
@@ -297,7 +325,8 @@ impl Spool {
             if oldest >= state.active || state.live.len() < 3 {
                 return Ok(0);
             }
-            let ids: Vec<QueueId> = state.index.iter().filter(|(_, e)| e.segment == oldest).map(|(id, _)| id.clone()).take(max).collect();
+            let ids: Vec<QueueId> =
+                state.index.iter().filter(|(_, e)| u64::from(e.segment) == oldest).map(|(id, _)| id.clone()).take(max).collect();
             (oldest, ids)
         };
         let mut moved = 0;
@@ -306,7 +335,7 @@ impl Spool {
             let Ok(envelope) = self.read_envelope(&entry) else { continue };
             // Only the record moves; an external message's file stays.
             let Ok(data) = self.read_prefix(&entry) else { continue };
-            let (bytes, data_offset, env_offset) = match entry.external {
+            let (bytes, data_offset, env_offset) = match entry.external() {
                 Some((start, len)) => {
                     let (b, o) = record::encode_external(&id, &envelope, &data, start, len);
                     (b, o, record::EXTERNAL_ENV_OFFSET)
@@ -324,7 +353,7 @@ impl Spool {
                 env_offset,
                 env_len: data_offset - env_offset,
                 due: due_of(&envelope),
-                external: entry.external,
+                external: entry.external(),
             };
             self.write(bytes, change).await?;
             if !self.shared.lock().index.contains_key(&id) {
@@ -413,7 +442,7 @@ impl Spool {
     }
 
     fn read_envelope(&self, entry: &Entry) -> io::Result<Envelope> {
-        let file = File::open(segment_path(&self.dir, entry.env_segment))?;
+        let file = File::open(segment_path(&self.dir, u64::from(entry.env_segment)))?;
         let mut buf = vec![0; entry.env_len as usize];
         file.read_exact_at(&mut buf, entry.env_offset)?;
         serde_json::from_slice(&buf).map_err(io::Error::other)
@@ -458,7 +487,7 @@ impl Spool {
     pub fn open_content(&self, id: &QueueId) -> io::Result<Option<Content>> {
         let Some(entry) = self.shared.lock().index.get(id).copied() else { return Ok(None) };
         let prefix = self.read_prefix(&entry)?;
-        Ok(Some(match entry.external {
+        Ok(Some(match entry.external() {
             Some((start, len)) => Content::external(prefix, File::open(external::message_path(&self.dir, id))?, start, len),
             None => Content::memory(prefix),
         }))
@@ -466,7 +495,7 @@ impl Spool {
 
     /// The part of the content kept in the segment record.
     fn read_prefix(&self, entry: &Entry) -> io::Result<Vec<u8>> {
-        let file = File::open(segment_path(&self.dir, entry.segment))?;
+        let file = File::open(segment_path(&self.dir, u64::from(entry.segment)))?;
         let mut buf = vec![0; entry.data_len as usize];
         file.read_exact_at(&mut buf, entry.data_offset)?;
         Ok(buf)

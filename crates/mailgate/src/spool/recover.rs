@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mailgate_core::QueueId;
 
 use super::record::{self, Record};
-use super::{Entry, due_of, external, segment_path, sync_dir};
+use super::{Entry, Ext, due_of, external, segment_path, sync_dir};
 
 /// A segment that did not read cleanly to its end.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -59,7 +59,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 fn read_envelope(dir: &Path, e: &Entry) -> io::Result<mailgate_core::Envelope> {
     use std::os::unix::fs::FileExt;
-    let file = fs::File::open(segment_path(dir, e.env_segment))?;
+    let file = fs::File::open(segment_path(dir, u64::from(e.env_segment)))?;
     let mut buf = vec![0; e.env_len as usize];
     file.read_exact_at(&mut buf, e.env_offset)?;
     serde_json::from_slice(&buf).map_err(io::Error::other)
@@ -78,10 +78,10 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                     match rec {
                         Record::Message { id, envelope, data_offset, data } => {
                             let entry = Entry {
-                                segment: *number,
+                                segment: *number as u32,
                                 data_offset: (pos + data_offset) as u64,
                                 data_len: data.len() as u32,
-                                env_segment: *number,
+                                env_segment: *number as u32,
                                 env_offset: (pos + record::MESSAGE_ENV_OFFSET) as u64,
                                 env_len: (data_offset - record::MESSAGE_ENV_OFFSET) as u32,
                                 due: due_of(&envelope),
@@ -91,14 +91,14 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                         }
                         Record::External { id, envelope, data_offset, data, start, len } => {
                             let entry = Entry {
-                                segment: *number,
+                                segment: *number as u32,
                                 data_offset: (pos + data_offset) as u64,
                                 data_len: data.len() as u32,
-                                env_segment: *number,
+                                env_segment: *number as u32,
                                 env_offset: (pos + record::EXTERNAL_ENV_OFFSET) as u64,
                                 env_len: (data_offset - record::EXTERNAL_ENV_OFFSET) as u32,
                                 due: due_of(&envelope),
-                                external: Some((start, len)),
+                                external: Ext::new(Some((start, len))),
                             };
                             index.insert(id, entry);
                         }
@@ -107,7 +107,7 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                         }
                         Record::Update { id, envelope, env_len } => {
                             if let Some(e) = index.get_mut(&id) {
-                                e.env_segment = *number;
+                                e.env_segment = *number as u32;
                                 e.env_offset = (pos + record::UPDATE_ENV_OFFSET) as u64;
                                 e.env_len = env_len as u32;
                                 e.due = due_of(&envelope);
@@ -147,10 +147,10 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                 let Ok((rec, len)) = record::decode(&bytes[pos..]) else { break };
                 let carried = match rec {
                     Record::Remove { id } if !index.contains_key(&id) => Some(record::encode_remove(&id)),
-                    Record::Update { id, .. } => match index.get_mut(&id).filter(|e| !damaged_numbers.contains(&e.segment)) {
+                    Record::Update { id, .. } => match index.get_mut(&id).filter(|e| !damaged_numbers.contains(&u64::from(e.segment))) {
                         Some(e) => {
                             let rec = record::encode_update(&id, &read_envelope(dir, e)?);
-                            e.env_segment = rescue;
+                            e.env_segment = rescue as u32;
                             e.env_offset = offset + record::UPDATE_ENV_OFFSET as u64;
                             Some(rec)
                         }
@@ -165,13 +165,13 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                 }
                 pos += len;
             }
-            for (id, entry) in index.iter_mut().filter(|(_, e)| e.segment == *number) {
+            for (id, entry) in index.iter_mut().filter(|(_, e)| u64::from(e.segment) == *number) {
                 let start = entry.data_offset as usize;
                 let Some(data) = bytes.get(start..start + entry.data_len as usize) else {
                     continue;
                 };
                 let envelope = read_envelope(dir, entry)?;
-                let (rec, data_offset, env_offset) = match entry.external {
+                let (rec, data_offset, env_offset) = match entry.external() {
                     Some((start, len)) => {
                         let (rec, o) = record::encode_external(id, &envelope, data, start, len);
                         (rec, o, record::EXTERNAL_ENV_OFFSET)
@@ -182,9 +182,9 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                     }
                 };
                 out.write_all(&rec)?;
-                entry.segment = rescue;
+                entry.segment = rescue as u32;
                 entry.data_offset = offset + data_offset as u64;
-                entry.env_segment = rescue;
+                entry.env_segment = rescue as u32;
                 entry.env_offset = offset + env_offset as u64;
                 entry.env_len = (data_offset - env_offset) as u32;
                 offset += rec.len() as u64;
@@ -220,7 +220,7 @@ fn check_message_files(dir: &Path, index: &mut BTreeMap<QueueId, Entry>, report:
     let msg_dir = external::message_dir(dir);
     let mut lost = Vec::new();
     for (id, entry) in index.iter() {
-        let Some((start, len)) = entry.external else { continue };
+        let Some((start, len)) = entry.external() else { continue };
         let size = fs::metadata(external::message_path(dir, id)).map(|m| m.len()).unwrap_or(0);
         if size < start.saturating_add(len) {
             lost.push(id.clone());

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Entry, Shared, SpoolError, segment_path, sync_dir};
+use super::{Entry, Ext, Shared, SpoolError, segment_path, sync_dir};
 use mailgate_core::QueueId;
 
 /// Most bytes gathered into one batch before it is written.
@@ -149,6 +149,7 @@ fn write_batch(seg: &mut Segment, batch: &[WriteOp]) -> io::Result<u64> {
 fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp]) {
     let mut state = shared.lock();
     let mut next = start;
+    let seg = segment as u32; // see Entry::segment
     for op in batch.iter_mut() {
         let base = next;
         next += op.bytes.len() as u64;
@@ -158,28 +159,28 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
             IndexChange::Insert { id, data_offset, data_len, env_offset, env_len, due, external } => {
                 *state.live.entry(segment).or_insert(0) += 1;
                 let entry = Entry {
-                    segment,
+                    segment: seg,
                     data_offset: at(data_offset),
                     data_len: data_len as u32,
-                    env_segment: segment,
+                    env_segment: seg,
                     env_offset: at(env_offset),
                     env_len: env_len as u32,
                     due,
-                    external,
+                    external: Ext::new(external),
                 };
                 state.index.insert(id, entry);
             }
             IndexChange::Move { id, from, data_offset, data_len, env_offset, env_len, due, external } => {
-                let Some(e) = state.index.get_mut(&id).filter(|e| e.segment == from) else { continue };
+                let Some(e) = state.index.get_mut(&id).filter(|e| u64::from(e.segment) == from) else { continue };
                 *e = Entry {
-                    segment,
+                    segment: seg,
                     data_offset: at(data_offset),
                     data_len: data_len as u32,
-                    env_segment: segment,
+                    env_segment: seg,
                     env_offset: at(env_offset),
                     env_len: env_len as u32,
                     due,
-                    external,
+                    external: Ext::new(external),
                 };
                 if let Some(n) = state.live.get_mut(&from) {
                     *n = n.saturating_sub(1);
@@ -188,7 +189,7 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
             }
             IndexChange::Envelope { id, env_offset, env_len, due } => {
                 if let Some(e) = state.index.get_mut(&id) {
-                    e.env_segment = segment;
+                    e.env_segment = seg;
                     e.env_offset = at(env_offset);
                     e.env_len = env_len as u32;
                     e.due = due;
