@@ -79,6 +79,31 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The entry for a message record that starts at `base` in `segment`,
+    /// its envelope from `env_offset` to `data_offset` and then `data_len`
+    /// octets of content (offsets within the record).
+    fn at(
+        segment: u64,
+        base: u64,
+        env_offset: usize,
+        data_offset: usize,
+        data_len: usize,
+        due: u64,
+        external: Option<(u64, u64)>,
+    ) -> Entry {
+        let segment = segment as u32; // see the field's comment
+        Entry {
+            segment,
+            data_offset: base + data_offset as u64,
+            data_len: data_len as u32,
+            env_segment: segment,
+            env_offset: base + env_offset as u64,
+            env_len: (data_offset - env_offset) as u32,
+            due,
+            external: Ext::new(external),
+        }
+    }
+
     fn size(&self) -> u64 {
         u64::from(self.data_len) + self.external.map_or(0, |e| e.len.get())
     }
@@ -204,7 +229,6 @@ impl Spool {
             data_offset,
             data_len: data.len(),
             env_offset,
-            env_len: data_offset - env_offset,
             due: due_of(&envelope),
             external: None,
         };
@@ -254,7 +278,6 @@ impl Spool {
             data_offset,
             data_len: prefix.len(),
             env_offset,
-            env_len: data_offset - env_offset,
             due: due_of(&envelope),
             external: Some((start, len)),
         };
@@ -351,7 +374,6 @@ impl Spool {
                 data_offset,
                 data_len: data.len(),
                 env_offset,
-                env_len: data_offset - env_offset,
                 due: due_of(&envelope),
                 external: entry.external(),
             };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mailgate_core::QueueId;
 
 use super::record::{self, Record};
-use super::{Entry, Ext, due_of, external, segment_path, sync_dir};
+use super::{Entry, due_of, external, segment_path, sync_dir};
 
 /// A segment that did not read cleanly to its end.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -77,29 +77,13 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                 Ok((rec, len)) => {
                     match rec {
                         Record::Message { id, envelope, data_offset, data } => {
-                            let entry = Entry {
-                                segment: *number as u32,
-                                data_offset: (pos + data_offset) as u64,
-                                data_len: data.len() as u32,
-                                env_segment: *number as u32,
-                                env_offset: (pos + record::MESSAGE_ENV_OFFSET) as u64,
-                                env_len: (data_offset - record::MESSAGE_ENV_OFFSET) as u32,
-                                due: due_of(&envelope),
-                                external: None,
-                            };
+                            let due = due_of(&envelope);
+                            let entry = Entry::at(*number, pos as u64, record::MESSAGE_ENV_OFFSET, data_offset, data.len(), due, None);
                             index.insert(id, entry);
                         }
                         Record::External { id, envelope, data_offset, data, start, len } => {
-                            let entry = Entry {
-                                segment: *number as u32,
-                                data_offset: (pos + data_offset) as u64,
-                                data_len: data.len() as u32,
-                                env_segment: *number as u32,
-                                env_offset: (pos + record::EXTERNAL_ENV_OFFSET) as u64,
-                                env_len: (data_offset - record::EXTERNAL_ENV_OFFSET) as u32,
-                                due: due_of(&envelope),
-                                external: Ext::new(Some((start, len))),
-                            };
+                            let (due, range) = (due_of(&envelope), Some((start, len)));
+                            let entry = Entry::at(*number, pos as u64, record::EXTERNAL_ENV_OFFSET, data_offset, data.len(), due, range);
                             index.insert(id, entry);
                         }
                         Record::Remove { id } => {

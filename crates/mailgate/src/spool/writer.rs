@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Entry, Ext, Shared, SpoolError, segment_path, sync_dir};
+use super::{Entry, Shared, SpoolError, segment_path, sync_dir};
 use mailgate_core::QueueId;
 
 /// Most bytes gathered into one batch before it is written.
@@ -30,7 +30,6 @@ pub(super) enum IndexChange {
         data_offset: usize,
         data_len: usize,
         env_offset: usize,
-        env_len: usize,
         due: u64,
         external: Option<(u64, u64)>,
     },
@@ -48,7 +47,6 @@ pub(super) enum IndexChange {
         data_offset: usize,
         data_len: usize,
         env_offset: usize,
-        env_len: usize,
         due: u64,
         external: Option<(u64, u64)>,
     },
@@ -156,32 +154,13 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
         let at = |offset: usize| base + offset as u64;
         match std::mem::replace(&mut op.change, IndexChange::None) {
             IndexChange::None => {}
-            IndexChange::Insert { id, data_offset, data_len, env_offset, env_len, due, external } => {
+            IndexChange::Insert { id, data_offset, data_len, env_offset, due, external } => {
                 *state.live.entry(segment).or_insert(0) += 1;
-                let entry = Entry {
-                    segment: seg,
-                    data_offset: at(data_offset),
-                    data_len: data_len as u32,
-                    env_segment: seg,
-                    env_offset: at(env_offset),
-                    env_len: env_len as u32,
-                    due,
-                    external: Ext::new(external),
-                };
-                state.index.insert(id, entry);
+                state.index.insert(id, Entry::at(segment, base, env_offset, data_offset, data_len, due, external));
             }
-            IndexChange::Move { id, from, data_offset, data_len, env_offset, env_len, due, external } => {
+            IndexChange::Move { id, from, data_offset, data_len, env_offset, due, external } => {
                 let Some(e) = state.index.get_mut(&id).filter(|e| u64::from(e.segment) == from) else { continue };
-                *e = Entry {
-                    segment: seg,
-                    data_offset: at(data_offset),
-                    data_len: data_len as u32,
-                    env_segment: seg,
-                    env_offset: at(env_offset),
-                    env_len: env_len as u32,
-                    due,
-                    external: Ext::new(external),
-                };
+                *e = Entry::at(segment, base, env_offset, data_offset, data_len, due, external);
                 if let Some(n) = state.live.get_mut(&from) {
                     *n = n.saturating_sub(1);
                 }
