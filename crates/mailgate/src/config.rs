@@ -16,9 +16,11 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod policy;
+mod reports;
 mod risks;
 mod sections;
 pub use policy::{Action, PolicyConfig, TempErrorAction};
+pub use reports::Reports;
 pub use risks::{Warning, warnings};
 
 #[derive(Debug, Error)]
@@ -66,6 +68,8 @@ struct RawConfig {
     policy: policy::RawPolicy,
     #[serde(default)]
     arc: RawArc,
+    #[serde(default)]
+    reports: reports::RawReports,
 }
 
 /// `[arc]`: sealing what mailgate forwards.
@@ -412,6 +416,8 @@ pub struct Config {
     /// `[arc] seal`: the `[[domain]]` whose active RSA DKIM key ARC-seals
     /// inbound mail on its way to the next hop.
     pub arc_seal: Option<Domain>,
+    /// `[reports]`: the report store and the reports mailgate sends and reads.
+    pub reports: Reports,
 }
 
 impl Config {
@@ -601,8 +607,14 @@ impl Config {
             },
             None => None,
         };
-        let policy = match policy {
-            Ok(p) if problems.list.is_empty() => p,
+        let first_domain = domains.first().map(|d| d.name.to_string());
+        let reports = raw.reports.validate(&hostname, first_domain.as_deref()).map_err(|list| {
+            for (key, message) in list {
+                problems.add(key, message);
+            }
+        });
+        let (policy, reports) = match (policy, reports) {
+            (Ok(p), Ok(r)) if problems.list.is_empty() => (p, r),
             _ => return Err(problems.list),
         };
 
@@ -632,6 +644,7 @@ impl Config {
             protect: raw.lookalike.protect.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
             policy,
             arc_seal,
+            reports,
         })
     }
 

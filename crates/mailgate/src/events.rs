@@ -1,6 +1,10 @@
-//! Counters every stage bumps; `/metrics` and the dashboard read them.
+//! Counters every stage bumps; `/metrics` and the dashboard read them; and
+//! the outbound TLS outcomes, counted and handed to the report store.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::{Event, Recorder, TlsSession};
 
 #[derive(Default)]
 pub struct Metrics {
@@ -29,47 +33,21 @@ impl Metrics {
     }
 }
 
-/// An append-only file of JSON lines under `data_dir/reports/`, the
-/// report store that reports are later built from.
-pub struct JsonLines {
-    file: std::sync::Mutex<Option<std::fs::File>>,
-}
-
-impl JsonLines {
-    pub fn open(dir: &std::path::Path, name: &str) -> Self {
-        let file = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)))
-            .map_err(|e| tracing::warn!(error = %e, file = name, "cannot open report store"))
-            .ok();
-        JsonLines { file: std::sync::Mutex::new(file) }
-    }
-
-    /// Appends one line; a failure is logged once per line, never fatal.
-    pub fn append(&self, line: &serde_json::Value) {
-        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            use std::io::Write;
-            if let Err(e) = writeln!(f, "{line}") {
-                tracing::warn!(error = %e, "cannot append to report store");
-            }
-        }
-    }
-}
-
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// TLS outcomes of outbound connections (RFC 8460 result types), kept for
-/// TLS-RPT reports: one JSON line each in `data_dir/reports/tls-events.jsonl`.
+/// TLS outcomes of outbound connections (RFC 8460 result types), kept in
+/// the report store for TLS-RPT reports.
 pub struct TlsEvents {
-    file: JsonLines,
+    recorder: Option<Arc<Recorder>>,
     pub successes: AtomicU64,
     pub failures: AtomicU64,
 }
 
 impl TlsEvents {
-    pub fn open(dir: &std::path::Path) -> Self {
-        TlsEvents { file: JsonLines::open(dir, "tls-events.jsonl"), successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
+    pub fn new(recorder: Option<Arc<Recorder>>) -> Self {
+        TlsEvents { recorder, successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
     }
 
     /// `result` is "success" or an RFC 8460 failure type; `policy` is
@@ -82,6 +60,14 @@ impl TlsEvents {
         } else {
             tracing::warn!(domain, mx, policy, result, "TLS failure");
         }
-        self.file.append(&serde_json::json!({"time": unix_now(), "domain": domain, "mx": mx, "policy": policy, "result": result}));
+        if let Some(r) = &self.recorder {
+            r.record(Event::Tls(TlsSession {
+                time: unix_now(),
+                policy_domain: domain.to_string(),
+                mx_host: mx.to_string(),
+                policy_type: policy.to_string(),
+                result: result.to_string(),
+            }));
+        }
     }
 }

@@ -17,4 +17,5 @@ pub mod scheduler;
 pub mod server;
 pub mod sign;
 pub mod spool;
+pub mod store;
 pub mod tls;

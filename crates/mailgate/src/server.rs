@@ -64,7 +64,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let budget = crate::inbound::spill::Budget::new(config.limits.max_inflight_memory);
     let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone()));
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
-    let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), true)?);
+    let store = open_store(&config)?;
+    let recorder = crate::store::start_writer(store.clone(), config.reports.retention_days);
+    let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), Some(recorder.clone()))?);
     let signer = Arc::new(crate::sign::Signer::start(&config.data_dir, &config.domains).context("cannot set up DKIM signing")?);
     reload_on_hup(signer.clone());
     let server_tls = ServerTls::new(tls_files, &config.data_dir, &config.hostname).context("cannot set up TLS")?;
@@ -96,7 +98,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         trust,
         mta_sts,
         require_tls: d.require_tls.clone(),
-        tls_events: Arc::new(crate::events::TlsEvents::open(&config.data_dir.join("reports"))),
+        tls_events: Arc::new(crate::events::TlsEvents::new(Some(recorder.clone()))),
+        recorder: Some(recorder.clone()),
     });
     crate::sign::rotation::watch(
         signer.clone(),
@@ -156,6 +159,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(queued = spool.len(), "stopped");
     Ok(())
+}
+
+/// Opens the report store in `data_dir` (after the privilege drop, so the
+/// server's user owns it).
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+    let path = config.data_dir.join(crate::store::sqlite::FILE);
+    let store = crate::store::sqlite::Sqlite::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Arc::new(store))
 }
 
 /// Re-reads DKIM keys on SIGHUP.

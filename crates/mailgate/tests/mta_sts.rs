@@ -67,9 +67,18 @@ fn send(w: &World) -> String {
     r.queue_id().unwrap_or_else(|| panic!("{r}"))
 }
 
+/// The TLS outcomes the server recorded in its report store.
 fn tls_events(w: &World) -> Vec<Value> {
-    let path = w.server.data_dir().join("reports").join("tls-events.jsonl");
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    use mailgate::store::Store;
+    let path = w.server.data_dir().join(mailgate::store::sqlite::FILE);
+    let Ok(store) = mailgate::store::sqlite::Sqlite::open(&path) else { return Vec::new() };
+    let mut events = Vec::new();
+    for domain in store.tls_domains(0, u64::MAX).unwrap_or_default() {
+        for row in store.tls_rows(&domain, 0, u64::MAX).unwrap_or_default() {
+            events.push(serde_json::json!({"domain": domain, "mx": row.mx_host, "policy": row.policy_type, "result": row.result}));
+        }
+    }
+    events
 }
 
 fn wait_event(w: &World, result: &str) -> Value {

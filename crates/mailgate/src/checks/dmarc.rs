@@ -23,6 +23,11 @@ pub struct Dmarc {
     pub policy: &'static str,
     pub spf_aligned: bool,
     pub dkim_aligned: bool,
+    /// Why the disposition differs from the policy (RFC 7489
+    /// PolicyOverrideType): `trusted_forwarder` for a trusted ARC chain,
+    /// `local_policy` when `[policy]` asks for less.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<&'static str>,
     /// The published record, for aggregate reports.
     #[serde(skip)]
     pub published: Option<Published>,
@@ -94,6 +99,7 @@ pub async fn evaluate(
         policy: if published.is_some() { policy_word(out.policy()) } else { "" },
         spf_aligned: *out.spf_result() == DmarcResult::Pass,
         dkim_aligned: *out.dkim_result() == DmarcResult::Pass,
+        override_reason: None,
         published,
     }
 }

@@ -22,7 +22,7 @@ use super::lookalike::{Finding, Lookalikes};
 use super::spf::{SpfChecker, SpfOutcome, SpfResult, mail_from_identity};
 use super::{arc, author, dkim, dmarc};
 use crate::config::{Action, Config, PolicyConfig, TempErrorAction};
-use crate::events::{JsonLines, unix_now};
+use crate::store::{self, Recorder};
 
 /// What the checks look at.
 pub struct Input<'a> {
@@ -122,7 +122,7 @@ pub struct Checker {
     lookalikes: Arc<Lookalikes>,
     policy: PolicyConfig,
     /// DMARC evaluations for aggregate reports; `None` for `verify`.
-    evaluations: Option<JsonLines>,
+    recorder: Option<Arc<Recorder>>,
     sealing: Option<Sealing>,
     /// Parsed DKIM key records, by DNS name, for their TTL.
     dkim_keys: dkim::KeyCache,
@@ -169,9 +169,8 @@ impl Sealing {
 }
 
 impl Checker {
-    /// `record` keeps every DMARC evaluation in
-    /// `data_dir/reports/dmarc-evaluations.jsonl`.
-    pub fn new(config: &Config, lookalikes: Arc<Lookalikes>, record: bool) -> anyhow::Result<Self> {
+    /// `recorder` keeps every DMARC evaluation in the report store.
+    pub fn new(config: &Config, lookalikes: Arc<Lookalikes>, recorder: Option<Arc<Recorder>>) -> anyhow::Result<Self> {
         let resolver = crate::dns::resolver(config.nameservers.as_deref())?;
         Ok(Checker {
             auth: MessageAuthenticator(resolver.clone()),
@@ -179,7 +178,7 @@ impl Checker {
             authserv_id: config.hostname.clone(),
             lookalikes,
             policy: config.policy.clone(),
-            evaluations: record.then(|| JsonLines::open(&config.data_dir.join("reports"), "dmarc-evaluations.jsonl")),
+            recorder,
             sealing: config.arc_seal.as_ref().map(|d| Sealing {
                 domain: d.to_string(),
                 data_dir: config.data_dir.clone(),
@@ -234,6 +233,7 @@ impl Checker {
                 policy: "",
                 spf_aligned: false,
                 dkim_aligned: false,
+                override_reason: None,
                 published: None,
             },
             lookalike: Vec::new(),
@@ -389,7 +389,7 @@ impl Checker {
             (spf.domain.clone(), spf.to_mail_auth())
         };
         let outputs: Vec<_> = checks.iter().map(|c| c.output.clone()).collect();
-        let d = dmarc::evaluate(&self.auth, msg, &outputs, &spf_domain, &spf_out, &author.domain, &self.dmarc_records).await;
+        let mut d = dmarc::evaluate(&self.auth, msg, &outputs, &spf_domain, &spf_out, &author.domain, &self.dmarc_records).await;
         let mut dmarc_info = ResInfo::new("dmarc", d.result);
         match d.result {
             "fail" => {
@@ -401,11 +401,15 @@ impl Checker {
                 let newest = arc.sealers.last();
                 let trusted = arc.result == arc::ArcResult::Pass && newest.is_some_and(|s| self.policy.trusted_arc_sealers.contains(s));
                 if trusted && action > Action::Accept {
+                    d.override_reason = Some("trusted_forwarder");
                     dmarc_info = dmarc_info.comment(format!(
                         "p={asked}; overridden by the valid ARC chain of trusted sealer {}",
                         newest.map_or("", String::as_str)
                     ));
                 } else {
+                    if disposition(action) != asked {
+                        d.override_reason = Some("local_policy");
+                    }
                     dmarc_info = dmarc_info.comment(format!("p={asked} dis={}", disposition(action)));
                     decision.raise(
                         action,
@@ -435,24 +439,50 @@ impl Checker {
         arc
     }
 
-    /// Keeps the DMARC evaluation for aggregate reports (RFC 7489 §7.2).
+    /// Keeps the DMARC evaluation for aggregate reports (RFC 7489 §7.2),
+    /// the dashboard and the advisor.
     fn record(&self, input: &Input<'_>, v: &Verdict) {
-        let (Some(store), Some(published)) = (&self.evaluations, &v.dmarc.published) else { return };
-        let line = serde_json::json!({
-            "time": unix_now(),
-            "source_ip": input.ip.to_string(),
-            "header_from": v.dmarc.from_domain,
-            "envelope_from": input.mail_from.rsplit_once('@').map(|(_, d)| d).unwrap_or(input.helo),
-            "policy_published": published,
-            "disposition": disposition(v.action),
-            "dmarc": {"result": v.dmarc.result, "dkim_aligned": v.dmarc.dkim_aligned, "spf_aligned": v.dmarc.spf_aligned},
-            "spf": {"domain": if input.mail_from.is_empty() { &v.spf_helo.domain } else { &v.spf.domain },
-                    "scope": if input.mail_from.is_empty() { "helo" } else { "mfrom" },
-                    "result": if input.mail_from.is_empty() { v.spf_helo.result } else { v.spf.result }},
-            "dkim": v.dkim.iter().map(|d| serde_json::json!({"domain": d.domain, "selector": d.selector, "result": d.result})).collect::<Vec<_>>(),
-            "arc": v.arc.result,
+        let Some(recorder) = &self.recorder else { return };
+        if v.dmarc.from_domain.is_empty() {
+            return;
+        }
+        let helo_scope = input.mail_from.is_empty();
+        let spf = if helo_scope { &v.spf_helo } else { &v.spf };
+        let policy = v.dmarc.published.as_ref().map(|p| store::PolicyPublished {
+            domain: v.dmarc.from_domain.clone(),
+            p: p.p.into(),
+            sp: p.sp.into(),
+            np: p.np.into(),
+            adkim: p.adkim.into(),
+            aspf: p.aspf.into(),
+            testing: p.testing,
+            rua: p.rua.clone(),
         });
-        store.append(&line);
+        recorder.record(store::Event::Evaluation(Box::new(store::Evaluation {
+            time: store::unix_now(),
+            source_ip: input.ip,
+            helo: input.helo.to_string(),
+            envelope_from: input.mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default(),
+            header_from: v.dmarc.from_domain.clone(),
+            spf: store::SpfAuth {
+                domain: spf.domain.clone(),
+                scope: if helo_scope { "helo" } else { "mfrom" }.into(),
+                result: spf.result.into(),
+            },
+            dkim: v
+                .dkim
+                .iter()
+                .map(|d| store::DkimAuth { domain: d.domain.clone(), selector: d.selector.clone(), result: d.result.into() })
+                .collect(),
+            arc: v.arc.result.into(),
+            dmarc: v.dmarc.result.into(),
+            spf_aligned: v.dmarc.spf_aligned,
+            dkim_aligned: v.dmarc.dkim_aligned,
+            disposition: disposition(v.action).into(),
+            policy,
+            override_reason: v.dmarc.override_reason.map(String::from),
+            lookalike: v.lookalike.iter().map(|l| format!("{}:{}", l.rule, l.resembles)).collect(),
+        })));
     }
 }
 

@@ -76,7 +76,7 @@ fn checker(dns: &DnsServer, dir: &std::path::Path) -> Checker {
         dns.addr()
     );
     let config = Config::parse(&text, &dir.join("mailgate.toml")).unwrap();
-    Checker::new(&config, Arc::new(crate::server::lookalikes(&config)), false).unwrap()
+    Checker::new(&config, Arc::new(crate::server::lookalikes(&config)), None).unwrap()
 }
 
 async fn check(checker: &Checker, header: &[u8], body: Body) -> Verdict {

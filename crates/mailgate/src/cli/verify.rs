@@ -55,7 +55,7 @@ pub fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     let mail_from = args.mail_from.trim().trim_start_matches('<').trim_end_matches('>').to_string();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let verdict = runtime.block_on(async {
-        let checker = Checker::new(&config, Arc::new(crate::server::lookalikes(&config)), false)?;
+        let checker = Checker::new(&config, Arc::new(crate::server::lookalikes(&config)), None)?;
         let input = Input {
             ip: args.ip,
             helo: &args.helo,

@@ -59,6 +59,7 @@ pub(super) fn read(text: &str, file: &str) -> (Result<RawConfig, ConfigError>, V
         lookalike: super::RawLookalike,
         policy: super::policy::RawPolicy,
         arc: super::RawArc,
+        reports: super::reports::RawReports,
     );
     let mut found: Vec<(usize, ConfigError)> = errors.iter().map(|e| parse_error(text, file, e)).collect();
     // What no single section sees: unknown sections.

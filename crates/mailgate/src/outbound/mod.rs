@@ -78,6 +78,8 @@ pub struct Outbound {
     /// Recipient domains whose mail must go over TLS.
     pub require_tls: Vec<String>,
     pub tls_events: Arc<crate::events::TlsEvents>,
+    /// Where delivery attempts are recorded (the report store).
+    pub recorder: Option<Arc<crate::store::Recorder>>,
 }
 
 impl Outbound {
@@ -155,6 +157,48 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Hands a job's result to the scheduler, recording the attempt.
+    fn finish(&self, dest: &Destination, results: &mpsc::UnboundedSender<JobResult>, envelope: &Envelope, tls: bool, result: JobResult) {
+        self.record_attempt(dest, &result, envelope, tls);
+        let _ = results.send(result);
+    }
+
+    /// One delivery attempt per distinct reply the job's recipients got.
+    fn record_attempt(&self, dest: &Destination, result: &JobResult, envelope: &Envelope, tls: bool) {
+        let Some(recorder) = &self.recorder else { return };
+        let domain = match dest {
+            Destination::Mx(d) => d.to_string(),
+            _ => result
+                .rcpts
+                .first()
+                .and_then(|&i| envelope.recipients.get(i))
+                .and_then(|r| r.address.domain().map(|d| d.to_string()))
+                .unwrap_or_else(|| dest.to_string()),
+        };
+        let mut groups: Vec<(&Reply, u32)> = Vec::new();
+        for o in &result.outcomes {
+            match groups.iter_mut().find(|(r, _)| *r == o.reply()) {
+                Some((_, n)) => *n += 1,
+                None => groups.push((o.reply(), 1)),
+            }
+        }
+        let time = crate::store::unix_now();
+        for (reply, n) in groups {
+            recorder.record(crate::store::Event::Delivery(crate::store::DeliveryAttempt {
+                time,
+                queue_id: result.id.as_str().to_string(),
+                recipient_domain: domain.clone(),
+                recipients: n,
+                mx_host: result.remote.clone().unwrap_or_default(),
+                tls,
+                reply_code: reply.code,
+                reply: reply.to_string(),
+            }));
+        }
+    }
+}
+
 fn message_for(job: &Job, size: u64) -> OutboundMessage {
     let env = &job.envelope;
     OutboundMessage {
@@ -204,14 +248,20 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             Ok(None) => continue, // deleted meanwhile
             Err(e) => {
                 let o = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), format!("cannot read the spool: {e}")));
-                let _ = results.send(JobResult {
-                    id: job.id.clone(),
-                    rcpts: job.rcpts.clone(),
-                    outcomes: all(&job, o),
-                    remote: None,
-                    remote_dsn: false,
-                    local: false,
-                });
+                ob.finish(
+                    &dest,
+                    &results,
+                    &job.envelope,
+                    false,
+                    JobResult {
+                        id: job.id.clone(),
+                        rcpts: job.rcpts.clone(),
+                        outcomes: all(&job, o),
+                        remote: None,
+                        remote_dsn: false,
+                        local: false,
+                    },
+                );
                 continue;
             }
         };
@@ -223,7 +273,13 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
                 tokio::task::spawn_blocking(move || outbound_maildir(&root, &host, &env, &rcpts, &mut content)).await.unwrap_or_else(
                     |_| vec![Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "maildir delivery crashed")); job.rcpts.len()],
                 );
-            let _ = results.send(JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true });
+            ob.finish(
+                &dest,
+                &results,
+                &job.envelope,
+                false,
+                JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true },
+            );
             continue;
         }
         // Reuse the connection if it is healthy and under its message cap.
@@ -241,24 +297,36 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
                 Err(o) => {
                     tracing::info!(destination = %dest, reason = %o.reply(), "destination unreachable; deferring its queue");
                     source.mark_dead(&dest, &o);
-                    let _ = results.send(JobResult {
-                        id: job.id.clone(),
-                        rcpts: job.rcpts.clone(),
-                        outcomes: all(&job, o.clone()),
-                        remote: None,
-                        remote_dsn: false,
-                        local: false,
-                    });
-                    // Everything queued for this destination fails the same way.
-                    while let Some(other) = source.take(&dest) {
-                        let _ = results.send(JobResult {
-                            id: other.id.clone(),
-                            rcpts: other.rcpts.clone(),
-                            outcomes: all(&other, o.clone()),
+                    ob.finish(
+                        &dest,
+                        &results,
+                        &job.envelope,
+                        false,
+                        JobResult {
+                            id: job.id.clone(),
+                            rcpts: job.rcpts.clone(),
+                            outcomes: all(&job, o.clone()),
                             remote: None,
                             remote_dsn: false,
                             local: false,
-                        });
+                        },
+                    );
+                    // Everything queued for this destination fails the same way.
+                    while let Some(other) = source.take(&dest) {
+                        ob.finish(
+                            &dest,
+                            &results,
+                            &other.envelope,
+                            false,
+                            JobResult {
+                                id: other.id.clone(),
+                                rcpts: other.rcpts.clone(),
+                                outcomes: all(&other, o.clone()),
+                                remote: None,
+                                remote_dsn: false,
+                                local: false,
+                            },
+                        );
                     }
                     continue;
                 }
@@ -275,7 +343,7 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             remote_dsn: c.supports_dsn(),
             local: matches!(dest, Destination::Lmtp { .. }),
         };
-        let _ = results.send(result);
+        ob.finish(&dest, &results, &job.envelope, c.tls_active(), result);
     }
 }
 

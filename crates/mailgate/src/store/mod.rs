@@ -1,0 +1,340 @@
+//! The report store: what happened at the edge, kept for reports, the
+//! dashboard and the advisor. Inbound DMARC evaluations, outbound delivery
+//! attempts, TLS sessions (RFC 8460 outcomes), the reports we sent and the
+//! reports other receivers sent us.
+//!
+//! Callers see only the [`Store`] trait; [`sqlite::Sqlite`] (one file in
+//! `data_dir/reports.db`) is the implementation today, and a PostgreSQL one
+//! for several nodes can take its place without touching them. Writes from
+//! the SMTP and delivery paths go through a [`Recorder`], which batches
+//! them on one writer task; reads (report building, API, CLI) call the
+//! store directly from a blocking thread.
+//!
+//! Message bodies never come here: the spool is the only place a message
+//! lives.
+//!
+//! May import: `config`, `mailgate-core`.
+
+mod recorder;
+mod schema;
+pub mod sqlite;
+
+pub use recorder::{Recorder, start_writer};
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// An error of the store: the database could not be opened, read or
+/// written, or holds something this version cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("report store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("report store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("report store: {0}")]
+    Data(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One DKIM signature's result, as reports name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DkimAuth {
+    pub domain: String,
+    pub selector: String,
+    /// `pass`, `fail`, `neutral`, `temperror`, `permerror`, `none`, ...
+    pub result: String,
+}
+
+/// The SPF result DMARC used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SpfAuth {
+    pub domain: String,
+    /// `mfrom` or `helo`.
+    pub scope: String,
+    pub result: String,
+}
+
+/// The DMARC record as we saw it (RFC 7489 `policy_published`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPublished {
+    pub domain: String,
+    pub p: String,
+    pub sp: String,
+    pub np: String,
+    pub adkim: String,
+    pub aspf: String,
+    /// `t=y` (RFC 9989 testing mode).
+    pub testing: bool,
+    /// The `rua` URIs, as published.
+    pub rua: Vec<String>,
+}
+
+/// One inbound message's DMARC evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Unix seconds.
+    pub time: u64,
+    pub source_ip: IpAddr,
+    pub helo: String,
+    /// The MAIL FROM domain; empty for a null reverse-path.
+    pub envelope_from: String,
+    pub header_from: String,
+    pub spf: SpfAuth,
+    pub dkim: Vec<DkimAuth>,
+    /// `pass`, `fail`, `none`.
+    pub arc: String,
+    /// `pass`, `fail`, `none`, `temperror`, `permerror`.
+    pub dmarc: String,
+    pub spf_aligned: bool,
+    pub dkim_aligned: bool,
+    /// What we did, in RFC 7489 words: `none`, `quarantine`, `reject`.
+    pub disposition: String,
+    /// `None` when the author domain publishes no DMARC record.
+    pub policy: Option<PolicyPublished>,
+    /// RFC 7489 PolicyOverrideType when the disposition differs from the
+    /// policy: `trusted_forwarder`, `local_policy`, ...
+    pub override_reason: Option<String>,
+    /// Look-alike findings, `rule:resembles` each.
+    pub lookalike: Vec<String>,
+}
+
+/// One outbound delivery attempt of some recipients of a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub time: u64,
+    pub queue_id: String,
+    pub recipient_domain: String,
+    pub recipients: u32,
+    /// The host that answered (`host[ip]:port`), empty when none did.
+    pub mx_host: String,
+    /// The message went over TLS (the session's RFC 8460 outcome is in
+    /// the TLS sessions).
+    pub tls: bool,
+    /// The SMTP reply code (0 when there was none, e.g. no connection).
+    pub reply_code: u16,
+    pub reply: String,
+}
+
+/// One outbound TLS session's outcome (RFC 8460).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsSession {
+    pub time: u64,
+    /// The recipient (policy) domain.
+    pub policy_domain: String,
+    pub mx_host: String,
+    /// `sts`, `no-policy-found`, `require-tls`, `tlsa`.
+    pub policy_type: String,
+    /// `success` or an RFC 8460 result type (`starttls-not-supported`,
+    /// `certificate-host-mismatch`, `validation-failure`, ...).
+    pub result: String,
+}
+
+/// What the writer task takes.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Evaluation(Box<Evaluation>),
+    Delivery(DeliveryAttempt),
+    Tls(TlsSession),
+}
+
+/// Which kind of report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    Dmarc,
+    Tlsrpt,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Dmarc => "dmarc",
+            ReportKind::Tlsrpt => "tlsrpt",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "dmarc" => Ok(ReportKind::Dmarc),
+            "tlsrpt" => Ok(ReportKind::Tlsrpt),
+            other => Err(StoreError::Data(format!("unknown report kind {other:?}"))),
+        }
+    }
+}
+
+/// One row of our DMARC aggregate report: the evaluations of a period that
+/// share source IP, disposition and every authentication result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DmarcRow {
+    pub source_ip: String,
+    pub count: u64,
+    pub disposition: String,
+    pub dkim_aligned: bool,
+    pub spf_aligned: bool,
+    pub override_reason: Option<String>,
+    pub header_from: String,
+    pub envelope_from: String,
+    pub dkim: Vec<DkimAuth>,
+    pub spf: SpfAuth,
+}
+
+/// One row of our TLS-RPT report: sessions of a period that share MX host,
+/// policy and result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsRow {
+    pub mx_host: String,
+    pub policy_type: String,
+    pub result: String,
+    pub count: u64,
+}
+
+/// A report another receiver sent us (or one we sent), as parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestedReport {
+    pub kind: ReportKind,
+    pub org_name: String,
+    pub report_id: String,
+    /// The reporter's contact address.
+    pub email: String,
+    pub begin: u64,
+    pub end: u64,
+    pub policy_domain: String,
+    /// DMARC: `policy_published` as the reporter saw it.
+    pub policy: Option<PolicyPublished>,
+    /// DMARC records.
+    pub rows: Vec<ReportRow>,
+    /// TLS-RPT policies with their counts and failure details.
+    pub tls: Vec<TlsPolicyResult>,
+}
+
+/// One `record` of a DMARC aggregate report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    pub source_ip: String,
+    pub count: u64,
+    pub disposition: String,
+    /// `policy_evaluated` DKIM and SPF: `pass` or `fail`.
+    pub dkim_evaluated: String,
+    pub spf_evaluated: String,
+    pub reasons: Vec<String>,
+    pub header_from: String,
+    pub envelope_from: String,
+    pub dkim: Vec<DkimAuth>,
+    pub spf: Vec<SpfAuth>,
+}
+
+/// One `policies[]` entry of a TLS-RPT report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsPolicyResult {
+    pub policy_type: String,
+    pub policy_domain: String,
+    pub policy_strings: Vec<String>,
+    pub mx_hosts: Vec<String>,
+    pub successes: u64,
+    pub failures: u64,
+    pub details: Vec<TlsFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsFailure {
+    pub result_type: String,
+    pub sending_mta_ip: String,
+    pub receiving_mx_hostname: String,
+    pub receiving_ip: String,
+    pub count: u64,
+    pub reason_code: String,
+}
+
+/// A stored report's summary, for listings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportSummary {
+    pub id: i64,
+    pub kind: ReportKind,
+    pub org_name: String,
+    pub report_id: String,
+    pub policy_domain: String,
+    pub begin: u64,
+    pub end: u64,
+    /// When we stored it.
+    pub stored: u64,
+    /// Messages (DMARC) or sessions (TLS-RPT) it counts.
+    pub messages: u64,
+}
+
+/// Which stored reports to list: newest first, `after` an id for paging.
+#[derive(Debug, Clone, Default)]
+pub struct ReportQuery {
+    pub domain: Option<String>,
+    pub kind: Option<ReportKind>,
+    pub limit: usize,
+    pub before_id: Option<i64>,
+}
+
+/// A report we sent, for the log of sent reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentReport {
+    pub kind: ReportKind,
+    pub domain: String,
+    pub report_id: String,
+    pub begin: u64,
+    pub end: u64,
+    pub destinations: Vec<String>,
+    /// Messages or sessions it counts.
+    pub messages: u64,
+}
+
+/// The report store. All methods block: async callers use
+/// `spawn_blocking` (the [`Recorder`] does for writes).
+pub trait Store: Send + Sync + 'static {
+    /// Writes a batch of events in one transaction.
+    fn write(&self, events: &[Event]) -> Result<()>;
+
+    /// Author domains with evaluations in `[from, to)` whose DMARC record
+    /// asks for aggregate reports (`rua`), with the newest record seen.
+    fn dmarc_domains(&self, from: u64, to: u64) -> Result<Vec<PolicyPublished>>;
+
+    /// The aggregate rows of `domain`'s evaluations in `[from, to)`.
+    fn dmarc_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<DmarcRow>>;
+
+    /// Recipient domains with TLS sessions in `[from, to)`.
+    fn tls_domains(&self, from: u64, to: u64) -> Result<Vec<String>>;
+
+    /// The TLS rows of `domain`'s sessions in `[from, to)`.
+    fn tls_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<TlsRow>>;
+
+    /// Up to when the traffic of `domain` has been reported (Unix seconds).
+    fn reported_until(&self, kind: ReportKind, domain: &str) -> Result<Option<u64>>;
+
+    /// Records that `report` was sent (or deliberately not sent: empty
+    /// destinations) and moves the domain's reported mark to its end, in
+    /// one transaction, so the same traffic is never reported twice.
+    fn mark_reported(&self, report: &SentReport) -> Result<()>;
+
+    /// Reports we sent, newest first.
+    fn sent_reports(&self, limit: usize) -> Result<Vec<SentReport>>;
+
+    /// Stores a received report; `None` when the same report (kind, org
+    /// name, report id) is already stored.
+    fn insert_report(&self, report: &IngestedReport) -> Result<Option<i64>>;
+
+    fn list_reports(&self, query: &ReportQuery) -> Result<Vec<ReportSummary>>;
+
+    fn get_report(&self, id: i64) -> Result<Option<(ReportSummary, IngestedReport)>>;
+
+    /// Delivery attempts of one message, oldest first.
+    fn deliveries(&self, queue_id: &str) -> Result<Vec<DeliveryAttempt>>;
+
+    /// Deletes what is older than `before` (Unix seconds); answers how many
+    /// rows went.
+    fn prune(&self, before: u64) -> Result<u64>;
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

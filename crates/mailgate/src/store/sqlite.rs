@@ -1,0 +1,465 @@
+//! The report store in one SQLite file (`data_dir/reports.db`), in WAL
+//! mode: one connection writes, another reads, so building a report or
+//! serving a page never waits for the writer's batches, nor they for it.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::schema::MIGRATIONS;
+use super::*;
+
+pub struct Sqlite {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+/// The file name under `data_dir`.
+pub const FILE: &str = "reports.db";
+
+impl Sqlite {
+    /// Opens (creating if needed) and migrates the store at `path`.
+    pub fn open(path: &Path) -> Result<Sqlite> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        migrate(&mut writer)?;
+        let reader = Connection::open(path)?;
+        configure(&reader)?;
+        Ok(Sqlite { writer: Mutex::new(writer), reader: Mutex::new(reader) })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn configure(c: &Connection) -> Result<()> {
+    // WAL: readers don't block the writer. NORMAL sync: a crash may lose
+    // the last batch of statistics, never corrupt the file; the messages
+    // themselves are in the spool, which syncs every write.
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+fn migrate(c: &mut Connection) -> Result<()> {
+    let done: usize = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Data(format!(
+            "the database is at schema version {done}, newer than this mailgate knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = c.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "report store migrated");
+    }
+    Ok(())
+}
+
+/// A time bound as SQLite's signed integer (`u64::MAX` means no bound).
+fn ts(t: u64) -> i64 {
+    t.min(i64::MAX as u64) as i64
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Data(format!("bad JSON in the store: {e}")))
+}
+
+fn insert_events(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
+    let mut eval = tx.prepare_cached(
+        "INSERT INTO evaluations (time, source_ip, helo, envelope_from, header_from, spf_domain, spf_scope, spf_result,
+         dkim, arc, dmarc, spf_aligned, dkim_aligned, disposition, policy, has_rua, override_reason, lookalike)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?;
+    let mut delivery = tx.prepare_cached(
+        "INSERT INTO deliveries (time, queue_id, recipient_domain, recipients, mx_host, tls, reply_code, reply)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut tls =
+        tx.prepare_cached("INSERT INTO tls_sessions (time, policy_domain, mx_host, policy_type, result) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    for e in events {
+        match e {
+            Event::Evaluation(v) => {
+                let mut dkim = v.dkim.clone();
+                dkim.sort();
+                eval.execute(params![
+                    v.time,
+                    v.source_ip.to_string(),
+                    v.helo,
+                    v.envelope_from,
+                    v.header_from,
+                    v.spf.domain,
+                    v.spf.scope,
+                    v.spf.result,
+                    json(&dkim),
+                    v.arc,
+                    v.dmarc,
+                    v.spf_aligned,
+                    v.dkim_aligned,
+                    v.disposition,
+                    v.policy.as_ref().map(json),
+                    v.policy.as_ref().is_some_and(|p| !p.rua.is_empty()),
+                    v.override_reason,
+                    json(&v.lookalike),
+                ])?;
+            }
+            Event::Delivery(d) => {
+                delivery.execute(params![d.time, d.queue_id, d.recipient_domain, d.recipients, d.mx_host, d.tls, d.reply_code, d.reply])?;
+            }
+            Event::Tls(t) => {
+                tls.execute(params![t.time, t.policy_domain, t.mx_host, t.policy_type, t.result])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+}
+
+type SummaryRow = (i64, String, String, String, String, u64, u64, u64, u64);
+
+fn to_summary(s: SummaryRow) -> Result<ReportSummary> {
+    let (id, kind, org_name, report_id, policy_domain, begin, end, stored, messages) = s;
+    Ok(ReportSummary { id, kind: ReportKind::parse(&kind)?, org_name, report_id, policy_domain, begin, end, stored, messages })
+}
+
+const SUMMARY_COLUMNS: &str = "id, kind, org_name, report_id, policy_domain, begin, end, stored, messages";
+
+impl Store for Sqlite {
+    fn write(&self, events: &[Event]) -> Result<()> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        insert_events(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn dmarc_domains(&self, from: u64, to: u64) -> Result<Vec<PolicyPublished>> {
+        let c = self.reader();
+        // The newest record seen for each domain in the period.
+        let mut st = c.prepare_cached(
+            "SELECT policy FROM evaluations e
+             WHERE time >= ?1 AND time < ?2 AND has_rua
+               AND time = (SELECT max(time) FROM evaluations
+                           WHERE header_from = e.header_from AND time >= ?1 AND time < ?2 AND has_rua)
+             GROUP BY header_from ORDER BY header_from",
+        )?;
+        let rows = st.query_map(params![ts(from), ts(to)], |r| r.get::<_, String>(0))?;
+        rows.map(|p| from_json(&p?)).collect()
+    }
+
+    fn dmarc_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<DmarcRow>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT source_ip, count(*), disposition, dkim_aligned, spf_aligned, override_reason, header_from,
+                    envelope_from, dkim, spf_domain, spf_scope, spf_result
+             FROM evaluations WHERE header_from = ?1 AND time >= ?2 AND time < ?3
+             GROUP BY source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from, dkim,
+                      spf_domain, spf_scope, spf_result
+             ORDER BY source_ip, count(*) DESC",
+        )?;
+        let rows = st.query_map(params![domain, ts(from), ts(to)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                SpfAuth { domain: r.get(9)?, scope: r.get(10)?, result: r.get(11)? },
+            ))
+        })?;
+        rows.map(|row| {
+            let (source_ip, count, disposition, dkim_aligned, spf_aligned, override_reason, header_from, envelope_from, dkim, spf) = row?;
+            Ok(DmarcRow {
+                source_ip,
+                count,
+                disposition,
+                dkim_aligned,
+                spf_aligned,
+                override_reason,
+                header_from,
+                envelope_from,
+                dkim: from_json(&dkim)?,
+                spf,
+            })
+        })
+        .collect()
+    }
+
+    fn tls_domains(&self, from: u64, to: u64) -> Result<Vec<String>> {
+        let c = self.reader();
+        let mut st =
+            c.prepare_cached("SELECT DISTINCT policy_domain FROM tls_sessions WHERE time >= ?1 AND time < ?2 ORDER BY policy_domain")?;
+        let rows = st.query_map(params![ts(from), ts(to)], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn tls_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<TlsRow>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT mx_host, policy_type, result, count(*) FROM tls_sessions
+             WHERE policy_domain = ?1 AND time >= ?2 AND time < ?3
+             GROUP BY mx_host, policy_type, result ORDER BY policy_type, mx_host, result",
+        )?;
+        let rows = st.query_map(params![domain, ts(from), ts(to)], |r| {
+            Ok(TlsRow { mx_host: r.get(0)?, policy_type: r.get(1)?, result: r.get(2)?, count: r.get(3)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn reported_until(&self, kind: ReportKind, domain: &str) -> Result<Option<u64>> {
+        let c = self.reader();
+        Ok(c.query_row("SELECT until FROM reported WHERE kind = ?1 AND domain = ?2", params![kind.as_str(), domain], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn mark_reported(&self, report: &SentReport) -> Result<()> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO reported (kind, domain, until) VALUES (?1, ?2, ?3)
+             ON CONFLICT (kind, domain) DO UPDATE SET until = max(until, excluded.until)",
+            params![report.kind.as_str(), report.domain, report.end],
+        )?;
+        tx.execute(
+            "INSERT INTO sent_reports (time, kind, domain, report_id, begin, end, destinations, messages)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                unix_now(),
+                report.kind.as_str(),
+                report.domain,
+                report.report_id,
+                report.begin,
+                report.end,
+                json(&report.destinations),
+                report.messages
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn sent_reports(&self, limit: usize) -> Result<Vec<SentReport>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT kind, domain, report_id, begin, end, destinations, messages FROM sent_reports ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map(params![limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u64>(3)?,
+                r.get::<_, u64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, u64>(6)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (kind, domain, report_id, begin, end, destinations, messages) = row?;
+            Ok(SentReport {
+                kind: ReportKind::parse(&kind)?,
+                domain,
+                report_id,
+                begin,
+                end,
+                destinations: from_json(&destinations)?,
+                messages,
+            })
+        })
+        .collect()
+    }
+
+    fn insert_report(&self, r: &IngestedReport) -> Result<Option<i64>> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        let messages: u64 = match r.kind {
+            ReportKind::Dmarc => r.rows.iter().map(|row| row.count).sum(),
+            ReportKind::Tlsrpt => r.tls.iter().map(|p| p.successes + p.failures).sum(),
+        };
+        let inserted = tx.execute(
+            "INSERT INTO reports (kind, org_name, report_id, email, begin, end, policy_domain, policy, stored, messages)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (kind, org_name, report_id) DO NOTHING",
+            params![
+                r.kind.as_str(),
+                r.org_name,
+                r.report_id,
+                r.email,
+                r.begin,
+                r.end,
+                r.policy_domain,
+                r.policy.as_ref().map(json),
+                unix_now(),
+                messages
+            ],
+        )?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        let id = tx.last_insert_rowid();
+        {
+            let mut row = tx.prepare_cached(
+                "INSERT INTO report_rows (report, source_ip, count, disposition, dkim_evaluated, spf_evaluated, reasons,
+                 header_from, envelope_from, dkim, spf) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for x in &r.rows {
+                row.execute(params![
+                    id,
+                    x.source_ip,
+                    x.count,
+                    x.disposition,
+                    x.dkim_evaluated,
+                    x.spf_evaluated,
+                    json(&x.reasons),
+                    x.header_from,
+                    x.envelope_from,
+                    json(&x.dkim),
+                    json(&x.spf)
+                ])?;
+            }
+            let mut tls = tx.prepare_cached(
+                "INSERT INTO report_tls (report, policy_type, policy_domain, successes, failures, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for p in &r.tls {
+                tls.execute(params![id, p.policy_type, p.policy_domain, p.successes, p.failures, json(p)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Some(id))
+    }
+
+    fn list_reports(&self, q: &ReportQuery) -> Result<Vec<ReportSummary>> {
+        let c = self.reader();
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM reports
+             WHERE (?1 IS NULL OR policy_domain = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4"
+        );
+        let mut st = c.prepare_cached(&sql)?;
+        let rows = st.query_map(params![q.domain, q.kind.map(ReportKind::as_str), q.before_id, q.limit.max(1) as i64], summary)?;
+        rows.map(|r| to_summary(r?)).collect()
+    }
+
+    fn get_report(&self, id: i64) -> Result<Option<(ReportSummary, IngestedReport)>> {
+        let c = self.reader();
+        let sql = format!("SELECT {SUMMARY_COLUMNS}, email, policy FROM reports WHERE id = ?1");
+        let head =
+            c.query_row(&sql, params![id], |r| Ok((summary(r)?, r.get::<_, String>(9)?, r.get::<_, Option<String>>(10)?))).optional()?;
+        let Some((s, email, policy)) = head else { return Ok(None) };
+        let s = to_summary(s)?;
+        let mut st = c.prepare_cached(
+            "SELECT source_ip, count, disposition, dkim_evaluated, spf_evaluated, reasons, header_from, envelope_from, dkim, spf
+             FROM report_rows WHERE report = ?1 ORDER BY rowid",
+        )?;
+        let raw = st.query_map(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        })?;
+        let mut rows = Vec::new();
+        for x in raw {
+            let (source_ip, count, disposition, dkim_evaluated, spf_evaluated, reasons, header_from, envelope_from, dkim, spf) = x?;
+            rows.push(ReportRow {
+                source_ip,
+                count,
+                disposition,
+                dkim_evaluated,
+                spf_evaluated,
+                reasons: from_json(&reasons)?,
+                header_from,
+                envelope_from,
+                dkim: from_json(&dkim)?,
+                spf: from_json(&spf)?,
+            });
+        }
+        let mut st = c.prepare_cached("SELECT detail FROM report_tls WHERE report = ?1 ORDER BY rowid")?;
+        let tls =
+            st.query_map(params![id], |r| r.get::<_, String>(0))?.map(|d| from_json(&d?)).collect::<Result<Vec<TlsPolicyResult>>>()?;
+        let report = IngestedReport {
+            kind: s.kind,
+            org_name: s.org_name.clone(),
+            report_id: s.report_id.clone(),
+            email,
+            begin: s.begin,
+            end: s.end,
+            policy_domain: s.policy_domain.clone(),
+            policy: policy.map(|p| from_json(&p)).transpose()?,
+            rows,
+            tls,
+        };
+        Ok(Some((s, report)))
+    }
+
+    fn deliveries(&self, queue_id: &str) -> Result<Vec<DeliveryAttempt>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT time, queue_id, recipient_domain, recipients, mx_host, tls, reply_code, reply
+             FROM deliveries WHERE queue_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = st.query_map(params![queue_id], |r| {
+            Ok(DeliveryAttempt {
+                time: r.get(0)?,
+                queue_id: r.get(1)?,
+                recipient_domain: r.get(2)?,
+                recipients: r.get(3)?,
+                mx_host: r.get(4)?,
+                tls: r.get(5)?,
+                reply_code: r.get(6)?,
+                reply: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn prune(&self, before: u64) -> Result<u64> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM evaluations WHERE time < ?1",
+            "DELETE FROM deliveries WHERE time < ?1",
+            "DELETE FROM tls_sessions WHERE time < ?1",
+            "DELETE FROM sent_reports WHERE time < ?1",
+            "DELETE FROM reports WHERE stored < ?1",
+        ] {
+            n += tx.execute(sql, params![ts(before)])? as u64;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+}
