@@ -142,7 +142,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     if let (Some(socket), Some(token)) = (http_socket, admin_token) {
         let guard = http::auth::Guard::new(token);
-        let api = Arc::new(http::Api { spool: spool.clone(), scheduler, metrics: metrics.clone(), recovery, guard });
+        let api = Arc::new(http::Api {
+            spool: spool.clone(),
+            scheduler,
+            metrics: metrics.clone(),
+            recovery,
+            guard,
+            store: store.clone(),
+            recorder: recorder.clone(),
+        });
         let tls = config.http_tls.then(|| server_tls.clone());
         tasks.push(http::listen::start(socket, tls, http::router(api), stop_rx.clone()).await?);
     }

@@ -5,7 +5,7 @@
 //! `GET /metrics` needs the bearer token ([`auth`]); [`listen`] serves it
 //! over HTTPS when `[http] tls = true`.
 //!
-//! May import: `scheduler`, `spool`, `events`, `tls`, `config`, `mailgate-core`.
+//! May import: `scheduler`, `spool`, `store`, `report`, `events`, `tls`, `config`, `mailgate-core`.
 
 pub mod auth;
 pub mod listen;
@@ -31,6 +31,10 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     pub recovery: Recovery,
     pub guard: Arc<auth::Guard>,
+    /// The report store (reports sent and received, evaluations).
+    pub store: Arc<dyn crate::store::Store>,
+    /// Its writer, to flush before reading what was just recorded.
+    pub recorder: Arc<crate::store::Recorder>,
 }
 
 /// Messages per page when `limit` is not given, and the most one page holds.
