@@ -19,6 +19,12 @@
 #   BASELINE=BIN    another mailgate binary (an older build) run as side
 #                   "baseline" with the same load, for before/after figures;
 #                   add "baseline" to SIDES
+#   CHECKS=1        mailgate runs its inbound checks (SPF, DKIM, DMARC, look-alike,
+#                   recording each evaluation in the report store): the client is
+#                   not a trusted network, and DNS is bench/nxdns.py on loopback
+#                   (every name NXDOMAIN, negatively cached: a sender domain
+#                   without records).
+#                   Default 0: the client is trusted, so mail is relayed unchecked.
 #   BENCH_TMP=DIR   parent of the scratch dir (default /var/tmp; must not be tmpfs)
 #   KEEP=1          keep the scratch dir (configs, logs, queues) afterwards
 #
@@ -32,6 +38,7 @@ MESSAGES=${MESSAGES:-20000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-5120}
 SIDES=${SIDES:-"mailgate postfix sink"}
+CHECKS=${CHECKS:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MAILGATE=$ROOT/target/release/mailgate
 
@@ -103,6 +110,13 @@ wait_port() { # port seconds
     done
     return 1
 }
+
+# With CHECKS=1, a DNS server where no name exists.
+if [ "$CHECKS" = 1 ]; then
+    DNS_PORT=$(free_port)
+    python3 "$ROOT/bench/nxdns.py" "$DNS_PORT" &
+    PIDS+=($!)
+fi
 
 # A next hop that accepts TCP and never greets.
 BLACKHOLE_PORT=$(free_port)
@@ -239,8 +253,11 @@ bind = "127.0.0.1:$port"
 name = "dst.test"
 deliver = "smtp://127.0.0.1:$BLACKHOLE_PORT"
 
-[relay]
-trusted_networks = ["127.0.0.0/8"]
+$(if [ "$CHECKS" = 1 ]; then
+    printf '[dns]\nnameservers = ["127.0.0.1:%s"]\n' "$DNS_PORT"
+else
+    printf '[relay]\ntrusted_networks = ["127.0.0.0/8"]\n'
+fi)
 
 [http]
 bind = "127.0.0.1:$http"
