@@ -313,6 +313,8 @@ def test_dns_temporary_error_defers_with_451(env, tmp_path):
 
 
 def test_dmarc_evaluations_are_recorded_for_reports(env):
+    # A refused spoof is recorded too: it is what aggregate reports are for.
+    assert env.send("attacker@evil.test", message(f"CEO <ceo@{REJECT}>", "spoof-recorded"))[0] == 550
     env.send(f"news@{REJECT}", sign(message(f"news@{REJECT}", "recorded"), REJECT, env.keys))
     env.delivered("recorded")
     # The report store is SQLite; its writer batches, so wait for the rows.
