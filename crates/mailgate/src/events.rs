@@ -1,33 +1,11 @@
-//! Counters every stage bumps; `/metrics` and the dashboard read them.
+//! Report events kept as JSON lines under `data_dir/reports/` (DMARC
+//! evaluations, outbound TLS outcomes). Counters live in `metrics`.
+//!
+//! May import: `metrics`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-#[derive(Default)]
-pub struct Metrics {
-    pub connections: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub messages_accepted: AtomicU64,
-    pub messages_refused: AtomicU64,
-    pub bytes_accepted: AtomicU64,
-    pub spool_errors: AtomicU64,
-    pub delivered: AtomicU64,
-    pub deferred: AtomicU64,
-    pub bounced: AtomicU64,
-}
-
-impl Metrics {
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
+use crate::metrics::Metrics;
 
 /// An append-only file of JSON lines under `data_dir/reports/`, the
 /// report store that reports are later built from.
@@ -63,21 +41,19 @@ pub fn unix_now() -> u64 {
 /// TLS-RPT reports: one JSON line each in `data_dir/reports/tls-events.jsonl`.
 pub struct TlsEvents {
     file: JsonLines,
-    pub successes: AtomicU64,
-    pub failures: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl TlsEvents {
-    pub fn open(dir: &std::path::Path) -> Self {
-        TlsEvents { file: JsonLines::open(dir, "tls-events.jsonl"), successes: AtomicU64::new(0), failures: AtomicU64::new(0) }
+    pub fn open(dir: &std::path::Path, metrics: Arc<Metrics>) -> Self {
+        TlsEvents { file: JsonLines::open(dir, "tls-events.jsonl"), metrics }
     }
 
     /// `result` is "success" or an RFC 8460 failure type; `policy` is
     /// "sts", "require-tls" or "no-policy-found".
     pub fn record(&self, domain: &str, mx: &str, policy: &str, result: &str) {
-        let ok = result == "success";
-        Metrics::inc(if ok { &self.successes } else { &self.failures });
-        if ok {
+        self.metrics.tls_result(policy, result);
+        if result == "success" {
             tracing::debug!(domain, mx, policy, "TLS success");
         } else {
             tracing::warn!(domain, mx, policy, result, "TLS failure");

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use crate::checks::auth::Authenticator;
 use crate::checks::relay::{self, RelayPolicy};
 use crate::config::Config;
-use crate::events::Metrics;
 use crate::inbound::Inbound;
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::spool::{self, Spool};
 use crate::tls::ServerTls;
@@ -96,7 +96,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         trust,
         mta_sts,
         require_tls: d.require_tls.clone(),
-        tls_events: Arc::new(crate::events::TlsEvents::open(&config.data_dir.join("reports"))),
+        tls_events: Arc::new(crate::events::TlsEvents::open(&config.data_dir.join("reports"), metrics.clone())),
     });
     crate::sign::rotation::watch(
         signer.clone(),
