@@ -174,6 +174,9 @@ pub struct Metrics {
     queue_messages: Gauge,
     queue_recipients: Gauge,
     queue_state: Family<StateLabel, Gauge>,
+    /// The three series of `queue_state`, held so the scheduler's loop
+    /// sets them without a lookup.
+    queue_states: [Gauge; 3],
     spool_fsyncs: Counter,
     spool_records: Counter,
     delivery_latency: Histogram,
@@ -193,7 +196,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every family and creates every known label value at 0.
     pub fn new() -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             registry: Registry::default(),
             connections: Family::default(),
             connections_refused: Family::default(),
@@ -215,6 +218,7 @@ impl Metrics {
             queue_messages: Gauge::default(),
             queue_recipients: Gauge::default(),
             queue_state: Family::default(),
+            queue_states: Default::default(),
             spool_fsyncs: Counter::default(),
             spool_records: Counter::default(),
             delivery_latency: Histogram::new(LATENCY_BUCKETS),
@@ -253,9 +257,7 @@ impl Metrics {
             let _ = m.reports_sent.get_or_create(&KindLabel { kind: kind.as_str() });
             let _ = m.reports_ingested.get_or_create(&KindLabel { kind: kind.as_str() });
         }
-        for state in QUEUE_STATES {
-            let _ = m.queue_state.get_or_create(&StateLabel { state });
-        }
+        m.queue_states = QUEUE_STATES.map(|state| m.queue_state.get_or_create_owned(&StateLabel { state }));
         m.register()
     }
 
@@ -427,8 +429,8 @@ impl Metrics {
     /// What the scheduler holds: messages filed under a due time, being
     /// delivered, and having their outcome written.
     pub fn scheduler_state(&self, waiting: usize, in_flight: usize, settling: usize) {
-        for (state, n) in QUEUE_STATES.iter().zip([waiting, in_flight, settling]) {
-            self.queue_state.get_or_create(&StateLabel { state }).set(n as i64);
+        for (gauge, n) in self.queue_states.iter().zip([waiting, in_flight, settling]) {
+            gauge.set(n as i64);
         }
     }
 
