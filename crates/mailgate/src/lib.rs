@@ -11,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod inbound;
 pub mod listener;
+pub mod metrics;
 pub mod outbound;
 pub mod privileges;
 pub mod scheduler;

@@ -1,7 +1,7 @@
 //! Listeners: accept TCP connections, enforce connection caps, and hand
 //! each connection to the inbound driver.
 //!
-//! May import: `inbound`, `events`, `mailgate-core`.
+//! May import: `inbound`, `metrics`, `mailgate-core`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,8 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::events::Metrics;
 use crate::inbound::{self, Inbound};
+use crate::metrics::Metrics;
 
 /// Connection caps shared by all listeners.
 pub struct Limits {
@@ -59,6 +59,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
+    let role = ctx.session.role;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -71,15 +72,15 @@ pub async fn serve(
                         continue;
                     }
                 };
-                Metrics::inc(&metrics.connections);
+                metrics.connection(role);
                 let _ = stream.set_nodelay(true);
                 let Ok(permit) = limits.global.clone().try_acquire_owned() else {
-                    Metrics::inc(&metrics.connections_refused);
+                    metrics.connection_refused(role, "global");
                     sessions.spawn(refuse(stream, peer, "Too many connections; try again later"));
                     continue;
                 };
                 if !limits.admit_ip(peer.ip()) {
-                    Metrics::inc(&metrics.connections_refused);
+                    metrics.connection_refused(role, "per-ip");
                     drop(permit);
                     sessions.spawn(refuse(stream, peer, "Too many connections from your address"));
                     continue;
@@ -87,10 +88,12 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 let limits = limits.clone();
                 let shutdown = shutdown.clone();
+                let open = metrics.open_connection(role);
                 sessions.spawn(async move {
                     inbound::run(stream, peer, ctx, shutdown).await;
                     limits.release_ip(peer.ip());
                     drop(permit);
+                    drop(open);
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use crate::checks::auth::Authenticator;
 use crate::checks::relay::{self, RelayPolicy};
 use crate::config::Config;
-use crate::events::Metrics;
 use crate::inbound::Inbound;
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::spool::{self, Spool};
 use crate::tls::ServerTls;
@@ -98,7 +98,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         trust,
         mta_sts,
         require_tls: d.require_tls.clone(),
-        tls_events: Arc::new(crate::events::TlsEvents::new(Some(recorder.clone()))),
+        tls_events: Arc::new(crate::events::TlsEvents::new(Some(recorder.clone()), metrics.clone())),
         recorder: Some(recorder.clone()),
     });
     crate::sign::rotation::watch(

@@ -5,10 +5,11 @@
 //! `GET /metrics` needs the bearer token ([`auth`]); [`listen`] serves it
 //! over HTTPS when `[http] tls = true`.
 //!
-//! May import: `scheduler`, `spool`, `store`, `report`, `events`, `tls`, `config`, `mailgate-core`.
+//! May import: `scheduler`, `spool`, `store`, `report`, `metrics`, `tls`, `config`, `mailgate-core`.
 
 pub mod auth;
 pub mod listen;
+mod metrics;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,7 +22,7 @@ use axum::{Json, Router};
 use mailgate_core::QueueId;
 use serde_json::{Value, json};
 
-use crate::events::Metrics;
+use crate::metrics::Metrics;
 use crate::scheduler;
 use crate::spool::{Queued, Recovery, Spool};
 
@@ -49,7 +50,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/queue/{id}", get(show).delete(delete))
         .route("/api/v1/queue/{id}/retry", axum::routing::post(retry))
         .route("/api/v1/spool", get(spool_status))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(guard, auth::require_token))
@@ -197,28 +198,4 @@ async fn spool_status(State(api): State<Arc<Api>>) -> Json<Value> {
         "records": records,
         "recovery": api.recovery,
     }))
-}
-
-async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
-    let m = &api.metrics;
-    let (fsyncs, records) = api.spool.sync_stats();
-    let lines = [
-        ("mailgate_connections_total", "counter", Metrics::get(&m.connections)),
-        ("mailgate_connections_refused_total", "counter", Metrics::get(&m.connections_refused)),
-        ("mailgate_messages_accepted_total", "counter", Metrics::get(&m.messages_accepted)),
-        ("mailgate_messages_refused_total", "counter", Metrics::get(&m.messages_refused)),
-        ("mailgate_bytes_accepted_total", "counter", Metrics::get(&m.bytes_accepted)),
-        ("mailgate_spool_errors_total", "counter", Metrics::get(&m.spool_errors)),
-        ("mailgate_delivered_total", "counter", Metrics::get(&m.delivered)),
-        ("mailgate_deferred_total", "counter", Metrics::get(&m.deferred)),
-        ("mailgate_bounced_total", "counter", Metrics::get(&m.bounced)),
-        ("mailgate_spool_fsyncs_total", "counter", fsyncs),
-        ("mailgate_spool_records_total", "counter", records),
-        ("mailgate_queue_messages", "gauge", api.spool.len() as u64),
-    ];
-    let mut body = String::new();
-    for (name, kind, value) in lines {
-        body.push_str(&format!("# TYPE {name} {kind}\n{name} {value}\n"));
-    }
-    ([("content-type", "text/plain; version=0.0.4")], body)
 }

@@ -10,8 +10,9 @@
 //! arrives (see [`spill`]), and what sessions hold in memory is counted
 //! against one budget; [`store`] takes a finished message from there.
 //!
-//! May import: `checks`, `spool`, `events`, `config`, `mailgate-core`.
+//! May import: `checks`, `spool`, `metrics`, `config`, `mailgate-core`.
 
+mod count;
 pub mod spill;
 mod store;
 
@@ -26,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::checks::auth::Authenticator;
 use crate::checks::verdict::Checker;
-use crate::events::Metrics;
+use crate::metrics::Metrics;
 use crate::spool::Spool;
 use crate::tls::{ServerTls, Stream};
 use spill::{Budget, Reservation, SPILL_CHUNK, SPILL_THRESHOLD, Spill};
@@ -56,7 +57,8 @@ pub struct Inbound {
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
     let trusted = ctx.trusted.iter().any(|n| n.contains(&peer.ip()));
-    let mut session = Session::new(ctx.session.clone(), ctx.policy.clone(), peer.ip(), trusted);
+    let policy = Arc::new(count::Counting { inner: ctx.policy.clone(), metrics: ctx.metrics.clone() });
+    let mut session = Session::new(ctx.session.clone(), policy, peer.ip(), trusted);
     let mut stream = Stream::Plain(tcp);
     if ctx.implicit_tls {
         let Some(tls) = ctx.tls.as_ref() else { return };
@@ -83,7 +85,12 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
             let mut next = Vec::new();
             for action in pending {
                 match action {
-                    Action::Reply(r) => r.write_to(&mut out),
+                    Action::Reply(r) => {
+                        if count::refused_by_session(&r) {
+                            ctx.metrics.message_refused(&r);
+                        }
+                        r.write_to(&mut out)
+                    }
                     Action::Close => close = true,
                     Action::Enqueue(incoming) => {
                         // Let the client see earlier replies while we sync.
@@ -104,10 +111,19 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                             Err(reply) => Err(reply),
                         };
                         reservation.set(0);
-                        if result.is_err() {
-                            Metrics::inc(&ctx.metrics.messages_refused);
+                        ctx.metrics.message_received();
+                        if let Err(reply) = &result {
+                            ctx.metrics.message_refused(reply);
                         }
-                        next.extend(session.transaction_done(result));
+                        // The first reply answers this transaction and is
+                        // counted above: written here, not by the arm that
+                        // counts the session's own refusals.
+                        for (i, action) in session.transaction_done(result).into_iter().enumerate() {
+                            match action {
+                                Action::Reply(r) if i == 0 => r.write_to(&mut out),
+                                other => next.push(other),
+                            }
+                        }
                     }
                     Action::StartTls => {
                         if stream.write_all(&out).await.is_err() {

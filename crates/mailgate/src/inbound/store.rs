@@ -22,7 +22,6 @@ use crate::checks::body::Body;
 use crate::checks::sender;
 use crate::checks::verdict::{Input, Verdict};
 use crate::config::Action as Disposition;
-use crate::events::Metrics;
 use crate::spool::{SpoolError, Staged};
 
 /// A finished message: the header block in memory, the body in memory or
@@ -149,13 +148,12 @@ pub async fn store(
     };
     match stored {
         Ok(()) => {
-            Metrics::inc(&ctx.metrics.messages_accepted);
-            Metrics::add(&ctx.metrics.bytes_accepted, size);
+            ctx.metrics.message_accepted(size);
             tracing::info!(queue_id = %id, client = %peer, from = %sender, to = %rcpts, size, "accepted");
             Ok(id)
         }
         Err(e) => {
-            Metrics::inc(&ctx.metrics.spool_errors);
+            ctx.metrics.spool_error();
             tracing::error!(queue_id = %id, client = %peer, error = %e, "spool write failed; message refused with 4xx");
             Err(spool_reply(&e))
         }
@@ -221,7 +219,9 @@ fn check_sender(ctx: &Inbound, user: Option<&str>, header: &[u8]) -> Result<(), 
 async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &Envelope, header: &[u8], body: Body) -> Result<Verdict, Reply> {
     let mail_from = envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default();
     let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: Some(header), body: Some(body), seal: true };
+    let started = std::time::Instant::now();
     let verdict = ctx.checker.check(&input).await;
+    super::count::verdict(&ctx.metrics, &verdict, started.elapsed().as_secs_f64());
     let reason = verdict.reason.as_deref().unwrap_or("");
     let dkim: Vec<String> = verdict.dkim.iter().map(|d| format!("{}:{}", d.domain, d.result)).collect();
     tracing::info!(

@@ -6,7 +6,7 @@
 //! the rest wait in a heap of (due time, id), a few dozen bytes each, and
 //! their envelopes stay in the spool until they are due.
 //!
-//! May import: `spool`, `outbound`, `config`, `events`, `mailgate-core`.
+//! May import: `spool`, `outbound`, `config`, `metrics`, `mailgate-core`.
 
 mod admin;
 mod queues;
@@ -24,7 +24,7 @@ use mailgate_core::{Envelope, QueueId, RecipientStatus};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::events::Metrics;
+use crate::metrics::Metrics;
 
 /// Largest original a delivery notice quotes whole (RET=FULL); past it,
 /// the notice carries the header block only.
@@ -150,6 +150,7 @@ impl Scheduler {
     ) {
         loop {
             self.dispatch_due();
+            self.metrics.scheduler_state(self.scheduled.len(), self.in_flight.len(), self.settling.len());
             let next = self.next_wakeup();
             tokio::select! {
                 Some(cmd) = commands.recv() => self.command(cmd).await,
@@ -278,7 +279,7 @@ impl Scheduler {
                 match outcome {
                     Outcome::Delivered(_) => {
                         r.status = RecipientStatus::Delivered;
-                        Metrics::inc(&self.metrics.delivered);
+                        self.metrics.delivered(env.received_at);
                         tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), "delivered");
                         if r.notify.is_some_and(|n| n.success) && !res.remote_dsn {
                             succeeded.push((i, if res.local || res.remote.is_none() { "delivered" } else { "relayed" }));
@@ -286,14 +287,14 @@ impl Scheduler {
                     }
                     Outcome::Permanent(_) => {
                         r.status = RecipientStatus::Failed;
-                        Metrics::inc(&self.metrics.bounced);
+                        self.metrics.bounced(env.received_at);
                         tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), "bounced");
                         failed.push(i);
                     }
                     Outcome::Temporary(_) => {
                         r.status = RecipientStatus::Deferred;
                         r.next_attempt = now + self.policy.delay(r.attempts, rand::random::<f64>()).as_secs();
-                        Metrics::inc(&self.metrics.deferred);
+                        self.metrics.deferred();
                         tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), next_attempt_s = r.next_attempt - now, "deferred");
                     }
                 }
@@ -303,6 +304,7 @@ impl Scheduler {
             for (i, r) in env.recipients.iter_mut().enumerate() {
                 if r.status == RecipientStatus::Deferred {
                     r.status = RecipientStatus::Failed;
+                    self.metrics.bounced(env.received_at);
                     let last = r.last_reply.take().unwrap_or_default();
                     r.last_reply = Some(format!("{last} (gave up: message expired after {}s in the queue)", now - env.received_at));
                     tracing::info!(queue_id = %id, to = %r.address, "expired");
