@@ -446,9 +446,52 @@ impl Spool {
         (ids.iter().filter_map(|id| self.get(id)).collect(), next)
     }
 
-    /// Ids and due times of every queued message, for the scheduler's heap.
-    pub fn due_times(&self) -> Vec<(QueueId, u64)> {
-        self.shared.lock().index.iter().map(|(id, e)| (id.clone(), e.due)).collect()
+    /// The `limit` least (due time, id) keys greater than `after`, in
+    /// order: the scheduler's next slice of the queue. Reads the index a
+    /// page at a time so that sessions storing messages never wait for a
+    /// scan of a large queue; a message stored or rescheduled meanwhile
+    /// reaches the scheduler anyway, through its announcement or outcome.
+    pub fn due_after(&self, after: Option<&(u64, QueueId)>, limit: usize) -> Vec<(u64, QueueId)> {
+        const PAGE: usize = 16 * 1024;
+        let mut best: std::collections::BinaryHeap<(u64, QueueId)> = std::collections::BinaryHeap::with_capacity(limit + 1);
+        let mut from: Option<QueueId> = None;
+        loop {
+            let state = self.shared.lock();
+            let lower = from.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut last = None;
+            for (id, e) in state.index.range::<QueueId, _>((lower, Bound::Unbounded)).take(PAGE) {
+                last = Some(id);
+                if after.is_some_and(|a| (e.due, id) <= (a.0, &a.1)) {
+                    continue;
+                }
+                if best.len() == limit && best.peek().is_some_and(|worst| (e.due, id) >= (worst.0, &worst.1)) {
+                    continue;
+                }
+                best.push((e.due, id.clone()));
+                if best.len() > limit {
+                    best.pop();
+                }
+            }
+            match last {
+                Some(id) => from = Some(id.clone()),
+                None => break,
+            }
+        }
+        best.into_sorted_vec()
+    }
+
+    /// When the scheduler is to try a message next, as the index has it.
+    pub fn due(&self, id: &QueueId) -> Option<u64> {
+        self.shared.lock().index.get(id).map(|e| e.due)
+    }
+
+    /// Files a message under another due time in memory only (the spool
+    /// records it with the next envelope update): when that update could not
+    /// be written, or nothing is due yet after all.
+    pub fn set_due(&self, id: &QueueId, due: u64) {
+        if let Some(e) = self.shared.lock().index.get_mut(id) {
+            e.due = due;
+        }
     }
 
     /// One message with its current envelope, read from disk.
