@@ -250,3 +250,75 @@ async fn compaction_moves_an_external_record_and_keeps_its_file() {
     assert_eq!(report.orphans_removed, 0);
     assert_eq!(spool.read_data(&keep).unwrap().unwrap(), data);
 }
+
+/// Pages of `path` in `range` that read as zeros, and its allocated octets.
+fn zero_pages_and_allocated(path: &std::path::Path, from: usize, to: usize) -> (usize, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let bytes = std::fs::read(path).unwrap();
+    let first = from.div_ceil(4096) * 4096;
+    let zero = bytes[first..to].chunks_exact(4096).filter(|c| c.iter().all(|&b| b == 0)).count();
+    (zero, std::fs::metadata(path).unwrap().blocks() * 512)
+}
+
+#[tokio::test]
+async fn removing_a_small_message_punches_its_content_out_and_recovery_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = |i: u8| vec![b'a' + i; 40 * 1024];
+    let mut ids = Vec::new();
+    {
+        let (spool, _) = Spool::open(dir.path(), 1 << 24).unwrap();
+        for i in 0..3 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), &body(i)).await.unwrap();
+            ids.push(id);
+        }
+        let entry = spool.shared.lock().index.get(&ids[1]).copied().unwrap();
+        let seg = segment_path(dir.path(), u64::from(entry.segment));
+        let (from, to) = (entry.data_offset as usize, (entry.data_offset + u64::from(entry.data_len)) as usize);
+        let (zero_before, allocated_before) = zero_pages_and_allocated(&seg, from, to);
+        assert_eq!(zero_before, 0);
+        assert!(spool.remove(&ids[1]).await.unwrap());
+        let (zero_after, allocated_after) = zero_pages_and_allocated(&seg, from, to);
+        if spool.can_punch.load(Ordering::Relaxed) {
+            // At least 9 of the 10+ whole pages inside 40 KiB of content.
+            assert!(zero_after >= 9, "{zero_after} zero pages");
+            assert!(allocated_after + 9 * 4096 <= allocated_before, "{allocated_before} -> {allocated_after} octets");
+        } else {
+            eprintln!("skipped the punch check: the file system of {} cannot punch holes", dir.path().display());
+        }
+        // Its neighbours are intact.
+        assert_eq!(spool.read_data(&ids[0]).unwrap().unwrap(), body(0));
+        assert_eq!(spool.read_data(&ids[2]).unwrap().unwrap(), body(2));
+    }
+    let (spool, report) = Spool::open(dir.path(), 1 << 24).unwrap();
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+    assert_eq!(report.messages, 2);
+    assert!(spool.get(&ids[1]).is_none());
+    assert_eq!(spool.read_data(&ids[0]).unwrap().unwrap(), body(0));
+    assert_eq!(spool.read_data(&ids[2]).unwrap().unwrap(), body(2));
+}
+
+#[tokio::test]
+async fn a_live_record_with_zeroed_content_is_still_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hit, after) = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 24).unwrap();
+        let hit = spool.new_id();
+        spool.store(&hit, envelope(), &[b'h'; 20 * 1024]).await.unwrap();
+        let after = spool.new_id();
+        spool.store(&after, envelope(), b"after\r\n").await.unwrap();
+        (hit, after)
+    };
+    // What a punch looks like, but no tombstone says the message is gone.
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8192..12288].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (spool, report) = Spool::open(dir.path(), 1 << 24).unwrap();
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    assert!(report.corrupt[0].reason.contains("checksum"), "{report:?}");
+    assert!(spool.get(&hit).is_none());
+    // The record after it is framed and intact: rescued.
+    assert_eq!(report.corrupt[0].rescued, 1);
+    assert_eq!(spool.read_data(&after).unwrap().unwrap(), b"after\r\n");
+}
