@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use mailgate_core::QueueId;
 
 use super::index::Index;
-use super::record::{self, Record};
+use super::record::{self, Corruption, Record};
 use super::{Entry, due_of, external, segment_path, sync_dir};
 
 /// A segment that did not read cleanly to its end.
@@ -74,6 +74,49 @@ fn read_envelope(dir: &Path, e: &Entry) -> io::Result<mailgate_core::Envelope> {
     serde_json::from_slice(&buf).map_err(io::Error::other)
 }
 
+/// A segment read a few MiB at a time: recovery holds the records being
+/// decoded, not a whole segment (64 MiB by default) at once.
+struct Window {
+    file: fs::File,
+    file_len: u64,
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`.
+    base: u64,
+}
+
+impl Window {
+    const READ: usize = 4 * 1024 * 1024;
+
+    fn open(path: &Path) -> io::Result<Window> {
+        let file = fs::File::open(path)?;
+        let file_len = file.metadata()?.len();
+        Ok(Window { file, file_len, buf: Vec::new(), base: 0 })
+    }
+
+    /// What the window holds from file offset `pos` on.
+    fn from(&self, pos: u64) -> &[u8] {
+        let start = usize::try_from(pos.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        self.buf.get(start..).unwrap_or(&[])
+    }
+
+    fn more_to_read(&self) -> bool {
+        self.base + (self.buf.len() as u64) < self.file_len
+    }
+
+    /// Drops what lies before `pos` and reads on; `false` at the end.
+    fn fill(&mut self, pos: u64) -> io::Result<bool> {
+        use std::io::Read;
+        let drop = usize::try_from(pos.saturating_sub(self.base)).unwrap_or(usize::MAX).min(self.buf.len());
+        self.buf.drain(..drop);
+        self.base += drop as u64;
+        let have = self.buf.len();
+        self.buf.resize(have + Self::READ, 0);
+        let n = self.file.read(&mut self.buf[have..])?;
+        self.buf.truncate(have + n);
+        Ok(n > 0)
+    }
+}
+
 pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     let segments = list_segments(dir)?;
     let mut index: Index = Index::default();
@@ -84,20 +127,34 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     // header: punched after their removal if a later tombstone says so.
     let mut unproven: HashMap<QueueId, (u64, PathBuf, u64, String, u64)> = HashMap::new();
     for (number, path) in &segments {
-        let bytes = fs::read(path)?;
-        let mut pos = 0;
-        while pos < bytes.len() {
-            match record::decode(&bytes[pos..]) {
+        let mut window = Window::open(path)?;
+        let file_len = window.file_len;
+        let mut pos = 0u64;
+        loop {
+            if window.from(pos).is_empty() {
+                if window.fill(pos)? {
+                    continue;
+                }
+                break;
+            }
+            match record::decode(window.from(pos)) {
+                // Only a part of the record is in the window yet.
+                Err(Corruption::Truncated) if window.more_to_read() => {
+                    if !window.fill(pos)? {
+                        damaged.push((*number, path.clone(), pos, Corruption::Truncated.to_string(), pos));
+                        break;
+                    }
+                }
                 Ok((rec, len)) => {
                     match rec {
                         Record::Message { id, envelope, data_offset, data } => {
                             let due = due_of(&envelope);
-                            let entry = Entry::at(*number, pos as u64, record::MESSAGE_ENV_OFFSET, data_offset, data.len(), due, None);
+                            let entry = Entry::at(*number, pos, record::MESSAGE_ENV_OFFSET, data_offset, data.len(), due, None);
                             index.insert(id, entry);
                         }
                         Record::External { id, envelope, data_offset, data, start, len } => {
                             let (due, range) = (due_of(&envelope), Some((start, len)));
-                            let entry = Entry::at(*number, pos as u64, record::EXTERNAL_ENV_OFFSET, data_offset, data.len(), due, range);
+                            let entry = Entry::at(*number, pos, record::EXTERNAL_ENV_OFFSET, data_offset, data.len(), due, range);
                             index.insert(id, entry);
                         }
                         Record::Remove { id } => {
@@ -107,21 +164,21 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                         Record::Update { id, envelope, env_len } => {
                             if let Some(e) = index.get_mut(&id) {
                                 e.env_segment = *number as u32;
-                                e.env_offset = (pos + record::UPDATE_ENV_OFFSET) as u64;
+                                e.env_offset = pos + record::UPDATE_ENV_OFFSET as u64;
                                 e.env_len = env_len as u32;
                                 e.due = due_of(&envelope);
                             }
                         }
                     }
-                    pos += len;
+                    pos += len as u64;
                 }
                 Err(c) => {
-                    if let Some((id, len)) = record::framed_message(&bytes[pos..]) {
-                        unproven.insert(id, (*number, path.clone(), pos as u64, c.to_string(), bytes.len() as u64));
-                        pos += len;
+                    if let Some((id, len)) = record::framed_message(window.from(pos)) {
+                        unproven.insert(id, (*number, path.clone(), pos, c.to_string(), file_len));
+                        pos += len as u64;
                         continue;
                     }
-                    damaged.push((*number, path.clone(), pos as u64, c.to_string(), pos as u64));
+                    damaged.push((*number, path.clone(), pos, c.to_string(), pos));
                     break;
                 }
             }

@@ -322,3 +322,27 @@ async fn a_live_record_with_zeroed_content_is_still_damage() {
     assert_eq!(report.corrupt[0].rescued, 1);
     assert_eq!(spool.read_data(&after).unwrap().unwrap(), b"after\r\n");
 }
+
+#[tokio::test]
+async fn recovery_reads_records_across_and_larger_than_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1.5 MiB records straddle the 4 MiB read window; a 9 MiB one is
+    // larger than the window.
+    let body = |i: usize| vec![b'a' + i as u8; if i == 4 { 9 << 20 } else { 3 << 19 }];
+    let mut ids = Vec::new();
+    {
+        let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        for i in 0..8 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), &body(i)).await.unwrap();
+            ids.push(id);
+        }
+        assert!(spool.remove(&ids[6]).await.unwrap());
+    }
+    let (spool, report) = Spool::open(dir.path(), 1 << 30).unwrap();
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+    assert_eq!(report.messages, 7);
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 6) {
+        assert_eq!(spool.read_data(id).unwrap().unwrap(), body(i), "message {i}");
+    }
+}
