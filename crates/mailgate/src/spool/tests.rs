@@ -346,3 +346,30 @@ async fn recovery_reads_records_across_and_larger_than_its_window() {
         assert_eq!(spool.read_data(id).unwrap().unwrap(), body(i), "message {i}");
     }
 }
+
+#[tokio::test]
+async fn due_after_answers_the_next_keys_by_due_time_then_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = spool.new_id();
+        spool.store(&id, envelope(), b"x\r\n").await.unwrap();
+        ids.push(id);
+    }
+    // Due times 0, 50, 0, 50, 0, 10 (ids ascending within a due time).
+    for (i, due) in [0, 50, 0, 50, 0, 10].into_iter().enumerate() {
+        spool.set_due(&ids[i], due);
+        assert_eq!(spool.due(&ids[i]), Some(due));
+    }
+    let mut want: Vec<(u64, QueueId)> = ids.iter().map(|id| (spool.due(id).unwrap(), id.clone())).collect();
+    want.sort();
+    assert_eq!(spool.due_after(None, 100), want);
+    assert_eq!(spool.due_after(None, 2), want[..2]);
+    assert_eq!(spool.due_after(Some(&want[2]), 2), want[3..5]);
+    assert_eq!(spool.due_after(Some(&want[5]), 2), vec![]);
+    // A removed message is gone from the index's answers.
+    assert!(spool.remove(&ids[5]).await.unwrap());
+    assert_eq!(spool.due(&ids[5]), None);
+    assert!(!spool.due_after(None, 100).iter().any(|(_, id)| *id == ids[5]));
+}
