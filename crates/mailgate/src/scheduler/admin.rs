@@ -84,10 +84,7 @@ impl Scheduler {
             }
             while let Some(joined) = set.join_next().await {
                 match joined {
-                    Ok(Ok((id, true))) => {
-                        self.scheduled.remove(&id);
-                        deleted += 1;
-                    }
+                    Ok(Ok((_, true))) => deleted += 1,
                     Ok(Ok((_, false))) => {} // gone meanwhile (delivered)
                     Ok(Err(e)) => failure = Some(e),
                     Err(e) => failure = Some(SpoolError::Io(format!("removal task failed: {e}"))),

@@ -3,18 +3,20 @@
 //! change an administrator asks for. The admin API and CLI send it commands.
 //!
 //! It keeps a bounded window of messages in flight (`[delivery].window`);
-//! the rest wait in a heap of (due time, id), a few dozen bytes each, and
-//! their envelopes stay in the spool until they are due.
+//! the next ones due wait in a bounded heap of (due time, id) (see [`due`]),
+//! and the rest of the queue only in the spool's index: envelopes stay on
+//! disk until they are due, and the scheduler's memory does not grow with
+//! the queue.
 //!
 //! May import: `spool`, `outbound`, `config`, `metrics`, `mailgate-core`.
 
 mod admin;
+mod due;
 mod queues;
 
 pub use admin::Filter;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +34,7 @@ const NOTICE_QUOTE_LIMIT: u64 = 1024 * 1024;
 use crate::outbound::route::{self, Destination};
 use crate::outbound::{self, Job, JobResult, Outbound, dsn};
 use crate::spool::{Spool, SpoolError};
+use due::DueWindow;
 use queues::{Push, Queues};
 
 pub enum Command {
@@ -70,6 +73,13 @@ impl Handle {
     }
 }
 
+/// How many messages the scheduler takes from the spool index at a time.
+/// `MAILGATE_SCHEDULER_HORIZON` changes it, for tests that need messages
+/// beyond a small horizon; it is not a setting for production.
+fn horizon() -> usize {
+    std::env::var("MAILGATE_SCHEDULER_HORIZON").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(due::DEFAULT_HORIZON)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -88,15 +98,15 @@ struct Scheduler {
     queues: Arc<Queues>,
     policy: RetryPolicy,
     metrics: Arc<Metrics>,
-    due: BinaryHeap<Reverse<(u64, QueueId)>>,
-    /// The due time each waiting message is filed under; heap entries that
-    /// disagree are stale and skipped.
-    scheduled: HashMap<QueueId, u64>,
+    /// The messages due soonest; an entry whose due time the spool index
+    /// no longer has is stale and skipped.
+    due: DueWindow,
     in_flight: HashMap<QueueId, InFlight>,
     /// Messages whose outcome is being written to the spool.
     settling: std::collections::HashSet<QueueId>,
     results_tx: mpsc::UnboundedSender<JobResult>,
-    settled_tx: mpsc::UnboundedSender<(QueueId, Option<u64>)>,
+    /// A message's outcome is durable; `true` when recipients are pending.
+    settled_tx: mpsc::UnboundedSender<(QueueId, bool)>,
 }
 
 pub fn start(
@@ -113,7 +123,7 @@ pub fn start(
     let d = &config.delivery;
     let dead_for = Duration::from_secs(d.retry_initial.min(300));
     let queues = Queues::new(d.concurrency_per_destination, d.max_concurrency, dead_for);
-    let mut s = Scheduler {
+    let s = Scheduler {
         signer,
         policy: config.retry_policy(),
         config,
@@ -121,21 +131,13 @@ pub fn start(
         outbound,
         queues,
         metrics,
-        due: BinaryHeap::new(),
-        scheduled: HashMap::new(),
+        due: DueWindow::new(horizon()),
         in_flight: HashMap::new(),
         settling: Default::default(),
         results_tx,
         settled_tx,
     };
-    let recovered = s.spool.due_times();
-    // Sized once: growing a million-entry heap and map by doubling holds
-    // the old and the new tables at once, the start-up's memory peak.
-    s.due.reserve(recovered.len());
-    s.scheduled.reserve(recovered.len());
-    for (id, due) in recovered {
-        s.schedule(id, due);
-    }
+    // The recovered queue comes in from the index on the first dispatch.
     tokio::spawn(s.run(commands, results, settled, new_messages));
     Handle { tx }
 }
@@ -145,7 +147,7 @@ impl Scheduler {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut results: mpsc::UnboundedReceiver<JobResult>,
-        mut settled: mpsc::UnboundedReceiver<(QueueId, Option<u64>)>,
+        mut settled: mpsc::UnboundedReceiver<(QueueId, bool)>,
         mut new_messages: Option<mpsc::UnboundedReceiver<QueueId>>,
     ) {
         loop {
@@ -155,13 +157,13 @@ impl Scheduler {
             tokio::select! {
                 Some(cmd) = commands.recv() => self.command(cmd).await,
                 Some(id) = async { match new_messages.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
-                    self.schedule(id, 0);
+                    self.schedule(id);
                 }
                 Some(result) = results.recv() => self.result(result).await,
-                Some((id, due)) = settled.recv() => {
+                Some((id, pending)) = settled.recv() => {
                     self.settling.remove(&id);
-                    if let Some(due) = due {
-                        self.schedule(id, due);
+                    if pending {
+                        self.schedule(id);
                     }
                 }
                 _ = tokio::time::sleep(next) => {}
@@ -171,7 +173,7 @@ impl Scheduler {
 
     fn next_wakeup(&self) -> Duration {
         match self.due.peek() {
-            Some(Reverse((due, _))) if self.in_flight.len() < self.config.delivery.window => {
+            Some((due, _)) if self.in_flight.len() < self.config.delivery.window => {
                 let now = now_secs();
                 Duration::from_secs(due.saturating_sub(now)).max(Duration::from_millis(50))
             }
@@ -179,26 +181,36 @@ impl Scheduler {
         }
     }
 
-    fn schedule(&mut self, id: QueueId, due: u64) {
+    /// Files a message under the due time the spool index has for it.
+    fn schedule(&mut self, id: QueueId) {
         if self.in_flight.contains_key(&id) || self.settling.contains(&id) {
             return;
         }
-        self.scheduled.insert(id.clone(), due);
-        self.due.push(Reverse((due, id)));
+        if let Some(due) = self.spool.due(&id) {
+            self.due.push((due, id));
+        }
     }
 
     fn dispatch_due(&mut self) {
         let now = now_secs();
         while self.in_flight.len() < self.config.delivery.window {
-            let Some(Reverse((due, _))) = self.due.peek() else { break };
+            if self.due.needs_refill() {
+                let spool = &self.spool;
+                let n = self.due.refill(|after, limit| spool.due_after(after, limit));
+                tracing::debug!(taken = n, "scheduler: next slice of due messages read from the spool index");
+                if n == 0 {
+                    break;
+                }
+            }
+            let Some((due, _)) = self.due.peek() else { break };
             if *due > now {
                 break;
             }
-            let Some(Reverse((due, id))) = self.due.pop() else { break };
-            if self.scheduled.get(&id) != Some(&due) {
+            let Some((due, id)) = self.due.pop() else { break };
+            // Stale: deleted, rescheduled, or already being worked on.
+            if self.spool.due(&id) != Some(due) || self.in_flight.contains_key(&id) || self.settling.contains(&id) {
                 continue;
             }
-            self.scheduled.remove(&id);
             let Some(q) = self.spool.get(&id) else { continue };
             self.dispatch(id, Arc::new(q.envelope), now);
         }
@@ -221,7 +233,8 @@ impl Scheduler {
         if groups.is_empty() {
             // Nothing due yet: file it under its earliest pending recipient.
             if let Some(due) = envelope.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min() {
-                self.schedule(id, due.max(now + 1));
+                self.spool.set_due(&id, due.max(now + 1));
+                self.schedule(id);
             }
             return;
         }
@@ -346,19 +359,21 @@ impl Scheduler {
                     notify_sender(&spool, &signer, &hostname, &id, &env, &original, kind, which).await;
                 }
             }
-            let due = if env.recipients.iter().all(|r| r.status.is_final()) {
+            let pending = if env.recipients.iter().all(|r| r.status.is_final()) {
                 if let Err(e) = spool.remove(&id).await {
                     tracing::error!(queue_id = %id, error = %e, "cannot remove a finished message; it may be delivered again");
                 }
-                None
+                false
             } else {
                 let due = env.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min().unwrap_or(now);
                 if let Err(e) = spool.update(&id, env).await {
                     tracing::error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be tried again");
+                    // Try again then, not at once: the index files it there.
+                    spool.set_due(&id, due);
                 }
-                Some(due)
+                true
             };
-            let _ = settled.send((id, due));
+            let _ = settled.send((id, pending));
         });
     }
 
@@ -367,7 +382,6 @@ impl Scheduler {
             Command::Delete { id, done } => {
                 let result = self.spool.remove(&id).await;
                 if matches!(result, Ok(true)) {
-                    self.scheduled.remove(&id);
                     tracing::info!(queue_id = %id, "deleted by administrator");
                 }
                 let _ = done.send(result);
@@ -386,9 +400,11 @@ impl Scheduler {
                     for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
                         r.next_attempt = 0;
                     }
-                    let _ = self.spool.update(&id, env).await;
+                    if let Err(e) = self.spool.update(&id, env).await {
+                        tracing::error!(queue_id = %id, error = %e, "cannot record the forced retry");
+                    }
                     self.queues.revive_all();
-                    self.schedule(id.clone(), 0);
+                    self.schedule(id.clone());
                     tracing::info!(queue_id = %id, "retry forced by administrator");
                 }
                 let _ = done.send(true);

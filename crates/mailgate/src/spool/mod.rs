@@ -3,11 +3,14 @@
 //!
 //! Messages are appended as self-validating records (see [`record`]) to
 //! segment files `spool/seg-NNNNNNNNNN.log`, through one group-commit writer
-//! thread. Removal appends a tombstone. A segment file is deleted once it is
-//! the oldest and holds no live message; segments are deleted oldest first so
-//! that a tombstone is never deleted before the message it
-//! cancels. On start-up every segment is replayed; a damaged one has its
-//! intact messages copied to a fresh segment and is moved to `spool/corrupt/`.
+//! thread. Removal appends a tombstone, and once it is durable the removed
+//! record's content is punched out of its segment (see [`punch`]), so that
+//! deleting or delivering messages frees disk space at once, even on a full
+//! disk. A segment file is deleted once it is the oldest and holds no live
+//! message; segments are deleted oldest first so that a tombstone is never
+//! deleted before the message it cancels. On start-up every segment is
+//! replayed; a damaged one has its intact messages copied to a fresh segment
+//! and is moved to `spool/corrupt/`.
 //!
 //! Large messages live in files of their own (see [`external`]): received
 //! into `spool/staging/` as they arrive, renamed into `spool/msg/` when
@@ -17,6 +20,8 @@
 //! May import: `mailgate-core`, std, tokio channels. Knows nothing of SMTP.
 
 mod external;
+mod index;
+mod punch;
 mod record;
 mod recover;
 mod writer;
@@ -24,10 +29,9 @@ mod writer;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mailgate_core::{Envelope, QueueId};
@@ -148,7 +152,7 @@ pub fn due_of(envelope: &Envelope) -> u64 {
 struct State {
     /// Ordered by queue id (time-ordered), so the API can page through a
     /// large queue from any id without sorting or copying every key.
-    index: BTreeMap<QueueId, Entry>,
+    index: index::Index,
     /// Live messages per segment; every existing segment has an entry.
     live: BTreeMap<u64, usize>,
     active: u64,
@@ -175,6 +179,8 @@ pub struct Spool {
     writer: mpsc::UnboundedSender<writer::WriteOp>,
     shared: Arc<Shared>,
     seq: AtomicU32,
+    /// Cleared when the file system cannot punch holes.
+    can_punch: AtomicBool,
 }
 
 impl Spool {
@@ -201,6 +207,7 @@ impl Spool {
             writer,
             shared,
             seq: AtomicU32::new(rand::random::<u32>() & 0xFFFF),
+            can_punch: AtomicBool::new(true),
         };
         spool.collect_segments();
         Ok((spool, recovered.report))
@@ -319,16 +326,43 @@ impl Spool {
                 None => None,
             }
         };
-        // The tombstone is durable: the file's space can go now. A crash
-        // before the unlink leaves an orphan that recovery removes.
-        if let Some(Entry { external: Some(_), .. }) = removed
-            && let Err(e) = std::fs::remove_file(external::message_path(&self.dir, id))
-        {
-            tracing::warn!(queue_id = %id, error = %e, "spool: cannot delete a message file");
+        // The tombstone is durable: the space can go now. A crash before
+        // the unlink leaves an orphan that recovery removes; one before the
+        // punch leaves the record, which the tombstone cancels.
+        match removed {
+            Some(Entry { external: Some(_), .. }) => {
+                if let Err(e) = std::fs::remove_file(external::message_path(&self.dir, id)) {
+                    tracing::warn!(queue_id = %id, error = %e, "spool: cannot delete a message file");
+                }
+            }
+            Some(entry) => self.punch(id, &entry),
+            None => {}
         }
         let removed = removed.is_some();
         self.collect_segments();
         Ok(removed)
+    }
+
+    /// Frees the content of a removed message's record (its envelope, in
+    /// front of it, and the record's edges stay; they are small).
+    fn punch(&self, id: &QueueId, entry: &Entry) {
+        if !self.can_punch.load(Ordering::Relaxed) {
+            return;
+        }
+        // The record ends with its checksum and end marker.
+        let end = entry.data_offset + u64::from(entry.data_len) + 8;
+        match punch::punch(&segment_path(&self.dir, u64::from(entry.segment)), entry.data_offset, end) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.can_punch.store(false, Ordering::Relaxed);
+                tracing::info!(
+                    "spool: the file system cannot punch holes; removed messages free their space when their segment is compacted"
+                );
+            }
+            // A segment deleted meanwhile has nothing left to free.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(queue_id = %id, error = %e, "spool: cannot free a removed message's space"),
+        }
     }
 
     async fn write(&self, bytes: Vec<u8>, change: writer::IndexChange) -> Result<(), SpoolError> {
@@ -357,7 +391,7 @@ impl Spool {
             let Some(entry) = self.shared.lock().index.get(&id).copied() else { continue };
             let Ok(envelope) = self.read_envelope(&entry) else { continue };
             // Only the record moves; an external message's file stays.
-            let Ok(data) = self.read_prefix(&entry) else { continue };
+            let Ok(data) = self.read_prefix(&id, &entry) else { continue };
             let (bytes, data_offset, env_offset) = match entry.external() {
                 Some((start, len)) => {
                     let (b, o) = record::encode_external(&id, &envelope, &data, start, len);
@@ -436,8 +470,7 @@ impl Spool {
     pub fn page(&self, after: Option<&QueueId>, limit: usize) -> (Vec<Queued>, Option<QueueId>) {
         let (ids, more) = {
             let state = self.shared.lock();
-            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let mut range = state.index.range::<QueueId, _>((from, Bound::Unbounded)).map(|(id, _)| id.clone());
+            let mut range = state.index.iter_after(after).map(|(id, _)| id.clone());
             let ids: Vec<QueueId> = range.by_ref().take(limit).collect();
             (ids, range.next().is_some())
         };
@@ -446,9 +479,51 @@ impl Spool {
         (ids.iter().filter_map(|id| self.get(id)).collect(), next)
     }
 
-    /// Ids and due times of every queued message, for the scheduler's heap.
-    pub fn due_times(&self) -> Vec<(QueueId, u64)> {
-        self.shared.lock().index.iter().map(|(id, e)| (id.clone(), e.due)).collect()
+    /// The `limit` least (due time, id) keys greater than `after`, in
+    /// order: the scheduler's next slice of the queue. Reads the index a
+    /// page at a time so that sessions storing messages never wait for a
+    /// scan of a large queue; a message stored or rescheduled meanwhile
+    /// reaches the scheduler anyway, through its announcement or outcome.
+    pub fn due_after(&self, after: Option<&(u64, QueueId)>, limit: usize) -> Vec<(u64, QueueId)> {
+        const PAGE: usize = 16 * 1024;
+        let mut best: std::collections::BinaryHeap<(u64, QueueId)> = std::collections::BinaryHeap::with_capacity(limit + 1);
+        let mut from: Option<QueueId> = None;
+        loop {
+            let state = self.shared.lock();
+            let mut last = None;
+            for (id, e) in state.index.iter_after(from.as_ref()).take(PAGE) {
+                last = Some(id);
+                if after.is_some_and(|a| (e.due, id) <= (a.0, &a.1)) {
+                    continue;
+                }
+                if best.len() == limit && best.peek().is_some_and(|worst| (e.due, id) >= (worst.0, &worst.1)) {
+                    continue;
+                }
+                best.push((e.due, id.clone()));
+                if best.len() > limit {
+                    best.pop();
+                }
+            }
+            match last {
+                Some(id) => from = Some(id.clone()),
+                None => break,
+            }
+        }
+        best.into_sorted_vec()
+    }
+
+    /// When the scheduler is to try a message next, as the index has it.
+    pub fn due(&self, id: &QueueId) -> Option<u64> {
+        self.shared.lock().index.get(id).map(|e| e.due)
+    }
+
+    /// Files a message under another due time in memory only (the spool
+    /// records it with the next envelope update): when that update could not
+    /// be written, or nothing is due yet after all.
+    pub fn set_due(&self, id: &QueueId, due: u64) {
+        if let Some(e) = self.shared.lock().index.get_mut(id) {
+            e.due = due;
+        }
     }
 
     /// One message with its current envelope, read from disk.
@@ -495,7 +570,7 @@ impl Spool {
             return self.read_data(id);
         }
         // An external message's prefix is its whole header block.
-        let mut data = self.read_prefix(&entry)?;
+        let mut data = self.read_prefix(id, &entry)?;
         if entry.external.is_none()
             && let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n")
         {
@@ -508,7 +583,7 @@ impl Spool {
     /// block in memory.
     pub fn open_content(&self, id: &QueueId) -> io::Result<Option<Content>> {
         let Some(entry) = self.shared.lock().index.get(id).copied() else { return Ok(None) };
-        let prefix = self.read_prefix(&entry)?;
+        let prefix = self.read_prefix(id, &entry)?;
         Ok(Some(match entry.external() {
             Some((start, len)) => Content::external(prefix, File::open(external::message_path(&self.dir, id))?, start, len),
             None => Content::memory(prefix),
@@ -516,10 +591,16 @@ impl Spool {
     }
 
     /// The part of the content kept in the segment record.
-    fn read_prefix(&self, entry: &Entry) -> io::Result<Vec<u8>> {
+    fn read_prefix(&self, id: &QueueId, entry: &Entry) -> io::Result<Vec<u8>> {
         let file = File::open(segment_path(&self.dir, u64::from(entry.segment)))?;
         let mut buf = vec![0; entry.data_len as usize];
         file.read_exact_at(&mut buf, entry.data_offset)?;
+        // A removal punches the record only after taking it out of the
+        // index: if the message is still indexed now, what was read is
+        // the content, not the zeros of a hole punched meanwhile.
+        if entry.external.is_none() && !self.shared.lock().index.contains_key(id) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("message {id} was removed while being read")));
+        }
         Ok(buf)
     }
 

@@ -150,6 +150,21 @@ pub fn encode_update(id: &QueueId, envelope: &Envelope) -> Vec<u8> {
     out
 }
 
+/// For a message record whose checksum fails, whether its header (magic,
+/// kind, length, id) still frames it: the id and the record's length. This
+/// is how a record whose content was punched out looks (see `punch`).
+pub fn framed_message(buf: &[u8]) -> Option<(QueueId, usize)> {
+    if buf.len() < 9 + ID_LEN || &buf[..4] != MAGIC || buf[4] != Kind::Message as u8 {
+        return None;
+    }
+    let len = u32::from_le_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize;
+    if len < ID_LEN + 4 || buf.len() < OVERHEAD + len {
+        return None;
+    }
+    let id = std::str::from_utf8(&buf[9..9 + ID_LEN]).ok().and_then(QueueId::parse)?;
+    Some((id, OVERHEAD + len))
+}
+
 /// Decodes the record at the start of `buf`; returns it and its length.
 pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), Corruption> {
     if buf.len() < 9 {
@@ -252,5 +267,14 @@ pub(super) mod tests {
         let n = end.len();
         end[n - 1] = b'x';
         assert_eq!(decode(&end).unwrap_err(), Corruption::BadEndMarker);
+        // Content punched out: still framed by its header, with its id.
+        let mut punched = bytes.clone();
+        punched[off..].fill(0);
+        assert!(decode(&punched).is_err());
+        assert_eq!(framed_message(&punched), Some((id.clone(), bytes.len())));
+        assert_eq!(framed_message(&punched[..bytes.len() - 1]), None);
+        let mut torn = punched.clone();
+        torn[2] = 0;
+        assert_eq!(framed_message(&torn), None);
     }
 }

@@ -1,14 +1,23 @@
 //! Start-up recovery: replay every segment, keep what is intact, move
 //! damaged files aside, and report them. Nothing is silently deleted.
+//!
+//! A removed message's content may have been punched out of its record
+//! (see [`super::punch`]): such a record fails its checksum but keeps its
+//! header, so replay skips it by its length and holds its id as unproven.
+//! A later tombstone for the same id proves it was removed; an unproven
+//! record left at the end is damage to a live message, and its segment is
+//! handled like any damaged one. Damage to a header loses the framing and
+//! ends the replay of that segment there, as before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use mailgate_core::QueueId;
 
-use super::record::{self, Record};
+use super::index::Index;
+use super::record::{self, Corruption, Record};
 use super::{Entry, due_of, external, segment_path, sync_dir};
 
 /// A segment that did not read cleanly to its end.
@@ -36,7 +45,7 @@ pub struct Recovery {
 }
 
 pub(super) struct Recovered {
-    pub index: BTreeMap<QueueId, Entry>,
+    pub index: Index,
     /// Segments that remain, with their numbers.
     pub segments: Vec<(u64, PathBuf)>,
     pub next_segment: u64,
@@ -65,46 +74,126 @@ fn read_envelope(dir: &Path, e: &Entry) -> io::Result<mailgate_core::Envelope> {
     serde_json::from_slice(&buf).map_err(io::Error::other)
 }
 
+/// A segment read a few MiB at a time: recovery holds the records being
+/// decoded, not a whole segment (64 MiB by default) at once.
+struct Window {
+    file: fs::File,
+    file_len: u64,
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`.
+    base: u64,
+}
+
+impl Window {
+    const READ: usize = 4 * 1024 * 1024;
+
+    fn open(path: &Path) -> io::Result<Window> {
+        let file = fs::File::open(path)?;
+        let file_len = file.metadata()?.len();
+        Ok(Window { file, file_len, buf: Vec::new(), base: 0 })
+    }
+
+    /// What the window holds from file offset `pos` on.
+    fn from(&self, pos: u64) -> &[u8] {
+        let start = usize::try_from(pos.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        self.buf.get(start..).unwrap_or(&[])
+    }
+
+    fn more_to_read(&self) -> bool {
+        self.base + (self.buf.len() as u64) < self.file_len
+    }
+
+    /// Drops what lies before `pos` and reads on; `false` at the end.
+    fn fill(&mut self, pos: u64) -> io::Result<bool> {
+        use std::io::Read;
+        let drop = usize::try_from(pos.saturating_sub(self.base)).unwrap_or(usize::MAX).min(self.buf.len());
+        self.buf.drain(..drop);
+        self.base += drop as u64;
+        let have = self.buf.len();
+        self.buf.resize(have + Self::READ, 0);
+        let n = self.file.read(&mut self.buf[have..])?;
+        self.buf.truncate(have + n);
+        Ok(n > 0)
+    }
+}
+
 pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     let segments = list_segments(dir)?;
-    let mut index: BTreeMap<QueueId, Entry> = BTreeMap::new();
-    let mut damaged: Vec<(u64, PathBuf, u64, String)> = Vec::new();
+    let mut index: Index = Index::default();
+    // Per damaged segment: where the first bad record is, why, and how far
+    // replay went (records up to there were applied).
+    let mut damaged: Vec<(u64, PathBuf, u64, String, u64)> = Vec::new();
+    // Message records that fail their checksum but are framed by their
+    // header: punched after their removal if a later tombstone says so.
+    let mut unproven: HashMap<QueueId, (u64, PathBuf, u64, String, u64)> = HashMap::new();
     for (number, path) in &segments {
-        let bytes = fs::read(path)?;
-        let mut pos = 0;
-        while pos < bytes.len() {
-            match record::decode(&bytes[pos..]) {
+        let mut window = Window::open(path)?;
+        let file_len = window.file_len;
+        let mut pos = 0u64;
+        loop {
+            if window.from(pos).is_empty() {
+                if window.fill(pos)? {
+                    continue;
+                }
+                break;
+            }
+            match record::decode(window.from(pos)) {
+                // Only a part of the record is in the window yet.
+                Err(Corruption::Truncated) if window.more_to_read() => {
+                    if !window.fill(pos)? {
+                        damaged.push((*number, path.clone(), pos, Corruption::Truncated.to_string(), pos));
+                        break;
+                    }
+                }
                 Ok((rec, len)) => {
                     match rec {
                         Record::Message { id, envelope, data_offset, data } => {
                             let due = due_of(&envelope);
-                            let entry = Entry::at(*number, pos as u64, record::MESSAGE_ENV_OFFSET, data_offset, data.len(), due, None);
+                            let entry = Entry::at(*number, pos, record::MESSAGE_ENV_OFFSET, data_offset, data.len(), due, None);
                             index.insert(id, entry);
                         }
                         Record::External { id, envelope, data_offset, data, start, len } => {
                             let (due, range) = (due_of(&envelope), Some((start, len)));
-                            let entry = Entry::at(*number, pos as u64, record::EXTERNAL_ENV_OFFSET, data_offset, data.len(), due, range);
+                            let entry = Entry::at(*number, pos, record::EXTERNAL_ENV_OFFSET, data_offset, data.len(), due, range);
                             index.insert(id, entry);
                         }
                         Record::Remove { id } => {
                             index.remove(&id);
+                            unproven.remove(&id);
                         }
                         Record::Update { id, envelope, env_len } => {
                             if let Some(e) = index.get_mut(&id) {
                                 e.env_segment = *number as u32;
-                                e.env_offset = (pos + record::UPDATE_ENV_OFFSET) as u64;
+                                e.env_offset = pos + record::UPDATE_ENV_OFFSET as u64;
                                 e.env_len = env_len as u32;
                                 e.due = due_of(&envelope);
                             }
                         }
                     }
-                    pos += len;
+                    pos += len as u64;
                 }
                 Err(c) => {
-                    damaged.push((*number, path.clone(), pos as u64, c.to_string()));
+                    if let Some((id, len)) = record::framed_message(window.from(pos)) {
+                        unproven.insert(id, (*number, path.clone(), pos, c.to_string(), file_len));
+                        pos += len as u64;
+                        continue;
+                    }
+                    damaged.push((*number, path.clone(), pos, c.to_string(), pos));
                     break;
                 }
             }
+        }
+    }
+    for (id, (number, path, at, reason, end)) in unproven {
+        tracing::error!(queue_id = %id, segment = number, offset = at, "spool: a queued message's record is damaged");
+        match damaged.iter_mut().find(|d| d.0 == number) {
+            Some(d) => {
+                if at < d.2 {
+                    (d.2, d.3) = (at, reason);
+                }
+                d.4 = d.4.min(end);
+            }
+            None => damaged.push((number, path, at, reason, end)),
         }
     }
     let mut next_segment = segments.last().map(|(n, _)| n + 1).unwrap_or(1);
@@ -121,14 +210,23 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         let mut offset = 0u64;
         let mut rescued: HashMap<u64, usize> = HashMap::new();
         let damaged_numbers: Vec<u64> = damaged.iter().map(|(n, ..)| *n).collect();
-        for (number, path, end, _) in &damaged {
+        for (number, path, _, _, end) in &damaged {
             let bytes = fs::read(path)?;
             // Removals and updates recorded in the damaged file may concern
             // messages stored in other segments: carry them over, or a
             // deleted message would come back at the next start.
             let mut pos = 0usize;
             while pos < (*end as usize).min(bytes.len()) {
-                let Ok((rec, len)) = record::decode(&bytes[pos..]) else { break };
+                let (rec, len) = match record::decode(&bytes[pos..]) {
+                    Ok(decoded) => decoded,
+                    Err(_) => match record::framed_message(&bytes[pos..]) {
+                        Some((_, len)) => {
+                            pos += len;
+                            continue;
+                        }
+                        None => break,
+                    },
+                };
                 let carried = match rec {
                     Record::Remove { id } if !index.contains_key(&id) => Some(record::encode_remove(&id)),
                     Record::Update { id, .. } => match index.get_mut(&id).filter(|e| !damaged_numbers.contains(&u64::from(e.segment))) {
@@ -178,7 +276,7 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         out.sync_all()?;
         sync_dir(dir)?;
         kept.push((rescue, rescue_path));
-        for (number, path, at, reason) in damaged {
+        for (number, path, at, reason, _) in damaged {
             let moved_to = corrupt_dir.join(path.file_name().unwrap_or_default());
             fs::rename(&path, &moved_to)?;
             fs::write(moved_to.with_extension("log.why"), format!("offset {at}: {reason}\n"))?;
@@ -200,7 +298,7 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
 }
 
 /// Every external message must have its file; every file a message.
-fn check_message_files(dir: &Path, index: &mut BTreeMap<QueueId, Entry>, report: &mut Recovery) -> io::Result<()> {
+fn check_message_files(dir: &Path, index: &mut Index, report: &mut Recovery) -> io::Result<()> {
     let msg_dir = external::message_dir(dir);
     let mut lost = Vec::new();
     for (id, entry) in index.iter() {

@@ -250,3 +250,126 @@ async fn compaction_moves_an_external_record_and_keeps_its_file() {
     assert_eq!(report.orphans_removed, 0);
     assert_eq!(spool.read_data(&keep).unwrap().unwrap(), data);
 }
+
+/// Pages of `path` in `range` that read as zeros, and its allocated octets.
+fn zero_pages_and_allocated(path: &std::path::Path, from: usize, to: usize) -> (usize, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let bytes = std::fs::read(path).unwrap();
+    let first = from.div_ceil(4096) * 4096;
+    let zero = bytes[first..to].chunks_exact(4096).filter(|c| c.iter().all(|&b| b == 0)).count();
+    (zero, std::fs::metadata(path).unwrap().blocks() * 512)
+}
+
+#[tokio::test]
+async fn removing_a_small_message_punches_its_content_out_and_recovery_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = |i: u8| vec![b'a' + i; 40 * 1024];
+    let mut ids = Vec::new();
+    {
+        let (spool, _) = Spool::open(dir.path(), 1 << 24).unwrap();
+        for i in 0..3 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), &body(i)).await.unwrap();
+            ids.push(id);
+        }
+        let entry = spool.shared.lock().index.get(&ids[1]).copied().unwrap();
+        let seg = segment_path(dir.path(), u64::from(entry.segment));
+        let (from, to) = (entry.data_offset as usize, (entry.data_offset + u64::from(entry.data_len)) as usize);
+        let (zero_before, allocated_before) = zero_pages_and_allocated(&seg, from, to);
+        assert_eq!(zero_before, 0);
+        assert!(spool.remove(&ids[1]).await.unwrap());
+        let (zero_after, allocated_after) = zero_pages_and_allocated(&seg, from, to);
+        if spool.can_punch.load(Ordering::Relaxed) {
+            // At least 9 of the 10+ whole pages inside 40 KiB of content.
+            assert!(zero_after >= 9, "{zero_after} zero pages");
+            assert!(allocated_after + 9 * 4096 <= allocated_before, "{allocated_before} -> {allocated_after} octets");
+        } else {
+            eprintln!("skipped the punch check: the file system of {} cannot punch holes", dir.path().display());
+        }
+        // Its neighbours are intact.
+        assert_eq!(spool.read_data(&ids[0]).unwrap().unwrap(), body(0));
+        assert_eq!(spool.read_data(&ids[2]).unwrap().unwrap(), body(2));
+    }
+    let (spool, report) = Spool::open(dir.path(), 1 << 24).unwrap();
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+    assert_eq!(report.messages, 2);
+    assert!(spool.get(&ids[1]).is_none());
+    assert_eq!(spool.read_data(&ids[0]).unwrap().unwrap(), body(0));
+    assert_eq!(spool.read_data(&ids[2]).unwrap().unwrap(), body(2));
+}
+
+#[tokio::test]
+async fn a_live_record_with_zeroed_content_is_still_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hit, after) = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 24).unwrap();
+        let hit = spool.new_id();
+        spool.store(&hit, envelope(), &[b'h'; 20 * 1024]).await.unwrap();
+        let after = spool.new_id();
+        spool.store(&after, envelope(), b"after\r\n").await.unwrap();
+        (hit, after)
+    };
+    // What a punch looks like, but no tombstone says the message is gone.
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8192..12288].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (spool, report) = Spool::open(dir.path(), 1 << 24).unwrap();
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    assert!(report.corrupt[0].reason.contains("checksum"), "{report:?}");
+    assert!(spool.get(&hit).is_none());
+    // The record after it is framed and intact: rescued.
+    assert_eq!(report.corrupt[0].rescued, 1);
+    assert_eq!(spool.read_data(&after).unwrap().unwrap(), b"after\r\n");
+}
+
+#[tokio::test]
+async fn recovery_reads_records_across_and_larger_than_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1.5 MiB records straddle the 4 MiB read window; a 9 MiB one is
+    // larger than the window.
+    let body = |i: usize| vec![b'a' + i as u8; if i == 4 { 9 << 20 } else { 3 << 19 }];
+    let mut ids = Vec::new();
+    {
+        let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        for i in 0..8 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), &body(i)).await.unwrap();
+            ids.push(id);
+        }
+        assert!(spool.remove(&ids[6]).await.unwrap());
+    }
+    let (spool, report) = Spool::open(dir.path(), 1 << 30).unwrap();
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+    assert_eq!(report.messages, 7);
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 6) {
+        assert_eq!(spool.read_data(id).unwrap().unwrap(), body(i), "message {i}");
+    }
+}
+
+#[tokio::test]
+async fn due_after_answers_the_next_keys_by_due_time_then_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = spool.new_id();
+        spool.store(&id, envelope(), b"x\r\n").await.unwrap();
+        ids.push(id);
+    }
+    // Due times 0, 50, 0, 50, 0, 10 (ids ascending within a due time).
+    for (i, due) in [0, 50, 0, 50, 0, 10].into_iter().enumerate() {
+        spool.set_due(&ids[i], due);
+        assert_eq!(spool.due(&ids[i]), Some(due));
+    }
+    let mut want: Vec<(u64, QueueId)> = ids.iter().map(|id| (spool.due(id).unwrap(), id.clone())).collect();
+    want.sort();
+    assert_eq!(spool.due_after(None, 100), want);
+    assert_eq!(spool.due_after(None, 2), want[..2]);
+    assert_eq!(spool.due_after(Some(&want[2]), 2), want[3..5]);
+    assert_eq!(spool.due_after(Some(&want[5]), 2), vec![]);
+    // A removed message is gone from the index's answers.
+    assert!(spool.remove(&ids[5]).await.unwrap());
+    assert_eq!(spool.due(&ids[5]), None);
+    assert!(!spool.due_after(None, 100).iter().any(|(_, id)| *id == ids[5]));
+}
