@@ -245,7 +245,20 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
         };
         let mut content = match ob.spool.open_content(&job.id) {
             Ok(Some(c)) => c,
-            Ok(None) => continue, // deleted meanwhile
+            Ok(None) => {
+                // Deleted meanwhile: the scheduler still counts the job as
+                // in flight, so it must hear back (it finds the message gone).
+                let o = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "message deleted from the queue"));
+                let _ = results.send(JobResult {
+                    id: job.id.clone(),
+                    rcpts: job.rcpts.clone(),
+                    outcomes: all(&job, o),
+                    remote: None,
+                    remote_dsn: false,
+                    local: false,
+                });
+                continue;
+            }
             Err(e) => {
                 let o = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), format!("cannot read the spool: {e}")));
                 ob.finish(

@@ -152,7 +152,10 @@ impl Scheduler {
     ) {
         loop {
             self.dispatch_due();
-            self.metrics.scheduler_state(self.scheduled.len(), self.in_flight.len(), self.settling.len());
+            // Waiting: everything queued that is neither in flight nor
+            // being settled (the heap holds only what is due soon).
+            let busy = self.in_flight.len() + self.settling.len();
+            self.metrics.scheduler_state(self.spool.len().saturating_sub(busy), self.in_flight.len(), self.settling.len());
             let next = self.next_wakeup();
             tokio::select! {
                 Some(cmd) = commands.recv() => self.command(cmd).await,
