@@ -87,6 +87,15 @@ pub struct Parts {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
+/// How far back a run looks for domains with traffic: a domain unseen
+/// for longer has nothing worth reporting, and the listing stays a scan of
+/// days, not of the whole retention period.
+const LOOKBACK: u64 = 7 * 86_400;
+
+fn lookback(until: u64, interval: u64) -> u64 {
+    until.saturating_sub(LOOKBACK.max(2 * interval))
+}
+
 fn floor(t: u64, interval: u64) -> u64 {
     t - t % interval.max(1)
 }
@@ -145,7 +154,7 @@ impl Reports {
         let s = self.store.clone();
         let d = domain.clone();
         let found = blocking(move || {
-            let policy = s.dmarc_domains(0, until)?.into_iter().find(|p| p.domain == d);
+            let policy = s.dmarc_domains(lookback(until, 0), until)?.into_iter().find(|p| p.domain == d);
             let Some(policy) = policy else { return Ok(None) };
             let from = s.reported_until(ReportKind::Dmarc, &d)?.unwrap_or(0);
             let rows = s.dmarc_rows(&d, from, until)?;
@@ -175,7 +184,8 @@ impl Reports {
 
     async fn dmarc_all(&self, until: u64, only: Option<&str>) -> Vec<Sent> {
         let s = self.store.clone();
-        let domains = match blocking(move || s.dmarc_domains(0, until)).await {
+        let since = lookback(until, self.dmarc_interval);
+        let domains = match blocking(move || s.dmarc_domains(since, until)).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the domains to send DMARC reports to");
@@ -266,7 +276,8 @@ impl Reports {
 
     async fn tlsrpt_all(&self, until: u64, only: Option<&str>) -> Vec<Sent> {
         let s = self.store.clone();
-        let domains = match blocking(move || s.tls_domains(0, until)).await {
+        let since = lookback(until, self.tlsrpt_interval);
+        let domains = match blocking(move || s.tls_domains(since, until)).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the domains to send TLS-RPT reports to");
@@ -304,7 +315,23 @@ impl Reports {
         let period = Period { begin: begin_of(from, first, self.tlsrpt_interval), end: until };
         let id = report_id(ReportKind::Tlsrpt, period.begin);
         let messages: u64 = rows.iter().map(|r| r.count).sum();
-        let rua = dest::tlsrpt(&self.resolver, domain).await.map_err(anyhow::Error::msg)?.unwrap_or_default();
+        let Some(rua) = dest::tlsrpt(&self.resolver, domain).await.map_err(anyhow::Error::msg)? else {
+            // Most domains publish no TLS-RPT record: mark their traffic
+            // as handled, quietly, and list nothing.
+            let none = SentReport {
+                kind: ReportKind::Tlsrpt,
+                domain: domain.to_string(),
+                report_id: id,
+                begin: period.begin,
+                end: period.end,
+                destinations: Vec::new(),
+                messages,
+            };
+            let s = self.store.clone();
+            blocking(move || s.mark_reported(&none)).await?;
+            tracing::debug!(domain, "no TLS-RPT record; no report");
+            return Ok(None);
+        };
         let report = tlsrpt::build(&self.who, domain, &rows, period, &id);
         let gz = dmarc::gzip(tlsrpt::json(&report).as_bytes())?;
         let mut destinations = Vec::new();
