@@ -276,3 +276,10 @@ def test_preview_prints_the_xml_without_marking(env):
     [one] = [s for s in json.loads(sent)["sent"] if s["kind"] == "dmarc"]
     assert one["domain"] == ALPHA and one["messages"] == 1
     wait_reports(env, f"dmarc@{ALPHA}", 2)
+
+
+def test_report_endpoints_need_the_token(env):
+    status, _ = env.srv.http_get(f"/api/v1/reports/preview/{ALPHA}", token="")
+    assert status == 401
+    status, _ = env.srv.http_get("/api/v1/reports/preview/nothing.test")
+    assert status == 404
