@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("dkim", reason="pip install dkimpy")
+dkim = pytest.importorskip("dkim", reason="pip install dkimpy")
 pytest.importorskip("nacl.signing", reason="pip install pynacl")
 pytest.importorskip("dnslib", reason="pip install dnslib")
 parsedmarc = pytest.importorskip("parsedmarc", reason="pip install parsedmarc")
@@ -42,7 +42,8 @@ HELO = "client.outside.test"
 ALPHA, BETA, GAMMA, DELTA = "alpha.test", "beta.test", "gamma.test", "delta.test"
 PARTNER = "reports.partner.test"     # authorised for beta.test's reports
 STRANGER = "unauth.other.test"       # authorised for nobody
-REPORTS_FROM = "dmarc-reports@example.test"
+OURS = "inbox.test"                  # our report domain: reports are DKIM-signed for it
+REPORTS_FROM = f"dmarc-reports@{OURS}"
 INGEST = "dmarc@example.test"
 WAIT = 30.0
 
@@ -119,12 +120,16 @@ def env(tmp_path_factory):
         zone.add(f"{domain}.", "MX", MX("mx.sink.test."))
     zone.add("mx.sink.test.", "A", A("127.0.0.1"))
     srv = MailgateServer(BIN, tmp / "server", dns_port=dns_port,
-                         extra_toml=f'[reports]\norg_name = "Mailgate Test"\nfrom = "{REPORTS_FROM}"\n'
+                         extra_toml=f'[[domain]]\nname = "{OURS}"\ndeliver = "smtp://127.0.0.1:9"\n'
+                                    f'[reports]\norg_name = "Mailgate Test"\nfrom = "{REPORTS_FROM}"\n'
                                     f'ingest = ["{INGEST}"]\n')
     text = srv.config_path.read_text().replace(f"mx_port = {srv.mx_delivery_port}", f"mx_port = {sink.port}")
     srv.config_path.write_text(text)
     srv.start()
+    from test_dkim import parse_records
     e = Env(srv, sink)
+    e.records = {name.rstrip(".").lower(): "".join(strings)
+                 for name, rtype, strings in parse_records(srv.cli("records").stdout) if rtype == "TXT"}
     e.keys = keys
     e.traffic = send_traffic(e, keys)
     e.first = e.send_reports()
@@ -201,8 +206,14 @@ def test_reports_validate_and_count_the_traffic(env, tmp_path):
         # the unique id is the report id of the subject and the XML.
         receiver, policy_domain, begin, end, rest = name.split("!")
         unique = rest.removesuffix(".xml.gz")
-        assert (receiver, policy_domain) == ("example.test", domain), name
-        assert subject == f"Report Domain: {domain} Submitter: example.test Report-ID: <{unique}>", subject
+        assert (receiver, policy_domain) == (OURS, domain), name
+        assert subject == f"Report Domain: {domain} Submitter: {OURS} Report-ID: <{unique}>", subject
+        # Signed for our report domain, and the signature verifies.
+        def dnsfunc(name, timeout=5):
+            name = (name.decode() if isinstance(name, bytes) else name).rstrip(".").lower()
+            return env.records.get(name, "").encode() or None
+        assert f"d={OURS}".encode() in got["content"].split(b"\r\n\r\n", 1)[0]
+        assert dkim.verify(got["content"], dnsfunc=dnsfunc), "the report's DKIM signature does not verify"
         assert b'xmlns="urn:ietf:params:xml:ns:dmarc-2.0"' in xml
         path = tmp_path / name.replace("!", "_").removesuffix(".gz")
         path.write_bytes(xml)
