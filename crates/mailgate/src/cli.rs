@@ -11,6 +11,7 @@ use crate::config::Config;
 
 mod api;
 mod check;
+mod reports_send;
 mod verify;
 pub use check::check as config_check;
 pub use verify::{VerifyArgs, verify};
@@ -58,6 +59,39 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// DMARC aggregate and TLS-RPT reports, through a running server.
+    Reports {
+        #[command(subcommand)]
+        action: ReportsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportsAction {
+    /// Report everything not yet reported, up to now, at once, and print
+    /// what was sent.
+    Send {
+        /// Required: now, instead of at the end of the period.
+        #[arg(long, required = true)]
+        now: bool,
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Print `{"sent": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the DMARC report XML (and TLS-RPT JSON) DOMAIN would get now;
+    /// nothing is sent or marked.
+    Preview { domain: String },
+}
+
+pub fn reports(config: &Config, token_file: Option<&std::path::Path>, action: ReportsAction) -> anyhow::Result<()> {
+    let client = api::Client::new(config, token_file)?;
+    match action {
+        ReportsAction::Send { now: _, domain, json } => reports_send::send(&client, domain.as_deref(), json),
+        ReportsAction::Preview { domain } => reports_send::preview(&client, &domain),
+    }
 }
 
 #[derive(Subcommand, Debug)]

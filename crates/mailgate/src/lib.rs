@@ -14,6 +14,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod privileges;
+pub mod report;
 pub mod scheduler;
 pub mod server;
 pub mod sign;

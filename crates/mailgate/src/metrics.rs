@@ -11,7 +11,7 @@
 //! Callers pass plain values (a role, a reply, a result word), so this
 //! module depends on no stage and any stage may use it.
 //!
-//! May import: `mailgate-core`, `prometheus-client`.
+//! May import: `store` (its report kinds), `mailgate-core`, `prometheus-client`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,25 +84,7 @@ const LATENCY_BUCKETS: [f64; 12] = [0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 /// Seconds the inbound checks take (DNS lookups dominate).
 const CHECK_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The kinds of report sent and ingested.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportKind {
-    /// DMARC aggregate reports (RFC 7489 §7.2).
-    Dmarc,
-    /// SMTP TLS reports (RFC 8460).
-    Tlsrpt,
-}
-
-impl ReportKind {
-    pub const ALL: [ReportKind; 2] = [ReportKind::Dmarc, ReportKind::Tlsrpt];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReportKind::Dmarc => "dmarc",
-            ReportKind::Tlsrpt => "tlsrpt",
-        }
-    }
-}
+pub use crate::store::ReportKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {

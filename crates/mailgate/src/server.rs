@@ -83,6 +83,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Duration::from_secs(d.connect_timeout),
         )
     });
+    let reports = Arc::new(crate::report::Reports::new(
+        &config,
+        crate::report::Parts {
+            store: store.clone(),
+            recorder: recorder.clone(),
+            spool: spool.clone(),
+            signer: signer.clone(),
+            resolver: resolver.clone(),
+            tls: trust.verifying.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+    if config.reports.send {
+        crate::report::start(reports.clone());
+    }
     let outbound = Arc::new(Outbound {
         hostname: config.hostname.clone(),
         resolver,
@@ -150,6 +165,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             guard,
             store: store.clone(),
             recorder: recorder.clone(),
+            reports,
         });
         let tls = config.http_tls.then(|| server_tls.clone());
         tasks.push(http::listen::start(socket, tls, http::router(api), stop_rx.clone()).await?);

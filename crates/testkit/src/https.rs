@@ -1,5 +1,6 @@
-//! A small HTTPS server for MTA-STS policy files: thread-based, serving
-//! one fixed response for every request, and recording the paths asked.
+//! A small HTTPS server for MTA-STS policy files and TLS-RPT reports:
+//! thread-based, serving one fixed response for every request, and
+//! recording the paths asked and what was posted.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,9 +24,19 @@ impl HttpResponse {
     }
 }
 
+/// One request as received: its header block and its body (read by
+/// `Content-Length`).
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+type Log = Arc<Mutex<Vec<Request>>>;
+
 pub struct HttpsServer {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<String>>>,
+    requests: Log,
     stop: Arc<AtomicBool>,
 }
 
@@ -57,6 +68,11 @@ impl HttpsServer {
 
     /// Request lines received so far ("GET /path HTTP/1.1").
     pub fn requests(&self) -> Vec<String> {
+        self.received().iter().map(|r| r.head.lines().next().unwrap_or("").to_string()).collect()
+    }
+
+    /// Every request with its header block and body.
+    pub fn received(&self) -> Vec<Request> {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -68,7 +84,7 @@ impl Drop for HttpsServer {
     }
 }
 
-fn serve(stream: TcpStream, tls: Arc<rustls::ServerConfig>, reqs: &Mutex<Vec<String>>, r: &HttpResponse) -> std::io::Result<()> {
+fn serve(stream: TcpStream, tls: Arc<rustls::ServerConfig>, reqs: &Mutex<Vec<Request>>, r: &HttpResponse) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let conn = rustls::ServerConnection::new(tls).map_err(std::io::Error::other)?;
     let mut s = rustls::StreamOwned::new(conn, stream);
@@ -80,8 +96,17 @@ fn serve(stream: TcpStream, tls: Arc<rustls::ServerConfig>, reqs: &Mutex<Vec<Str
         }
         head.push(byte[0]);
     }
-    let text = String::from_utf8_lossy(&head);
-    reqs.lock().unwrap_or_else(|p| p.into_inner()).push(text.lines().next().unwrap_or("").to_string());
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let length = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(16 << 20);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body)?;
+    reqs.lock().unwrap_or_else(|p| p.into_inner()).push(Request { head: text, body });
     let reason = if r.status == 200 { "OK" } else { "Other" };
     let out = format!(
         "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",

@@ -91,7 +91,16 @@ pub async fn evaluate(
         adkim: alignment_word(r.adkim),
         aspf: alignment_word(r.aspf),
         testing: r.t,
-        rua: r.rua.iter().map(|u| u.uri().to_string()).collect(),
+        // As published: `mailto:` and the `!size` limit, which the
+        // report sender honours.
+        rua: r
+            .rua
+            .iter()
+            .map(|u| match u.max_size() {
+                0 => format!("mailto:{}", u.uri()),
+                n => format!("mailto:{}!{n}", u.uri()),
+            })
+            .collect(),
     });
     Dmarc {
         result,

@@ -40,6 +40,10 @@ pub struct Input<'a> {
     /// ARC-seal the message when `[arc] seal` is configured (the gateway
     /// does; `verify` does not).
     pub seal: bool,
+    /// Keep the evaluation for DMARC aggregate reports: false for mail
+    /// whose recipients are all our report addresses (no report about a
+    /// report).
+    pub record: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +132,9 @@ pub struct Checker {
     dkim_keys: dkim::KeyCache,
     /// Parsed DMARC records, likewise.
     dmarc_records: dkim::KeyCache,
+    /// `[reports] from` and `ingest`, lower-cased: mail only to them is
+    /// not counted in reports.
+    report_addresses: Vec<String>,
 }
 
 /// The ARC sealing key: the `[arc] seal` domain's active RSA DKIM key,
@@ -186,7 +193,16 @@ impl Checker {
             }),
             dkim_keys: dkim::KeyCache::new(4096),
             dmarc_records: dkim::KeyCache::new(4096),
+            report_addresses: std::iter::once(&config.reports.from)
+                .chain(&config.reports.ingest)
+                .map(|a| a.to_string().to_ascii_lowercase())
+                .collect(),
         })
+    }
+
+    /// `address` is one of our report addresses (`[reports] from`, `ingest`).
+    pub fn is_report_address(&self, address: &str) -> bool {
+        self.report_addresses.iter().any(|a| a.eq_ignore_ascii_case(address))
     }
 
     pub fn authserv_id(&self) -> &str {
@@ -443,7 +459,7 @@ impl Checker {
     /// the dashboard and the advisor.
     fn record(&self, input: &Input<'_>, v: &Verdict) {
         let Some(recorder) = &self.recorder else { return };
-        if v.dmarc.from_domain.is_empty() {
+        if !input.record || v.dmarc.from_domain.is_empty() {
             return;
         }
         let helo_scope = input.mail_from.is_empty();

@@ -87,6 +87,7 @@ async fn check(checker: &Checker, header: &[u8], body: Body) -> Verdict {
         message: Some(header),
         body: Some(body),
         seal: false,
+        record: true,
     };
     checker.check(&input).await
 }

@@ -63,6 +63,7 @@ pub fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
             message: message.as_ref().zip(split.as_ref()).and_then(|(m, (n, _))| m.get(..*n)),
             body: split.as_ref().map(|(_, b)| b.clone()),
             seal: false,
+            record: false,
         };
         anyhow::Ok(checker.check(&input).await)
     })?;

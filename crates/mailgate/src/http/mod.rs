@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod listen;
 mod metrics;
+pub mod report_send;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,6 +37,8 @@ pub struct Api {
     pub store: Arc<dyn crate::store::Store>,
     /// Its writer, to flush before reading what was just recorded.
     pub recorder: Arc<crate::store::Recorder>,
+    /// Sends the DMARC and TLS-RPT reports (`/api/v1/reports/send`).
+    pub reports: Arc<crate::report::Reports>,
 }
 
 /// Messages per page when `limit` is not given, and the most one page holds.
@@ -52,6 +55,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/spool", get(spool_status))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(report_send::router(api.reports.clone()))
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(guard, auth::require_token))
 }

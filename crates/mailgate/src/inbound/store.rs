@@ -218,7 +218,9 @@ fn check_sender(ctx: &Inbound, user: Option<&str>, header: &[u8]) -> Result<(), 
 /// Runs the inbound checks and turns a refusal into its reply.
 async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &Envelope, header: &[u8], body: Body) -> Result<Verdict, Reply> {
     let mail_from = envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default();
-    let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: Some(header), body: Some(body), seal: true };
+    // No report about reports: mail only to our report addresses is not counted.
+    let record = !envelope.recipients.iter().all(|r| ctx.checker.is_report_address(&r.address.to_string()));
+    let input = Input { ip: peer.ip(), helo, mail_from: &mail_from, message: Some(header), body: Some(body), seal: true, record };
     let started = std::time::Instant::now();
     let verdict = ctx.checker.check(&input).await;
     super::count::verdict(&ctx.metrics, &verdict, started.elapsed().as_secs_f64());

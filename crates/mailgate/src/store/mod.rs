@@ -149,6 +149,8 @@ pub enum ReportKind {
 }
 
 impl ReportKind {
+    pub const ALL: [ReportKind; 2] = [ReportKind::Dmarc, ReportKind::Tlsrpt];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReportKind::Dmarc => "dmarc",
@@ -304,6 +306,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The TLS rows of `domain`'s sessions in `[from, to)`.
     fn tls_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<TlsRow>>;
+
+    /// The time of `domain`'s first evaluation (DMARC: author domain) or
+    /// TLS session (TLS-RPT: recipient domain) in `[from, to)`, to date a
+    /// first report.
+    fn first_time(&self, kind: ReportKind, domain: &str, from: u64, to: u64) -> Result<Option<u64>>;
 
     /// Up to when the traffic of `domain` has been reported (Unix seconds).
     fn reported_until(&self, kind: ReportKind, domain: &str) -> Result<Option<u64>>;

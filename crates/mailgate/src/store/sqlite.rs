@@ -231,6 +231,15 @@ impl Store for Sqlite {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn first_time(&self, kind: ReportKind, domain: &str, from: u64, to: u64) -> Result<Option<u64>> {
+        let c = self.reader();
+        let sql = match kind {
+            ReportKind::Dmarc => "SELECT min(time) FROM evaluations WHERE header_from = ?1 AND time >= ?2 AND time < ?3",
+            ReportKind::Tlsrpt => "SELECT min(time) FROM tls_sessions WHERE policy_domain = ?1 AND time >= ?2 AND time < ?3",
+        };
+        Ok(c.query_row(sql, params![domain, ts(from), ts(to)], |r| r.get::<_, Option<u64>>(0))?)
+    }
+
     fn reported_until(&self, kind: ReportKind, domain: &str) -> Result<Option<u64>> {
         let c = self.reader();
         Ok(c.query_row("SELECT until FROM reported WHERE kind = ?1 AND domain = ?2", params![kind.as_str(), domain], |r| r.get(0))
