@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod listener;
 pub mod outbound;
 pub mod privileges;
+pub mod report;
 pub mod scheduler;
 pub mod server;
 pub mod sign;

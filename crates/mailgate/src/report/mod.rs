@@ -1,0 +1,3 @@
+//! Reports: DMARC aggregate and TLS-RPT reports, read from other receivers.
+
+pub mod ingest;
