@@ -11,6 +11,7 @@ use crate::config::Config;
 
 mod api;
 mod check;
+mod reports_ingest;
 mod verify;
 pub use check::check as config_check;
 pub use verify::{VerifyArgs, verify};
@@ -58,6 +59,50 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// DMARC aggregate and TLS-RPT reports: read the ones others send us.
+    Reports {
+        #[command(subcommand)]
+        action: ReportsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportsAction {
+    /// Read report files (XML, .xml.gz, .zip, .eml, TLS-RPT JSON plain or
+    /// gzipped) into the report store, with or without a running server.
+    /// Exits non-zero when any file was rejected.
+    Import {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Stored reports, newest first.
+    List {
+        /// Only reports about this policy domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// `dmarc` or `tlsrpt`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One stored report with its rows (DMARC) or policies (TLS-RPT).
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn reports(config: &Config, action: ReportsAction) -> anyhow::Result<()> {
+    match action {
+        ReportsAction::Import { files } => reports_ingest::import(config, &files),
+        ReportsAction::List { domain, kind, limit, json } => reports_ingest::list(config, domain, kind.as_deref(), limit, json),
+        ReportsAction::Show { id, json } => reports_ingest::show(config, id, json),
+    }
 }
 
 #[derive(Subcommand, Debug)]

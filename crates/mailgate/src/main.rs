@@ -43,6 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dkim { action } => cli::dkim(&config, action),
         Command::Records => cli::records(&config),
         Command::Verify(args) => cli::verify(&config, args),
+        Command::Reports { action } => cli::reports(&config, action),
         Command::User { .. } | Command::Config { .. } => Ok(()),
     }
 }

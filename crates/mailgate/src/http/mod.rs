@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod listen;
+mod reports;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,6 +50,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/queue/{id}", get(show).delete(delete))
         .route("/api/v1/queue/{id}/retry", axum::routing::post(retry))
         .route("/api/v1/spool", get(spool_status))
+        .route("/api/v1/reports", get(reports::list))
+        .route("/api/v1/reports/{id}", get(reports::show))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(api)
