@@ -166,7 +166,9 @@ impl Unpacker {
 
     /// Reads at most `cap` bytes from `r`; one more means a bomb.
     fn read_capped(&mut self, r: impl Read, cap: usize, what: &str) -> Result<Vec<u8>, Refused> {
-        let mut out = Vec::new();
+        // Reserved, not touched: only what is read becomes resident, and
+        // the buffer never doubles (and copies) on its way to the cap.
+        let mut out = Vec::with_capacity(cap.saturating_add(1));
         r.take(cap as u64 + 1).read_to_end(&mut out).map_err(|e| Refused::Format(format!("{what} is corrupt: {e}")))?;
         if out.len() > cap {
             return Err(Refused::Bomb(format!(
