@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 
 use crate::config::Config;
 use crate::report::ingest::unpack::printable;
-use crate::report::ingest::{Ingester, Outcome, view};
+use crate::report::ingest::{Ingester, Outcome, Prepared, view};
 use crate::store::{ReportKind, ReportQuery, Store};
 
 fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -28,29 +28,61 @@ pub fn import(config: &Config, files: &[PathBuf]) -> anyhow::Result<()> {
     let ingester = Ingester::new(open(config)?, &config.data_dir);
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
-    let (mut stored, mut duplicates, mut rejected) = (0usize, 0usize, 0usize);
+    let mut counts = Counts::default();
+    // Parsed a file at a time, stored a batch at a time: one transaction
+    // per batch, not per file.
+    let mut batch: Vec<(String, Prepared)> = Vec::with_capacity(BATCH);
     for file in files {
         let name = printable(&file.display().to_string());
-        let read = std::fs::File::open(file).with_context(|| format!("cannot open {name}"));
-        let outcome = match read {
-            Ok(f) => ingester.ingest_reader(f, &file.display().to_string()).with_context(|| format!("while importing {name}"))?,
+        let read = std::fs::File::open(file).and_then(|f| ingester.read(f));
+        match read {
+            Ok(bytes) => batch.push((name, ingester.prepare(&bytes, &file.display().to_string()))),
             Err(e) => {
-                rejected += 1;
-                writeln!(out, "rejected  {name}: {e:#}")?;
-                continue;
+                flush(&ingester, &mut batch, &mut out, &mut counts)?;
+                counts.rejected += 1;
+                writeln!(out, "rejected  {name}: cannot read it: {e}")?;
             }
-        };
+        }
+        if batch.len() >= BATCH {
+            flush(&ingester, &mut batch, &mut out, &mut counts)?;
+        }
+    }
+    flush(&ingester, &mut batch, &mut out, &mut counts)?;
+    let Counts { stored, duplicates, rejected } = counts;
+    writeln!(out, "{stored} stored, {duplicates} duplicate, {rejected} rejected")?;
+    out.flush()?;
+    if rejected > 0 {
+        bail!("{rejected} of {} file(s) rejected", files.len());
+    }
+    Ok(())
+}
+
+/// Files per transaction.
+const BATCH: usize = 256;
+
+#[derive(Default)]
+struct Counts {
+    stored: usize,
+    duplicates: usize,
+    rejected: usize,
+}
+
+/// Stores the batch and prints one line per report or rejected file.
+fn flush(ingester: &Ingester, batch: &mut Vec<(String, Prepared)>, out: &mut impl Write, counts: &mut Counts) -> anyhow::Result<()> {
+    let (names, prepared): (Vec<String>, Vec<Prepared>) = batch.drain(..).unzip();
+    let outcomes = ingester.store_all(prepared).context("cannot store the reports")?;
+    for (name, outcome) in names.iter().zip(outcomes) {
         match outcome {
             Outcome::Stored { reports, problems } => {
                 for r in reports {
                     let what = format!("{} {} {}", r.kind.as_str(), printable(&r.org_name), printable(&r.report_id));
                     match r.id {
                         Some(id) => {
-                            stored += 1;
+                            counts.stored += 1;
                             writeln!(out, "stored    {name}: {what} (id {id})")?;
                         }
                         None => {
-                            duplicates += 1;
+                            counts.duplicates += 1;
                             writeln!(out, "duplicate {name}: {what}")?;
                         }
                     }
@@ -60,16 +92,11 @@ pub fn import(config: &Config, files: &[PathBuf]) -> anyhow::Result<()> {
                 }
             }
             Outcome::Rejected { reason, kept } => {
-                rejected += 1;
+                counts.rejected += 1;
                 let kept = kept.map(|p| format!(" (kept as {})", p.display())).unwrap_or_default();
                 writeln!(out, "rejected  {name}: {}{kept}", printable(&reason))?;
             }
         }
-    }
-    writeln!(out, "{stored} stored, {duplicates} duplicate, {rejected} rejected")?;
-    out.flush()?;
-    if rejected > 0 {
-        bail!("{rejected} of {} file(s) rejected", files.len());
     }
     Ok(())
 }

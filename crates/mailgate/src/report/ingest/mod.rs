@@ -58,6 +58,10 @@ pub enum Outcome {
     Rejected { reason: String, kept: Option<PathBuf> },
 }
 
+/// One input's reports (and what else was found) ready to store, or the
+/// outcome of its rejection.
+pub struct Prepared(std::result::Result<(Vec<IngestedReport>, Vec<String>), Outcome>);
+
 /// The store failed: the input is fine, try again later.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -88,29 +92,61 @@ impl Ingester {
     /// reason file, it never decides the format nor names a file.
     /// Blocking: async callers use `spawn_blocking`.
     pub fn ingest(&self, bytes: &[u8], hint: &str) -> Result<Outcome, Failed> {
-        if bytes.len() > self.limits.max_input {
-            let reason = format!("too large: more than {} bytes", self.limits.max_input);
-            return Ok(self.reject(&bytes[..self.limits.max_input], hint, reason));
-        }
-        let (reports, problems) = match parse(bytes, self.limits) {
-            Ok(found) => found,
-            Err(reason) => return Ok(self.reject(bytes, hint, reason)),
-        };
-        let mut stored = Vec::with_capacity(reports.len());
-        for r in reports {
-            let id = self.store.insert_report(&r)?;
-            stored.push(Stored { kind: r.kind, org_name: r.org_name, report_id: r.report_id, policy_domain: r.policy_domain, id });
-        }
-        Ok(Outcome::Stored { reports: stored, problems })
+        let mut out = self.store_all(vec![self.prepare(bytes, hint)])?;
+        Ok(out.remove(0))
     }
 
-    /// Reads at most `max_input + 1` bytes of `r` and ingests them (one
-    /// byte more than allowed is enough to say it is too large).
-    pub fn ingest_reader(&self, r: impl Read, hint: &str) -> Result<Outcome, Failed> {
-        let mut bytes = Vec::new();
-        if let Err(e) = r.take(self.limits.max_input as u64 + 1).read_to_end(&mut bytes) {
-            return Err(Failed(StoreError::Io(e)));
+    /// Finds and parses the reports of one input without storing them; a
+    /// rejected input is set aside here.
+    pub fn prepare(&self, bytes: &[u8], hint: &str) -> Prepared {
+        if bytes.len() > self.limits.max_input {
+            let reason = format!("too large: more than {} bytes", self.limits.max_input);
+            return Prepared(Err(self.reject(&bytes[..self.limits.max_input], hint, reason)));
         }
+        match parse(bytes, self.limits) {
+            Ok(found) => Prepared(Ok(found)),
+            Err(reason) => Prepared(Err(self.reject(bytes, hint, reason))),
+        }
+    }
+
+    /// Stores what several inputs held in one transaction; one outcome per
+    /// input, in order.
+    pub fn store_all(&self, inputs: Vec<Prepared>) -> Result<Vec<Outcome>, Failed> {
+        let all: Vec<IngestedReport> = inputs.iter().filter_map(|p| p.0.as_ref().ok()).flat_map(|(r, _)| r.iter().cloned()).collect();
+        let mut ids = self.store.insert_reports(&all)?.into_iter();
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        for p in inputs {
+            outcomes.push(match p.0 {
+                Err(rejected) => rejected,
+                Ok((reports, problems)) => Outcome::Stored {
+                    reports: reports
+                        .into_iter()
+                        .map(|r| Stored {
+                            id: ids.next().flatten(),
+                            kind: r.kind,
+                            org_name: r.org_name,
+                            report_id: r.report_id,
+                            policy_domain: r.policy_domain,
+                        })
+                        .collect(),
+                    problems,
+                },
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Reads at most `max_input + 1` bytes of `r` (one byte more than
+    /// allowed is enough to say it is too large).
+    pub fn read(&self, r: impl Read) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        r.take(self.limits.max_input as u64 + 1).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// [`Ingester::read`], then [`Ingester::ingest`].
+    pub fn ingest_reader(&self, r: impl Read, hint: &str) -> Result<Outcome, Failed> {
+        let bytes = self.read(r).map_err(|e| Failed(StoreError::Io(e)))?;
         self.ingest(&bytes, hint)
     }
 
