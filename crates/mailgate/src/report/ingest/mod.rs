@@ -93,6 +93,7 @@ impl Ingester {
     /// Blocking: async callers use `spawn_blocking`.
     pub fn ingest(&self, bytes: &[u8], hint: &str) -> Result<Outcome, Failed> {
         let mut out = self.store_all(vec![self.prepare(bytes, hint)])?;
+        // ok: store_all answers one outcome per input, and there was one.
         Ok(out.remove(0))
     }
 
@@ -101,6 +102,7 @@ impl Ingester {
     pub fn prepare(&self, bytes: &[u8], hint: &str) -> Prepared {
         if bytes.len() > self.limits.max_input {
             let reason = format!("too large: more than {} bytes", self.limits.max_input);
+            // ok: the slice ends below the length just compared.
             return Prepared(Err(self.reject(&bytes[..self.limits.max_input], hint, reason)));
         }
         match parse(bytes, self.limits) {
@@ -194,6 +196,7 @@ fn parse_document(doc: &Document) -> Result<IngestedReport, String> {
             // quick-xml would not expand them (see the tests), but a report
             // has no business declaring entities: say what it is.
             let rest = skip_prolog(xml);
+            // ok: `rest` is a suffix of `xml`, so the prolog is its head.
             if xml[..xml.len() - rest.len()].windows(8).any(|w| w == b"<!ENTITY") {
                 return Err("invalid DMARC report: its DTD declares entities (billion laughs or external entities?)".into());
             }

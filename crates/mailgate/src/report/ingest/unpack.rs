@@ -264,6 +264,7 @@ pub fn unsafe_member_name(name: &[u8]) -> Option<&'static str> {
     if name.starts_with(b"/") || name.starts_with(b"\\") {
         return Some("has an absolute path");
     }
+    // ok: both indices are below the length just checked.
     if name.len() >= 2 && name[0].is_ascii_alphabetic() && name[1] == b':' {
         return Some("names a drive");
     }
