@@ -11,6 +11,7 @@ use crate::config::Config;
 
 mod api;
 mod check;
+mod reports_ingest;
 mod reports_send;
 mod verify;
 pub use check::check as config_check;
@@ -59,7 +60,8 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// DMARC aggregate and TLS-RPT reports, through a running server.
+    /// DMARC aggregate and TLS-RPT reports: send ours (through the running
+    /// server), read the ones others send us (from the store directly).
     Reports {
         #[command(subcommand)]
         action: ReportsAction,
@@ -84,13 +86,42 @@ pub enum ReportsAction {
     /// Print the DMARC report XML (and TLS-RPT JSON) DOMAIN would get now;
     /// nothing is sent or marked.
     Preview { domain: String },
+    /// Read report files (XML, .xml.gz, .zip, .eml, TLS-RPT JSON plain or
+    /// gzipped) into the report store, with or without a running server.
+    /// Exits non-zero when any file was rejected.
+    Import {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Stored reports, newest first.
+    List {
+        /// Only reports about this policy domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// `dmarc` or `tlsrpt`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One stored report with its rows (DMARC) or policies (TLS-RPT).
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn reports(config: &Config, token_file: Option<&std::path::Path>, action: ReportsAction) -> anyhow::Result<()> {
-    let client = api::Client::new(config, token_file)?;
     match action {
-        ReportsAction::Send { now: _, domain, json } => reports_send::send(&client, domain.as_deref(), json),
-        ReportsAction::Preview { domain } => reports_send::preview(&client, &domain),
+        ReportsAction::Send { now: _, domain, json } => reports_send::send(&api::Client::new(config, token_file)?, domain.as_deref(), json),
+        ReportsAction::Preview { domain } => reports_send::preview(&api::Client::new(config, token_file)?, &domain),
+        ReportsAction::Import { files } => reports_ingest::import(config, &files),
+        ReportsAction::List { domain, kind, limit, json } => reports_ingest::list(config, domain, kind.as_deref(), limit, json),
+        ReportsAction::Show { id, json } => reports_ingest::show(config, id, json),
     }
 }
 

@@ -115,6 +115,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         require_tls: d.require_tls.clone(),
         tls_events: Arc::new(crate::events::TlsEvents::new(Some(recorder.clone()), metrics.clone())),
         recorder: Some(recorder.clone()),
+        ingester: Some(Arc::new(crate::report::ingest::Ingester::new(store.clone(), &config.data_dir).with_metrics(metrics.clone()))),
     });
     crate::sign::rotation::watch(
         signer.clone(),

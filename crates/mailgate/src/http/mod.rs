@@ -11,6 +11,7 @@ pub mod auth;
 pub mod listen;
 mod metrics;
 pub mod report_send;
+mod reports;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -53,6 +54,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/queue/{id}", get(show).delete(delete))
         .route("/api/v1/queue/{id}/retry", axum::routing::post(retry))
         .route("/api/v1/spool", get(spool_status))
+        .route("/api/v1/reports", get(reports::list))
+        .route("/api/v1/reports/{id}", get(reports::show))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(report_send::router(api.reports.clone()))

@@ -4,10 +4,13 @@
 //! Workers pull jobs through [`JobSource`], which the scheduler implements;
 //! this stage never imports the scheduler.
 //!
-//! May import: `spool` (to read content), `config`, `dns`, `mailgate-core`.
+//! May import: `spool` (to read content), `config`, `dns`, `report::ingest`
+//! (a report address's mail is read into the store, [`ingest`]),
+//! `mailgate-core`.
 
 pub mod client;
 pub mod dsn;
+pub mod ingest;
 pub mod maildir;
 pub mod mta_sts;
 pub mod route;
@@ -80,6 +83,8 @@ pub struct Outbound {
     pub tls_events: Arc<crate::events::TlsEvents>,
     /// Where delivery attempts are recorded (the report store).
     pub recorder: Option<Arc<crate::store::Recorder>>,
+    /// Reads the mail of `[reports] ingest` addresses into the store.
+    pub ingester: Option<Arc<crate::report::ingest::Ingester>>,
 }
 
 impl Outbound {
@@ -278,6 +283,12 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
                 continue;
             }
         };
+        if dest == Destination::Ingest {
+            let outcomes = ingest::deliver(ob.ingester.clone(), &job, content).await;
+            let result = JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true };
+            ob.finish(&dest, &results, &job.envelope, false, result);
+            continue;
+        }
         if let Destination::Maildir(root) = &dest {
             let env = job.envelope.clone();
             let rcpts: Vec<_> = job.rcpts.iter().filter_map(|&i| env.recipients.get(i)).map(|r| r.address.clone()).collect();

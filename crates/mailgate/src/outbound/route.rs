@@ -30,6 +30,9 @@ pub enum Destination {
         port: u16,
     },
     Maildir(PathBuf),
+    /// A `[reports] ingest` address: the message is a report to read into
+    /// the report store, not to deliver.
+    Ingest,
     /// The recipient domain's MX hosts.
     Mx(Domain),
 }
@@ -40,6 +43,7 @@ impl std::fmt::Display for Destination {
             Destination::Smtp { host, port, .. } => write!(f, "smtp:{host}:{port}"),
             Destination::Lmtp { host, port } => write!(f, "lmtp:{host}:{port}"),
             Destination::Maildir(p) => write!(f, "maildir:{}", p.display()),
+            Destination::Ingest => write!(f, "ingest"),
             Destination::Mx(d) => write!(f, "mx:{d}"),
         }
     }
@@ -58,6 +62,11 @@ pub fn destination(config: &Config, rcpt: &Mailbox, quarantined: bool) -> Destin
     if let (true, Some(hop)) = (quarantined, &config.policy.quarantine) {
         return next_hop(hop);
     }
+    // After quarantine: a suspect "report" goes where suspect mail goes,
+    // not into the statistics.
+    if config.reports.ingest.iter().any(|a| same_mailbox(a, rcpt)) {
+        return Destination::Ingest;
+    }
     let domain = match rcpt.host() {
         Host::Literal(ip) => return Destination::Smtp { host: ip.to_string(), port: config.delivery.mx_port, smarthost: false },
         Host::Domain(d) => d,
@@ -69,6 +78,12 @@ pub fn destination(config: &Config, rcpt: &Mailbox, quarantined: bool) -> Destin
         return Destination::Smtp { host: s.host.clone(), port: s.port, smarthost: true };
     }
     Destination::Mx(domain.clone())
+}
+
+/// Domains compare as stored (lower case); local parts without regard to
+/// ASCII case, as mail for dmarc@ and DMARC@ is meant for the same box.
+fn same_mailbox(a: &Mailbox, b: &Mailbox) -> bool {
+    a.host() == b.host() && a.local_part().eq_ignore_ascii_case(b.local_part())
 }
 
 fn next_hop(hop: &NextHop) -> Destination {
@@ -108,7 +123,7 @@ pub async fn resolve(resolver: &TokioResolver, dest: &Destination, mx_port: u16)
             let addrs = host_addrs(resolver, host, *port).await?;
             Ok(vec![Candidate { name: host.clone(), addrs }])
         }
-        Destination::Maildir(_) => Ok(Vec::new()),
+        Destination::Maildir(_) | Destination::Ingest => Ok(Vec::new()),
         Destination::Mx(domain) => resolve_mx(resolver, domain, mx_port).await,
     }
 }

@@ -1,4 +1,5 @@
-//! The reports mailgate sends: DMARC aggregate reports (RFC 7489 §7.2,
+//! The reports mailgate sends, and reads ([`ingest`]: the reports other
+//! receivers send us). Sent: DMARC aggregate reports (RFC 7489 §7.2,
 //! RFC 9990) to the author domains that ask for them, and TLS-RPT reports
 //! (RFC 8460) to the recipient domains that ask for them, built from the
 //! report store.
@@ -17,6 +18,7 @@
 
 pub mod dest;
 pub mod dmarc;
+pub mod ingest;
 pub mod tlsrpt;
 
 use std::net::{IpAddr, Ipv4Addr};

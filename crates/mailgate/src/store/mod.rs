@@ -327,6 +327,14 @@ pub trait Store: Send + Sync + 'static {
     /// name, report id) is already stored.
     fn insert_report(&self, report: &IngestedReport) -> Result<Option<i64>>;
 
+    /// Stores several received reports, one answer each as
+    /// [`Store::insert_report`] gives; in one transaction where the store
+    /// can (an import of thousands of files commits a few times, not
+    /// thousands).
+    fn insert_reports(&self, reports: &[IngestedReport]) -> Result<Vec<Option<i64>>> {
+        reports.iter().map(|r| self.insert_report(r)).collect()
+    }
+
     fn list_reports(&self, query: &ReportQuery) -> Result<Vec<ReportSummary>>;
 
     fn get_report(&self, id: i64) -> Result<Option<(ReportSummary, IngestedReport)>>;

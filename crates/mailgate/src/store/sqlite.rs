@@ -145,6 +145,66 @@ fn to_summary(s: SummaryRow) -> Result<ReportSummary> {
 
 const SUMMARY_COLUMNS: &str = "id, kind, org_name, report_id, policy_domain, begin, end, stored, messages";
 
+/// One received report into an open transaction; `None` when it is there
+/// already.
+fn insert_received(tx: &Transaction<'_>, r: &IngestedReport) -> Result<Option<i64>> {
+    let messages: u64 = match r.kind {
+        ReportKind::Dmarc => r.rows.iter().map(|row| row.count).sum(),
+        ReportKind::Tlsrpt => r.tls.iter().map(|p| p.successes + p.failures).sum(),
+    };
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO reports (kind, org_name, report_id, email, begin, end, policy_domain, policy, stored, messages)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (kind, org_name, report_id) DO NOTHING",
+        )?
+        .execute(params![
+            r.kind.as_str(),
+            r.org_name,
+            r.report_id,
+            r.email,
+            r.begin,
+            r.end,
+            r.policy_domain,
+            r.policy.as_ref().map(json),
+            unix_now(),
+            messages
+        ])?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let id = tx.last_insert_rowid();
+    {
+        let mut row = tx.prepare_cached(
+            "INSERT INTO report_rows (report, source_ip, count, disposition, dkim_evaluated, spf_evaluated, reasons,
+             header_from, envelope_from, dkim, spf) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for x in &r.rows {
+            row.execute(params![
+                id,
+                x.source_ip,
+                x.count,
+                x.disposition,
+                x.dkim_evaluated,
+                x.spf_evaluated,
+                json(&x.reasons),
+                x.header_from,
+                x.envelope_from,
+                json(&x.dkim),
+                json(&x.spf)
+            ])?;
+        }
+        let mut tls = tx.prepare_cached(
+            "INSERT INTO report_tls (report, policy_type, policy_domain, successes, failures, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for p in &r.tls {
+            tls.execute(params![id, p.policy_type, p.policy_domain, p.successes, p.failures, json(p)])?;
+        }
+    }
+    Ok(Some(id))
+}
+
 impl Store for Sqlite {
     fn write(&self, events: &[Event]) -> Result<()> {
         let mut c = self.writer();
@@ -306,61 +366,17 @@ impl Store for Sqlite {
     fn insert_report(&self, r: &IngestedReport) -> Result<Option<i64>> {
         let mut c = self.writer();
         let tx = c.transaction()?;
-        let messages: u64 = match r.kind {
-            ReportKind::Dmarc => r.rows.iter().map(|row| row.count).sum(),
-            ReportKind::Tlsrpt => r.tls.iter().map(|p| p.successes + p.failures).sum(),
-        };
-        let inserted = tx.execute(
-            "INSERT INTO reports (kind, org_name, report_id, email, begin, end, policy_domain, policy, stored, messages)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (kind, org_name, report_id) DO NOTHING",
-            params![
-                r.kind.as_str(),
-                r.org_name,
-                r.report_id,
-                r.email,
-                r.begin,
-                r.end,
-                r.policy_domain,
-                r.policy.as_ref().map(json),
-                unix_now(),
-                messages
-            ],
-        )?;
-        if inserted == 0 {
-            return Ok(None);
-        }
-        let id = tx.last_insert_rowid();
-        {
-            let mut row = tx.prepare_cached(
-                "INSERT INTO report_rows (report, source_ip, count, disposition, dkim_evaluated, spf_evaluated, reasons,
-                 header_from, envelope_from, dkim, spf) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for x in &r.rows {
-                row.execute(params![
-                    id,
-                    x.source_ip,
-                    x.count,
-                    x.disposition,
-                    x.dkim_evaluated,
-                    x.spf_evaluated,
-                    json(&x.reasons),
-                    x.header_from,
-                    x.envelope_from,
-                    json(&x.dkim),
-                    json(&x.spf)
-                ])?;
-            }
-            let mut tls = tx.prepare_cached(
-                "INSERT INTO report_tls (report, policy_type, policy_domain, successes, failures, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for p in &r.tls {
-                tls.execute(params![id, p.policy_type, p.policy_domain, p.successes, p.failures, json(p)])?;
-            }
-        }
+        let id = insert_received(&tx, r)?;
         tx.commit()?;
-        Ok(Some(id))
+        Ok(id)
+    }
+
+    fn insert_reports(&self, reports: &[IngestedReport]) -> Result<Vec<Option<i64>>> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        let ids = reports.iter().map(|r| insert_received(&tx, r)).collect::<Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(ids)
     }
 
     fn list_reports(&self, q: &ReportQuery) -> Result<Vec<ReportSummary>> {
