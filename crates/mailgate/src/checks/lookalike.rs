@@ -312,15 +312,17 @@ impl Lookalikes {
             return None;
         }
         let text = skel(&display.to_lowercase());
-        for p in &self.protected {
-            // The full domain anywhere in the name, or its registrable label
-            // as a word ("Example Support" for example.test).
-            let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric() && c != '-').filter(|w| !w.is_empty()).collect();
-            if text.contains(&p.skeleton) || words.iter().any(|w| *w == skel(&p.label)) {
-                return Some(Finding { domain: address_domain.to_lowercase(), resembles: p.name.clone(), rule: Rule::DisplayName });
-            }
+        let finding =
+            |p: &Protected| Some(Finding { domain: address_domain.to_lowercase(), resembles: p.name.clone(), rule: Rule::DisplayName });
+        // The full domain anywhere in the name first, so that
+        // "ceo@bank.example" names bank.example and not example.test.
+        if let Some(p) = self.protected.iter().find(|p| text.contains(&p.skeleton)) {
+            return finding(p);
         }
-        None
+        // Then its registrable label as a word ("Example Support" for
+        // example.test).
+        let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric() && c != '-').filter(|w| !w.is_empty()).collect();
+        self.protected.iter().find(|p| words.iter().any(|w| *w == skel(&p.label))).and_then(finding)
     }
 }
 
