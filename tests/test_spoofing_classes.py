@@ -374,3 +374,37 @@ def test_dkim_signature_of_another_domain_does_not_align(env):
     code, _ = env.send(f"attacker@{EVIL}", data)
     assert code == 550
     env.never_delivered(marker)
+
+
+# -- 6. send_as on submission: the same local-part and From: spellings
+
+
+from test_tls_auth import ALLOWED, hashes, login, send as submit, submission_tls, tls_server  # noqa: E402,F401
+from test_tls_auth import message as submission_message  # noqa: E402
+
+
+@pytest.mark.parametrize("headers", [
+    f'From: "ceo@{BANK}"@example.test\r\n',
+    f'From: <"ceo@{BANK}"@example.test>\r\n',
+    f"From: ceo@{BANK}@example.test\r\n",
+    f"From: <{ALLOWED}>\r\nFROM : <ceo@{BANK}>\r\n",
+    f"From: <{ALLOWED}>\r\nFrom\r\n : <ceo@{BANK}>\r\n",
+    f"From: <{ALLOWED}.>\r\n",
+])
+def test_send_as_refuses_from_spellings_that_hide_another_author(tls_server, headers):
+    d = submission_tls(tls_server)
+    login(d)
+    r = submit(d, ALLOWED, "bob@elsewhere.test", submission_message(extra_headers=headers))
+    assert r.is_(550, "5.7.1"), f"{headers!r}: {r}"
+    d.close()
+    assert tls_server.queue_list() == []
+
+
+def test_send_as_refuses_an_at_in_the_mail_from_local_part(tls_server):
+    d = submission_tls(tls_server)
+    login(d)
+    r = d.cmd(f'MAIL FROM:<"ceo@{BANK}"@example.test>')
+    assert r.is_(553, "5.7.1"), r
+    r = d.cmd("MAIL FROM:<App@EXAMPLE.TEST>")
+    assert r.code == 250, "case is not a different address"
+    d.close()
