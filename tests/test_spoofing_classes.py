@@ -408,3 +408,19 @@ def test_send_as_refuses_an_at_in_the_mail_from_local_part(tls_server):
     r = d.cmd("MAIL FROM:<App@EXAMPLE.TEST>")
     assert r.code == 250, "case is not a different address"
     d.close()
+
+
+# -- 7. The envelope: non-canonical MAIL FROM spellings
+
+
+def test_envelope_sender_spellings(env):
+    """A trailing dot or an empty label in MAIL FROM is a syntax error at
+    MAIL (the SPF and alignment identity is never non-canonical); case is
+    not a different domain, so an upper-case look-alike is still one."""
+    with smtplib.SMTP("127.0.0.1", env.srv.mx_port, local_hostname=HELO, timeout=30) as s:
+        s.ehlo()
+        for bad in [f"<a@{BANK}.>", f"<a@{BANK}..>", f"<a@.{BANK}>"]:
+            code, _ = s.docmd(f"MAIL FROM:{bad}")
+            assert code == 501, (bad, code)
+    v = env.verify(f"BOUNCE@{B4NK.upper()}", message(f"x@{EVIL}", "env-upper"))
+    assert [(f["rule"], f["identity"]) for f in v["lookalike"]] == [("substitution", "mail_from")], v["lookalike"]
