@@ -52,6 +52,13 @@ impl Policy for RelayPolicy {
         // An authenticated user may only use addresses it owns: this is
         // what stops a user from sending as the CEO.
         if let Some(user) = info.authenticated_as.as_deref() {
+            // An `@` inside a quoted local part
+            // (`"ceo@bank.example"@ours.example`) matches a `*@ours.example`
+            // pattern while naming another address: refused like the same
+            // trick in `From:` (`checks::sender`).
+            if from.mailbox().is_some_and(|m| m.local_part().contains('@')) {
+                return Err(Reply::new(553, status::POLICY, "Sender address with an @ in its local part refused"));
+            }
             let address = from.mailbox().map(|m| m.to_string()).unwrap_or_default();
             if !self.auth.may_send_as(user, &address) {
                 return Err(Reply::new(553, status::POLICY, format!("Sender address <{address}> not owned by user {user}")));

@@ -1,5 +1,7 @@
 //! Sender identity on submission: the `From:` header of an authenticated
 //! user's message must be exactly one mailbox the user may send as.
+//!
+//! May import: `checks::author` (the field splitter), `mailgate-core`.
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 use mailgate_core::reply::{Reply, StatusCode};
@@ -16,6 +18,13 @@ pub fn single_from(data: &[u8]) -> Result<String, Reply> {
         return Err(refuse("Message refused: unparsable header"));
     };
     let froms: Vec<&HeaderValue> = message.headers().iter().filter(|h| h.name == HeaderName::From).map(|h| &h.value).collect();
+    // Every spelling of the field name counts (`FROM :`, folded), as in
+    // `checks::author`: a second author mail-parser does not recognise is
+    // still one a reader's client may show.
+    let spelled = super::author::header_fields(data).iter().filter(|(n, _)| super::author::is_from(n)).count();
+    if spelled != froms.len() {
+        return Err(refuse(&format!("Message refused: {spelled} From: headers; exactly one is required")));
+    }
     let [from] = froms.as_slice() else {
         return Err(refuse(&format!("Message refused: {} From: headers; exactly one is required", froms.len())));
     };
@@ -25,7 +34,12 @@ pub fn single_from(data: &[u8]) -> Result<String, Reply> {
         _ => return Err(refuse("Message refused: unparsable From: header")),
     };
     match addresses.as_slice() {
-        [one] if one.contains('@') && !one.contains(char::is_whitespace) => Ok(one.clone()),
+        // Exactly one `@`: one hidden in a quoted local part
+        // (`"ceo@bank.example"@ours.example`) would pass a `*@ours.example`
+        // pattern while a reader sees the other address.
+        // mail-parser reads a bare `"ceo@bank.example"@ours.example` as a
+        // display name and `@ours.example`: an empty local part is refused.
+        [one] if one.matches('@').count() == 1 && !one.starts_with('@') && !one.contains(char::is_whitespace) => Ok(one.clone()),
         [_] => Err(refuse("Message refused: unparsable From: address")),
         _ => Err(refuse("Message refused: From: must hold exactly one mailbox")),
     }
@@ -43,5 +57,9 @@ mod tests {
         assert!(single_from(b"Subject: none\r\n\r\nx").is_err());
         assert!(single_from(b"From: undisclosed:;\r\n\r\nx").is_err());
         assert!(single_from(b"From: not an address\r\n\r\nx").is_err());
+        assert!(single_from(b"From: \"ceo@bank.example\"@example.test\r\n\r\nx").is_err());
+        assert!(single_from(b"From: ceo@bank.example@example.test\r\n\r\nx").is_err());
+        assert!(single_from(b"From: a@example.test\r\nFROM : ceo@example.test\r\n\r\nx").is_err());
+        assert!(single_from(b"From: a@example.test\r\nFrom\r\n : ceo@example.test\r\n\r\nx").is_err());
     }
 }

@@ -18,7 +18,7 @@ use super::auth_results::{self, ResInfo};
 use super::body::{self, Body, BodyDigest};
 use super::dkim::{DkimCheck, DkimVerdict};
 use super::dmarc::Dmarc;
-use super::lookalike::{Finding, Lookalikes};
+use super::lookalike::{Finding, Identity, Lookalikes};
 use super::spf::{SpfChecker, SpfOutcome, SpfResult, mail_from_identity};
 use super::{arc, author, dkim, dmarc};
 use crate::config::{Action, Config, PolicyConfig, TempErrorAction};
@@ -84,6 +84,9 @@ pub struct LookalikeReport {
     pub domain: String,
     pub resembles: String,
     pub rule: String,
+    /// Which identity carried the domain: `from`, `mail_from`, `helo`,
+    /// `reply_to`, `sender` or `dkim` (a signature's `d=`).
+    pub identity: &'static str,
 }
 
 /// Everything the checks found, and what to do about it. Serialized, this
@@ -218,15 +221,20 @@ impl Checker {
                 SpfOutcome { result: SpfResult::None, domain: input.helo.to_string(), explanation: None }
             }
         });
-        let mut findings: Vec<Finding> = Vec::new();
-        let mut add = |f: Option<Finding>| {
-            if let Some(f) = f.filter(|f| !findings.contains(f)) {
+        let mut findings: Vec<(Identity, Finding)> = Vec::new();
+        let mut add = |identity: Identity, f: Option<Finding>| {
+            if let Some(f) = f.map(|f| (identity, f)).filter(|f| !findings.contains(f)) {
                 findings.push(f);
             }
         };
-        let mail_from_domain = input.mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
-        if !mail_from_domain.is_empty() {
-            add(self.lookalikes.check_domain(&mail_from_domain));
+        // Look-alikes in every identity a reader or a filter may take for
+        // the sender, not only the author.
+        if let Some((local, domain)) = input.mail_from.rsplit_once('@') {
+            add(Identity::MailFrom, self.lookalikes.check_domain(domain));
+            add(Identity::MailFrom, self.lookalikes.check_local_part(local, domain));
+        }
+        if helo_is_name {
+            add(Identity::Helo, self.lookalikes.check_domain(input.helo));
         }
         let mut results = Vec::new();
         results.push(
@@ -270,6 +278,28 @@ impl Checker {
 
         let sealing = input.seal && self.sealing.is_some();
         let mut parsed = input.message.map(|header| (header, AuthenticatedMessage::parse(header)));
+        // The author, found before DMARC runs: mail-auth is then handed its
+        // canonical address, so that DMARC judges the domain the author's
+        // spelling denotes (`BANK.example.`, U-labels) and not "no domain".
+        let mut found_author = None;
+        if let Some((header, Some(msg))) = parsed.as_mut() {
+            let a = author::author(header, &msg.from);
+            if let Ok(a) = &a {
+                msg.from = vec![a.canonical()];
+            }
+            found_author = Some(a);
+        }
+        if let Some(header) = input.message {
+            // The author's own findings come from `check_message`, on its
+            // canonical domain; without a single author, every From:
+            // mailbox is still checked for what it shows a reader.
+            let author_found = matches!(found_author, Some(Ok(_)));
+            for (identity, display, address) in author::identities(header) {
+                if !(identity == Identity::From && author_found) {
+                    self.address_lookalikes(identity, display.as_deref(), &address, &mut add);
+                }
+            }
+        }
         // The body hashes, streamed; mail-auth saw an empty body.
         let mut digest: Option<std::io::Result<BodyDigest>> = None;
         if let Some((header, Some(msg))) = parsed.as_mut() {
@@ -283,15 +313,17 @@ impl Checker {
             digest = Some(d);
         }
         let mut arc_outcome = None;
-        if let Some((raw, msg)) = &parsed {
+        if let Some((_, msg)) = &parsed {
             match (msg, &digest) {
                 (Some(_), Some(Err(e))) => {
                     tracing::error!(error = %e, "cannot read the message body for the checks");
                     decision.defer("cannot read the message body".into());
                 }
                 (Some(msg), Some(Ok(d))) => {
+                    let author = found_author.unwrap_or_else(|| Err("From: does not parse".into()));
                     arc_outcome = Some(
-                        self.check_message(raw, msg, d, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add).await,
+                        self.check_message(author, msg, d, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add)
+                            .await,
                     );
                 }
                 (Some(_), None) => {}
@@ -303,12 +335,13 @@ impl Checker {
             }
         }
 
-        for f in &findings {
-            decision.raise(self.policy.lookalike, format!("sender domain {} resembles {} ({})", f.domain, f.resembles, f.rule));
+        for (identity, f) in &findings {
+            decision
+                .raise(self.policy.lookalike, format!("sender domain {} ({identity}) resembles {} ({})", f.domain, f.resembles, f.rule));
             results.push(
                 ResInfo::new("x-lookalike", "fail")
                     .comment(format!("{} resembles {}", f.rule, ascii(&f.resembles)))
-                    .prop("header.from", &ascii(&f.domain)),
+                    .prop(identity.property(), &ascii(&f.domain)),
             );
         }
         if findings.is_empty() && input.message.is_some() {
@@ -316,7 +349,12 @@ impl Checker {
         }
         verdict.lookalike = findings
             .iter()
-            .map(|f| LookalikeReport { domain: f.domain.clone(), resembles: f.resembles.clone(), rule: f.rule.to_string() })
+            .map(|(identity, f)| LookalikeReport {
+                domain: f.domain.clone(),
+                resembles: f.resembles.clone(),
+                rule: f.rule.to_string(),
+                identity: identity.as_str(),
+            })
             .collect();
         verdict.action = decision.action;
         verdict.reason = decision.reason;
@@ -341,7 +379,7 @@ impl Checker {
     #[allow(clippy::too_many_arguments)]
     async fn check_message<'x>(
         &self,
-        raw: &[u8],
+        author: Result<author::Author, String>,
         msg: &'x AuthenticatedMessage<'x>,
         digest: &BodyDigest,
         input: &Input<'_>,
@@ -350,14 +388,14 @@ impl Checker {
         verdict: &mut Verdict,
         decision: &mut Decision,
         results: &mut Vec<ResInfo>,
-        add: &mut impl FnMut(Option<Finding>),
+        add: &mut impl FnMut(Identity, Option<Finding>),
     ) -> arc::ArcOutcome<'x> {
         let (checks, arc) = tokio::join!(
             dkim::verify_streamed(&self.auth, msg, digest, self.policy.max_dkim_signatures, &self.dkim_keys),
             arc::verify(&self.auth, msg)
         );
         for c in &checks {
-            add(self.lookalikes.check_domain(&c.domain));
+            add(Identity::Dkim, self.lookalikes.check_domain(&c.domain));
         }
         verdict.dkim = checks.iter().map(dkim_report).collect();
         if checks.is_empty() {
@@ -383,7 +421,7 @@ impl Checker {
             arc_info = arc_info.prop("header.d", newest);
         }
 
-        let author = match author::author(raw, &msg.from) {
+        let author = match author {
             Ok(a) => a,
             Err(why) => {
                 decision.raise(self.policy.invalid_from, why.clone());
@@ -393,9 +431,10 @@ impl Checker {
                 return arc;
             }
         };
-        add(self.lookalikes.check_domain(&author.domain));
+        add(Identity::From, self.lookalikes.check_domain(&author.domain));
+        add(Identity::From, self.lookalikes.check_local_part(&author.local, &author.domain));
         if let Some(name) = &author.display_name {
-            add(self.lookalikes.check_display_name(name, &author.domain));
+            add(Identity::From, self.lookalikes.check_display_name(name, &author.domain));
         }
 
         // With a null reverse-path, SPF's identity is the HELO name.
@@ -453,6 +492,29 @@ impl Checker {
         results.push(dmarc_info.prop("header.from", &author.domain));
         verdict.dmarc = d;
         arc
+    }
+
+    /// The look-alike rules for one address of `identity` (`local@domain`
+    /// as a parser returned it) and its display name.
+    fn address_lookalikes(
+        &self,
+        identity: Identity,
+        display: Option<&str>,
+        address: &str,
+        add: &mut impl FnMut(Identity, Option<Finding>),
+    ) {
+        let Some((local, domain)) = address.rsplit_once('@') else { return };
+        add(identity, self.lookalikes.check_domain(domain));
+        add(identity, self.lookalikes.check_local_part(local, domain));
+        // mail-parser reads `"ceo@bank.example"@evil.example` as the display
+        // name `ceo@bank.example` and the address `@evil.example`: that
+        // name is the local part a reader sees.
+        if let (true, Some(name)) = (local.is_empty(), display) {
+            add(identity, self.lookalikes.check_local_part(name, domain));
+        }
+        if let Some(name) = display {
+            add(identity, self.lookalikes.check_display_name(name, domain));
+        }
     }
 
     /// Keeps the DMARC evaluation for aggregate reports (RFC 7489 §7.2),

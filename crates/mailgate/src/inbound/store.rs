@@ -240,7 +240,7 @@ async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &Envelope,
         "checked"
     );
     for f in &verdict.lookalike {
-        tracing::warn!(client = %peer, domain = %f.domain, resembles = %f.resembles, rule = %f.rule, "look-alike sender domain");
+        tracing::warn!(client = %peer, domain = %f.domain, resembles = %f.resembles, rule = %f.rule, identity = f.identity, "look-alike sender domain");
     }
     match verdict.action {
         Disposition::Reject if verdict.temporary => {
@@ -262,7 +262,13 @@ fn verdict_headers(verdict: &Verdict) -> String {
     h.push_str(&verdict.auth_results_header());
     let ascii = |d: &str| idna::domain_to_ascii(d).unwrap_or_else(|_| d.chars().filter(|c| c.is_ascii_graphic() && *c != ';').collect());
     for f in &verdict.lookalike {
-        h.push_str(&format!("X-Mailgate-Lookalike: rule={}; domain={}; resembles={}\r\n", f.rule, ascii(&f.domain), ascii(&f.resembles)));
+        h.push_str(&format!(
+            "X-Mailgate-Lookalike: rule={}; domain={}; resembles={}; identity={}\r\n",
+            f.rule,
+            ascii(&f.domain),
+            ascii(&f.resembles),
+            f.identity
+        ));
     }
     if verdict.action > Disposition::Accept {
         h.push_str(&format!("X-Mailgate-Action: {} ({})\r\n", verdict.action.as_str(), printable(verdict.reason.as_deref().unwrap_or(""))));
