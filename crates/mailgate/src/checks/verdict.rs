@@ -559,7 +559,7 @@ impl Checker {
             disposition: disposition(v.action).into(),
             policy,
             override_reason: v.dmarc.override_reason.map(String::from),
-            lookalike: v.lookalike.iter().map(|l| format!("{}:{}", l.rule, l.resembles)).collect(),
+            lookalike: v.lookalike.iter().map(|l| format!("{}:{}:{}", l.identity, l.rule, l.resembles)).collect(),
         })));
     }
 }

@@ -97,7 +97,7 @@ pub struct Evaluation {
     /// RFC 7489 PolicyOverrideType when the disposition differs from the
     /// policy: `trusted_forwarder`, `local_policy`, ...
     pub override_reason: Option<String>,
-    /// Look-alike findings, `rule:resembles` each.
+    /// Look-alike findings, `identity:rule:resembles` each.
     pub lookalike: Vec<String>,
 }
 
