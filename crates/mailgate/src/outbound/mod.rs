@@ -222,8 +222,16 @@ fn message_for(job: &Job, size: u64) -> OutboundMessage {
     }
 }
 
-fn all(job: &Job, outcome: Outcome) -> Vec<Outcome> {
-    vec![outcome; job.rcpts.len()]
+/// The result of a job that was not sent: every recipient gets `outcome`.
+fn unsent(job: &Job, outcome: Outcome) -> JobResult {
+    JobResult {
+        id: job.id.clone(),
+        rcpts: job.rcpts.clone(),
+        outcomes: vec![outcome; job.rcpts.len()],
+        remote: None,
+        remote_dsn: false,
+        local: false,
+    }
 }
 
 /// Runs one worker for `dest` until its queue stays empty for the idle time.
@@ -254,32 +262,12 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
                 // Deleted meanwhile: the scheduler still counts the job as
                 // in flight, so it must hear back (it finds the message gone).
                 let o = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "message deleted from the queue"));
-                let _ = results.send(JobResult {
-                    id: job.id.clone(),
-                    rcpts: job.rcpts.clone(),
-                    outcomes: all(&job, o),
-                    remote: None,
-                    remote_dsn: false,
-                    local: false,
-                });
+                let _ = results.send(unsent(&job, o));
                 continue;
             }
             Err(e) => {
                 let o = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), format!("cannot read the spool: {e}")));
-                ob.finish(
-                    &dest,
-                    &results,
-                    &job.envelope,
-                    false,
-                    JobResult {
-                        id: job.id.clone(),
-                        rcpts: job.rcpts.clone(),
-                        outcomes: all(&job, o),
-                        remote: None,
-                        remote_dsn: false,
-                        local: false,
-                    },
-                );
+                ob.finish(&dest, &results, &job.envelope, false, unsent(&job, o));
                 continue;
             }
         };
@@ -321,36 +309,10 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
                 Err(o) => {
                     tracing::info!(destination = %dest, reason = %o.reply(), "destination unreachable; deferring its queue");
                     source.mark_dead(&dest, &o);
-                    ob.finish(
-                        &dest,
-                        &results,
-                        &job.envelope,
-                        false,
-                        JobResult {
-                            id: job.id.clone(),
-                            rcpts: job.rcpts.clone(),
-                            outcomes: all(&job, o.clone()),
-                            remote: None,
-                            remote_dsn: false,
-                            local: false,
-                        },
-                    );
+                    ob.finish(&dest, &results, &job.envelope, false, unsent(&job, o.clone()));
                     // Everything queued for this destination fails the same way.
                     while let Some(other) = source.take(&dest) {
-                        ob.finish(
-                            &dest,
-                            &results,
-                            &other.envelope,
-                            false,
-                            JobResult {
-                                id: other.id.clone(),
-                                rcpts: other.rcpts.clone(),
-                                outcomes: all(&other, o.clone()),
-                                remote: None,
-                                remote_dsn: false,
-                                local: false,
-                            },
-                        );
+                        ob.finish(&dest, &results, &other.envelope, false, unsent(&other, o.clone()));
                     }
                     continue;
                 }
