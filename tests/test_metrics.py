@@ -227,7 +227,7 @@ def test_every_documented_family_is_exported_at_zero_from_start(world):
             assert value(fams, "mailgate_auth_results", method=method, result=result) == 0
     for d in ["none", "quarantine", "reject"]:
         assert value(fams, "mailgate_dmarc_dispositions", disposition=d) == 0
-    for rule in ["confusable", "edit-distance", "embedded", "display-name"]:
+    for rule in ["confusable", "substitution", "edit-distance", "embedded", "display-name", "local-part"]:
         assert value(fams, "mailgate_lookalike_hits", rule=rule) == 0
     for result in TLS_RESULTS:
         for policy in TLS_POLICIES:
@@ -329,7 +329,8 @@ def test_counters_equal_the_traffic_sent(world):
     disp = {s.labels["disposition"]: s.value for s in fams["mailgate_dmarc_dispositions"].samples}
     assert disp == {"none": 2, "quarantine": 1, "reject": 0}, disp
     hits = {s.labels["rule"]: s.value for s in fams["mailgate_lookalike_hits"].samples}
-    assert hits == {"confusable": 0, "edit-distance": 1, "embedded": 0, "display-name": 0}, hits
+    assert hits == {"confusable": 0, "substitution": 0, "edit-distance": 1, "embedded": 0,
+                    "display-name": 0, "local-part": 0}, hits
 
     # Delivery over smtp:// routes has no TLS policy to report, and no
     # reports are sent or ingested yet.

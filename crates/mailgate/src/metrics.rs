@@ -53,7 +53,7 @@ const AUTH_RESULTS: [(&str, &[&str]); 4] = [
 const DISPOSITIONS: [&str; 3] = ["none", "quarantine", "reject"];
 
 /// Look-alike rules (checks/lookalike.rs).
-const LOOKALIKE_RULES: [&str; 4] = ["confusable", "edit-distance", "embedded", "display-name"];
+const LOOKALIKE_RULES: [&str; 6] = ["confusable", "substitution", "edit-distance", "embedded", "display-name", "local-part"];
 
 /// RFC 8460 §4.3 result types outbound delivery reports, and `success`.
 /// A result outside this list is counted as `validation-failure`, the
@@ -285,7 +285,11 @@ impl Metrics {
             "Messages from domains publishing DMARC, by the disposition we applied (RFC 7489)",
             self.dmarc_dispositions.clone(),
         );
-        r.register("mailgate_lookalike_hits", "Look-alike sender domain findings, by rule", self.lookalike_hits.clone());
+        r.register(
+            "mailgate_lookalike_hits",
+            "Messages with a look-alike sender domain finding, by rule (once per message and rule)",
+            self.lookalike_hits.clone(),
+        );
         r.register(
             "mailgate_outbound_tls_results",
             "Outbound TLS outcomes by RFC 8460 result type and policy type",

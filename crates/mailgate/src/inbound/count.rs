@@ -82,8 +82,12 @@ pub fn verdict(metrics: &Metrics, v: &Verdict, seconds: f64) {
             Action::Reject => "reject",
         });
     }
-    for f in &v.lookalike {
-        metrics.lookalike_hit(&f.rule);
+    // Once per message and rule, however many identities matched it.
+    let mut rules: Vec<&str> = v.lookalike.iter().map(|f| f.rule.as_str()).collect();
+    rules.sort_unstable();
+    rules.dedup();
+    for rule in rules {
+        metrics.lookalike_hit(rule);
     }
 }
 
