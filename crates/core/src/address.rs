@@ -63,6 +63,24 @@ impl Domain {
     pub fn is_ascii(&self) -> bool {
         self.0.is_ascii()
     }
+
+    /// The name in A-labels (`bücher.example` → `xn--bcher-kva.example`);
+    /// a name IDNA refuses stays as written.
+    pub fn to_ascii(&self) -> std::borrow::Cow<'_, str> {
+        if !self.0.is_ascii() || self.0.contains("xn--") {
+            if let Ok(ascii) = idna::domain_to_ascii(&self.0) {
+                return std::borrow::Cow::Owned(ascii);
+            }
+        }
+        std::borrow::Cow::Borrowed(&self.0)
+    }
+
+    /// Whether both name the same DNS domain: a U-label and its A-label
+    /// are one name, so a local domain or a `send_as` pattern written one
+    /// way also covers the other.
+    pub fn same_name(&self, other: &Domain) -> bool {
+        self == other || self.to_ascii() == other.to_ascii()
+    }
 }
 
 fn check_label(label: &str, utf8: bool) -> Result<(), AddressError> {
@@ -362,6 +380,18 @@ mod tests {
 
     fn mb(s: &str) -> Result<Mailbox, AddressError> {
         Mailbox::parse(s, false)
+    }
+
+    #[test]
+    fn u_label_and_a_label_are_the_same_name() {
+        let u = Domain::parse("bücher.example", true).unwrap();
+        let a = Domain::parse("XN--BCHER-KVA.example", false).unwrap();
+        assert!(u.same_name(&a) && a.same_name(&u));
+        assert_eq!(u.to_ascii(), "xn--bcher-kva.example");
+        assert!(!u.same_name(&Domain::parse("bucher.example", false).unwrap()));
+        // A name IDNA refuses compares only as written.
+        let bad = Domain::parse("xn--zz.example", false).unwrap();
+        assert!(bad.same_name(&bad.clone()) && !bad.same_name(&a));
     }
 
     #[test]

@@ -657,7 +657,7 @@ impl Config {
     }
 
     pub fn domain(&self, d: &Domain) -> Option<&DomainConfig> {
-        self.domains.iter().find(|c| &c.name == d)
+        self.domains.iter().find(|c| c.name.same_name(d))
     }
 
     pub fn retry_policy(&self) -> mailgate_core::retry::RetryPolicy {

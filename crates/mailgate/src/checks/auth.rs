@@ -32,6 +32,21 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 }
 
 /// `*` matches any run of characters; comparison ignores case.
+/// `local@domain` (or a pattern of one) with every U-label of the domain
+/// written as its A-label; labels holding a `*` and labels IDNA refuses stay
+/// as written, so they can only match themselves.
+fn to_a_labels(address: &str) -> String {
+    let Some((local, domain)) = address.rsplit_once('@') else { return address.to_string() };
+    let labels: Vec<String> = domain
+        .split('.')
+        .map(|label| match label.contains('*') || label.is_ascii() {
+            true => label.to_string(),
+            false => idna::domain_to_ascii(label).unwrap_or_else(|_| label.to_string()),
+        })
+        .collect();
+    format!("{local}@{}", labels.join("."))
+}
+
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.to_lowercase().chars().collect();
     let t: Vec<char> = text.to_lowercase().chars().collect();
@@ -94,7 +109,15 @@ impl Authenticator {
     pub fn may_send_as(&self, user: &str, address: &str) -> bool {
         let Some(u) = self.users.get(user) else { return false };
         let address = if address.is_empty() { "<>" } else { address };
-        u.send_as.iter().any(|p| glob_match(p, address))
+        u.send_as.iter().any(|p| {
+            if p.is_ascii() && address.is_ascii() {
+                glob_match(p, address)
+            } else {
+                // A U-label and its A-label are one domain (`bücher.example`
+                // = `xn--bcher-kva.example`): compare both in A-labels.
+                glob_match(&to_a_labels(p), &to_a_labels(address))
+            }
+        })
     }
 
     fn count(&self, key: Key) -> u32 {
@@ -162,6 +185,8 @@ mod tests {
         assert!(glob_match("app-*@example.test", "app-billing@example.test"));
         assert!(glob_match("ceo@example.test", "ceo@example.test"));
         assert!(!glob_match("ceo@example.test", "ceo2@example.test"));
+        assert_eq!(to_a_labels("*@*.bücher.example"), "*@*.xn--bcher-kva.example");
+        assert_eq!(to_a_labels("app@BÜCHER.example"), "app@xn--bcher-kva.example");
     }
 
     #[tokio::test]

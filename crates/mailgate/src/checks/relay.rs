@@ -99,7 +99,7 @@ impl Policy for RelayPolicy {
             return Err(Reply::new(550, status::POLICY, format!("Sender-specified routing refused: {hack}")));
         }
         match mailbox.host() {
-            Host::Domain(d) if self.local_domains.contains(d) => Ok(mailbox.clone()),
+            Host::Domain(d) if self.local_domains.iter().any(|l| l.same_name(d)) => Ok(mailbox.clone()),
             _ => Err(denied()),
         }
     }
