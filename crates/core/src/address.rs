@@ -67,10 +67,10 @@ impl Domain {
     /// The name in A-labels (`bücher.example` → `xn--bcher-kva.example`);
     /// a name IDNA refuses stays as written.
     pub fn to_ascii(&self) -> std::borrow::Cow<'_, str> {
-        if !self.0.is_ascii() || self.0.contains("xn--") {
-            if let Ok(ascii) = idna::domain_to_ascii(&self.0) {
-                return std::borrow::Cow::Owned(ascii);
-            }
+        if (!self.0.is_ascii() || self.0.contains("xn--"))
+            && let Ok(ascii) = idna::domain_to_ascii(&self.0)
+        {
+            return std::borrow::Cow::Owned(ascii);
         }
         std::borrow::Cow::Borrowed(&self.0)
     }
