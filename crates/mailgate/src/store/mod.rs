@@ -18,8 +18,10 @@
 mod recorder;
 mod schema;
 pub mod sqlite;
+pub mod timeline;
 
 pub use recorder::{Recorder, start_writer};
+pub use timeline::{MessageQuery, MessageSummary, Timeline, TimelineEvent, TrafficHour};
 
 use std::net::IpAddr;
 
@@ -138,6 +140,9 @@ pub enum Event {
     Evaluation(Box<Evaluation>),
     Delivery(DeliveryAttempt),
     Tls(TlsSession),
+    /// A message's accept-time record, a delivery attempt or a notice
+    /// (the dashboard's timelines, [`timeline`]).
+    Timeline(Box<TimelineEvent>),
 }
 
 /// Which kind of report.
@@ -345,6 +350,18 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes what is older than `before` (Unix seconds); answers how many
     /// rows went.
     fn prune(&self, before: u64) -> Result<u64>;
+
+    /// Messages matching a search, newest first ([`timeline::search`]).
+    fn find_messages(&self, query: &MessageQuery) -> Result<Vec<MessageSummary>>;
+
+    /// The timeline of a queue id or of a refused message's event id.
+    fn timeline(&self, id: &str) -> Result<Option<Timeline>>;
+
+    /// Hourly traffic counters in `[from, to)`, oldest first.
+    fn traffic(&self, from: u64, to: u64) -> Result<Vec<TrafficHour>>;
+
+    /// Look-alike findings that resembled `resembles`, newest first.
+    fn lookalikes(&self, resembles: &str, from: u64, to: u64, limit: usize) -> Result<Vec<timeline::LookalikeHit>>;
 }
 
 pub fn unix_now() -> u64 {

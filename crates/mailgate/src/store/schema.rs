@@ -115,4 +115,6 @@ pub const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX report_tls_report ON report_tls (report);",
+    // 2: per-message timelines and hourly traffic counters (the dashboard).
+    super::timeline::MIGRATION,
 ];

@@ -95,6 +95,7 @@ fn insert_events(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
     )?;
     let mut tls =
         tx.prepare_cached("INSERT INTO tls_sessions (time, policy_domain, mx_host, policy_type, result) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    let mut timelines = Vec::new();
     for e in events {
         match e {
             Event::Evaluation(v) => {
@@ -127,8 +128,10 @@ fn insert_events(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
             Event::Tls(t) => {
                 tls.execute(params![t.time, t.policy_domain, t.mx_host, t.policy_type, t.result])?;
             }
+            Event::Timeline(t) => timelines.push(&**t),
         }
     }
+    super::timeline::insert(tx, &timelines)?;
     Ok(())
 }
 
@@ -484,7 +487,24 @@ impl Store for Sqlite {
         ] {
             n += tx.execute(sql, params![ts(before)])? as u64;
         }
+        n += super::timeline::prune(&tx, before)?;
         tx.commit()?;
         Ok(n)
+    }
+
+    fn find_messages(&self, query: &MessageQuery) -> Result<Vec<MessageSummary>> {
+        super::timeline::search(&self.reader(), query)
+    }
+
+    fn timeline(&self, id: &str) -> Result<Option<Timeline>> {
+        super::timeline::get(&self.reader(), id)
+    }
+
+    fn traffic(&self, from: u64, to: u64) -> Result<Vec<TrafficHour>> {
+        super::timeline::traffic(&self.reader(), from, to)
+    }
+
+    fn lookalikes(&self, resembles: &str, from: u64, to: u64, limit: usize) -> Result<Vec<super::timeline::LookalikeHit>> {
+        super::timeline::lookalikes(&self.reader(), resembles, from, to, limit)
     }
 }
