@@ -206,7 +206,8 @@ impl Guard {
 /// carry no addresses; the login form and the style sheet.
 fn public(req: &Request) -> bool {
     let path = req.uri().path();
-    (matches!(*req.method(), Method::GET | Method::HEAD) && matches!(path, "/healthz" | "/metrics" | "/dashboard.css")) || path == "/login"
+    (matches!(*req.method(), Method::GET | Method::HEAD) && matches!(path, "/healthz" | "/metrics" | "/dashboard.css" | "/favicon.ico"))
+        || path == "/login"
 }
 
 /// A script's request (the API, a page's JSON twin), which gets 401
@@ -285,7 +286,12 @@ pub async fn require_token(
         reason = if presented { "wrong token" } else { "no token" },
         "admin API: authentication failed"
     );
-    if let Some(wait) = guard.fail(ip, now) {
+    // A wrong token, or any API request without one, counts towards the
+    // throttle; a page's JSON twin asked without credentials (or with an
+    // expired session) guesses nothing.
+    if (presented || req.uri().path().starts_with("/api/"))
+        && let Some(wait) = guard.fail(ip, now)
+    {
         tracing::warn!(client = %ip, block_s = wait.as_secs(), "admin API: throttling this address after repeated failures");
         return too_many(wait);
     }

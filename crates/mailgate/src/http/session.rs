@@ -151,11 +151,17 @@ fn login_page(guard: &Guard, token: &str, next: &str, error: Option<&str>) -> Ma
 /// `GET /login`: the form, with a fresh CSRF token in a cookie and in the form.
 pub async fn form(
     State(api): State<Arc<super::Api>>,
+    headers: HeaderMap,
     query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let guard = &api.guard;
     let next = safe_next(query.as_ref().ok().and_then(|q| q.next.as_deref()));
-    let token = random_token();
+    // The token of a login form still open in another tab (or loaded
+    // again by a favicon's redirect) stays valid: reuse the cookie's.
+    let token = match cookie(&headers, LOGIN_COOKIE) {
+        Some(t) if t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => t.to_string(),
+        _ => random_token(),
+    };
     let mut resp = login_page(guard, &token, &next, None).into_response();
     resp.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &token, "/login", 3600, guard.secure));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

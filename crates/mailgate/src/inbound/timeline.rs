@@ -53,7 +53,14 @@ impl Trace {
         self.rec.recipients = envelope.recipients.iter().map(|r| r.address.to_string()).collect();
         self.rec.size = size;
         if let Some(m) = mail_parser::MessageParser::new().parse_headers(header) {
-            self.rec.message_id = m.message_id().map(|id| format!("<{}>", clip(id))).unwrap_or_default();
+            // As written (unfolded): what the operator searches for and
+            // sees, even when it is not a well-formed msg-id.
+            let raw = m.header_raw(mail_parser::HeaderName::MessageId).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "));
+            self.rec.message_id = match (raw, m.message_id()) {
+                (Some(raw), _) if !raw.is_empty() => clip(&raw),
+                (_, Some(id)) => format!("<{}>", clip(id)),
+                _ => String::new(),
+            };
             self.rec.subject = m.subject().map(clip).unwrap_or_default();
             self.rec.from = m
                 .from()

@@ -443,3 +443,88 @@ pub fn lookalikes(c: &Connection, resembles: &str, from: u64, to: u64, limit: us
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::sqlite::{FILE, Sqlite};
+    use super::super::{Event, Store};
+    use super::*;
+
+    fn message(time: u64, id: &str, queued: bool, action: &str, rcpt: &str) -> Event {
+        Event::Timeline(Box::new(TimelineEvent::Message(MessageRecord {
+            time,
+            event_id: id.into(),
+            queue_id: queued.then(|| id.to_string()),
+            inbound: true,
+            client_ip: "192.0.2.7".into(),
+            sender: "Alice@Sender.test".into(),
+            recipients: vec![rcpt.into()],
+            message_id: format!("<{id}@sender.test>"),
+            action: action.into(),
+            lookalike: vec![LookalikeHit {
+                domain: "exarnple.test".into(),
+                resembles: "example.test".into(),
+                rule: "confusable".into(),
+                identity: "from".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })))
+    }
+
+    #[test]
+    fn timelines_are_found_counted_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(&dir.path().join(FILE)).unwrap();
+        let hour = 1_800_000_000 - 1_800_000_000 % HOUR;
+        let attempt = AttemptRecord {
+            time: hour + 60,
+            queue_id: "Q1".into(),
+            mx_host: "mx.example.test[192.0.2.9]:25".into(),
+            tls: true,
+            recipients: vec![
+                RecipientResult { address: "bob@example.test".into(), outcome: "deferred".into(), reply: "451 4.7.1 later".into() },
+                RecipientResult { address: "carol@example.test".into(), outcome: "delivered".into(), reply: "250 ok".into() },
+            ],
+        };
+        store
+            .write(&[
+                message(hour + 10, "Q1", true, "accepted", "bob@example.test"),
+                message(hour + 20, "r-00000000000000aa", false, "refused", "carol@example.test"),
+                message(hour + 3700, "Q2", true, "quarantined", "dave@example.test"),
+                Event::Timeline(Box::new(TimelineEvent::Attempt(attempt))),
+            ])
+            .unwrap();
+        let find = |text: &str| {
+            store
+                .find_messages(&MessageQuery { text: text.into(), limit: 10, ..Default::default() })
+                .unwrap()
+                .into_iter()
+                .map(|m| m.event_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(find("alice@sender.test"), ["Q2", "r-00000000000000aa", "Q1"]);
+        assert_eq!(find("CAROL@example.test"), ["r-00000000000000aa"]);
+        assert_eq!(find("Q1@sender.test"), ["Q1"]);
+        assert_eq!(find("<Q2@sender.test>"), ["Q2"]);
+        assert_eq!(find("192.0.2.7").len(), 3);
+        assert!(find("nobody@example.test").is_empty());
+        let t = store.timeline("Q1").unwrap().unwrap();
+        assert_eq!(t.message.unwrap().action, "accepted");
+        assert!(matches!(&t.events[..], [TimelineEvent::Attempt(a)] if a.recipients[0].reply == "451 4.7.1 later"));
+        assert!(store.timeline("r-00000000000000aa").unwrap().unwrap().events.is_empty());
+        assert!(store.timeline("nothing").unwrap().is_none());
+
+        let traffic = store.traffic(hour, hour + 2 * HOUR).unwrap();
+        assert_eq!(traffic.len(), 2);
+        let h = &traffic[0];
+        assert_eq!((h.received_inbound, h.accepted, h.refused, h.delivered, h.deferred), (2, 1, 1, 1, 1));
+        assert_eq!((traffic[1].accepted, traffic[1].quarantined), (1, 1));
+        assert_eq!(store.lookalikes("example.test", 0, u64::MAX, 10).unwrap().len(), 3);
+
+        store.prune(hour + 3600).unwrap();
+        assert_eq!(find(""), ["Q2"]);
+        assert_eq!(store.traffic(0, u64::MAX).unwrap().len(), 1);
+        assert_eq!(store.lookalikes("example.test", 0, u64::MAX, 10).unwrap().len(), 1);
+    }
+}

@@ -40,6 +40,8 @@ pub fn router() -> Router<Arc<Api>> {
         .route("/domains/{domain}", get(domains::page))
         .route("/tls", get(tls::page))
         .route("/dashboard.css", get(css))
+        // Browsers ask for it on every page: no icon, and no redirect to the login.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
 
 async fn css() -> Response {
