@@ -88,11 +88,12 @@ def test_operator_finds_what_was_sent(env, browser):
 
     # Overview: today's numbers are the traffic sent.
     page.goto(env.url + "/")
-    today = page.inner_text("#today")
-    assert f"Received\n{total}" in today, today
-    assert f"Accepted\n{env.sent['accepted'] + env.sent['quarantined']}" in today, today
-    assert f"Quarantined\n{env.sent['quarantined']}" in today, today
-    assert f"Refused\n{env.sent['refused']}" in today, today
+    # The labels are upper-cased by the style sheet, which innerText reflects.
+    today = page.inner_text("#today").lower()
+    assert f"received\n{total}\n" in today, today
+    assert f"accepted\n{env.sent['accepted'] + env.sent['quarantined']}\n" in today, today
+    assert f"quarantined\n{env.sent['quarantined']}\n" in today, today
+    assert f"refused\n{env.sent['refused']}" in today, today
     assert int(page.inner_text("#queue")) == o["queue_messages"] >= 1
     assert page.locator("svg.chart").count() >= 1
     no_injection(page)

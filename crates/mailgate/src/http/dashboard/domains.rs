@@ -168,13 +168,32 @@ pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Acce
 /// Sources sending as `domain` and the spoofing blocked, from the store's
 /// hourly DMARC aggregates.
 pub(super) fn sources_and_spoofing(
-    _store: &dyn crate::store::Store,
-    _domain: &str,
-    _from: u64,
-    _to: u64,
+    store: &dyn crate::store::Store,
+    domain: &str,
+    from: u64,
+    to: u64,
 ) -> crate::store::Result<(Vec<Source>, Spoofing)> {
-    // Filled from the store's aggregates (branch store2) once they land.
-    Ok((Vec::new(), Spoofing::default()))
+    let sources = store
+        .sources(domain, from, to, 200)?
+        .into_iter()
+        .map(|s| Source {
+            source_ip: s.source_ip.to_string(),
+            verdict: if s.dmarc_pass == s.messages { "would-pass" } else { "would-fail" },
+            messages: s.messages,
+            spf_aligned: s.spf_aligned,
+            dkim_aligned: s.dkim_aligned,
+            dmarc_pass: s.dmarc_pass,
+            helo: s.helo,
+        })
+        .collect();
+    let mut spoofing = Spoofing::default();
+    for h in store.dmarc_hourly(Some(domain), from, to)? {
+        spoofing.messages += h.messages;
+        spoofing.dmarc_pass += h.dmarc_pass;
+        spoofing.rejected += h.rejected;
+        spoofing.quarantined += h.quarantined;
+    }
+    Ok((sources, spoofing))
 }
 
 fn render(d: &DomainPage, access: &Access) -> Markup {

@@ -139,28 +139,40 @@ pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Acce
 /// Successful and all outbound TLS sessions in `[from, to)`.
 fn tls_counts(store: &dyn crate::store::Store, from: u64, to: u64) -> crate::store::Result<(u64, u64)> {
     let (mut ok, mut all) = (0, 0);
-    for domain in store.tls_domains(from, to)? {
-        for row in store.tls_rows(&domain, from, to)? {
-            all += row.count;
-            if row.result == "success" {
-                ok += row.count;
-            }
+    for c in store.tls_summary(from, to)? {
+        all += c.sessions;
+        if c.result == "success" {
+            ok += c.sessions;
         }
     }
     Ok((ok, all))
 }
 
-/// Each of our domains' DMARC pass rate per day, from the evaluations.
+/// Each of our domains' DMARC pass rate per day over `DAYS` days from
+/// `from`, from the store's hourly aggregates of our own evaluations.
 pub(super) fn dmarc_series(
-    _store: &dyn crate::store::Store,
+    store: &dyn crate::store::Store,
     domains: &[String],
     from: u64,
     today: u64,
 ) -> crate::store::Result<Vec<DmarcSeries>> {
-    // Filled from the store's hourly DMARC aggregates once they land
-    // (branch store2); until then, no points.
-    let _ = (from, today);
-    Ok(domains.iter().map(|d| DmarcSeries { domain: d.clone(), days: Vec::new() }).collect())
+    let mut out = Vec::with_capacity(domains.len());
+    for domain in domains {
+        let hours = store.dmarc_hourly(Some(domain), from, today + DAY)?;
+        let days = (0..DAYS)
+            .map(|i| {
+                let start = from + i * DAY;
+                let (mut messages, mut pass) = (0, 0);
+                for h in hours.iter().filter(|h| h.hour >= start && h.hour < start + DAY) {
+                    messages += h.messages;
+                    pass += h.dmarc_pass;
+                }
+                DmarcDay { date: layout::date(start), messages, dmarc_pass: pass, pass_rate: rate(pass, messages) }
+            })
+            .collect();
+        out.push(DmarcSeries { domain: domain.clone(), days });
+    }
+    Ok(out)
 }
 
 fn render(d: &Overview, access: &Access) -> maud::Markup {

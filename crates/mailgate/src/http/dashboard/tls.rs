@@ -62,20 +62,18 @@ struct TlsPage {
 }
 
 fn read(store: &dyn crate::store::Store, from: u64, to: u64) -> crate::store::Result<TlsPage> {
-    let mut outbound = Vec::new();
-    for domain in store.tls_domains(from, to)? {
-        let mut d = Destination { domain: domain.clone(), ..Default::default() };
-        for row in store.tls_rows(&domain, from, to)? {
-            d.sessions += row.count;
-            *d.policies.entry(row.policy_type.clone()).or_default() += row.count;
-            if row.result == "success" {
-                d.successes += row.count;
-            } else {
-                *d.failures.entry(row.result.clone()).or_default() += row.count;
-            }
+    let mut by_domain: BTreeMap<String, Destination> = BTreeMap::new();
+    for c in store.tls_summary(from, to)? {
+        let d = by_domain.entry(c.policy_domain.clone()).or_insert_with(|| Destination { domain: c.policy_domain.clone(), ..Default::default() });
+        d.sessions += c.sessions;
+        *d.policies.entry(c.policy_type.clone()).or_default() += c.sessions;
+        if c.result == "success" {
+            d.successes += c.sessions;
+        } else {
+            *d.failures.entry(c.result.clone()).or_default() += c.sessions;
         }
-        outbound.push(d);
     }
+    let mut outbound: Vec<Destination> = by_domain.into_values().collect();
     outbound.sort_by(|a, b| b.sessions.cmp(&a.sessions).then_with(|| a.domain.cmp(&b.domain)));
     let list = store.list_reports(&ReportQuery { kind: Some(ReportKind::Tlsrpt), limit: REPORTS, ..Default::default() })?;
     let mut reports = Vec::new();
