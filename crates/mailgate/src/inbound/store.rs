@@ -76,6 +76,7 @@ impl Received {
 
 /// Checks, stamps, signs and stores one message; the 250's queue id, or
 /// the reply to give instead.
+#[allow(clippy::too_many_arguments)]
 pub async fn store(
     ctx: &Inbound,
     peer: SocketAddr,

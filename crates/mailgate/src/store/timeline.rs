@@ -119,6 +119,8 @@ pub struct DsnRecord {
 /// What the writer takes for timelines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// Boxed whole in `Event::Timeline`: the variants' sizes do not matter there.
+#[allow(clippy::large_enum_variant)]
 pub enum TimelineEvent {
     Message(MessageRecord),
     Attempt(AttemptRecord),

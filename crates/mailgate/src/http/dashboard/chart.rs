@@ -11,7 +11,7 @@ pub const PALETTE: [&str; 8] = ["#2557d6", "#1b7f3b", "#a86400", "#b3261e", "#6f
 const W: f64 = 760.0;
 const H: f64 = 230.0;
 const LEFT: f64 = 48.0;
-const RIGHT: f64 = 12.0;
+const RIGHT: f64 = 28.0;
 const TOP: f64 = 14.0;
 const BOTTOM: f64 = 34.0;
 
@@ -128,17 +128,10 @@ pub fn stacked_bars(title: &str, x_labels: &[String], stacks: &[Stack<'_>]) -> M
                 }
                 @for i in 0..n {
                     @let x = LEFT + slot * i as f64 + (slot - bar) / 2.0;
-                    @let mut base = 0u64;
-                    @for s in stacks {
-                        @let v = s.values.get(i).copied().unwrap_or(0);
-                        @if v > 0 {
-                            @let top = y_of((base + v) as f64, max as f64);
-                            @let bottom = y_of(base as f64, max as f64);
-                            rect x=(format!("{x:.1}")) y=(format!("{top:.1}")) width=(format!("{bar:.1}")) height=(format!("{:.1}", bottom - top)) fill=(s.color) {
-                                title { (s.name) " " (x_labels.get(i).map(String::as_str).unwrap_or("")) ": " (v) }
-                            }
+                    @for (s, v, top, height) in segments(stacks, i, max) {
+                        rect x=(format!("{x:.1}")) y=(format!("{top:.1}")) width=(format!("{bar:.1}")) height=(format!("{height:.1}")) fill=(s.color) {
+                            title { (s.name) " " (x_labels.get(i).map(String::as_str).unwrap_or("")) ": " (v) }
                         }
-                        @let _ = { base += v; };
                     }
                     @if i % step == 0 || i + 1 == n {
                         text x=(format!("{:.1}", x + bar / 2.0)) y=(H - BOTTOM + 16.0) text-anchor="middle" { (x_labels.get(i).map(String::as_str).unwrap_or("")) }
@@ -148,6 +141,21 @@ pub fn stacked_bars(title: &str, x_labels: &[String], stacks: &[Stack<'_>]) -> M
             figcaption { (legend(stacks.iter().map(|s| (s.name, s.color)))) }
         }
     }
+}
+
+/// The non-empty segments of bar `i`, bottom up: layer, count, top and height.
+fn segments<'s, 'a>(stacks: &'s [Stack<'a>], i: usize, max: u64) -> Vec<(&'s Stack<'a>, u64, f64, f64)> {
+    let mut base = 0;
+    let mut out = Vec::new();
+    for s in stacks {
+        let v = s.values.get(i).copied().unwrap_or(0);
+        if v > 0 {
+            let top = y_of((base + v) as f64, max as f64);
+            out.push((s, v, top, y_of(base as f64, max as f64) - top));
+        }
+        base += v;
+    }
+    out
 }
 
 /// 1, 2, 5 × 10^k at or above `v` (at least 4, so the grid has integer steps).

@@ -14,7 +14,7 @@ use maud::html;
 use serde::Serialize;
 
 use super::chart::{self, Series, Stack};
-use super::layout::{self, percent};
+use super::layout;
 use super::{DAY, Params, blocking, failure, now, respond, wants_json};
 use crate::http::Api;
 use crate::http::auth::Access;
@@ -223,7 +223,6 @@ fn render(d: &Overview, access: &Access) -> maud::Markup {
         @if !d.dmarc.is_empty() {
             p.note { "Domains: " @for (i, s) in d.dmarc.iter().enumerate() { @if i > 0 { ", " } a href={ "/domains/" (s.domain) } { (s.domain) } } }
         }
-        p.note { "Rates: " (percent(d.last_30_days.delivered, d.last_30_days.delivered + d.last_30_days.deferred + d.last_30_days.bounced)) " of delivery attempts per recipient succeeded." }
     };
     layout::page("Overview", Some("/"), access, body)
 }

@@ -139,7 +139,7 @@ pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Acce
                             tr { td { strong { "all" } } td.num { strong { (d.recipients) } } @for t in &d.totals { td.num { (zero(*t)) } } td {} }
                             @for r in &d.rows {
                                 tr {
-                                    td.wrap { (r.domain) }
+                                    td.nowrap { (r.domain) }
                                     td.num { (r.total) }
                                     @for n in &r.buckets { td.num { (zero(*n)) } }
                                     td.wrap {

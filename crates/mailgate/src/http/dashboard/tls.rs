@@ -64,7 +64,9 @@ struct TlsPage {
 fn read(store: &dyn crate::store::Store, from: u64, to: u64) -> crate::store::Result<TlsPage> {
     let mut by_domain: BTreeMap<String, Destination> = BTreeMap::new();
     for c in store.tls_summary(from, to)? {
-        let d = by_domain.entry(c.policy_domain.clone()).or_insert_with(|| Destination { domain: c.policy_domain.clone(), ..Default::default() });
+        let d = by_domain
+            .entry(c.policy_domain.clone())
+            .or_insert_with(|| Destination { domain: c.policy_domain.clone(), ..Default::default() });
         d.sessions += c.sessions;
         *d.policies.entry(c.policy_type.clone()).or_default() += c.sessions;
         if c.result == "success" {
