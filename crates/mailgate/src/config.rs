@@ -246,11 +246,15 @@ struct RawHttp {
     /// certificate.
     #[serde(default)]
     tls: bool,
+    /// The dashboard's login password as an argon2 hash (`mailgate user
+    /// hash`); without it only the bearer token opens the pages.
+    #[serde(default)]
+    admin_password: Option<String>,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { bind: Some(default_http()), tls: false }
+        RawHttp { bind: Some(default_http()), tls: false, admin_password: None }
     }
 }
 
@@ -403,6 +407,8 @@ pub struct Config {
     pub http_bind: Option<SocketAddr>,
     /// `[http] tls`: the admin API speaks HTTPS with the listener certificate.
     pub http_tls: bool,
+    /// `[http] admin_password`: the argon2 hash the dashboard login checks.
+    pub http_admin_password: Option<String>,
     /// `[server] user`: None means "mailgate" if that user exists.
     pub user: Option<String>,
     pub limits: Limits,
@@ -538,6 +544,11 @@ impl Config {
             }
             users.push(User { name: u.name, password_hash: u.password, send_as: u.send_as });
         }
+        if let Some(h) = &raw.http.admin_password
+            && !h.starts_with("$argon2id$")
+        {
+            problems.add("http.admin_password", "must be an argon2id hash ($argon2id$...; `mailgate user hash` prints one)".into());
+        }
 
         let smarthost = match raw.delivery.smarthost.as_deref() {
             Some(s) => Smarthost::parse(s).or_else(|| {
@@ -636,6 +647,7 @@ impl Config {
             users,
             http_bind: raw.http.bind,
             http_tls: raw.http.tls,
+            http_admin_password: raw.http.admin_password,
             user: raw.server.user,
             limits,
             spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },

@@ -36,6 +36,7 @@ impl TlsEvents {
                 mx_host: mx.to_string(),
                 policy_type: policy.to_string(),
                 result: result.to_string(),
+                policy_string: String::new(),
             }));
         }
     }

@@ -123,6 +123,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.dkim.dns_check_interval),
         Duration::from_secs(config.dkim.rotation_overlap),
     );
+    let dash_resolver = outbound.resolver.clone();
     let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone(), signer.clone());
     let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -151,13 +152,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             command_timeout: config.command_timeout(),
             data_timeout: config.data_timeout(),
             budget: budget.clone(),
+            recorder: Some(recorder.clone()),
         });
         tracing::info!(role = l.role.as_str(), addr = %socket.local_addr()?, "listening");
         tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
     }
 
     if let (Some(socket), Some(token)) = (http_socket, admin_token) {
-        let guard = http::auth::Guard::new(token);
+        let guard = http::auth::Guard::with_login(token, config.http_admin_password.clone(), config.http_tls);
         let api = Arc::new(http::Api {
             spool: spool.clone(),
             scheduler,
@@ -167,6 +169,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             store: store.clone(),
             recorder: recorder.clone(),
             reports,
+            config: config.clone(),
+            resolver: Some(dash_resolver),
         });
         let tls = config.http_tls.then(|| server_tls.clone());
         tasks.push(http::listen::start(socket, tls, http::router(api), stop_rx.clone()).await?);

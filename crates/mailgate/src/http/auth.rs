@@ -3,6 +3,10 @@
 //! request but `GET /healthz` and `GET /metrics`, and a bounded per-address
 //! throttle that answers 429 to an address after repeated failures.
 //!
+//! The dashboard's session cookie ([`super::session`]) opens the same
+//! doors. Without either, a page answers with a redirect to `/login`;
+//! the API and a page's `?format=json` twin answer 401.
+//!
 //! May import: std, axum, `subtle`, `rand`, `base64`.
 
 use std::collections::HashMap;
@@ -102,10 +106,28 @@ impl Failures {
     }
 }
 
-/// The token and the failure table.
+/// The token, the dashboard's login and sessions, and the failure table.
 pub struct Guard {
     token: String,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// `[http] admin_password`: the argon2 hash the login form checks.
+    pub password: Option<String>,
+    /// Cookies get `Secure` (the server speaks HTTPS).
+    pub secure: bool,
+    pub sessions: super::session::Sessions,
+}
+
+/// How a request got in, for handlers (a request extension).
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// The public paths (`/login`, `/healthz`, ...).
+    Anonymous,
+    Bearer,
+    /// A dashboard session: its cookie and CSRF token.
+    Session {
+        cookie: String,
+        csrf: String,
+    },
 }
 
 /// The throttle's key: IPv4 addresses as they are, IPv6 by their /64, which
@@ -125,21 +147,27 @@ fn key(ip: IpAddr) -> IpAddr {
 
 impl Guard {
     pub fn new(token: String) -> Arc<Guard> {
-        Arc::new(Guard { token, failures: Mutex::new(HashMap::new()) })
+        Guard::with_login(token, None, false)
+    }
+
+    /// With the dashboard's login: `password` is the argon2 hash, `secure`
+    /// whether cookies travel over HTTPS only.
+    pub fn with_login(token: String, password: Option<String>, secure: bool) -> Arc<Guard> {
+        Arc::new(Guard { token, failures: Mutex::new(HashMap::new()), password, secure, sessions: Default::default() })
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+    pub(super) fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let table = self.table();
         let until = table.get(&key(ip))?.blocked_until?;
         (until > now).then(|| until - now)
     }
 
     /// Counts a failure; `Some(wait)` when the address is now throttled.
-    fn fail(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+    pub(super) fn fail(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let mut table = self.table();
         if table.len() >= MAX_TRACKED && !table.contains_key(&key(ip)) {
             table.retain(|_, f| !f.expired(now));
@@ -175,12 +203,29 @@ impl Guard {
 }
 
 /// Paths anyone on the network may read: liveness and counters, which
-/// carry no addresses.
+/// carry no addresses; the login form and the style sheet.
 fn public(req: &Request) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD) && matches!(req.uri().path(), "/healthz" | "/metrics")
+    let path = req.uri().path();
+    (matches!(*req.method(), Method::GET | Method::HEAD) && matches!(path, "/healthz" | "/metrics" | "/dashboard.css" | "/favicon.ico"))
+        || path == "/login"
 }
 
-fn too_many(wait: Duration) -> Response {
+/// A script's request (the API, a page's JSON twin), which gets 401
+/// rather than a redirect to the login form.
+fn wants_json(req: &Request) -> bool {
+    req.uri().path().starts_with("/api/")
+        || req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "format=json"))
+        || req.headers().get(header::AUTHORIZATION).is_some()
+}
+
+/// The dashboard session the request's cookie names, if it is live.
+fn session(guard: &Guard, req: &Request) -> Option<Access> {
+    let cookie = super::session::cookie(req.headers(), super::session::SESSION_COOKIE)?;
+    let csrf = guard.sessions.csrf(cookie)?;
+    Some(Access::Session { cookie: cookie.to_string(), csrf })
+}
+
+pub(super) fn too_many(wait: Duration) -> Response {
     let mut resp =
         (StatusCode::TOO_MANY_REQUESTS, axum::Json(serde_json::json!({"error": "too many failed attempts from this address; wait"})))
             .into_response();
@@ -195,10 +240,11 @@ fn too_many(wait: Duration) -> Response {
 pub async fn require_token(
     State(guard): State<Arc<Guard>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     if public(&req) {
+        req.extensions_mut().insert(Access::Anonymous);
         return next.run(req).await;
     }
     let now = Instant::now();
@@ -208,7 +254,31 @@ pub async fn require_token(
         return too_many(wait);
     }
     if guard.valid(&req) {
+        req.extensions_mut().insert(Access::Bearer);
         return next.run(req).await;
+    }
+    if let Some(access) = session(&guard, &req) {
+        // The API changes state on POST and DELETE: from a browser
+        // session, only with the session's CSRF token in a header (the
+        // dashboard's own forms carry it in the form, checked there).
+        if let Access::Session { csrf, .. } = &access
+            && req.uri().path().starts_with("/api/")
+            && !matches!(*req.method(), Method::GET | Method::HEAD)
+        {
+            let sent = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !super::session::same(csrf, sent) {
+                return (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({"error": "missing or wrong X-CSRF-Token"}))).into_response();
+            }
+        }
+        req.extensions_mut().insert(access);
+        return next.run(req).await;
+    }
+    if !wants_json(&req) {
+        // A browser without a session: to the login form, and back here
+        // after it. Not a failure: sessions expire.
+        let back = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let to = format!("/login?next={}", url_escape(back));
+        return axum::response::Redirect::to(&to).into_response();
     }
     let presented = req.headers().contains_key(header::AUTHORIZATION);
     tracing::warn!(
@@ -216,13 +286,28 @@ pub async fn require_token(
         reason = if presented { "wrong token" } else { "no token" },
         "admin API: authentication failed"
     );
-    if let Some(wait) = guard.fail(ip, now) {
+    // A wrong token, or any API request without one, counts towards the
+    // throttle; a page's JSON twin asked without credentials (or with an
+    // expired session) guesses nothing.
+    if (presented || req.uri().path().starts_with("/api/"))
+        && let Some(wait) = guard.fail(ip, now)
+    {
         tracing::warn!(client = %ip, block_s = wait.as_secs(), "admin API: throttling this address after repeated failures");
         return too_many(wait);
     }
     let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"error": "missing or wrong bearer token"}))).into_response();
     resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mailgate\""));
     resp
+}
+
+/// Percent-encodes a path and query for a query parameter.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

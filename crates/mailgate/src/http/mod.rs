@@ -1,17 +1,20 @@
-//! HTTP: the admin API under `/api/v1`, Prometheus `/metrics`, `/healthz`.
+//! HTTP: the admin API under `/api/v1`, Prometheus `/metrics`, `/healthz`,
+//! and the dashboard's pages ([`dashboard`], with logins in [`session`]).
 //!
 //! Reads the spool's index for listings (a page at a time); every change
-//! goes through the scheduler. Every request but `GET /healthz` and
-//! `GET /metrics` needs the bearer token ([`auth`]); [`listen`] serves it
-//! over HTTPS when `[http] tls = true`.
+//! goes through the scheduler. Every request but `GET /healthz`,
+//! `GET /metrics` and the login form needs the bearer token or a dashboard
+//! session ([`auth`]); [`listen`] serves it over HTTPS when `[http] tls = true`.
 //!
-//! May import: `scheduler`, `spool`, `store`, `report`, `metrics`, `tls`, `config`, `mailgate-core`.
+//! May import: `scheduler`, `spool`, `store`, `report`, `metrics`, `tls`, `config`, `sign::store`, `mailgate-core`.
 
 pub mod auth;
+mod dashboard;
 pub mod listen;
 mod metrics;
 pub mod report_send;
 mod reports;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +43,10 @@ pub struct Api {
     pub recorder: Arc<crate::store::Recorder>,
     /// Sends the DMARC and TLS-RPT reports (`/api/v1/reports/send`).
     pub reports: Arc<crate::report::Reports>,
+    /// Our domains, `data_dir`, DKIM rotation (the dashboard's domain pages).
+    pub config: Arc<crate::config::Config>,
+    /// For the records the domain pages show as published now.
+    pub resolver: Option<hickory_resolver::TokioResolver>,
 }
 
 /// Messages per page when `limit` is not given, and the most one page holds.
@@ -59,6 +66,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(report_send::router(api.reports.clone()))
+        .merge(dashboard::router())
+        .route("/login", get(session::form).post(session::login))
+        .route("/logout", axum::routing::post(session::logout))
         .with_state(api)
         .layer(axum::middleware::from_fn_with_state(guard, auth::require_token))
 }

@@ -10,11 +10,12 @@
 //! arrives (see [`spill`]), and what sessions hold in memory is counted
 //! against one budget; [`store`] takes a finished message from there.
 //!
-//! May import: `checks`, `spool`, `metrics`, `config`, `mailgate-core`.
+//! May import: `checks`, `spool`, `store` (timeline records), `metrics`, `config`, `mailgate-core`.
 
 mod count;
 pub mod spill;
 mod store;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct Inbound {
     pub quarantine: bool,
     /// `[limits] max_inflight_memory`, shared by every listener.
     pub budget: Arc<Budget>,
+    /// Where each message's timeline record goes (the report store).
+    pub recorder: Option<Arc<crate::store::Recorder>>,
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
@@ -102,14 +105,16 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                         // Mail a client may relay is outbound mail: ours to sign.
                         let outbound = info.authenticated_as.is_some() || info.trusted;
                         let (helo, user) = (info.helo.clone().unwrap_or_default(), info.authenticated_as.clone());
+                        let mut trace = timeline::Trace::new(peer, info, ctx.session.role, outbound);
                         let spilled = spill.take().filter(|s| s.serial == session.transaction_serial());
                         let result = match Received::assemble(*incoming, spilled) {
                             Ok(received) if reservation.set(received.in_memory()) => {
-                                store::store(&ctx, peer, &helo, user.as_deref(), received, outbound, &mut reservation).await
+                                store::store(&ctx, peer, &helo, user.as_deref(), received, outbound, &mut reservation, &mut trace).await
                             }
                             Ok(_) => Err(over_budget_reply()),
                             Err(reply) => Err(reply),
                         };
+                        trace.record(ctx.recorder.as_deref(), &result);
                         reservation.set(0);
                         ctx.metrics.message_received();
                         if let Err(reply) = &result {

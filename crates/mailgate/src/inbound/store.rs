@@ -18,6 +18,7 @@ use mailgate_core::{Envelope, QueueId, ReversePath};
 
 use super::Inbound;
 use super::spill::{MAX_HEADER, Reservation, Spill};
+use super::timeline::Trace;
 use crate::checks::body::Body;
 use crate::checks::sender;
 use crate::checks::verdict::{Input, Verdict};
@@ -75,6 +76,7 @@ impl Received {
 
 /// Checks, stamps, signs and stores one message; the 250's queue id, or
 /// the reply to give instead.
+#[allow(clippy::too_many_arguments)]
 pub async fn store(
     ctx: &Inbound,
     peer: SocketAddr,
@@ -83,14 +85,16 @@ pub async fn store(
     received: Received,
     outbound: bool,
     reservation: &mut Reservation,
+    trace: &mut Trace,
 ) -> Result<QueueId, Reply> {
     let Received { mut envelope, long_lines, mut header, mut body, mut staged } = received;
+    trace.message(&envelope, &header, header.len() as u64 + body.len());
     check_sender(ctx, authenticated_as, &header)?;
     // Inbound mail is judged as received, before anything is added.
     let checks = if outbound {
         String::new()
     } else {
-        let verdict = check(ctx, peer, helo, &envelope, &header, body.clone()).await?;
+        let verdict = check(ctx, peer, helo, &envelope, &header, body.clone(), trace).await?;
         envelope.quarantine = verdict.action == Disposition::Quarantine && ctx.quarantine;
         if let Some((clean, n)) = crate::checks::auth_results::strip_forged(&header, ctx.checker.authserv_id()) {
             tracing::info!(client = %peer, fields = n, "removed incoming header fields claiming our authserv-id");
@@ -216,7 +220,15 @@ fn check_sender(ctx: &Inbound, user: Option<&str>, header: &[u8]) -> Result<(), 
 }
 
 /// Runs the inbound checks and turns a refusal into its reply.
-async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &Envelope, header: &[u8], body: Body) -> Result<Verdict, Reply> {
+async fn check(
+    ctx: &Inbound,
+    peer: SocketAddr,
+    helo: &str,
+    envelope: &Envelope,
+    header: &[u8],
+    body: Body,
+    trace: &mut Trace,
+) -> Result<Verdict, Reply> {
     let mail_from = envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default();
     // No report about reports: mail only to our report addresses is not counted.
     let record = !envelope.recipients.iter().all(|r| ctx.checker.is_report_address(&r.address.to_string()));
@@ -224,6 +236,7 @@ async fn check(ctx: &Inbound, peer: SocketAddr, helo: &str, envelope: &Envelope,
     let started = std::time::Instant::now();
     let verdict = ctx.checker.check(&input).await;
     super::count::verdict(&ctx.metrics, &verdict, started.elapsed().as_secs_f64());
+    trace.verdict(&verdict);
     let reason = verdict.reason.as_deref().unwrap_or("");
     let dkim: Vec<String> = verdict.dkim.iter().map(|d| format!("{}:{}", d.domain, d.result)).collect();
     tracing::info!(

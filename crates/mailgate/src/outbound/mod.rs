@@ -189,6 +189,7 @@ impl Outbound {
             }
         }
         let time = crate::store::unix_now();
+        record_timeline(recorder, result, envelope, tls, time);
         for (reply, n) in groups {
             recorder.record(crate::store::Event::Delivery(crate::store::DeliveryAttempt {
                 time,
@@ -202,6 +203,35 @@ impl Outbound {
             }));
         }
     }
+}
+
+/// The attempt on the message's timeline: each recipient with its own
+/// outcome and full reply.
+fn record_timeline(recorder: &crate::store::Recorder, result: &JobResult, envelope: &Envelope, tls: bool, time: u64) {
+    use crate::store::timeline::{AttemptRecord, RecipientResult};
+    let recipients = result
+        .rcpts
+        .iter()
+        .zip(&result.outcomes)
+        .map(|(&i, o)| RecipientResult {
+            address: envelope.recipients.get(i).map(|r| r.address.to_string()).unwrap_or_default(),
+            outcome: match o {
+                Outcome::Delivered(_) => "delivered",
+                Outcome::Permanent(_) => "bounced",
+                Outcome::Temporary(_) => "deferred",
+            }
+            .into(),
+            reply: o.reply().to_string().trim_end().to_string(),
+        })
+        .collect();
+    let attempt = AttemptRecord {
+        time,
+        queue_id: result.id.as_str().to_string(),
+        mx_host: result.remote.clone().unwrap_or_default(),
+        tls,
+        recipients,
+    };
+    recorder.record(crate::store::Event::Timeline(Box::new(crate::store::TimelineEvent::Attempt(attempt))));
 }
 
 fn message_for(job: &Job, size: u64) -> OutboundMessage {

@@ -179,6 +179,7 @@ mod tests {
             policy_type: policy.into(),
             result: result.into(),
             count,
+            policy_string: String::new(),
         };
         let rows = [
             row("mx.example.net", "sts", "certificate-host-mismatch", 3),

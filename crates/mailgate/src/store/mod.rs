@@ -15,12 +15,17 @@
 //!
 //! May import: `config`, `mailgate-core`.
 
+mod read;
 mod recorder;
 mod schema;
 pub mod sqlite;
+pub mod timeline;
+mod write;
 
 pub use recorder::{Recorder, start_writer};
+pub use timeline::{MessageQuery, MessageSummary, Timeline, TimelineEvent, TrafficHour};
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -130,6 +135,10 @@ pub struct TlsSession {
     /// `success` or an RFC 8460 result type (`starttls-not-supported`,
     /// `certificate-host-mismatch`, `validation-failure`, ...).
     pub result: String,
+    /// The MTA-STS policy text applied (RFC 8460 `policy-string`); empty
+    /// without one.
+    #[serde(default)]
+    pub policy_string: String,
 }
 
 /// What the writer task takes.
@@ -138,6 +147,9 @@ pub enum Event {
     Evaluation(Box<Evaluation>),
     Delivery(DeliveryAttempt),
     Tls(TlsSession),
+    /// A message's accept-time record, a delivery attempt or a notice
+    /// (the dashboard's timelines, [`timeline`]).
+    Timeline(Box<TimelineEvent>),
 }
 
 /// Which kind of report.
@@ -191,6 +203,66 @@ pub struct TlsRow {
     pub policy_type: String,
     pub result: String,
     pub count: u64,
+    /// The MTA-STS policy text the sessions applied; empty without one.
+    #[serde(default)]
+    pub policy_string: String,
+}
+
+/// One header-from domain's DMARC report rows for a period, read from the
+/// hourly aggregates (whole hours) and the raw rows (the period's partial
+/// first and last hour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainRows {
+    pub domain: String,
+    /// The newest record seen in the period that asks for aggregate
+    /// reports (`rua`); `None` when none did.
+    pub policy: Option<PolicyPublished>,
+    /// Ordered by source IP, then busiest first.
+    pub rows: Vec<DmarcRow>,
+    /// The time of the first evaluation counted (Unix seconds).
+    pub first: u64,
+}
+
+/// Per hour and header-from domain: messages, DMARC pass, and disposition
+/// counts (for the dashboard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmarcHour {
+    /// Unix seconds, a multiple of 3600.
+    pub hour: u64,
+    pub domain: String,
+    pub messages: u64,
+    pub dmarc_pass: u64,
+    pub spf_aligned: u64,
+    pub dkim_aligned: u64,
+    pub rejected: u64,
+    pub quarantined: u64,
+    /// Messages with some look-alike finding.
+    pub lookalike: u64,
+}
+
+/// One sending source of a header-from domain over a range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub source_ip: IpAddr,
+    pub messages: u64,
+    pub spf_aligned: u64,
+    pub dkim_aligned: u64,
+    pub dmarc_pass: u64,
+    /// Messages per disposition (`none`, `quarantine`, `reject`).
+    pub dispositions: BTreeMap<String, u64>,
+    /// One HELO name the source used.
+    pub helo: String,
+}
+
+/// TLS sessions per policy domain, policy type and result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCount {
+    pub policy_domain: String,
+    /// `sts`, `no-policy-found`, `require-tls`, `tlsa`.
+    pub policy_type: String,
+    /// `success` or an RFC 8460 result type.
+    pub result: String,
+    pub sessions: u64,
 }
 
 /// A report another receiver sent us (or one we sent), as parsed.
@@ -301,6 +373,29 @@ pub trait Store: Send + Sync + 'static {
     /// The aggregate rows of `domain`'s evaluations in `[from, to)`.
     fn dmarc_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<DmarcRow>>;
 
+    /// Every header-from domain's aggregate rows for `[from, to)` in one
+    /// grouped scan (`domain`: only that one), ordered by domain. Whole
+    /// hours come from the hourly aggregates, the partial first and last
+    /// hour from the raw rows, so any period is counted exactly.
+    fn dmarc_report(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>>;
+
+    /// Per hour and header-from domain (`domain`: only that one): messages,
+    /// DMARC pass, and disposition counts, for the hours that overlap
+    /// `[from, to)`, oldest first.
+    fn dmarc_hourly(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DmarcHour>>;
+
+    /// Sending sources of one header-from domain over the hours that
+    /// overlap `[from, to)`, busiest first, at most `limit`.
+    fn sources(&self, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Source>>;
+
+    /// Header-from domains with traffic in the hours that overlap
+    /// `[from, to)`, with their message counts, busiest first.
+    fn domains(&self, from: u64, to: u64) -> Result<Vec<(String, u64)>>;
+
+    /// TLS outcomes per policy domain, policy type and result type over
+    /// the hours that overlap `[from, to)`.
+    fn tls_summary(&self, from: u64, to: u64) -> Result<Vec<TlsCount>>;
+
     /// Recipient domains with TLS sessions in `[from, to)`.
     fn tls_domains(&self, from: u64, to: u64) -> Result<Vec<String>>;
 
@@ -345,6 +440,18 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes what is older than `before` (Unix seconds); answers how many
     /// rows went.
     fn prune(&self, before: u64) -> Result<u64>;
+
+    /// Messages matching a search, newest first ([`timeline::search`]).
+    fn find_messages(&self, query: &MessageQuery) -> Result<Vec<MessageSummary>>;
+
+    /// The timeline of a queue id or of a refused message's event id.
+    fn timeline(&self, id: &str) -> Result<Option<Timeline>>;
+
+    /// Hourly traffic counters in `[from, to)`, oldest first.
+    fn traffic(&self, from: u64, to: u64) -> Result<Vec<TrafficHour>>;
+
+    /// Look-alike findings that resembled `resembles`, newest first.
+    fn lookalikes(&self, resembles: &str, from: u64, to: u64, limit: usize) -> Result<Vec<timeline::LookalikeHit>>;
 }
 
 pub fn unix_now() -> u64 {

@@ -115,4 +115,96 @@ pub const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX report_tls_report ON report_tls (report);",
+    // 2: cheaper inserts and hourly aggregates. The JSON an evaluation
+    // repeats (its DKIM result set, the published policy) is interned in
+    // side tables and the raw rows keep only ids; the raw table keeps one
+    // index (time, for pruning and the edges of a report period). The
+    // hourly aggregates hold exactly the grouping of a DMARC aggregate
+    // report record (and what the dashboard shows), so neither a report
+    // nor a page scans raw rows. `override_reason` is '' and `policy` 0
+    // for none, because a primary key cannot hold NULL.
+    "CREATE TABLE dkim_sets (id INTEGER PRIMARY KEY, json TEXT NOT NULL UNIQUE);
+    CREATE TABLE policies (id INTEGER PRIMARY KEY, json TEXT NOT NULL UNIQUE, has_rua INTEGER NOT NULL);
+    INSERT OR IGNORE INTO dkim_sets (json) SELECT DISTINCT dkim FROM evaluations;
+    INSERT OR IGNORE INTO policies (json, has_rua) SELECT policy, max(has_rua) FROM evaluations WHERE policy IS NOT NULL GROUP BY policy;
+
+    CREATE TABLE evaluations_v2 (
+        time INTEGER NOT NULL,
+        source_ip TEXT NOT NULL,
+        helo TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        header_from TEXT NOT NULL,
+        spf_domain TEXT NOT NULL,
+        spf_scope TEXT NOT NULL,
+        spf_result TEXT NOT NULL,
+        dkim INTEGER NOT NULL,       -- dkim_sets.id
+        arc TEXT NOT NULL,
+        dmarc TEXT NOT NULL,
+        spf_aligned INTEGER NOT NULL,
+        dkim_aligned INTEGER NOT NULL,
+        disposition TEXT NOT NULL,
+        policy INTEGER NOT NULL,     -- policies.id, 0 without a record
+        override_reason TEXT NOT NULL,
+        lookalike TEXT NOT NULL      -- JSON array, '[]' mostly
+    );
+    INSERT INTO evaluations_v2
+        SELECT e.time, e.source_ip, e.helo, e.envelope_from, e.header_from, e.spf_domain, e.spf_scope, e.spf_result,
+               d.id, e.arc, e.dmarc, e.spf_aligned, e.dkim_aligned, e.disposition, coalesce(p.id, 0),
+               coalesce(e.override_reason, ''), e.lookalike
+        FROM evaluations e JOIN dkim_sets d ON d.json = e.dkim LEFT JOIN policies p ON p.json = e.policy
+        ORDER BY e.rowid;
+    DROP TABLE evaluations;
+    ALTER TABLE evaluations_v2 RENAME TO evaluations;
+    CREATE INDEX evaluations_by_time ON evaluations (time);
+
+    CREATE TABLE eval_hourly (
+        hour INTEGER NOT NULL,       -- Unix seconds, a multiple of 3600
+        header_from TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        disposition TEXT NOT NULL,
+        spf_domain TEXT NOT NULL,
+        spf_scope TEXT NOT NULL,
+        spf_result TEXT NOT NULL,
+        dkim INTEGER NOT NULL,
+        override_reason TEXT NOT NULL,
+        policy INTEGER NOT NULL,
+        spf_aligned INTEGER NOT NULL,
+        dkim_aligned INTEGER NOT NULL,
+        dmarc TEXT NOT NULL,
+        lookalike INTEGER NOT NULL,  -- 1: some look-alike finding
+        helo TEXT NOT NULL,          -- one seen
+        count INTEGER NOT NULL,
+        first INTEGER NOT NULL,      -- the earliest and latest time counted
+        last INTEGER NOT NULL,
+        PRIMARY KEY (hour, header_from, source_ip, envelope_from, disposition, spf_domain, spf_scope, spf_result, dkim,
+                     override_reason, policy, spf_aligned, dkim_aligned, dmarc, lookalike)
+    ) WITHOUT ROWID;
+    INSERT INTO eval_hourly
+        SELECT time / 3600 * 3600, header_from, source_ip, envelope_from, disposition, spf_domain, spf_scope, spf_result,
+               dkim, override_reason, policy, spf_aligned, dkim_aligned, dmarc, lookalike <> '[]', max(helo), count(*),
+               min(time), max(time)
+        FROM evaluations
+        GROUP BY 1, header_from, source_ip, envelope_from, disposition, spf_domain, spf_scope, spf_result, dkim,
+                 override_reason, policy, spf_aligned, dkim_aligned, dmarc, lookalike <> '[]';
+
+    -- The MTA-STS policy text of a TLS session (RFC 8460 policy-string),
+    -- interned: one row per distinct policy; 0 for none.
+    CREATE TABLE tls_policies (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
+    ALTER TABLE tls_sessions ADD COLUMN policy INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE tls_hourly (
+        hour INTEGER NOT NULL,
+        policy_domain TEXT NOT NULL,
+        mx_host TEXT NOT NULL,
+        policy_type TEXT NOT NULL,
+        result TEXT NOT NULL,
+        policy INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (hour, policy_domain, mx_host, policy_type, result, policy)
+    ) WITHOUT ROWID;
+    INSERT INTO tls_hourly
+        SELECT time / 3600 * 3600, policy_domain, mx_host, policy_type, result, 0, count(*)
+        FROM tls_sessions GROUP BY 1, policy_domain, mx_host, policy_type, result;",
+    // 3: per-message timelines and hourly traffic counters (the dashboard).
+    super::timeline::MIGRATION,
 ];

@@ -7,11 +7,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::read::{self, ts};
 use super::schema::MIGRATIONS;
+use super::write::Writer;
 use super::*;
 
 pub struct Sqlite {
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     reader: Mutex<Connection>,
 }
 
@@ -29,10 +31,10 @@ impl Sqlite {
         migrate(&mut writer)?;
         let reader = Connection::open(path)?;
         configure(&reader)?;
-        Ok(Sqlite { writer: Mutex::new(writer), reader: Mutex::new(reader) })
+        Ok(Sqlite { writer: Mutex::new(Writer::new(writer)), reader: Mutex::new(reader) })
     }
 
-    fn writer(&self) -> MutexGuard<'_, Connection> {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -70,66 +72,12 @@ fn migrate(c: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-/// A time bound as SQLite's signed integer (`u64::MAX` means no bound).
-fn ts(t: u64) -> i64 {
-    t.min(i64::MAX as u64) as i64
-}
-
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Data(format!("bad JSON in the store: {e}")))
-}
-
-fn insert_events(tx: &Transaction<'_>, events: &[Event]) -> Result<()> {
-    let mut eval = tx.prepare_cached(
-        "INSERT INTO evaluations (time, source_ip, helo, envelope_from, header_from, spf_domain, spf_scope, spf_result,
-         dkim, arc, dmarc, spf_aligned, dkim_aligned, disposition, policy, has_rua, override_reason, lookalike)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-    )?;
-    let mut delivery = tx.prepare_cached(
-        "INSERT INTO deliveries (time, queue_id, recipient_domain, recipients, mx_host, tls, reply_code, reply)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    let mut tls =
-        tx.prepare_cached("INSERT INTO tls_sessions (time, policy_domain, mx_host, policy_type, result) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-    for e in events {
-        match e {
-            Event::Evaluation(v) => {
-                let mut dkim = v.dkim.clone();
-                dkim.sort();
-                eval.execute(params![
-                    v.time,
-                    v.source_ip.to_string(),
-                    v.helo,
-                    v.envelope_from,
-                    v.header_from,
-                    v.spf.domain,
-                    v.spf.scope,
-                    v.spf.result,
-                    json(&dkim),
-                    v.arc,
-                    v.dmarc,
-                    v.spf_aligned,
-                    v.dkim_aligned,
-                    v.disposition,
-                    v.policy.as_ref().map(json),
-                    v.policy.as_ref().is_some_and(|p| !p.rua.is_empty()),
-                    v.override_reason,
-                    json(&v.lookalike),
-                ])?;
-            }
-            Event::Delivery(d) => {
-                delivery.execute(params![d.time, d.queue_id, d.recipient_domain, d.recipients, d.mx_host, d.tls, d.reply_code, d.reply])?;
-            }
-            Event::Tls(t) => {
-                tls.execute(params![t.time, t.policy_domain, t.mx_host, t.policy_type, t.result])?;
-            }
-        }
-    }
-    Ok(())
 }
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
@@ -207,67 +155,35 @@ fn insert_received(tx: &Transaction<'_>, r: &IngestedReport) -> Result<Option<i6
 
 impl Store for Sqlite {
     fn write(&self, events: &[Event]) -> Result<()> {
-        let mut c = self.writer();
-        let tx = c.transaction()?;
-        insert_events(&tx, events)?;
-        tx.commit()?;
-        Ok(())
+        self.writer().write(events)
+    }
+
+    fn dmarc_report(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
+        read::dmarc_report(&self.reader(), domain, from, to)
+    }
+
+    fn dmarc_hourly(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DmarcHour>> {
+        read::dmarc_hourly(&self.reader(), domain, from, to)
+    }
+
+    fn sources(&self, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Source>> {
+        read::sources(&self.reader(), domain, from, to, limit)
+    }
+
+    fn domains(&self, from: u64, to: u64) -> Result<Vec<(String, u64)>> {
+        read::domains(&self.reader(), from, to)
+    }
+
+    fn tls_summary(&self, from: u64, to: u64) -> Result<Vec<TlsCount>> {
+        read::tls_summary(&self.reader(), from, to)
     }
 
     fn dmarc_domains(&self, from: u64, to: u64) -> Result<Vec<PolicyPublished>> {
-        let c = self.reader();
-        // The newest record seen for each domain in the period.
-        let mut st = c.prepare_cached(
-            "SELECT policy FROM evaluations e
-             WHERE time >= ?1 AND time < ?2 AND has_rua
-               AND time = (SELECT max(time) FROM evaluations
-                           WHERE header_from = e.header_from AND time >= ?1 AND time < ?2 AND has_rua)
-             GROUP BY header_from ORDER BY header_from",
-        )?;
-        let rows = st.query_map(params![ts(from), ts(to)], |r| r.get::<_, String>(0))?;
-        rows.map(|p| from_json(&p?)).collect()
+        read::dmarc_domains(&self.reader(), from, to)
     }
 
     fn dmarc_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<DmarcRow>> {
-        let c = self.reader();
-        let mut st = c.prepare_cached(
-            "SELECT source_ip, count(*), disposition, dkim_aligned, spf_aligned, override_reason, header_from,
-                    envelope_from, dkim, spf_domain, spf_scope, spf_result
-             FROM evaluations WHERE header_from = ?1 AND time >= ?2 AND time < ?3
-             GROUP BY source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from, dkim,
-                      spf_domain, spf_scope, spf_result
-             ORDER BY source_ip, count(*) DESC",
-        )?;
-        let rows = st.query_map(params![domain, ts(from), ts(to)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, u64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, bool>(3)?,
-                r.get::<_, bool>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, String>(8)?,
-                SpfAuth { domain: r.get(9)?, scope: r.get(10)?, result: r.get(11)? },
-            ))
-        })?;
-        rows.map(|row| {
-            let (source_ip, count, disposition, dkim_aligned, spf_aligned, override_reason, header_from, envelope_from, dkim, spf) = row?;
-            Ok(DmarcRow {
-                source_ip,
-                count,
-                disposition,
-                dkim_aligned,
-                spf_aligned,
-                override_reason,
-                header_from,
-                envelope_from,
-                dkim: from_json(&dkim)?,
-                spf,
-            })
-        })
-        .collect()
+        Ok(read::dmarc_report(&self.reader(), Some(domain), from, to)?.into_iter().flat_map(|d| d.rows).collect())
     }
 
     fn tls_domains(&self, from: u64, to: u64) -> Result<Vec<String>> {
@@ -281,12 +197,13 @@ impl Store for Sqlite {
     fn tls_rows(&self, domain: &str, from: u64, to: u64) -> Result<Vec<TlsRow>> {
         let c = self.reader();
         let mut st = c.prepare_cached(
-            "SELECT mx_host, policy_type, result, count(*) FROM tls_sessions
-             WHERE policy_domain = ?1 AND time >= ?2 AND time < ?3
-             GROUP BY mx_host, policy_type, result ORDER BY policy_type, mx_host, result",
+            "SELECT s.mx_host, s.policy_type, s.result, count(*), coalesce(p.text, '')
+             FROM tls_sessions s LEFT JOIN tls_policies p ON p.id = s.policy
+             WHERE s.policy_domain = ?1 AND s.time >= ?2 AND s.time < ?3
+             GROUP BY s.mx_host, s.policy_type, s.result, s.policy ORDER BY s.policy_type, s.mx_host, s.result",
         )?;
         let rows = st.query_map(params![domain, ts(from), ts(to)], |r| {
-            Ok(TlsRow { mx_host: r.get(0)?, policy_type: r.get(1)?, result: r.get(2)?, count: r.get(3)? })
+            Ok(TlsRow { mx_host: r.get(0)?, policy_type: r.get(1)?, result: r.get(2)?, count: r.get(3)?, policy_string: r.get(4)? })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -307,8 +224,8 @@ impl Store for Sqlite {
     }
 
     fn mark_reported(&self, report: &SentReport) -> Result<()> {
-        let mut c = self.writer();
-        let tx = c.transaction()?;
+        let mut w = self.writer();
+        let tx = w.conn.transaction()?;
         tx.execute(
             "INSERT INTO reported (kind, domain, until) VALUES (?1, ?2, ?3)
              ON CONFLICT (kind, domain) DO UPDATE SET until = max(until, excluded.until)",
@@ -364,16 +281,16 @@ impl Store for Sqlite {
     }
 
     fn insert_report(&self, r: &IngestedReport) -> Result<Option<i64>> {
-        let mut c = self.writer();
-        let tx = c.transaction()?;
+        let mut w = self.writer();
+        let tx = w.conn.transaction()?;
         let id = insert_received(&tx, r)?;
         tx.commit()?;
         Ok(id)
     }
 
     fn insert_reports(&self, reports: &[IngestedReport]) -> Result<Vec<Option<i64>>> {
-        let mut c = self.writer();
-        let tx = c.transaction()?;
+        let mut w = self.writer();
+        let tx = w.conn.transaction()?;
         let ids = reports.iter().map(|r| insert_received(&tx, r)).collect::<Result<Vec<_>>>()?;
         tx.commit()?;
         Ok(ids)
@@ -472,11 +389,14 @@ impl Store for Sqlite {
     }
 
     fn prune(&self, before: u64) -> Result<u64> {
-        let mut c = self.writer();
-        let tx = c.transaction()?;
+        let mut w = self.writer();
+        let tx = w.conn.transaction()?;
         let mut n = 0;
         for sql in [
             "DELETE FROM evaluations WHERE time < ?1",
+            // An hour goes once all of it is older than the bound.
+            "DELETE FROM eval_hourly WHERE hour + 3600 <= ?1",
+            "DELETE FROM tls_hourly WHERE hour + 3600 <= ?1",
             "DELETE FROM deliveries WHERE time < ?1",
             "DELETE FROM tls_sessions WHERE time < ?1",
             "DELETE FROM sent_reports WHERE time < ?1",
@@ -484,7 +404,24 @@ impl Store for Sqlite {
         ] {
             n += tx.execute(sql, params![ts(before)])? as u64;
         }
+        n += super::timeline::prune(&tx, before)?;
         tx.commit()?;
         Ok(n)
+    }
+
+    fn find_messages(&self, query: &MessageQuery) -> Result<Vec<MessageSummary>> {
+        super::timeline::search(&self.reader(), query)
+    }
+
+    fn timeline(&self, id: &str) -> Result<Option<Timeline>> {
+        super::timeline::get(&self.reader(), id)
+    }
+
+    fn traffic(&self, from: u64, to: u64) -> Result<Vec<TrafficHour>> {
+        super::timeline::traffic(&self.reader(), from, to)
+    }
+
+    fn lookalikes(&self, resembles: &str, from: u64, to: u64, limit: usize) -> Result<Vec<super::timeline::LookalikeHit>> {
+        super::timeline::lookalikes(&self.reader(), resembles, from, to, limit)
     }
 }

@@ -1,3 +1,6 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use super::sqlite::Sqlite;
 use super::*;
 
@@ -134,4 +137,177 @@ async fn recorder_batches_and_flushes() {
     assert_eq!(recorder.dropped(), 0);
     let rows = store.dmarc_rows("c.test", 0, u64::MAX).unwrap();
     assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 10_000);
+}
+
+fn tls(time: u64, domain: &str, result: &str, policy: &str) -> Event {
+    Event::Tls(TlsSession {
+        time,
+        policy_domain: domain.into(),
+        mx_host: format!("mx.{domain}"),
+        policy_type: if policy.is_empty() { "no-policy-found" } else { "sts" }.into(),
+        result: result.into(),
+        policy_string: policy.into(),
+    })
+}
+
+/// 2026-12-06 00:00 UTC, an hour boundary.
+const T0: u64 = 1_796_515_200;
+
+#[test]
+fn dashboard_reads_come_from_the_hourly_aggregates() {
+    let (_dir, store) = open();
+    let mut events = Vec::new();
+    // Hour 0: a.test, 3 passing from .1, 2 rejected from .9 (one with a
+    // look-alike finding); hour 1: a.test 1 from .1, b.test 4 from .5.
+    for i in 0..3 {
+        events.push(Event::Evaluation(evaluation(T0 + i, "192.0.2.1", "a.test", &[("a.test", "pass")], "none")));
+    }
+    for i in 0..2 {
+        let mut e = evaluation(T0 + 100 + i, "192.0.2.9", "a.test", &[], "reject");
+        e.dmarc = "fail".into();
+        e.spf_aligned = false;
+        if i == 0 {
+            e.lookalike = vec!["header_from:substitution:a.test".into()];
+        }
+        events.push(Event::Evaluation(e));
+    }
+    events.push(Event::Evaluation(evaluation(T0 + 3600, "192.0.2.1", "a.test", &[("a.test", "pass")], "none")));
+    // Written in two batches, so the second upserts into the same hour.
+    store.write(&events).unwrap();
+    let mut more = Vec::new();
+    for i in 0..4 {
+        more.push(Event::Evaluation(evaluation(T0 + 3700 + i, "192.0.2.5", "b.test", &[], "quarantine")));
+    }
+    more.push(Event::Evaluation(evaluation(T0 + 5, "192.0.2.1", "a.test", &[("a.test", "pass")], "none")));
+    more.push(tls(T0, "a.test", "success", "version: STSv1\nmode: enforce\nmx: mx.a.test\nmax_age: 86400\n"));
+    more.push(tls(T0 + 1, "a.test", "certificate-host-mismatch", "version: STSv1\nmode: enforce\nmx: mx.a.test\nmax_age: 86400\n"));
+    more.push(tls(T0 + 3601, "a.test", "success", ""));
+    more.push(tls(T0 + 3602, "b.test", "success", ""));
+    store.write(&more).unwrap();
+
+    let hours = store.dmarc_hourly(None, T0, T0 + 7200).unwrap();
+    let a0 = DmarcHour {
+        hour: T0,
+        domain: "a.test".into(),
+        messages: 6,
+        dmarc_pass: 4,
+        spf_aligned: 4,
+        dkim_aligned: 4,
+        rejected: 2,
+        quarantined: 0,
+        lookalike: 1,
+    };
+    assert_eq!(hours.len(), 3, "{hours:?}");
+    assert_eq!(hours[0], a0);
+    assert_eq!((hours[1].hour, hours[1].domain.as_str(), hours[1].messages), (T0 + 3600, "a.test", 1));
+    assert_eq!((hours[2].domain.as_str(), hours[2].messages, hours[2].quarantined), ("b.test", 4, 4));
+    // One domain, and a range that starts inside the first hour.
+    let only_b = store.dmarc_hourly(Some("b.test"), T0 + 10, T0 + 7200).unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert!(store.dmarc_hourly(None, T0 + 7200, T0 + 9000).unwrap().is_empty());
+
+    assert_eq!(store.domains(T0, T0 + 7200).unwrap(), vec![("a.test".to_string(), 7), ("b.test".to_string(), 4)]);
+    assert_eq!(store.domains(T0 + 3600, T0 + 7200).unwrap(), vec![("b.test".to_string(), 4), ("a.test".to_string(), 1)]);
+
+    let sources = store.sources("a.test", T0, T0 + 7200, 10).unwrap();
+    assert_eq!(sources.len(), 2);
+    assert_eq!(sources[0].source_ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+    assert_eq!((sources[0].messages, sources[0].dmarc_pass, sources[0].dkim_aligned), (5, 5, 5));
+    assert_eq!(sources[0].helo, "mail.sender.test");
+    assert_eq!((sources[1].messages, sources[1].dmarc_pass, sources[1].spf_aligned), (2, 0, 0));
+    assert_eq!(sources[1].dispositions, BTreeMap::from([("reject".to_string(), 2)]));
+    assert_eq!(store.sources("a.test", T0, T0 + 7200, 1).unwrap().len(), 1, "limit");
+
+    let summary = store.tls_summary(T0, T0 + 7200).unwrap();
+    let got: Vec<(&str, &str, &str, u64)> =
+        summary.iter().map(|t| (t.policy_domain.as_str(), t.policy_type.as_str(), t.result.as_str(), t.sessions)).collect();
+    assert_eq!(
+        got,
+        [
+            ("a.test", "no-policy-found", "success", 1),
+            ("a.test", "sts", "certificate-host-mismatch", 1),
+            ("a.test", "sts", "success", 1),
+            ("b.test", "no-policy-found", "success", 1),
+        ]
+    );
+    // The policy text comes back with the report rows, interned once.
+    let rows = store.tls_rows("a.test", 0, u64::MAX).unwrap();
+    let sts: Vec<&TlsRow> = rows.iter().filter(|r| r.policy_type == "sts").collect();
+    assert_eq!(sts.len(), 2);
+    assert!(sts.iter().all(|r| r.policy_string.contains("mode: enforce")), "{rows:?}");
+}
+
+/// The report of any period counts exactly the evaluations in it: whole
+/// hours from the aggregates, the partial first and last from raw rows.
+#[test]
+fn report_periods_are_exact_at_any_bounds() {
+    let (_dir, store) = open();
+    let times: Vec<u64> = (0..400).map(|i| T0 + i * 97).collect(); // about 10.8 hours
+    let events: Vec<Event> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let ip = if i % 3 == 0 { "192.0.2.1" } else { "192.0.2.2" };
+            let domain = if i % 2 == 0 { "a.test" } else { "b.test" };
+            Event::Evaluation(evaluation(*t, ip, domain, &[(domain, "pass")], "none"))
+        })
+        .collect();
+    for chunk in events.chunks(50) {
+        store.write(chunk).unwrap();
+    }
+    for (from, to) in [(T0, T0 + 86_400), (T0 + 1234, T0 + 30_001), (T0 + 3601, T0 + 3900), (T0 + 7200, T0 + 10_800), (0, u64::MAX)] {
+        let want = times.iter().filter(|t| **t >= from && **t < to).count() as u64;
+        let report = store.dmarc_report(None, from, to).unwrap();
+        let got: u64 = report.iter().flat_map(|d| &d.rows).map(|r| r.count).sum();
+        assert_eq!(got, want, "period {from}..{to}");
+        // Equal groups from different hours and scans are one row.
+        for d in &report {
+            let mut keys: Vec<_> = d.rows.iter().map(|r| (&r.source_ip, &r.disposition)).collect();
+            keys.dedup();
+            assert_eq!(keys.len(), d.rows.len(), "{d:?}");
+            assert_eq!(d.policy.as_ref().map(|p| p.domain.as_str()), Some(d.domain.as_str()));
+            assert!(d.first >= from);
+        }
+        let a: u64 = store.dmarc_rows("a.test", from, to).unwrap().iter().map(|r| r.count).sum();
+        assert_eq!(a, times.iter().enumerate().filter(|(i, t)| i % 2 == 0 && **t >= from && **t < to).count() as u64);
+    }
+    let first = store.dmarc_report(Some("b.test"), T0 + 1234, T0 + 30_001).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].first, *times.iter().enumerate().find(|(i, t)| i % 2 == 1 && **t >= T0 + 1234).unwrap().1);
+}
+
+/// A database written by the first schema keeps its evaluations and TLS
+/// sessions, now also in the aggregates.
+#[test]
+fn schema_1_data_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(sqlite::FILE);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(super::schema::MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        let policy = r#"{"domain":"a.test","p":"reject","sp":"","np":"","adkim":"","aspf":"","testing":false,"rua":["mailto:d@a.test"]}"#;
+        for (t, ip) in [(T0 + 1, "192.0.2.1"), (T0 + 2, "192.0.2.1"), (T0 + 4000, "192.0.2.7")] {
+            c.execute(
+                "INSERT INTO evaluations VALUES (?1, ?2, 'h', 'a.test', 'a.test', 'a.test', 'mfrom', 'pass',
+                 '[{\"domain\":\"a.test\",\"selector\":\"s1\",\"result\":\"pass\"}]', 'none', 'pass', 1, 1, 'none', ?3, 1, NULL, '[]')",
+                rusqlite::params![t, ip, policy],
+            )
+            .unwrap();
+        }
+        c.execute("INSERT INTO tls_sessions VALUES (?1, 'a.test', 'mx.a.test', 'sts', 'success')", [T0]).unwrap();
+    }
+    let store = Sqlite::open(&path).unwrap();
+    let report = store.dmarc_report(None, T0, T0 + 86_400).unwrap();
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0].policy.as_ref().map(|p| p.p.as_str()), Some("reject"));
+    assert_eq!(
+        report[0].rows.iter().map(|r| (r.source_ip.as_str(), r.count, r.dkim.len())).collect::<Vec<_>>(),
+        [("192.0.2.1", 2, 1), ("192.0.2.7", 1, 1)]
+    );
+    assert_eq!(store.domains(T0, T0 + 86_400).unwrap(), vec![("a.test".to_string(), 3)]);
+    assert_eq!(store.tls_summary(T0, T0 + 86_400).unwrap().len(), 1);
+    // New writes after the migration intern the same sets again.
+    store.write(&[Event::Evaluation(evaluation(T0 + 5, "192.0.2.1", "a.test", &[("a.test", "pass")], "none"))]).unwrap();
+    assert_eq!(store.dmarc_report(None, T0, T0 + 86_400).unwrap()[0].rows.len(), 2);
 }

@@ -1,0 +1,156 @@
+//! The timeline record of one finished transaction: what the session knew
+//! (client, HELO, TLS, AUTH user, envelope), a few header fields, every
+//! check's result and the action, gathered as the message goes through
+//! [`super::store`] and recorded once, when the client has its reply. One
+//! event per message, none per command: the hot path stays cheap.
+//!
+//! May import: `checks`, `store`, `mailgate-core`.
+
+use std::net::SocketAddr;
+
+use mailgate_core::reply::Reply;
+use mailgate_core::session::{Role, SessionInfo};
+use mailgate_core::{Envelope, QueueId, ReversePath};
+
+use crate::checks::verdict::Verdict;
+use crate::config::Action as Disposition;
+use crate::store::timeline::{CheckRecord, LookalikeHit, MessageRecord};
+use crate::store::{Event, Recorder, TimelineEvent, unix_now};
+
+/// Longest header value kept: a Subject is for finding the message, not
+/// for storing its text.
+const MAX_FIELD: usize = 512;
+
+/// Filled in as the transaction goes on; [`Trace::record`] sends it.
+#[derive(Default)]
+pub struct Trace {
+    rec: MessageRecord,
+    quarantined: bool,
+}
+
+impl Trace {
+    pub fn new(peer: SocketAddr, info: &SessionInfo, role: Role, outbound: bool) -> Trace {
+        Trace {
+            rec: MessageRecord {
+                client_ip: peer.ip().to_string(),
+                helo: info.helo.clone().unwrap_or_default(),
+                tls: info.tls.clone(),
+                auth_user: info.authenticated_as.clone(),
+                role: role.as_str().to_string(),
+                inbound: !outbound,
+                ..Default::default()
+            },
+            quarantined: false,
+        }
+    }
+
+    /// The envelope and the header fields worth searching for.
+    pub fn message(&mut self, envelope: &Envelope, header: &[u8], size: u64) {
+        self.rec.sender = match &envelope.sender {
+            ReversePath::Null => "<>".to_string(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        self.rec.recipients = envelope.recipients.iter().map(|r| r.address.to_string()).collect();
+        self.rec.size = size;
+        if let Some(m) = mail_parser::MessageParser::new().parse_headers(header) {
+            // As written (unfolded): what the operator searches for and
+            // sees, even when it is not a well-formed msg-id.
+            let raw = m.header_raw(mail_parser::HeaderName::MessageId).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "));
+            self.rec.message_id = match (raw, m.message_id()) {
+                (Some(raw), _) if !raw.is_empty() => clip(&raw),
+                (_, Some(id)) => format!("<{}>", clip(id)),
+                _ => String::new(),
+            };
+            self.rec.subject = m.subject().map(clip).unwrap_or_default();
+            self.rec.from = m
+                .from()
+                .and_then(|a| a.first())
+                .map(|a| match (a.name(), a.address()) {
+                    (Some(n), Some(addr)) => format!("{} <{}>", clip(n), clip(addr)),
+                    (None, Some(addr)) => clip(addr),
+                    (Some(n), None) => clip(n),
+                    (None, None) => String::new(),
+                })
+                .unwrap_or_default();
+        }
+    }
+
+    /// Every check's result, and the policy's action with its reason.
+    pub fn verdict(&mut self, v: &Verdict) {
+        let mut push = |name: &str, result: &str, detail: String| {
+            self.rec.checks.push(CheckRecord { name: name.into(), result: result.into(), detail });
+        };
+        let spf_detail = |s: &crate::checks::verdict::SpfReport| match &s.explanation {
+            Some(e) => format!("{} ({e})", s.domain),
+            None => s.domain.clone(),
+        };
+        push("spf", v.spf.result, spf_detail(&v.spf));
+        if v.dkim.is_empty() {
+            push("dkim", "none", "no signature".into());
+        }
+        for d in &v.dkim {
+            let why = d.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            push("dkim", d.result, format!("d={} s={} a={}{why}", d.domain, d.selector, d.algorithm));
+        }
+        push("arc", v.arc.result, v.arc.reason.clone().unwrap_or_else(|| v.arc.sealers.join(", ")));
+        let d = &v.dmarc;
+        let policy = if d.policy.is_empty() { "no record".to_string() } else { format!("p={}", d.policy) };
+        let aligned = format!("spf aligned: {}, dkim aligned: {}", yes(d.spf_aligned), yes(d.dkim_aligned));
+        let over = d.override_reason.map(|o| format!(", override: {o}")).unwrap_or_default();
+        push("dmarc", d.result, format!("{} {policy}; {aligned}{over}", d.from_domain));
+        for f in &v.lookalike {
+            push("lookalike", &f.rule, format!("{} ({}) resembles {}", f.domain, f.identity, f.resembles));
+        }
+        let reason = v.reason.clone().unwrap_or_default();
+        push("policy", v.action.as_str(), if v.temporary { format!("{reason} (temporary)") } else { reason });
+        self.quarantined = v.action == Disposition::Quarantine;
+        self.rec.lookalike = v
+            .lookalike
+            .iter()
+            .map(|f| LookalikeHit {
+                domain: f.domain.clone(),
+                resembles: f.resembles.to_lowercase(),
+                rule: f.rule.clone(),
+                identity: f.identity.to_string(),
+                ..Default::default()
+            })
+            .collect();
+    }
+
+    /// Sends the record: accepted (with its queue id), quarantined, or
+    /// refused with the reply the client got.
+    pub fn record(mut self, recorder: Option<&Recorder>, result: &Result<QueueId, Reply>) {
+        let Some(recorder) = recorder else { return };
+        self.rec.time = unix_now();
+        match result {
+            Ok(id) => {
+                self.rec.event_id = id.as_str().to_string();
+                self.rec.queue_id = Some(self.rec.event_id.clone());
+                self.rec.action = if self.quarantined { "quarantined" } else { "accepted" }.into();
+                self.rec.reply = format!("250 2.0.0 Ok: queued as {}", id.as_str());
+            }
+            Err(reply) => {
+                self.rec.event_id = event_id();
+                self.rec.action = "refused".into();
+                self.rec.reply = reply.to_string().trim_end().to_string();
+            }
+        }
+        recorder.record(Event::Timeline(Box::new(TimelineEvent::Message(self.rec))));
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_FIELD) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// A refused message's id: `r-` and 16 random hex digits, never a queue id.
+fn event_id() -> String {
+    format!("r-{:016x}", rand::random::<u64>())
+}

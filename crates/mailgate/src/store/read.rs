@@ -1,0 +1,277 @@
+//! Reads of the hourly aggregates: the DMARC report rows of every domain
+//! of a period in one scan, and the dashboard's summaries. A period's
+//! whole hours come from `eval_hourly`; its partial first and last hour
+//! from the raw rows (indexed by time), so the answer is exact for any
+//! bounds while a day's report reads at most 24 rows per group.
+//!
+//! May import: the rest of `store`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use rusqlite::{Connection, params};
+
+use super::write::HOUR;
+use super::*;
+
+/// A time bound as SQLite's signed integer (`u64::MAX` means no bound).
+pub(super) fn ts(t: u64) -> i64 {
+    t.min(i64::MAX as u64) as i64
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Data(format!("bad JSON in the store: {e}")))
+}
+
+fn floor_hour(t: u64) -> u64 {
+    t - t % HOUR
+}
+
+fn ceil_hour(t: u64) -> u64 {
+    floor_hour(t).saturating_add(if t.is_multiple_of(HOUR) { 0 } else { HOUR })
+}
+
+/// The columns both scans answer, in this order: header_from, source_ip,
+/// disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+/// dkim, spf_domain, spf_scope, spf_result, policy, count, first, last.
+const HOURLY_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+        dkim, spf_domain, spf_scope, spf_result, policy, count, first, last
+     FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3)";
+const RAW_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+        dkim, spf_domain, spf_scope, spf_result, policy, 1, time, time
+     FROM evaluations WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR header_from = ?3)";
+
+/// A domain's rows as they gather.
+struct Gathering {
+    rows: Vec<DmarcRow>,
+    first: u64,
+    /// The newest `rua` policy seen: (last time, policy id).
+    policy: Option<(u64, i64)>,
+}
+
+struct Scan<'c> {
+    c: &'c Connection,
+    dkim: HashMap<i64, Vec<DkimAuth>>,
+    /// id → (has_rua, JSON).
+    policies: HashMap<i64, (bool, String)>,
+    domains: BTreeMap<String, Gathering>,
+    /// The grouping key (domain and row fields joined) → (domain, row index).
+    index: HashMap<String, usize>,
+    key: String,
+}
+
+impl<'c> Scan<'c> {
+    fn new(c: &'c Connection) -> Result<Scan<'c>> {
+        let mut dkim = HashMap::new();
+        let mut st = c.prepare_cached("SELECT id, json FROM dkim_sets")?;
+        for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+            let (id, j) = r?;
+            dkim.insert(id, from_json(&j)?);
+        }
+        let mut policies = HashMap::new();
+        let mut st = c.prepare_cached("SELECT id, has_rua, json FROM policies")?;
+        for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?)))? {
+            let (id, rua, j) = r?;
+            policies.insert(id, (rua, j));
+        }
+        Ok(Scan { c, dkim, policies, domains: BTreeMap::new(), index: HashMap::new(), key: String::new() })
+    }
+
+    /// Adds the rows of one scan (`sql`: [`HOURLY_SCAN`] or [`RAW_SCAN`]).
+    fn add(&mut self, sql: &str, from: u64, to: u64, domain: Option<&str>) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let mut st = self.c.prepare_cached(sql)?;
+        let mut rows = st.query(params![ts(from), ts(to), domain])?;
+        while let Some(r) = rows.next()? {
+            let text = |i: usize| -> Result<&str> {
+                r.get_ref(i)?.as_str().map_err(|e| StoreError::Data(format!("column {i} of the aggregates is not text: {e}")))
+            };
+            let (header_from, source_ip, disposition) = (text(0)?, text(1)?, text(2)?);
+            let dkim_aligned: bool = r.get(3)?;
+            let spf_aligned: bool = r.get(4)?;
+            let (reason, envelope_from) = (text(5)?, text(6)?);
+            let dkim: i64 = r.get(7)?;
+            let (spf_domain, spf_scope, spf_result) = (text(8)?, text(9)?, text(10)?);
+            let policy: i64 = r.get(11)?;
+            let count: u64 = r.get(12)?;
+            let first: u64 = r.get(13)?;
+            let last: u64 = r.get(14)?;
+            self.key.clear();
+            // ok: writing to a String cannot fail.
+            let _ = write!(
+                self.key,
+                "{header_from}\0{source_ip}\0{disposition}\0{dkim_aligned}\0{spf_aligned}\0{reason}\0{envelope_from}\0{dkim}\0\
+                 {spf_domain}\0{spf_scope}\0{spf_result}"
+            );
+            if !self.domains.contains_key(header_from) {
+                self.domains.insert(header_from.to_string(), Gathering { rows: Vec::new(), first: u64::MAX, policy: None });
+            }
+            let Some(g) = self.domains.get_mut(header_from) else { continue };
+            g.first = g.first.min(first);
+            if self.policies.get(&policy).is_some_and(|p| p.0) && g.policy.is_none_or(|(t, _)| last >= t) {
+                g.policy = Some((last, policy));
+            }
+            match self.index.get(self.key.as_str()) {
+                Some(&i) => g.rows[i].count += count,
+                None => {
+                    g.rows.push(DmarcRow {
+                        source_ip: source_ip.to_string(),
+                        count,
+                        disposition: disposition.to_string(),
+                        dkim_aligned,
+                        spf_aligned,
+                        override_reason: (!reason.is_empty()).then(|| reason.to_string()),
+                        header_from: header_from.to_string(),
+                        envelope_from: envelope_from.to_string(),
+                        dkim: self.dkim.get(&dkim).cloned().unwrap_or_default(),
+                        spf: SpfAuth { domain: spf_domain.to_string(), scope: spf_scope.to_string(), result: spf_result.to_string() },
+                    });
+                    self.index.insert(self.key.clone(), g.rows.len() - 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<DomainRows>> {
+        let policies = self.policies;
+        self.domains
+            .into_iter()
+            .map(|(domain, mut g)| {
+                g.rows.sort_by(|a, b| a.source_ip.cmp(&b.source_ip).then(b.count.cmp(&a.count)));
+                let policy = match g.policy.and_then(|(_, id)| policies.get(&id)) {
+                    Some((_, j)) => Some(from_json(j)?),
+                    None => None,
+                };
+                Ok(DomainRows { domain, policy, rows: g.rows, first: g.first })
+            })
+            .collect()
+    }
+}
+
+pub(super) fn dmarc_report(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
+    let mut scan = Scan::new(c)?;
+    let (a, b) = (ceil_hour(from), floor_hour(to));
+    if a < b {
+        scan.add(HOURLY_SCAN, a, b, domain)?;
+        scan.add(RAW_SCAN, from, a, domain)?;
+        scan.add(RAW_SCAN, b, to, domain)?;
+    } else {
+        scan.add(RAW_SCAN, from, to, domain)?;
+    }
+    scan.finish()
+}
+
+/// Domains whose evaluations in `[from, to)` (to the hour) carried a
+/// `rua` record, with the newest such record.
+pub(super) fn dmarc_domains(c: &Connection, from: u64, to: u64) -> Result<Vec<PolicyPublished>> {
+    let mut st = c.prepare_cached(
+        "SELECT h.header_from, p.json, max(h.last) FROM eval_hourly h JOIN policies p ON p.id = h.policy
+         WHERE h.hour >= ?1 AND h.hour < ?2 AND h.last >= ?3 AND h.first < ?2 AND p.has_rua
+         GROUP BY h.header_from, h.policy",
+    )?;
+    let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let rows = st.query_map(params![ts(floor_hour(from)), ts(to), ts(from)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u64>(2)?))
+    })?;
+    for r in rows {
+        let (domain, json, last) = r?;
+        match newest.get(&domain) {
+            Some((t, _)) if *t > last => {}
+            _ => {
+                newest.insert(domain, (last, json));
+            }
+        }
+    }
+    newest.into_values().map(|(_, j)| from_json(&j)).collect()
+}
+
+pub(super) fn dmarc_hourly(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DmarcHour>> {
+    let mut st = c.prepare_cached(
+        "SELECT hour, header_from, sum(count), sum(CASE WHEN dmarc = 'pass' THEN count ELSE 0 END),
+                sum(spf_aligned * count), sum(dkim_aligned * count),
+                sum(CASE WHEN disposition = 'reject' THEN count ELSE 0 END),
+                sum(CASE WHEN disposition = 'quarantine' THEN count ELSE 0 END), sum(lookalike * count)
+         FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3)
+         GROUP BY hour, header_from ORDER BY hour, header_from",
+    )?;
+    let rows = st.query_map(params![ts(floor_hour(from)), ts(to), domain], |r| {
+        Ok(DmarcHour {
+            hour: r.get(0)?,
+            domain: r.get(1)?,
+            messages: r.get(2)?,
+            dmarc_pass: r.get(3)?,
+            spf_aligned: r.get(4)?,
+            dkim_aligned: r.get(5)?,
+            rejected: r.get(6)?,
+            quarantined: r.get(7)?,
+            lookalike: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn sources(c: &Connection, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Source>> {
+    let mut st = c.prepare_cached(
+        "SELECT source_ip, disposition, sum(count), sum(spf_aligned * count), sum(dkim_aligned * count),
+                sum(CASE WHEN dmarc = 'pass' THEN count ELSE 0 END), max(helo)
+         FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND header_from = ?3
+         GROUP BY source_ip, disposition",
+    )?;
+    let mut by_ip: HashMap<String, Source> = HashMap::new();
+    let rows = st.query_map(params![ts(floor_hour(from)), ts(to), domain], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u64>(2)?,
+            r.get::<_, u64>(3)?,
+            r.get::<_, u64>(4)?,
+            r.get::<_, u64>(5)?,
+            r.get::<_, String>(6)?,
+        ))
+    })?;
+    for r in rows {
+        let (ip, disposition, messages, spf, dkim, pass, helo) = r?;
+        if !by_ip.contains_key(&ip) {
+            let Ok(source_ip) = ip.parse() else {
+                return Err(StoreError::Data(format!("bad source IP {ip:?} in the store")));
+            };
+            by_ip.insert(
+                ip.clone(),
+                Source { source_ip, messages: 0, spf_aligned: 0, dkim_aligned: 0, dmarc_pass: 0, dispositions: BTreeMap::new(), helo },
+            );
+        }
+        let Some(source) = by_ip.get_mut(&ip) else { continue };
+        source.messages += messages;
+        source.spf_aligned += spf;
+        source.dkim_aligned += dkim;
+        source.dmarc_pass += pass;
+        *source.dispositions.entry(disposition).or_default() += messages;
+    }
+    let mut out: Vec<Source> = by_ip.into_values().collect();
+    out.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.source_ip.cmp(&b.source_ip)));
+    out.truncate(limit);
+    Ok(out)
+}
+
+pub(super) fn domains(c: &Connection, from: u64, to: u64) -> Result<Vec<(String, u64)>> {
+    let mut st = c.prepare_cached(
+        "SELECT header_from, sum(count) AS n FROM eval_hourly WHERE hour >= ?1 AND hour < ?2
+         GROUP BY header_from ORDER BY n DESC, header_from",
+    )?;
+    let rows = st.query_map(params![ts(floor_hour(from)), ts(to)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn tls_summary(c: &Connection, from: u64, to: u64) -> Result<Vec<TlsCount>> {
+    let mut st = c.prepare_cached(
+        "SELECT policy_domain, policy_type, result, sum(count) FROM tls_hourly WHERE hour >= ?1 AND hour < ?2
+         GROUP BY policy_domain, policy_type, result ORDER BY policy_domain, policy_type, result",
+    )?;
+    let rows = st.query_map(params![ts(floor_hour(from)), ts(to)], |r| {
+        Ok(TlsCount { policy_domain: r.get(0)?, policy_type: r.get(1)?, result: r.get(2)?, sessions: r.get(3)? })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
