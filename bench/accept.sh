@@ -281,6 +281,9 @@ EOF
     metrics=$(curl -fsS "http://127.0.0.1:$http/metrics")
     fsyncs=$(echo "$metrics" | awk '$1=="mailgate_spool_fsyncs_total"{print $2}')
     records=$(echo "$metrics" | awk '$1=="mailgate_spool_records_total"{print $2}')
+    if [ "$CHECKS" = 1 ]; then   # the server's own mean time per inbound check
+        log "$side run $1: mean check time $(echo "$metrics" | awk '$1=="mailgate_check_duration_seconds_sum"{s=$2} $1=="mailgate_check_duration_seconds_count"{c=$2} END{if (c > 0) printf "%.0f us over %d checks", s / c * 1e6, c; else print "?"}')"
+    fi
     stored=$("$MAILGATE" --config "$d/mailgate.toml" queue list --json |
         python3 -c 'import json,sys; print(len(json.load(sys.stdin)["messages"]))')
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true

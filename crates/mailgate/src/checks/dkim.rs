@@ -160,7 +160,7 @@ pub async fn verify_cached<'x>(
     max_signatures: usize,
     keys: &KeyCache,
 ) -> Vec<DkimCheck<'x>> {
-    verify_with(auth, msg, BodyView::Whole, max_signatures, keys).await
+    verify_with(auth, msg, BodyView::Whole, max_signatures, keys, None).await
 }
 
 /// As [`verify_cached`], for a message parsed from its header block alone
@@ -174,7 +174,20 @@ pub async fn verify_streamed<'x>(
     max_signatures: usize,
     keys: &KeyCache,
 ) -> Vec<DkimCheck<'x>> {
-    verify_with(auth, msg, BodyView::Streamed(digest), max_signatures, keys).await
+    verify_with(auth, msg, BodyView::Streamed(digest), max_signatures, keys, None).await
+}
+
+/// As [`verify_streamed`], giving up on key lookups at `deadline`: every
+/// signature still waiting for its key is then a `temperror`.
+pub async fn verify_streamed_until<'x>(
+    auth: &MessageAuthenticator,
+    msg: &'x AuthenticatedMessage<'x>,
+    digest: &BodyDigest,
+    max_signatures: usize,
+    keys: &KeyCache,
+    deadline: tokio::time::Instant,
+) -> Vec<DkimCheck<'x>> {
+    verify_with(auth, msg, BodyView::Streamed(digest), max_signatures, keys, Some(deadline)).await
 }
 
 /// Where the `l=` rules find the body.
@@ -192,6 +205,7 @@ async fn verify_with<'x>(
     body: BodyView<'_>,
     max_signatures: usize,
     keys: &KeyCache,
+    deadline: Option<tokio::time::Instant>,
 ) -> Vec<DkimCheck<'x>> {
     let selected = select(msg, max_signatures);
     // A signature that does not sign From: is not worth a key lookup.
@@ -200,7 +214,16 @@ async fn verify_with<'x>(
         .filter_map(|f| if let Field::Parsed(i) = f { Some(*i) } else { None })
         .filter(|i| msg.dkim_headers.get(*i).is_some_and(|h| signs_from(&h.header)))
         .collect();
-    let outcomes = verify_parsed(auth, msg, &valid, keys).await;
+    let outcomes = match deadline {
+        None => verify_parsed(auth, msg, &valid, keys).await,
+        Some(at) => match tokio::time::timeout_at(at, verify_parsed(auth, msg, &valid, keys)).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                let late = || DkimResult::TempError(Error::Dns(DnsError::Resolver("no key before the check deadline".into())));
+                valid.iter().map(|i| (*i, (late(), None, None))).collect()
+            }
+        },
+    };
 
     let b_values: Vec<String> = selected.iter().map(|f| full_b(msg, *f)).collect();
     let mut checks = Vec::with_capacity(selected.len());

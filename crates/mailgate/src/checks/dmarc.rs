@@ -3,11 +3,19 @@
 //! and `p`, `sp`, `np` and `t` pick the policy that applies. mailgate
 //! feeds it only results its own rules let pass (see `checks::dkim`), and
 //! only an author that `checks::author` found unambiguous.
+//!
+//! Policy records are kept parsed in a [`KeyCache`] for their TTL. mail-auth
+//! keeps only records it found; the names of the author domain's tree
+//! walk it found nothing at are looked at again here (an answer hickory has just cached) and kept
+//! as absent for the SOA minimum (RFC 2308, at most five minutes), so a
+//! repeated author domain costs no DNS lookup at all. A `_dmarc` name that
+//! is a CNAME loop, which hickory reports as "no records", is a temperror.
 
-use mail_auth::Parameters;
+use hickory_resolver::proto::rr::Name;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{AuthenticatedMessage, DkimOutput, DmarcResult, MessageAuthenticator, SpfOutput};
+use mail_auth::{DnsError, Error, Parameters, ResolverCache, Txt};
 
 use super::dkim::KeyCache;
 use serde::Serialize;
@@ -77,7 +85,9 @@ pub async fn evaluate(
     let params =
         DmarcParameters { message: msg, dkim_output: dkim, dkim2_output: None, rfc5321_mail_from_domain: spf_domain, spf_output: spf };
     let out = auth.verify_dmarc(Parameters::new(params).with_txt_cache(records)).await;
+    let broken = remember_absent(auth, records, from_domain).await;
     let result = match out.result() {
+        _ if broken && out.dmarc_record().is_none() => "temperror",
         DmarcResult::Pass => "pass",
         DmarcResult::Fail(_) => "fail",
         DmarcResult::TempError(_) => "temperror",
@@ -111,4 +121,58 @@ pub async fn evaluate(
         override_reason: None,
         published,
     }
+}
+
+/// The names the RFC 9989 tree walk for `domain` asks for, as mail-auth
+/// writes them (`_dmarc.NAME.`): the name itself, then (from eight labels
+/// on) the last seven, then one label less each time, down to the TLD.
+fn walk_names(domain: &str) -> Vec<String> {
+    let domain = idna::domain_to_ascii(domain.trim_end_matches('.')).unwrap_or_else(|_| domain.to_ascii_lowercase());
+    let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
+    let total = labels.len();
+    let mut names = Vec::new();
+    if total < 2 {
+        return names;
+    }
+    let mut count = total;
+    loop {
+        names.push(format!("_dmarc.{}.", labels[total - count..].join(".")));
+        if count == 1 {
+            break;
+        }
+        count = if count >= 8 { 7 } else { count - 1 };
+    }
+    names
+}
+
+/// For each name of the walk that mail-auth looked up and did not keep: an absence (NXDOMAIN
+/// or NODATA with a SOA) is kept as mail-auth's own "record not found", so
+/// the next walk stops at the cache. True when a name is a broken CNAME
+/// chain (a loop or too long), which must be a temperror, not "no policy".
+async fn remember_absent(auth: &MessageAuthenticator, records: &KeyCache, from_domain: &str) -> bool {
+    let mut broken = false;
+    for key in walk_names(from_domain) {
+        if records.get::<str>(&key).is_some() {
+            continue;
+        }
+        let Ok(name) = Name::from_str_relaxed(&key) else { continue };
+        // hickory answers this one from its cache: mail-auth just asked.
+        let err = match auth.resolver().txt_lookup(name.clone()).await {
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        let Some(no) = crate::dns::no_records(&err) else { continue };
+        match crate::dns::absence(auth.resolver(), &name, no).await {
+            crate::dns::Absence::BrokenChain => {
+                tracing::debug!(%name, "DMARC record name is a CNAME loop or too long a chain: temperror");
+                broken = true;
+            }
+            crate::dns::Absence::NoRecords => {
+                if let Some(until) = crate::checks::cache::negative_until(no.negative_ttl) {
+                    records.insert(key.into_boxed_str(), Txt::Error(Error::Dns(DnsError::RecordNotFound(no.response_code))), until);
+                }
+            }
+        }
+    }
+    broken
 }

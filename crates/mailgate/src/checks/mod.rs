@@ -8,6 +8,7 @@ pub mod auth;
 pub mod auth_results;
 pub mod author;
 pub mod body;
+pub mod cache;
 pub mod dkim;
 pub mod dmarc;
 pub mod lookalike;

@@ -7,6 +7,11 @@
 //! Only the header block is held in memory and parsed; the body is read
 //! once, as a stream ([`body::digest`]), for every body hash the DKIM
 //! signatures and ARC-Message-Signatures ask for (and ARC sealing needs).
+//!
+//! All of a message's checks share one deadline, `[dns] check_timeout`:
+//! a method still waiting for DNS then is a `temperror` (and
+//! `[policy] temperror` decides), so a slow or silent DNS server holds a
+//! session no longer than that, whatever the per-query timeouts add up to.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -138,6 +143,8 @@ pub struct Checker {
     /// `[reports] from` and `ingest`, lower-cased: mail only to them is
     /// not counted in reports.
     report_addresses: Vec<String>,
+    /// `[dns] check_timeout`: one deadline for all of a message's checks.
+    check_timeout: std::time::Duration,
 }
 
 /// The ARC sealing key: the `[arc] seal` domain's active RSA DKIM key,
@@ -181,10 +188,11 @@ impl Sealing {
 impl Checker {
     /// `recorder` keeps every DMARC evaluation in the report store.
     pub fn new(config: &Config, lookalikes: Arc<Lookalikes>, recorder: Option<Arc<Recorder>>) -> anyhow::Result<Self> {
-        let resolver = crate::dns::resolver(config.nameservers.as_deref())?;
+        let resolver = crate::dns::resolver_with(config.nameservers.as_deref(), crate::dns::Lookup::checks(config))?;
+        let cache_size = usize::try_from(config.dns.cache_size).unwrap_or(usize::MAX);
         Ok(Checker {
             auth: MessageAuthenticator(resolver.clone()),
-            spf: SpfChecker::from_resolver(resolver, &config.hostname),
+            spf: SpfChecker::with_cache_size(resolver, &config.hostname, config.dns.cache_size),
             authserv_id: config.hostname.clone(),
             lookalikes,
             policy: config.policy.clone(),
@@ -194,12 +202,13 @@ impl Checker {
                 data_dir: config.data_dir.clone(),
                 current: std::sync::Mutex::new((None, None)),
             }),
-            dkim_keys: dkim::KeyCache::new(4096),
-            dmarc_records: dkim::KeyCache::new(4096),
+            dkim_keys: dkim::KeyCache::new(cache_size),
+            dmarc_records: dkim::KeyCache::new(cache_size),
             report_addresses: std::iter::once(&config.reports.from)
                 .chain(&config.reports.ingest)
                 .map(|a| a.to_string().to_ascii_lowercase())
                 .collect(),
+            check_timeout: config.dns.check_timeout,
         })
     }
 
@@ -213,14 +222,21 @@ impl Checker {
     }
 
     pub async fn check(&self, input: &Input<'_>) -> Verdict {
+        let deadline = tokio::time::Instant::now() + self.check_timeout;
         let helo_is_name = input.helo.contains('.') && input.helo.parse::<IpAddr>().is_err() && !input.helo.starts_with('[');
-        let (spf, spf_helo) = tokio::join!(self.spf.check_mail_from(input.ip, input.helo, input.mail_from), async {
-            if helo_is_name {
-                self.spf.check_helo(input.ip, input.helo).await
-            } else {
-                SpfOutcome { result: SpfResult::None, domain: input.helo.to_string(), explanation: None }
+        let mail_from_domain = mail_from_identity(input.helo, input.mail_from).rsplit_once('@').map(|(_, d)| d.to_string());
+        let (spf, spf_helo) = tokio::join!(
+            until(deadline, self.spf.check_mail_from(input.ip, input.helo, input.mail_from), || late_spf(
+                mail_from_domain.unwrap_or_default()
+            )),
+            async {
+                if helo_is_name {
+                    until(deadline, self.spf.check_helo(input.ip, input.helo), || late_spf(input.helo.to_string())).await
+                } else {
+                    SpfOutcome { result: SpfResult::None, domain: input.helo.to_string(), explanation: None }
+                }
             }
-        });
+        );
         let mut findings: Vec<(Identity, Finding)> = Vec::new();
         let mut add = |identity: Identity, f: Option<Finding>| {
             if let Some(f) = f.map(|f| (identity, f)).filter(|f| !findings.contains(f)) {
@@ -322,8 +338,19 @@ impl Checker {
                 (Some(msg), Some(Ok(d))) => {
                     let author = found_author.unwrap_or_else(|| Err("From: does not parse".into()));
                     arc_outcome = Some(
-                        self.check_message(author, msg, d, input, &spf, &spf_helo, &mut verdict, &mut decision, &mut results, &mut add)
-                            .await,
+                        self.check_message(
+                            author,
+                            msg,
+                            d,
+                            input,
+                            (&spf, &spf_helo),
+                            deadline,
+                            &mut verdict,
+                            &mut decision,
+                            &mut results,
+                            &mut add,
+                        )
+                        .await,
                     );
                 }
                 (Some(_), None) => {}
@@ -383,16 +410,16 @@ impl Checker {
         msg: &'x AuthenticatedMessage<'x>,
         digest: &BodyDigest,
         input: &Input<'_>,
-        spf: &SpfOutcome,
-        spf_helo: &SpfOutcome,
+        (spf, spf_helo): (&SpfOutcome, &SpfOutcome),
+        deadline: tokio::time::Instant,
         verdict: &mut Verdict,
         decision: &mut Decision,
         results: &mut Vec<ResInfo>,
         add: &mut impl FnMut(Identity, Option<Finding>),
     ) -> arc::ArcOutcome<'x> {
         let (checks, arc) = tokio::join!(
-            dkim::verify_streamed(&self.auth, msg, digest, self.policy.max_dkim_signatures, &self.dkim_keys),
-            arc::verify(&self.auth, msg)
+            dkim::verify_streamed_until(&self.auth, msg, digest, self.policy.max_dkim_signatures, &self.dkim_keys, deadline),
+            until(deadline, arc::verify(&self.auth, msg), late_arc)
         );
         for c in &checks {
             add(Identity::Dkim, self.lookalikes.check_domain(&c.domain));
@@ -444,7 +471,11 @@ impl Checker {
             (spf.domain.clone(), spf.to_mail_auth())
         };
         let outputs: Vec<_> = checks.iter().map(|c| c.output.clone()).collect();
-        let mut d = dmarc::evaluate(&self.auth, msg, &outputs, &spf_domain, &spf_out, &author.domain, &self.dmarc_records).await;
+        let mut d =
+            until(deadline, dmarc::evaluate(&self.auth, msg, &outputs, &spf_domain, &spf_out, &author.domain, &self.dmarc_records), || {
+                late_dmarc(&author.domain)
+            })
+            .await;
         let mut dmarc_info = ResInfo::new("dmarc", d.result);
         match d.result {
             "fail" => {
@@ -561,6 +592,46 @@ impl Checker {
             override_reason: v.dmarc.override_reason.map(String::from),
             lookalike: v.lookalike.iter().map(|l| format!("{}:{}:{}", l.identity, l.rule, l.resembles)).collect(),
         })));
+    }
+}
+
+/// `work`'s result, or `late()` if `deadline` comes first (the work is
+/// dropped, and with it its DNS queries).
+async fn until<T>(deadline: tokio::time::Instant, work: impl std::future::Future<Output = T>, late: impl FnOnce() -> T) -> T {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(out) => out,
+        Err(_) => {
+            tracing::info!("inbound check unfinished at [dns] check_timeout: temperror");
+            late()
+        }
+    }
+}
+
+fn late_spf(domain: String) -> SpfOutcome {
+    SpfOutcome { result: SpfResult::TempError, domain, explanation: None }
+}
+
+const LATE: &str = "no DNS answer before the check deadline";
+
+fn late_arc<'x>() -> arc::ArcOutcome<'x> {
+    let late = mail_auth::DkimResult::TempError(mail_auth::Error::Dns(mail_auth::DnsError::Resolver(LATE.into())));
+    arc::ArcOutcome {
+        result: arc::ArcResult::TempError,
+        output: mail_auth::ArcOutput::default().with_result(late),
+        sealers: Vec::new(),
+        reason: Some(LATE.into()),
+    }
+}
+
+fn late_dmarc(from_domain: &str) -> Dmarc {
+    Dmarc {
+        result: "temperror",
+        from_domain: from_domain.to_string(),
+        policy: "",
+        spf_aligned: false,
+        dkim_aligned: false,
+        override_reason: None,
+        published: None,
     }
 }
 

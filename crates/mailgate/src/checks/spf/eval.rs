@@ -7,9 +7,10 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::net::{DnsError as HickoryDnsError, NetError, NoRecords};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
@@ -50,6 +51,20 @@ impl Abort {
     }
 }
 
+/// A domain's SPF record as looked up: what [`Evaluation::record`] found,
+/// kept for the TTL. Temporary errors are never kept.
+#[derive(Clone)]
+pub enum Found {
+    Record(Arc<Record>),
+    /// No SPF record (no TXT records, or none starting `v=spf1`).
+    NoRecord,
+    /// Several SPF records, or one that does not parse.
+    Invalid,
+}
+
+/// Parsed SPF records by lower-case domain.
+pub type RecordCache = crate::checks::cache::RecordCache<Found>;
+
 /// Why a lookup gave no records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Miss {
@@ -73,6 +88,7 @@ pub struct Client<'a> {
 /// global to all evaluations of one check, across include and redirect).
 pub struct Evaluation<'a> {
     resolver: &'a TokioResolver,
+    records: &'a RecordCache,
     client: &'a Client<'a>,
     local_part: &'a str,
     sender_domain: &'a str,
@@ -84,10 +100,10 @@ pub struct Evaluation<'a> {
 type BoxFuture<'b, T> = Pin<Box<dyn Future<Output = T> + Send + 'b>>;
 
 impl<'a> Evaluation<'a> {
-    pub fn new(resolver: &'a TokioResolver, client: &'a Client<'a>) -> Self {
+    pub fn new(resolver: &'a TokioResolver, records: &'a RecordCache, client: &'a Client<'a>) -> Self {
         let (local_part, sender_domain) = client.sender.rsplit_once('@').unwrap_or(("postmaster", client.sender));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Evaluation { resolver, client, local_part, sender_domain, now, dns_terms: 0, void_lookups: 0 }
+        Evaluation { resolver, records, client, local_part, sender_domain, now, dns_terms: 0, void_lookups: 0 }
     }
 
     /// check_host(<ip>, <domain>, <sender>). `explain`: fetch the exp=
@@ -130,24 +146,49 @@ impl<'a> Evaluation<'a> {
     }
 
     /// The domain's one SPF record; `None` when it has none (§4.4, §4.5).
-    async fn record(&mut self, domain: &str) -> Result<Option<Record>, Abort> {
-        let texts = match self.txt(domain).await {
-            Ok(texts) => texts,
-            Err(Miss::Void) => return Ok(None),
-            Err(Miss::Error) => return Err(Abort::Temp),
+    async fn record(&mut self, domain: &str) -> Result<Option<Arc<Record>>, Abort> {
+        let key = domain.to_ascii_lowercase();
+        let found = match self.records.get(key.as_str()) {
+            Some(found) => found,
+            None => {
+                let (found, until) = self.fetch_record(domain).await?;
+                if let Some(until) = until {
+                    self.records.insert(key.into_boxed_str(), found.clone(), until);
+                }
+                found
+            }
+        };
+        match found {
+            Found::Record(record) => Ok(Some(record)),
+            Found::NoRecord => Ok(None),
+            Found::Invalid => Err(Abort::Perm),
+        }
+    }
+
+    /// Looks the record up: what was found and until when it may be kept
+    /// (`None`: not at all).
+    async fn fetch_record(&mut self, domain: &str) -> Result<(Found, Option<Instant>), Abort> {
+        let (texts, until) = match self.txt_until(domain).await {
+            Ok(found) => found,
+            Err((Miss::Void, until)) => return Ok((Found::NoRecord, until)),
+            Err((Miss::Error, _)) => return Err(Abort::Temp),
         };
         let mut spf = texts.iter().filter(|t| is_spf(t));
-        match (spf.next(), spf.next()) {
-            (None, _) => Ok(None),
-            (Some(text), None) => Record::parse(text).map(Some).map_err(|e| {
-                tracing::debug!(domain, error = %e, "SPF record does not parse: permerror");
-                Abort::Perm
-            }),
+        let found = match (spf.next(), spf.next()) {
+            (None, _) => Found::NoRecord,
+            (Some(text), None) => match Record::parse(text) {
+                Ok(record) => Found::Record(Arc::new(record)),
+                Err(e) => {
+                    tracing::debug!(domain, error = %e, "SPF record does not parse: permerror");
+                    Found::Invalid
+                }
+            },
             (Some(_), Some(_)) => {
                 tracing::debug!(domain, "several SPF records: permerror");
-                Err(Abort::Perm)
+                Found::Invalid
             }
-        }
+        };
+        Ok((found, Some(until)))
     }
 
     /// Evaluates the mechanisms in order; the qualifier of the first match.
@@ -363,28 +404,49 @@ impl<'a> Evaluation<'a> {
 
     /// TXT records, each one byte string (its character-strings joined, §3.3).
     async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, Miss> {
-        let records = self.lookup(name, RecordType::TXT).await?;
-        Ok(records
+        self.txt_until(name).await.map(|(texts, _)| texts).map_err(|(miss, _)| miss)
+    }
+
+    /// As [`Self::txt`], with until when the answer may be kept.
+    async fn txt_until(&self, name: &str) -> Result<(Vec<Vec<u8>>, Instant), (Miss, Option<Instant>)> {
+        let (records, until) = self.lookup_until(name, RecordType::TXT).await?;
+        let texts = records
             .iter()
             .filter_map(|r| match r {
                 RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
                 _ => None,
             })
-            .collect())
+            .collect();
+        Ok((texts, until))
     }
 
     async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Miss> {
-        let Some(name) = dns_name(name) else { return Err(Miss::Void) };
-        match self.resolver.lookup(name, rtype).await {
+        self.lookup_until(name, rtype).await.map(|(records, _)| records).map_err(|(miss, _)| miss)
+    }
+
+    /// The records of type `rtype` at `name`, and until when the answer
+    /// may be kept; a miss carries until when the absence may be kept
+    /// (RFC 2308), `None` for errors and answers without a SOA. A CNAME
+    /// loop or over-long chain is an error, not an absence.
+    async fn lookup_until(&self, name: &str, rtype: RecordType) -> Result<(Vec<RData>, Instant), (Miss, Option<Instant>)> {
+        let Some(name) = dns_name(name) else { return Err((Miss::Void, None)) };
+        match self.resolver.lookup(name.clone(), rtype).await {
             Ok(lookup) => {
                 let records: Vec<RData> = lookup.answers().iter().filter(|r| r.record_type() == rtype).map(|r| r.data.clone()).collect();
-                if records.is_empty() { Err(Miss::Void) } else { Ok(records) }
+                if records.is_empty() { Err((Miss::Void, None)) } else { Ok((records, lookup.valid_until())) }
             }
-            Err(NetError::Dns(HickoryDnsError::NoRecordsFound(NoRecords {
-                response_code: ResponseCode::NXDomain | ResponseCode::NoError,
-                ..
-            }))) => Err(Miss::Void),
-            Err(_) => Err(Miss::Error),
+            Err(e) => match crate::dns::no_records(&e) {
+                Some(no) if matches!(no.response_code, ResponseCode::NXDomain | ResponseCode::NoError) => {
+                    match crate::dns::absence(self.resolver, &name, no).await {
+                        crate::dns::Absence::NoRecords => Err((Miss::Void, crate::checks::cache::negative_until(no.negative_ttl))),
+                        crate::dns::Absence::BrokenChain => {
+                            tracing::debug!(%name, "CNAME loop or chain too long: temperror");
+                            Err((Miss::Error, None))
+                        }
+                    }
+                }
+                _ => Err((Miss::Error, None)),
+            },
         }
     }
 }

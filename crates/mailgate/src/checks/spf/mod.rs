@@ -1,7 +1,9 @@
 //! SPF (RFC 7208), mailgate's own implementation: checks the HELO and
 //! MAIL FROM identities over `[dns].nameservers` (hickory's `TokioResolver`,
 //! whose per-TTL answer cache is our DNS cache) and formats the
-//! `Received-SPF:` trace field (§9.1).
+//! `Received-SPF:` trace field (§9.1). Each domain's record is also kept
+//! parsed (`checks::cache`) for its TTL, and its absence for the SOA
+//! minimum (RFC 2308), so a repeated sender costs no lookup and no parse.
 //!
 //! Layout: `record` parses records strictly (§4.5, §4.6, §5, §6, §12),
 //! `macros` parses and expands macro-strings (§7), `eval` is check_host()
@@ -137,7 +139,12 @@ pub struct SpfChecker {
     resolver: TokioResolver,
     /// This host's name, the `%{r}` macro.
     host_domain: String,
+    /// Parsed records (and their absence) by domain.
+    records: eval::RecordCache,
 }
+
+/// Parsed records kept by default (`[dns] cache_size`).
+const CACHE_SIZE: u64 = 10_000;
 
 impl SpfChecker {
     /// Queries `nameservers` (with their ports) only; `None` means the
@@ -147,7 +154,12 @@ impl SpfChecker {
     }
 
     pub fn from_resolver(resolver: TokioResolver, host_domain: &str) -> Self {
-        SpfChecker { resolver, host_domain: host_domain.to_string() }
+        Self::with_cache_size(resolver, host_domain, CACHE_SIZE)
+    }
+
+    /// Keeping at most `cache_size` parsed records.
+    pub fn with_cache_size(resolver: TokioResolver, host_domain: &str, cache_size: u64) -> Self {
+        SpfChecker { resolver, host_domain: host_domain.to_string(), records: eval::RecordCache::new(cache_size) }
     }
 
     /// Checks the MAIL FROM identity. An empty reverse-path (`<>`) checks
@@ -176,7 +188,7 @@ impl SpfChecker {
             IpAddr::V4(_) => ip,
         };
         let client = eval::Client { ip, sender, helo, receiver: &self.host_domain };
-        let mut evaluation = eval::Evaluation::new(&self.resolver, &client);
+        let mut evaluation = eval::Evaluation::new(&self.resolver, &self.records, &client);
         let domain_arg = domain.strip_suffix('.').unwrap_or(domain).to_string();
         match tokio::time::timeout(CHECK_TIMEOUT, evaluation.check_host(domain_arg, true)).await {
             Ok((result, explanation)) => outcome(result, explanation),
