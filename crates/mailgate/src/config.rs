@@ -283,10 +283,21 @@ pub struct Limits {
     pub max_connections: usize,
     /// Simultaneous SMTP connections from one client IP address.
     pub max_connections_per_ip: usize,
-    /// Seconds to wait for a command (RFC 5321 §4.5.3.2.7: at least 300).
+    /// New connections per minute from one client address (an IPv6
+    /// client by its /64); over it, `421 4.7.0`. 0 = no limit.
+    pub connections_per_ip_per_minute: u32,
+    /// Seconds for a whole command line to arrive, counted from its first
+    /// byte (or, with nothing sent, from the previous reply): a deadline,
+    /// not an idle timer (RFC 5321 §4.5.3.2.7: at least 300).
     pub command_timeout: u64,
     /// Seconds to wait for the next block of message content.
     pub data_timeout: u64,
+    /// Octets per second message content must average over each 30 s
+    /// window of DATA or a BDAT chunk. 0 = no minimum.
+    pub min_data_rate: u64,
+    /// Seconds a whole session may last; a message being received at the
+    /// minimum rate may finish first.
+    pub session_timeout: u64,
     /// Seconds in-flight sessions get to finish on shutdown.
     pub shutdown_grace: u64,
     /// Octets of message content held in memory across all sessions;
@@ -307,8 +318,11 @@ impl Default for Limits {
             max_errors: 10,
             max_connections: 500,
             max_connections_per_ip: 50,
+            connections_per_ip_per_minute: 600,
             command_timeout: 300,
             data_timeout: 300,
+            min_data_rate: 1024,
+            session_timeout: 1800,
             shutdown_grace: 60,
             max_inflight_memory: 256 * 1024 * 1024,
             max_submission_line: 64 * 1024,
@@ -610,6 +624,7 @@ impl Config {
             ("max_connections_per_ip", limits.max_connections_per_ip as u64),
             ("command_timeout", limits.command_timeout),
             ("data_timeout", limits.data_timeout),
+            ("session_timeout", limits.session_timeout),
             ("shutdown_grace", limits.shutdown_grace.max(1)),
         ] {
             if value == 0 {

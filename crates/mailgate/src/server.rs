@@ -42,6 +42,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     crate::privileges::drop_root(config.user.as_deref(), &config.data_dir)?;
+    raise_fd_limit();
     // Created by the user the server runs as, so it can read it back.
     let admin_token = match config.http_bind {
         Some(_) => Some(http::auth::load_or_create(&config.data_dir)?),
@@ -125,7 +126,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let dash_resolver = outbound.resolver.clone();
     let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone(), signer.clone());
-    let limits = listener::Limits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+    let limits = listener::Limits::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+        config.limits.connections_per_ip_per_minute,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks = Vec::new();
@@ -149,8 +154,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             spool: spool.clone(),
             metrics: metrics.clone(),
             trusted: config.trusted_networks.clone(),
-            command_timeout: config.command_timeout(),
-            data_timeout: config.data_timeout(),
+            deadlines: crate::inbound::clock::Deadlines {
+                command_timeout: config.command_timeout(),
+                data_timeout: config.data_timeout(),
+                min_data_rate: config.limits.min_data_rate,
+                session_timeout: Duration::from_secs(config.limits.session_timeout),
+            },
             budget: budget.clone(),
             recorder: Some(recorder.clone()),
         });
@@ -209,6 +218,27 @@ fn reload_on_hup(signer: Arc<crate::sign::Signer>) {
             }
         }
     });
+}
+
+/// Every connection is a descriptor: the soft limit (often 1024) is raised
+/// to the hard one, so `max_connections` can be reached.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+            return;
+        }
+        let soft = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        soft == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+    };
+    if raised {
+        tracing::info!(open_files = lim.rlim_cur, "open-file limit (RLIMIT_NOFILE)");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit to the hard limit");
+    }
 }
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {

@@ -183,10 +183,13 @@ impl Session {
             AuthVerdict::Rejected => {
                 self.reply(Reply::new(535, crate::reply::StatusCode::new(5, 7, 8), "Authentication credentials invalid"))
             }
-            AuthVerdict::Throttled => self.close_with(Reply::new(
-                421,
+            // RFC 4954 §6: 454 4.7.0 is a temporary failure, so the client
+            // may try later; the connection stays open (max_errors still
+            // closes it), and a correct password is not told apart.
+            AuthVerdict::Throttled => self.reply(Reply::new(
+                454,
                 crate::reply::StatusCode::new(4, 7, 0),
-                format!("{} Too many authentication failures; try again later", self.config.hostname),
+                "Temporary authentication failure: too many failures from your address; try again later",
             )),
         }
         self.process();

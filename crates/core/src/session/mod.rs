@@ -141,7 +141,7 @@ pub enum AuthVerdict {
     Accepted(String),
     /// Wrong user or password (never says which).
     Rejected,
-    /// Too many failures: refuse and close.
+    /// Too many failures: `454 4.7.0` without checking the password.
     Throttled,
 }
 
@@ -292,11 +292,22 @@ impl Session {
 
     /// The client said nothing for too long (RFC 5321 §4.5.3.2).
     pub fn timeout(&mut self) -> Vec<Action> {
+        self.timeout_because("Timeout exceeded")
+    }
+
+    /// A deadline passed (`why` says which): `421 4.4.2` and close.
+    pub fn timeout_because(&mut self, why: &str) -> Vec<Action> {
         if matches!(self.state, State::Closed) {
             return self.take();
         }
-        self.close_with(Reply::new(421, status::TIMEOUT, format!("{} Timeout exceeded, closing connection", self.config.hostname)));
+        self.close_with(Reply::new(421, status::TIMEOUT, format!("{} {why}, closing connection", self.config.hostname)));
         self.take()
+    }
+
+    /// Part of a command (or SASL) line has arrived but not its end: the
+    /// driver's command deadline runs from its first byte.
+    pub fn line_pending(&self) -> bool {
+        !self.input.is_empty() || self.skipping_line
     }
 
     /// The server is stopping: close now if idle, else after the current

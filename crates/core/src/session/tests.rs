@@ -347,7 +347,8 @@ fn auth_plain_and_login() {
     assert_eq!(codes_and_actions(s.auth_done(AuthVerdict::Rejected)), ["535"]);
     assert_eq!(codes_and_actions(s.receive(b"AUTH LOGIN\r\n*\r\n")), ["334", "501"]);
     s.receive(b"AUTH PLAIN AGIAeA==\r\n");
-    assert_eq!(codes_and_actions(s.auth_done(AuthVerdict::Throttled)), ["421", "CLOSE"]);
+    assert_eq!(codes_and_actions(s.auth_done(AuthVerdict::Throttled)), ["454"], "throttled: 454 4.7.0, still open");
+    assert_eq!(codes_and_actions(s.receive(b"NOOP\r\n")), ["250"]);
 }
 
 #[test]

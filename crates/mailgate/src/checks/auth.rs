@@ -1,9 +1,19 @@
-//! SMTP AUTH: argon2id password checks, brute-force throttling per client
-//! IP and per user, and `send_as` patterns.
+//! SMTP AUTH: argon2id password checks, brute-force throttling, and
+//! `send_as` patterns.
+//!
+//! Throttling is keyed on the client address (an IPv6 client by its /64):
+//! from its [`SLOW_AFTER`]th failure each reply is delayed, from its
+//! [`REFUSE_AFTER`]th it gets `454 4.7.0` without its password being
+//! checked. Failures are also counted per user, across addresses, but a
+//! user under attack only stops being checked from addresses that have
+//! failed themselves: a lock-out per user alone would let anyone lock the
+//! real user out from everywhere.
 //!
 //! An unknown user costs the same work as a known one with a wrong
-//! password and gets the same reply, so the server does not reveal which
-//! users exist.
+//! password (a dummy hash with the users' own argon2 parameters) and gets
+//! the same reply, so the server does not reveal which users exist.
+//!
+//! May import: `config`, `mailgate-core`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,8 +30,15 @@ use crate::config::User;
 const SLOW_AFTER: u32 = 3;
 /// Longest added delay.
 const MAX_DELAY: Duration = Duration::from_secs(5);
-/// Failures after which the client is refused outright (421).
+/// Failures from one address after which it gets `454 4.7.0`.
 const REFUSE_AFTER: u32 = 10;
+/// Failures for one user, all addresses together, after which an address
+/// with any failure of its own gets `454 4.7.0` for that user.
+const USER_GUARD_AFTER: u32 = 10;
+/// Keys (addresses and user names) remembered at most.
+const MAX_TRACKED: usize = 100_000;
+/// The delay of a throttled reply: cheap for us, slows a guesser's loop.
+const THROTTLED_DELAY: Duration = Duration::from_secs(1);
 /// How long failures are remembered.
 const MEMORY: Duration = Duration::from_secs(15 * 60);
 
@@ -84,8 +101,47 @@ struct Failures {
 pub struct Authenticator {
     users: HashMap<String, User>,
     failures: Mutex<HashMap<Key, Failures>>,
-    /// Verified against when the user is unknown, to spend the same time.
+    /// One permit per core for password checks.
+    checking: tokio::sync::Semaphore,
+    /// Verified against when the user is unknown, to spend the same time:
+    /// made with the argon2 parameters the configured users' hashes use.
     dummy_hash: String,
+}
+
+/// An IPv6 client usually holds a whole /64: its failures count together.
+fn ip_key(ip: IpAddr) -> Key {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            Key::Ip(IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)))
+        }
+        other => Key::Ip(other.to_canonical()),
+    }
+}
+
+/// A dummy hash with the parameters most users' hashes have, so verifying
+/// it costs what verifying theirs does.
+fn dummy_hash(users: &[User]) -> anyhow::Result<String> {
+    // Params is not Hash; there are few users.
+    let mut counts: Vec<((argon2::Algorithm, argon2::Version, argon2::Params), usize)> = Vec::new();
+    for u in users {
+        let Ok(h) = PasswordHash::new(&u.password_hash) else { continue };
+        let Ok(alg) = argon2::Algorithm::try_from(h.algorithm) else { continue };
+        let (Ok(params), Some(version)) = (argon2::Params::try_from(&h), h.version.and_then(|v| argon2::Version::try_from(v).ok())) else {
+            continue;
+        };
+        let key = (alg, version, params);
+        match counts.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+    let Some(((alg, version, params), _)) = counts.into_iter().max_by_key(|(_, n)| *n) else {
+        return hash_password("not a real password");
+    };
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let argon = Argon2::new(alg, version, params);
+    Ok(argon.hash_password(b"not a real password", &salt).map_err(|e| anyhow::anyhow!("{e}"))?.to_string())
 }
 
 fn user_key(name: &str) -> Key {
@@ -100,7 +156,8 @@ impl Authenticator {
         Ok(Arc::new(Authenticator {
             users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             failures: Mutex::new(HashMap::new()),
-            dummy_hash: hash_password("not a real password")?,
+            checking: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            dummy_hash: dummy_hash(users)?,
         }))
     }
 
@@ -120,56 +177,88 @@ impl Authenticator {
         })
     }
 
-    fn count(&self, key: Key) -> u32 {
+    /// Under one lock, so parallel attempts cannot all pass: throttled
+    /// (`Err`, with the address's failures), or the attempt is counted as a
+    /// failure in advance (undone on success) and the new counts returned.
+    fn admit(&self, ikey: Key, ukey: Key) -> Result<(u32, u32), u32> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&key) {
-            Some(f) if f.last.elapsed() < MEMORY => f.count,
-            Some(_) => {
-                map.remove(&key);
-                0
+        let count = |map: &HashMap<Key, Failures>, key| map.get(&key).filter(|f| f.last.elapsed() < MEMORY).map_or(0, |f| f.count);
+        let from_ip = count(&map, ikey);
+        if from_ip >= REFUSE_AFTER || (from_ip > 0 && count(&map, ukey) >= USER_GUARD_AFTER) {
+            return Err(from_ip);
+        }
+        Ok((fail(&mut map, ikey), fail(&mut map, ukey)))
+    }
+
+    /// The attempt succeeded: its advance failure is taken back.
+    fn undo(&self, keys: [Key; 2]) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if let Some(f) = map.get_mut(&key) {
+                f.count = f.count.saturating_sub(1);
             }
-            None => 0,
         }
     }
+}
 
-    fn fail(&self, key: Key) -> u32 {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let f = map.entry(key).or_insert(Failures { count: 0, last: Instant::now() });
-        if f.last.elapsed() >= MEMORY {
-            f.count = 0;
+fn fail(map: &mut HashMap<Key, Failures>, key: Key) -> u32 {
+    if map.len() >= MAX_TRACKED {
+        // Guessed user names and many addresses must not grow this
+        // without bound: forget what has expired, then what matters
+        // least (keys below the first delay).
+        map.retain(|_, f| f.last.elapsed() < MEMORY);
+        if map.len() >= MAX_TRACKED / 2 {
+            map.retain(|_, f| f.count >= SLOW_AFTER);
         }
-        f.count += 1;
-        f.last = Instant::now();
-        f.count
     }
+    let f = map.entry(key).or_insert(Failures { count: 0, last: Instant::now() });
+    if f.last.elapsed() >= MEMORY {
+        f.count = 0;
+    }
+    f.count += 1;
+    f.last = Instant::now();
+    f.count
+}
 
+impl Authenticator {
     /// Checks credentials. Returns the verdict and how long to wait before
-    /// answering: failures slow the client down, per IP and per user,
-    /// loopback included.
+    /// answering: an address's failures slow it down and then throttle it
+    /// (loopback included); a user's failures throttle only addresses that
+    /// have failed too.
     pub async fn verify(self: &Arc<Self>, ip: IpAddr, creds: Credentials) -> (AuthVerdict, Duration) {
-        let ukey = user_key(&creds.username);
-        let before = self.count(Key::Ip(ip)).max(self.count(ukey));
-        if before >= REFUSE_AFTER {
-            return (AuthVerdict::Throttled, Duration::from_secs(1));
-        }
+        let (ikey, ukey) = (ip_key(ip), user_key(&creds.username));
+        let (n, for_user) = match self.admit(ikey, ukey) {
+            Ok(counts) => counts,
+            Err(from_ip) => {
+                tracing::info!(client = %ip, user = %creds.username, failures = from_ip, "authentication throttled");
+                return (AuthVerdict::Throttled, THROTTLED_DELAY);
+            }
+        };
         let me = self.clone();
         let username = creds.username.clone();
+        // Each check holds argon2's memory (19 MiB by default) and a core:
+        // at most one per core at a time, in arrival order.
+        let Ok(_permit) = self.checking.acquire().await else { return (AuthVerdict::Throttled, THROTTLED_DELAY) };
         let ok = tokio::task::spawn_blocking(move || {
-            let hash = me.users.get(&creds.username).map(|u| u.password_hash.as_str()).unwrap_or(&me.dummy_hash);
-            let known = me.users.contains_key(&creds.username);
+            let user = me.users.get(&creds.username);
+            let hash = user.map_or(me.dummy_hash.as_str(), |u| u.password_hash.as_str());
+            // The parameters come from the hash itself.
             let verified = PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(creds.password.as_bytes(), &h).is_ok());
-            known && verified
+            user.is_some() && verified
         })
         .await
         .unwrap_or(false);
         if ok {
-            self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&ukey);
+            // Only this attempt's advance failure is taken back: earlier
+            // ones stay, so a login does not lift the guard for addresses
+            // that are guessing.
+            self.undo([ikey, ukey]);
             return (AuthVerdict::Accepted(username), Duration::ZERO);
         }
-        let n = self.fail(Key::Ip(ip)).max(self.fail(ukey));
-        tracing::warn!(client = %ip, user = %username, failures = n, "authentication failed");
+        tracing::warn!(client = %ip, user = %username, failures = n, user_failures = for_user, "authentication failed");
         let delay = if n >= SLOW_AFTER { Duration::from_secs(u64::from(n - SLOW_AFTER + 1)).min(MAX_DELAY) } else { Duration::ZERO };
-        if n >= REFUSE_AFTER { (AuthVerdict::Throttled, delay) } else { (AuthVerdict::Rejected, delay) }
+        // Checked and wrong is 535; 454 is for attempts not checked at all.
+        (AuthVerdict::Rejected, delay)
     }
 }
 
@@ -206,5 +295,37 @@ mod tests {
             a.verify(ip, creds("x", "y")).await;
         }
         assert_eq!(a.verify(ip, creds("app", "right")).await.0, AuthVerdict::Throttled, "even the right password is refused now");
+    }
+
+    #[tokio::test]
+    async fn a_user_under_attack_still_logs_in_from_a_clean_address() {
+        let users = vec![User { name: "app".into(), password_hash: hash_password("right").unwrap(), send_as: vec![] }];
+        let a = Authenticator::new(&users).unwrap();
+        let creds = |u: &str, p: &str| Credentials { mechanism: "PLAIN", username: u.into(), password: p.into() };
+        for i in 1..=USER_GUARD_AFTER {
+            let ip = IpAddr::from([127, 0, 1, i as u8]);
+            assert_eq!(a.verify(ip, creds("app", "guess")).await.0, AuthVerdict::Rejected);
+        }
+        // An address that has failed is throttled for this user, even with
+        // the right password...
+        let (v, delay) = a.verify(IpAddr::from([127, 0, 1, 1]), creds("app", "right")).await;
+        assert_eq!((v, delay), (AuthVerdict::Throttled, THROTTLED_DELAY));
+        // ...a clean one is not.
+        assert_eq!(
+            a.verify(IpAddr::from([127, 0, 2, 1]), creds("app", "right")).await,
+            (AuthVerdict::Accepted("app".into()), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_users_parameters() {
+        let params = argon2::Params::new(1024, 1, 1, None).unwrap();
+        let cheap = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let hash = cheap.hash_password(b"pw", &salt).unwrap().to_string();
+        let users = vec![User { name: "app".into(), password_hash: hash, send_as: vec![] }];
+        let dummy = dummy_hash(&users).unwrap();
+        assert!(dummy.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{dummy}");
+        assert!(dummy_hash(&[]).unwrap().starts_with("$argon2id$"));
     }
 }

@@ -6,12 +6,16 @@
 //! `Received:` header and stored in the spool, and only the spool's answer
 //! decides between 250 and 451/452.
 //!
+//! Deadlines against slow clients (a command line, the content rate, the
+//! whole session) are kept by [`clock`].
+//!
 //! Content past a small threshold is moved to a staging file as it
 //! arrives (see [`spill`]), and what sessions hold in memory is counted
 //! against one budget; [`store`] takes a finished message from there.
 //!
 //! May import: `checks`, `spool`, `store` (timeline records), `metrics`, `config`, `mailgate-core`.
 
+pub mod clock;
 mod count;
 pub mod spill;
 mod store;
@@ -19,7 +23,7 @@ pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use mailgate_core::session::{Action, Policy, Session, SessionConfig, Waiting, over_budget_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +35,7 @@ use crate::checks::verdict::Checker;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 use crate::tls::{ServerTls, Stream};
+use clock::{Clock, Deadlines};
 use spill::{Budget, Reservation, SPILL_CHUNK, SPILL_THRESHOLD, Spill};
 use store::{Received, spool_reply};
 
@@ -41,8 +46,8 @@ pub struct Inbound {
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
     pub trusted: Vec<ipnet::IpNet>,
-    pub command_timeout: Duration,
-    pub data_timeout: Duration,
+    /// `[limits]` command and data timeouts, minimum rate, session cap.
+    pub deadlines: Deadlines,
     /// For STARTTLS, or for every connection with `implicit_tls`.
     pub tls: Option<Arc<ServerTls>>,
     pub implicit_tls: bool,
@@ -65,7 +70,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
     let mut stream = Stream::Plain(tcp);
     if ctx.implicit_tls {
         let Some(tls) = ctx.tls.as_ref() else { return };
-        match stream.accept_tls(tls, ctx.command_timeout).await {
+        match stream.accept_tls(tls, ctx.deadlines.command_timeout).await {
             Ok((s, description)) => {
                 stream = s;
                 session.set_tls(description);
@@ -76,8 +81,10 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
             }
         }
     }
-    let mut out = Vec::with_capacity(1024);
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while idle: thousands of waiting sessions must cost little.
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut clock = Clock::new(ctx.deadlines, Instant::now());
     let mut pending = session.greeting();
     let mut spill: Option<Spill> = None;
     let mut reservation = Reservation::new(ctx.budget.clone());
@@ -136,7 +143,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                         }
                         out.clear();
                         let Some(tls) = ctx.tls.as_ref() else { return };
-                        match std::mem::replace(&mut stream, Stream::Gone).accept_tls(tls, ctx.command_timeout).await {
+                        match std::mem::replace(&mut stream, Stream::Gone).accept_tls(tls, ctx.deadlines.command_timeout).await {
                             Ok((s, description)) => {
                                 tracing::debug!(client = %peer, tls = %description, "STARTTLS");
                                 stream = s;
@@ -176,27 +183,48 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
             return;
         }
         keep_content_in_bounds(&ctx, &mut session, &mut spill, &mut reservation);
-        let limit = match session.waiting() {
-            Waiting::Data => ctx.data_timeout,
-            Waiting::Closed => return,
-            _ => ctx.command_timeout,
-        };
-        tokio::select! {
-            read = tokio::time::timeout(limit, stream.read(&mut buf)) => {
-                pending = match read {
+        let waiting = session.waiting();
+        if waiting == Waiting::Closed {
+            return;
+        }
+        let (mut due, mut expired) = clock.wait(waiting, session.line_pending(), Instant::now());
+        size_read_buffer(&mut buf, waiting);
+        pending = loop {
+            tokio::select! {
+                read = tokio::time::timeout_at(due.into(), stream.read(&mut buf)) => match read {
                     Err(_) => {
-                        tracing::info!(client = %peer, "timeout");
-                        session.timeout()
+                        // A rate window that ended well just starts the next.
+                        if let Some(next) = clock.fired(expired, Instant::now()) {
+                            (due, expired) = next;
+                            continue;
+                        }
+                        tracing::info!(client = %peer, deadline = expired.as_str(), "timeout");
+                        break session.timeout_because(&expired.why(&ctx.deadlines));
                     }
                     Ok(Ok(0)) | Ok(Err(_)) => {
                         tracing::debug!(client = %peer, "disconnect");
                         return;
                     }
-                    Ok(Ok(n)) => session.receive(&buf[..n]),
-                };
+                    Ok(Ok(n)) => {
+                        clock.received(waiting, n, Instant::now());
+                        break session.receive(&buf[..n]);
+                    }
+                },
+                _ = shutdown.changed() => break session.shutdown(),
             }
-            _ = shutdown.changed() => pending = session.shutdown(),
-        }
+        };
+    }
+}
+
+/// A read buffer for what the session waits for: commands come in small
+/// pieces, content in large ones. Shrunk again after content, so an idle
+/// session holds 4 KiB, not 64.
+fn size_read_buffer(buf: &mut Vec<u8>, waiting: Waiting) {
+    const COMMANDS: usize = 4 * 1024;
+    const CONTENT: usize = 64 * 1024;
+    let want = if waiting == Waiting::Data { CONTENT } else { COMMANDS };
+    if buf.len() != want {
+        *buf = vec![0u8; want];
     }
 }
 
