@@ -31,37 +31,51 @@ fn ceil_hour(t: u64) -> u64 {
     floor_hour(t).saturating_add(if t.is_multiple_of(HOUR) { 0 } else { HOUR })
 }
 
-/// The columns both scans answer, in this order: header_from, source_ip,
-/// disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
-/// dkim, spf_domain, spf_scope, spf_result, policy, count, first, last.
-const HOURLY_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
-        dkim, spf_domain, spf_scope, spf_result, policy, count, first, last
-     FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3)";
-const RAW_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
-        dkim, spf_domain, spf_scope, spf_result, policy, 1, time, time
-     FROM evaluations WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR header_from = ?3)";
+/// One grouped scan of a period: its whole hours `[?1, ?2)` from the
+/// aggregates and its partial edges `[?3, ?1)`, `[?2, ?4)` from the raw
+/// rows, grouped by exactly a report record's fields (and the policy, the
+/// last key, so that groups differing only by it come out adjacent and
+/// are merged while streaming). SQLite's sorter spills to disk, so the
+/// memory stays bounded whatever the period holds.
+const REPORT_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+        dkim, spf_domain, spf_scope, spf_result, policy, sum(n), min(first), max(last)
+    FROM (
+        SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+               dkim, spf_domain, spf_scope, spf_result, policy, count AS n, first, last
+        FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND (?5 IS NULL OR header_from = ?5)
+        UNION ALL
+        SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+               dkim, spf_domain, spf_scope, spf_result, policy, 1, time, time
+        FROM evaluations WHERE time >= ?3 AND time < ?1 AND (?5 IS NULL OR header_from = ?5)
+        UNION ALL
+        SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+               dkim, spf_domain, spf_scope, spf_result, policy, 1, time, time
+        FROM evaluations WHERE time >= ?2 AND time < ?4 AND (?5 IS NULL OR header_from = ?5)
+    )
+    GROUP BY header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+             dkim, spf_domain, spf_scope, spf_result, policy
+    ORDER BY header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
+             dkim, spf_domain, spf_scope, spf_result, policy";
 
-/// A domain's rows as they gather.
+/// A domain's rows as they stream in.
 struct Gathering {
+    domain: String,
     rows: Vec<DmarcRow>,
     first: u64,
     /// The newest `rua` policy seen: (last time, policy id).
     policy: Option<(u64, i64)>,
 }
 
-struct Scan<'c> {
-    c: &'c Connection,
+/// The side tables, read once per scan (they hold one row per distinct
+/// DKIM set or policy: small).
+struct Interned {
     dkim: HashMap<i64, Vec<DkimAuth>>,
     /// id → (has_rua, JSON).
     policies: HashMap<i64, (bool, String)>,
-    domains: BTreeMap<String, Gathering>,
-    /// The grouping key (domain and row fields joined) → (domain, row index).
-    index: HashMap<String, usize>,
-    key: String,
 }
 
-impl<'c> Scan<'c> {
-    fn new(c: &'c Connection) -> Result<Scan<'c>> {
+impl Interned {
+    fn load(c: &Connection) -> Result<Interned> {
         let mut dkim = HashMap::new();
         let mut st = c.prepare_cached("SELECT id, json FROM dkim_sets")?;
         for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
@@ -74,94 +88,102 @@ impl<'c> Scan<'c> {
             let (id, rua, j) = r?;
             policies.insert(id, (rua, j));
         }
-        Ok(Scan { c, dkim, policies, domains: BTreeMap::new(), index: HashMap::new(), key: String::new() })
+        Ok(Interned { dkim, policies })
     }
 
-    /// Adds the rows of one scan (`sql`: [`HOURLY_SCAN`] or [`RAW_SCAN`]).
-    fn add(&mut self, sql: &str, from: u64, to: u64, domain: Option<&str>) -> Result<()> {
-        if from >= to {
-            return Ok(());
-        }
-        let mut st = self.c.prepare_cached(sql)?;
-        let mut rows = st.query(params![ts(from), ts(to), domain])?;
-        while let Some(r) = rows.next()? {
-            let text = |i: usize| -> Result<&str> {
-                r.get_ref(i)?.as_str().map_err(|e| StoreError::Data(format!("column {i} of the aggregates is not text: {e}")))
-            };
-            let (header_from, source_ip, disposition) = (text(0)?, text(1)?, text(2)?);
-            let dkim_aligned: bool = r.get(3)?;
-            let spf_aligned: bool = r.get(4)?;
-            let (reason, envelope_from) = (text(5)?, text(6)?);
-            let dkim: i64 = r.get(7)?;
-            let (spf_domain, spf_scope, spf_result) = (text(8)?, text(9)?, text(10)?);
-            let policy: i64 = r.get(11)?;
-            let count: u64 = r.get(12)?;
-            let first: u64 = r.get(13)?;
-            let last: u64 = r.get(14)?;
-            self.key.clear();
-            // ok: writing to a String cannot fail.
-            let _ = write!(
-                self.key,
-                "{header_from}\0{source_ip}\0{disposition}\0{dkim_aligned}\0{spf_aligned}\0{reason}\0{envelope_from}\0{dkim}\0\
-                 {spf_domain}\0{spf_scope}\0{spf_result}"
-            );
-            if !self.domains.contains_key(header_from) {
-                self.domains.insert(header_from.to_string(), Gathering { rows: Vec::new(), first: u64::MAX, policy: None });
-            }
-            let Some(g) = self.domains.get_mut(header_from) else { continue };
-            g.first = g.first.min(first);
-            if self.policies.get(&policy).is_some_and(|p| p.0) && g.policy.is_none_or(|(t, _)| last >= t) {
-                g.policy = Some((last, policy));
-            }
-            match self.index.get(self.key.as_str()) {
-                Some(&i) => g.rows[i].count += count,
-                None => {
-                    g.rows.push(DmarcRow {
-                        source_ip: source_ip.to_string(),
-                        count,
-                        disposition: disposition.to_string(),
-                        dkim_aligned,
-                        spf_aligned,
-                        override_reason: (!reason.is_empty()).then(|| reason.to_string()),
-                        header_from: header_from.to_string(),
-                        envelope_from: envelope_from.to_string(),
-                        dkim: self.dkim.get(&dkim).cloned().unwrap_or_default(),
-                        spf: SpfAuth { domain: spf_domain.to_string(), scope: spf_scope.to_string(), result: spf_result.to_string() },
-                    });
-                    self.index.insert(self.key.clone(), g.rows.len() - 1);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<Vec<DomainRows>> {
-        let policies = self.policies;
-        self.domains
-            .into_iter()
-            .map(|(domain, mut g)| {
-                g.rows.sort_by(|a, b| a.source_ip.cmp(&b.source_ip).then(b.count.cmp(&a.count)));
-                let policy = match g.policy.and_then(|(_, id)| policies.get(&id)) {
-                    Some((_, j)) => Some(from_json(j)?),
-                    None => None,
-                };
-                Ok(DomainRows { domain, policy, rows: g.rows, first: g.first })
-            })
-            .collect()
+    fn finish(&self, mut g: Gathering) -> Result<DomainRows> {
+        g.rows.sort_by(|a, b| a.source_ip.cmp(&b.source_ip).then(b.count.cmp(&a.count)));
+        let policy = match g.policy.and_then(|(_, id)| self.policies.get(&id)) {
+            Some((_, j)) => Some(from_json(j)?),
+            None => None,
+        };
+        Ok(DomainRows { domain: g.domain, policy, rows: g.rows, first: g.first })
     }
 }
 
-pub(super) fn dmarc_report(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
-    let mut scan = Scan::new(c)?;
-    let (a, b) = (ceil_hour(from), floor_hour(to));
-    if a < b {
-        scan.add(HOURLY_SCAN, a, b, domain)?;
-        scan.add(RAW_SCAN, from, a, domain)?;
-        scan.add(RAW_SCAN, b, to, domain)?;
-    } else {
-        scan.add(RAW_SCAN, from, to, domain)?;
+/// Streams each header-from domain's report rows for `[from, to)` to
+/// `each`, in domain order, from one grouped scan.
+pub(super) fn dmarc_report_each(
+    c: &Connection,
+    domain: Option<&str>,
+    from: u64,
+    to: u64,
+    each: &mut dyn FnMut(DomainRows) -> Result<()>,
+) -> Result<()> {
+    if from >= to {
+        return Ok(());
     }
-    scan.finish()
+    let interned = Interned::load(c)?;
+    let (a, b) = (ceil_hour(from), floor_hour(to));
+    // Less than a whole hour: all of it from the raw rows.
+    let (a, b) = if a < b { (a, b) } else { (from, from) };
+    let mut st = c.prepare_cached(REPORT_SCAN)?;
+    let mut rows = st.query(params![ts(a), ts(b), ts(from), ts(to), domain])?;
+    let mut current: Option<Gathering> = None;
+    // The previous group's key less its policy, to merge adjacent groups.
+    let (mut key, mut last_key) = (String::new(), String::new());
+    while let Some(r) = rows.next()? {
+        let text = |i: usize| -> Result<&str> {
+            r.get_ref(i)?.as_str().map_err(|e| StoreError::Data(format!("column {i} of the aggregates is not text: {e}")))
+        };
+        let (header_from, source_ip, disposition) = (text(0)?, text(1)?, text(2)?);
+        let dkim_aligned: bool = r.get(3)?;
+        let spf_aligned: bool = r.get(4)?;
+        let (reason, envelope_from) = (text(5)?, text(6)?);
+        let dkim: i64 = r.get(7)?;
+        let (spf_domain, spf_scope, spf_result) = (text(8)?, text(9)?, text(10)?);
+        let policy: i64 = r.get(11)?;
+        let count: u64 = r.get(12)?;
+        let first: u64 = r.get(13)?;
+        let last: u64 = r.get(14)?;
+        if current.as_ref().is_some_and(|g| g.domain != header_from) {
+            if let Some(g) = current.take() {
+                each(interned.finish(g)?)?;
+            }
+            last_key.clear();
+        }
+        let g = current.get_or_insert_with(|| Gathering { domain: header_from.to_string(), rows: Vec::new(), first, policy: None });
+        g.first = g.first.min(first);
+        if interned.policies.get(&policy).is_some_and(|p| p.0) && g.policy.is_none_or(|(t, _)| last >= t) {
+            g.policy = Some((last, policy));
+        }
+        key.clear();
+        // ok: writing to a String cannot fail.
+        let _ = write!(
+            key,
+            "{source_ip}\0{disposition}\0{dkim_aligned}\0{spf_aligned}\0{reason}\0{envelope_from}\0{dkim}\0\
+             {spf_domain}\0{spf_scope}\0{spf_result}"
+        );
+        match g.rows.last_mut() {
+            Some(row) if key == last_key => row.count += count,
+            _ => g.rows.push(DmarcRow {
+                source_ip: source_ip.to_string(),
+                count,
+                disposition: disposition.to_string(),
+                dkim_aligned,
+                spf_aligned,
+                override_reason: (!reason.is_empty()).then(|| reason.to_string()),
+                header_from: header_from.to_string(),
+                envelope_from: envelope_from.to_string(),
+                dkim: interned.dkim.get(&dkim).cloned().unwrap_or_default(),
+                spf: SpfAuth { domain: spf_domain.to_string(), scope: spf_scope.to_string(), result: spf_result.to_string() },
+            }),
+        }
+        std::mem::swap(&mut key, &mut last_key);
+    }
+    if let Some(g) = current.take() {
+        each(interned.finish(g)?)?;
+    }
+    Ok(())
+}
+
+pub(super) fn dmarc_report(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
+    let mut out = Vec::new();
+    dmarc_report_each(c, domain, from, to, &mut |d| {
+        out.push(d);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Domains whose evaluations in `[from, to)` (to the hour) carried a
