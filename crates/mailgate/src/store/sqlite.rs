@@ -399,6 +399,7 @@ impl Store for Sqlite {
             "DELETE FROM evaluations WHERE time < ?1",
             // An hour goes once all of it is older than the bound.
             "DELETE FROM eval_hourly WHERE hour + 3600 <= ?1",
+            "DELETE FROM domain_hourly WHERE hour + 3600 <= ?1",
             "DELETE FROM tls_hourly WHERE hour + 3600 <= ?1",
             "DELETE FROM deliveries WHERE time < ?1",
             "DELETE FROM tls_sessions WHERE time < ?1",
