@@ -25,6 +25,12 @@
 #                   (every name NXDOMAIN, negatively cached: a sender domain
 #                   without records).
 #                   Default 0: the client is trusted, so mail is relayed unchecked.
+#   RECORD=both     the report store's cost: the same mailgate binary run as
+#                   side "record" ([reports] record = true, the default) and
+#                   side "norecord" (record = false), alternately, RUNS rounds
+#                   (default 5 here); prints best and median of each and their
+#                   ratios. Use with CHECKS=1 (without checks nothing is
+#                   recorded). Sets SIDES="record norecord" unless given.
 #   BENCH_TMP=DIR   parent of the scratch dir (default /var/tmp; must not be tmpfs)
 #   KEEP=1          keep the scratch dir (configs, logs, queues) afterwards
 #
@@ -33,6 +39,11 @@
 # stopped by the EXIT trap.
 set -euo pipefail
 
+RECORD=${RECORD:-}
+if [ "$RECORD" = both ]; then
+    RUNS=${RUNS:-5}
+    SIDES=${SIDES:-"record norecord"}
+fi
 RUNS=${RUNS:-2}
 MESSAGES=${MESSAGES:-20000}
 SESSIONS=${SESSIONS:-20}
@@ -233,6 +244,9 @@ RESULTS=()   # "side run rate secs server_cpu src_cpu sys_busy sys_iowait load s
 
 # ---------------------------------------------------------------- mailgate
 run_mailgate() { run_mg mailgate "$MAILGATE" "$1"; }
+# The same binary with the report store recording on and off.
+run_record() { REC=true run_mg record "$MAILGATE" "$1"; }
+run_norecord() { REC=false run_mg norecord "$MAILGATE" "$1"; }
 run_baseline() { [ -x "${BASELINE:-}" ] || die "BASELINE must name a mailgate binary"; run_mg baseline "$BASELINE" "$1"; }
 
 run_mg() { # side binary run-number
@@ -258,6 +272,8 @@ $(if [ "$CHECKS" = 1 ]; then
 else
     printf '[relay]\ntrusted_networks = ["127.0.0.0/8"]\n'
 fi)
+
+$([ -z "${REC:-}" ] || printf '[reports]\nrecord = %s\n' "$REC")
 
 [http]
 bind = "127.0.0.1:$http"
@@ -411,6 +427,14 @@ echo "best: mailgate ${MG:-?} msg/s, postfix ${PF:-?} msg/s, ceiling (smtp-sink)
 BL=$(best baseline)
 if [ "${BL:-0}" -gt 0 ] && [ "${MG:-0}" -gt 0 ]; then
     echo "baseline ($BASELINE): $BL msg/s; ratio mailgate/baseline: $(awk -v a="$MG" -v b="$BL" 'BEGIN{printf "%.2f", a / b}')"
+fi
+median() { printf '%s\n' "${RESULTS[@]}" | awk -v s="$1" '$1==s {print $3}' | sort -n |
+    awk '{v[NR] = $1} END {if (NR) printf "%.0f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+RB=$(best record); NB=$(best norecord)
+if [ "${RB:-0}" -gt 0 ] && [ "${NB:-0}" -gt 0 ]; then
+    RM=$(median record); NM=$(median norecord)
+    echo "recording on: best $RB msg/s, median $RM; off: best $NB, median $NM"
+    echo "ratio on/off: best $(awk -v a="$RB" -v b="$NB" 'BEGIN{printf "%.3f", a / b}'), median $(awk -v a="$RM" -v b="$NM" 'BEGIN{printf "%.3f", a / b}')"
 fi
 if [ "${MG:-0}" -gt 0 ] && [ "${PF:-0}" -gt 0 ]; then
     echo "ratio mailgate/postfix: $(awk -v a="$MG" -v b="$PF" 'BEGIN{printf "%.2f", a / b}')"

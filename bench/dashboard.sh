@@ -18,7 +18,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 RUNS=${RUNS:-20}
 BIN="$ROOT/target/release/mailgate"
-cargo build --release -p mailgate --locked 2>&1 | grep -v '^\s*\(Compiling\|Finished\)' || true
+cargo build --release --locked 2>&1 | grep -v '^\s*\(Compiling\|Finished\)' || true
 if [ -n "${KEEP:-}" ]; then
     WORK="$KEEP"
     mkdir -p "$WORK"

@@ -117,27 +117,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu = cpu_s();
     let found = store.dmarc_domains(period.begin, period.end)?;
     let list_s = t.elapsed().as_secs_f64();
-    let (mut records, mut counted, mut bytes) = (0usize, 0u64, 0usize);
-    let (mut rows_s, mut mail_s) = (0f64, 0f64);
-    for policy in &found {
-        let q = Instant::now();
-        let rows = store.dmarc_rows(&policy.domain, period.begin, period.end)?;
-        rows_s += q.elapsed().as_secs_f64();
-        records += rows.len();
-        counted += rows.iter().map(|r| r.count).sum::<u64>();
-        let q = Instant::now();
-        let report = dmarc::build(&who, policy, &rows, period, &format!("bench-{}", policy.domain));
-        let msg = dmarc::message(&who, &report, &[format!("dmarc@{}", policy.domain)], "bench@bench.example")?;
-        mail_s += q.elapsed().as_secs_f64();
+    let policies: std::collections::HashMap<&str, &PolicyPublished> = found.iter().map(|p| (p.domain.as_str(), p)).collect();
+    let (mut records, mut counted, mut bytes, mut domains_built) = (0usize, 0u64, 0usize, 0usize);
+    let mut mail_s = 0f64;
+    // As the report task does: one grouped scan of the day streams each
+    // domain's rows, and each report is built as its rows come.
+    let q = Instant::now();
+    store.dmarc_report_each(None, period.begin, period.end, &mut |d| {
+        let Some(policy) = policies.get(d.domain.as_str()) else { return Ok(()) };
+        let m = Instant::now();
+        records += d.rows.len();
+        counted += d.rows.iter().map(|r| r.count).sum::<u64>();
+        let report = dmarc::build(&who, policy, &d.rows, period, &format!("bench-{}", policy.domain));
+        let msg = dmarc::message(&who, &report, &[format!("dmarc@{}", policy.domain)], "bench@bench.example")
+            .map_err(|e| mailgate::store::StoreError::Data(e.to_string()))?;
         bytes += msg.len();
-    }
+        domains_built += 1;
+        mail_s += m.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    let rows_s = q.elapsed().as_secs_f64() - mail_s;
     let build_s = t.elapsed().as_secs_f64();
     let build_cpu = cpu_s() - cpu;
     assert_eq!(counted, n as u64, "the reports must count every evaluation");
     println!(
         "daily reports: {} domains, {records} records, {counted} messages counted, {:.1} MB of report mail in {build_s:.2} s \
-         (listing the domains {list_s:.2} s, their rows {rows_s:.2} s, XML, gzip and MIME {mail_s:.2} s)",
-        found.len(),
+         (listing the domains {list_s:.2} s, the grouped scan of their rows {rows_s:.2} s, XML, gzip and MIME {mail_s:.2} s)",
+        domains_built,
         bytes as f64 / 1e6
     );
     println!("daily build CPU time {build_cpu:.2} s (user + system)");

@@ -23,6 +23,12 @@ impl TlsEvents {
     /// `result` is "success" or an RFC 8460 failure type; `policy` is
     /// "sts", "require-tls" or "no-policy-found".
     pub fn record(&self, domain: &str, mx: &str, policy: &str, result: &str) {
+        self.record_with_policy(domain, mx, policy, result, "");
+    }
+
+    /// [`TlsEvents::record`] with the MTA-STS policy text applied (empty
+    /// without one), which TLS-RPT reports quote.
+    pub fn record_with_policy(&self, domain: &str, mx: &str, policy: &str, result: &str, policy_string: &str) {
         self.metrics.tls_result(policy, result);
         if result == "success" {
             tracing::debug!(domain, mx, policy, "TLS success");
@@ -36,7 +42,7 @@ impl TlsEvents {
                 mx_host: mx.to_string(),
                 policy_type: policy.to_string(),
                 result: result.to_string(),
-                policy_string: String::new(),
+                policy_string: policy_string.to_string(),
             }));
         }
     }

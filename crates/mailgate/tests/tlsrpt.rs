@@ -156,6 +156,14 @@ fn enforce_with_a_mismatched_certificate_is_reported_by_mail_and_https() {
     let p = &policies[0];
     assert_eq!(p["policy"]["policy-type"], "sts");
     assert_eq!(p["policy"]["policy-domain"], "sts.test");
+    // RFC 8460 §4.4: the policy as fetched, a line an element, and its mx
+    // patterns.
+    assert_eq!(
+        p["policy"]["policy-string"],
+        serde_json::json!(["version: STSv1", "mode: enforce", "mx: mx.sts.test", "max_age: 86400"]),
+        "{report}"
+    );
+    assert_eq!(p["policy"]["mx-host"], serde_json::json!(["mx.sts.test"]), "{report}");
     assert_eq!(p["summary"]["total-successful-session-count"], 0);
     assert_eq!(p["summary"]["total-failure-session-count"], failures);
     let details = p["failure-details"].as_array().unwrap();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawReports {
     pub retention_days: u64,
+    pub record: bool,
     pub send: bool,
     pub dmarc_interval: u64,
     pub tlsrpt_interval: u64,
@@ -21,6 +22,7 @@ impl Default for RawReports {
     fn default() -> Self {
         RawReports {
             retention_days: 90,
+            record: true,
             send: true,
             dmarc_interval: 86_400,
             tlsrpt_interval: 86_400,
@@ -37,6 +39,9 @@ pub struct Reports {
     /// Days evaluations, attempts and received reports are kept; 0 keeps
     /// them for ever.
     pub retention_days: u64,
+    /// Record each message's DMARC evaluation, delivery attempts and TLS
+    /// sessions; without them no report can be sent.
+    pub record: bool,
     /// Send the DMARC aggregate and TLS-RPT reports domains ask for.
     pub send: bool,
     /// Seconds per DMARC report period; periods are aligned on the Unix
@@ -81,6 +86,7 @@ impl RawReports {
         match from {
             Some(from) if problems.is_empty() => Ok(Reports {
                 retention_days: self.retention_days,
+                record: self.record,
                 send: self.send,
                 dmarc_interval: self.dmarc_interval,
                 tlsrpt_interval: self.tlsrpt_interval,

@@ -210,12 +210,22 @@ fn public(req: &Request) -> bool {
         || path == "/login"
 }
 
-/// A script's request (the API, a page's JSON twin), which gets 401
-/// rather than a redirect to the login form.
-fn wants_json(req: &Request) -> bool {
-    req.uri().path().starts_with("/api/")
-        || req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "format=json"))
-        || req.headers().get(header::AUTHORIZATION).is_some()
+/// A dashboard page (not its JSON twin), which a browser without a
+/// session is sent to the login form for; anything else gets 401, as
+/// before the dashboard.
+fn page_for_people(req: &Request) -> bool {
+    let path = req.uri().path();
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && (matches!(path, "/" | "/queue" | "/tls" | "/messages") || path.starts_with("/messages/") || path.starts_with("/domains/"))
+        && !req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "format=json"))
+        && req.headers().get(header::AUTHORIZATION).is_none()
+}
+
+/// A page or its JSON twin: asking for one without credentials guesses nothing.
+fn dashboard_read(req: &Request) -> bool {
+    let path = req.uri().path();
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && (matches!(path, "/" | "/queue" | "/tls" | "/messages") || path.starts_with("/messages/") || path.starts_with("/domains/"))
 }
 
 /// The dashboard session the request's cookie names, if it is live.
@@ -273,7 +283,7 @@ pub async fn require_token(
         req.extensions_mut().insert(access);
         return next.run(req).await;
     }
-    if !wants_json(&req) {
+    if page_for_people(&req) {
         // A browser without a session: to the login form, and back here
         // after it. Not a failure: sessions expire.
         let back = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -286,10 +296,10 @@ pub async fn require_token(
         reason = if presented { "wrong token" } else { "no token" },
         "admin API: authentication failed"
     );
-    // A wrong token, or any API request without one, counts towards the
-    // throttle; a page's JSON twin asked without credentials (or with an
-    // expired session) guesses nothing.
-    if (presented || req.uri().path().starts_with("/api/"))
+    // A wrong token, or any request without one but a dashboard read,
+    // counts towards the throttle; a page's JSON twin asked without
+    // credentials (or with an expired session) guesses nothing.
+    if (presented || !dashboard_read(&req))
         && let Some(wait) = guard.fail(ip, now)
     {
         tracing::warn!(client = %ip, block_s = wait.as_secs(), "admin API: throttling this address after repeated failures");

@@ -123,12 +123,15 @@ impl Outbound {
             policy_name = "require-tls";
         }
         let events = self.tls_events.clone();
+        // The MTA-STS policy applied, for TLS-RPT's `policy-string`.
+        let mut policy_text = String::new();
         if let Some(sts) = &self.mta_sts {
             match sts.policy(domain).await {
                 Ok(Some(p)) if p.mode == mta_sts::Mode::Enforce => {
                     policy_name = "sts";
+                    policy_text = p.text.clone();
                     for c in candidates.iter().filter(|c| !p.allows(&c.name)) {
-                        events.record(domain.as_str(), &c.name, "sts", "validation-failure");
+                        events.record_with_policy(domain.as_str(), &c.name, "sts", "validation-failure", &p.text);
                     }
                     candidates.retain(|c| p.allows(&c.name));
                     if candidates.is_empty() {
@@ -140,8 +143,9 @@ impl Outbound {
                 }
                 Ok(Some(p)) if p.mode == mta_sts::Mode::Testing => {
                     policy_name = "sts";
+                    policy_text = p.text.clone();
                     for c in candidates.iter().filter(|c| !p.allows(&c.name)) {
-                        events.record(domain.as_str(), &c.name, "sts", "validation-failure");
+                        events.record_with_policy(domain.as_str(), &c.name, "sts", "validation-failure", &p.text);
                     }
                     settings.check = Some(self.trust.clone());
                 }
@@ -157,7 +161,8 @@ impl Outbound {
             }
         }
         let d = domain.to_string();
-        settings.report = Some(Arc::new(move |mx: &str, result: &'static str| events.record(&d, mx, policy_name, result)));
+        settings.report =
+            Some(Arc::new(move |mx: &str, result: &'static str| events.record_with_policy(&d, mx, policy_name, result, &policy_text)));
         client::connect(&candidates, &settings).await
     }
 }

@@ -28,6 +28,9 @@ pub struct Policy {
     pub mode: Mode,
     pub mx: Vec<String>,
     pub max_age: u64,
+    /// The policy as fetched, its lines joined by LF (TLS-RPT reports
+    /// quote it: RFC 8460 `policy-string`).
+    pub text: String,
 }
 
 impl Policy {
@@ -64,7 +67,8 @@ impl Policy {
         if mx.is_empty() && mode != Mode::None {
             return Err("no mx patterns".into());
         }
-        Ok(Policy { id: id.to_string(), mode, mx, max_age })
+        let text = body.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n");
+        Ok(Policy { id: id.to_string(), mode, mx, max_age, text })
     }
 
     /// RFC 8461 §4.1: `mx.example.com` matches itself; `*.example.com`

@@ -21,6 +21,7 @@ pub mod dmarc;
 pub mod ingest;
 pub mod tlsrpt;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,9 +163,8 @@ impl Reports {
             let policy = s.dmarc_domains(lookback(until, 0), until)?.into_iter().find(|p| p.domain == d);
             let Some(policy) = policy else { return Ok(None) };
             let from = s.reported_until(ReportKind::Dmarc, &d)?.unwrap_or(0);
-            let rows = s.dmarc_rows(&d, from, until)?;
-            let first = s.first_time(ReportKind::Dmarc, &d, from, until)?;
-            Ok(Some((policy, rows, from, first)))
+            let Some(rows) = s.dmarc_report(Some(&d), from, until)?.pop() else { return Ok(None) };
+            Ok(Some((policy, rows.rows, from, Some(rows.first))))
         })
         .await?;
         if let Some((policy, rows, from, first)) = found.filter(|f| !f.1.is_empty()) {
@@ -190,38 +190,75 @@ impl Reports {
     async fn dmarc_all(&self, until: u64, only: Option<&str>) -> Vec<Sent> {
         let s = self.store.clone();
         let since = lookback(until, self.dmarc_interval);
-        let domains = match blocking(move || s.dmarc_domains(since, until)).await {
-            Ok(d) => d,
+        let only = only.map(str::to_string);
+        // The domains to report, by the mark each is reported up to.
+        let marks = blocking(move || {
+            let mut marks: BTreeMap<u64, Vec<store::PolicyPublished>> = BTreeMap::new();
+            for policy in s.dmarc_domains(since, until)? {
+                if only.as_ref().is_some_and(|d| !d.eq_ignore_ascii_case(&policy.domain)) {
+                    continue;
+                }
+                let from = s.reported_until(ReportKind::Dmarc, &policy.domain)?.unwrap_or(0);
+                if from < until {
+                    marks.entry(from).or_default().push(policy);
+                }
+            }
+            Ok(marks)
+        });
+        let marks = match marks.await {
+            Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the domains to send DMARC reports to");
                 return Vec::new();
             }
         };
         let mut sent = Vec::new();
-        for policy in domains {
-            if only.is_some_and(|d| !d.eq_ignore_ascii_case(&policy.domain)) {
-                continue;
+        // One grouped scan per distinct mark: normally every domain's mark
+        // is the end of the last period, so one scan serves them all. The
+        // scan streams a domain at a time; each report goes before the
+        // next domain's rows are read.
+        for (from, policies) in marks {
+            let mut wanted: HashMap<String, store::PolicyPublished> = HashMap::new();
+            for p in policies {
+                wanted.entry(p.domain.clone()).or_insert(p);
             }
-            match self.dmarc_one(policy.clone(), until).await {
-                Ok(Some(s)) => sent.push(s),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(domain = %policy.domain, error = %e, "DMARC report not sent; trying again next time"),
+            let names: HashSet<String> = wanted.keys().cloned().collect();
+            let one = (names.len() == 1).then(|| names.iter().next().cloned()).flatten();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<store::DomainRows>(2);
+            let s = self.store.clone();
+            let scan = tokio::task::spawn_blocking(move || {
+                s.dmarc_report_each(one.as_deref(), from, until, &mut |d| {
+                    if names.contains(&d.domain) {
+                        tx.blocking_send(d).map_err(|_| store::StoreError::Data("the report task stopped".into()))?;
+                    }
+                    Ok(())
+                })
+            });
+            while let Some(d) = rx.recv().await {
+                let Some(policy) = wanted.remove(&d.domain) else { continue };
+                match self.dmarc_one(policy, from, d.rows, Some(d.first), until).await {
+                    Ok(Some(s)) => sent.push(s),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(domain = %d.domain, error = %e, "DMARC report not sent; trying again next time"),
+                }
+            }
+            match scan.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the DMARC report rows; trying again next time"),
+                Err(e) => tracing::warn!(error = %e, "the DMARC report scan failed; trying again next time"),
             }
         }
         sent
     }
 
-    async fn dmarc_one(&self, policy: store::PolicyPublished, until: u64) -> anyhow::Result<Option<Sent>> {
-        let s = self.store.clone();
-        let domain = policy.domain.clone();
-        let (from, rows, first) = blocking(move || {
-            let from = s.reported_until(ReportKind::Dmarc, &domain)?.unwrap_or(0);
-            if from >= until {
-                return Ok((from, Vec::new(), None));
-            }
-            Ok((from, s.dmarc_rows(&domain, from, until)?, s.first_time(ReportKind::Dmarc, &domain, from, until)?))
-        })
-        .await?;
+    async fn dmarc_one(
+        &self,
+        policy: store::PolicyPublished,
+        from: u64,
+        rows: Vec<store::DmarcRow>,
+        first: Option<u64>,
+        until: u64,
+    ) -> anyhow::Result<Option<Sent>> {
         // No traffic, no report.
         if rows.is_empty() {
             return Ok(None);

@@ -34,20 +34,25 @@ pub fn build(who: &Reporter, domain: &str, rows: &[TlsRow], period: Period, repo
             "tlsa" => PolicyType::Tlsa,
             _ => PolicyType::NoPolicyFound,
         };
-        let i = match policies.iter().position(|p| p.policy.policy_type == kind) {
+        // One entry per distinct policy (RFC 8460 §4.4): its type and the
+        // MTA-STS text applied, quoted line by line as `policy-string`,
+        // whose `mx` patterns are the `mx-host` list.
+        let lines: Vec<String> = row.policy_string.lines().map(str::to_string).collect();
+        let i = match policies.iter().position(|p| p.policy.policy_type == kind && p.policy.policy_string == lines) {
             Some(i) => i,
             None => {
-                policies.push(Policy {
-                    policy: PolicyDetails::new(kind, domain),
-                    summary: Summary { total_success: 0, total_failure: 0 },
-                    failure_details: Vec::new(),
-                });
+                let mut policy = PolicyDetails::new(kind, domain);
+                policy.mx_host = lines.iter().filter_map(|l| l.strip_prefix("mx:")).map(|m| m.trim().to_string()).collect();
+                policy.policy_string = lines;
+                policies.push(Policy { policy, summary: Summary { total_success: 0, total_failure: 0 }, failure_details: Vec::new() });
                 policies.len() - 1
             }
         };
         let p = &mut policies[i];
         let n = u32::try_from(row.count).unwrap_or(u32::MAX);
-        if kind == PolicyType::Sts && !row.mx_host.is_empty() && !p.policy.mx_host.contains(&row.mx_host) {
+        // Without the policy text, the hosts we met stand in for its
+        // patterns.
+        if kind == PolicyType::Sts && row.policy_string.is_empty() && !row.mx_host.is_empty() && !p.policy.mx_host.contains(&row.mx_host) {
             p.policy.mx_host.push(row.mx_host.clone());
         }
         if row.result == "success" {
@@ -210,5 +215,32 @@ mod tests {
         assert!(text.contains("report-type=tlsrpt") || text.contains("report-type=\"tlsrpt\""), "{text}");
         assert!(text.contains("Subject: Report Domain: example.net Submitter: ours.test"), "{text}");
         assert!(text.contains("ours.test!example.net!86400!172799!t1.json.gz"), "{text}");
+    }
+
+    #[test]
+    fn policy_string_and_mx_patterns() {
+        let who = Reporter { org_name: "Gate".into(), email: "tls@ours.test".into(), submitter: "ours.test".into() };
+        let text = "version: STSv1\nmode: enforce\nmx: *.example.net\nmx: mx.example.org\nmax_age: 86400";
+        let row = |policy_string: &str, result: &str| TlsRow {
+            mx_host: "mx1.example.net".into(),
+            policy_type: "sts".into(),
+            result: result.into(),
+            count: 2,
+            policy_string: policy_string.into(),
+        };
+        // Two policies of the same type (one changed mid-period) are two
+        // entries.
+        let rows = [row(text, "success"), row(text, "certificate-expired"), row(&text.replace("86400", "604800"), "success")];
+        let r = build(&who, "example.net", &rows, Period { begin: 0, end: 86_400 }, "t2");
+        let v: Value = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(v["policies"].as_array().map(Vec::len), Some(2), "{v}");
+        let p = &v["policies"][0]["policy"];
+        assert_eq!(
+            p["policy-string"],
+            serde_json::json!(["version: STSv1", "mode: enforce", "mx: *.example.net", "mx: mx.example.org", "max_age: 86400"])
+        );
+        assert_eq!(p["mx-host"], serde_json::json!(["*.example.net", "mx.example.org"]));
+        assert_eq!(v["policies"][0]["summary"]["total-successful-session-count"], 2);
+        assert_eq!(v["policies"][0]["summary"]["total-failure-session-count"], 2);
     }
 }

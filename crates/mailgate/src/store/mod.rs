@@ -377,7 +377,20 @@ pub trait Store: Send + Sync + 'static {
     /// grouped scan (`domain`: only that one), ordered by domain. Whole
     /// hours come from the hourly aggregates, the partial first and last
     /// hour from the raw rows, so any period is counted exactly.
-    fn dmarc_report(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>>;
+    fn dmarc_report(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
+        let mut out = Vec::new();
+        self.dmarc_report_each(domain, from, to, &mut |d| {
+            out.push(d);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`Store::dmarc_report`] one domain at a time, so that memory holds
+    /// one domain's rows, not the period's. Runs on a connection of its
+    /// own: `each` may take its time (the report task sends each report
+    /// as it comes) without holding up other readers.
+    fn dmarc_report_each(&self, domain: Option<&str>, from: u64, to: u64, each: &mut dyn FnMut(DomainRows) -> Result<()>) -> Result<()>;
 
     /// Per hour and header-from domain (`domain`: only that one): messages,
     /// DMARC pass, and disposition counts, for the hours that overlap

@@ -31,37 +31,50 @@ fn ceil_hour(t: u64) -> u64 {
     floor_hour(t).saturating_add(if t.is_multiple_of(HOUR) { 0 } else { HOUR })
 }
 
-/// The columns both scans answer, in this order: header_from, source_ip,
-/// disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
-/// dkim, spf_domain, spf_scope, spf_result, policy, count, first, last.
+/// A period's whole hours `[?1, ?2)` from the aggregates, for every
+/// domain with traffic in them (`?3`: only that one): the domains come
+/// from the small per-domain table, and for each the primary key
+/// `(header_from, hour, ...)` seeks straight to its rows, so the one
+/// statement streams the period domain by domain with no sort.
 const HOURLY_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
         dkim, spf_domain, spf_scope, spf_result, policy, count, first, last
-     FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3)";
+    FROM eval_hourly
+    WHERE header_from IN (SELECT header_from FROM domain_hourly
+                          WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3))
+      AND hour >= ?1 AND hour < ?2
+    ORDER BY header_from";
+/// A period's partial first or last hour `[?1, ?2)` from the raw rows.
 const RAW_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned, spf_aligned, override_reason, envelope_from,
         dkim, spf_domain, spf_scope, spf_result, policy, 1, time, time
-     FROM evaluations WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR header_from = ?3)";
+    FROM evaluations WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR header_from = ?3)";
 
 /// A domain's rows as they gather.
 struct Gathering {
+    domain: String,
     rows: Vec<DmarcRow>,
+    /// A report record's fields joined → its index in `rows`.
+    index: HashMap<String, usize>,
     first: u64,
     /// The newest `rua` policy seen: (last time, policy id).
     policy: Option<(u64, i64)>,
 }
 
-struct Scan<'c> {
-    c: &'c Connection,
+impl Gathering {
+    fn new(domain: &str) -> Gathering {
+        Gathering { domain: domain.to_string(), rows: Vec::new(), index: HashMap::new(), first: u64::MAX, policy: None }
+    }
+}
+
+/// The side tables, read once per scan (they hold one row per distinct
+/// DKIM set or policy: small).
+struct Interned {
     dkim: HashMap<i64, Vec<DkimAuth>>,
     /// id → (has_rua, JSON).
     policies: HashMap<i64, (bool, String)>,
-    domains: BTreeMap<String, Gathering>,
-    /// The grouping key (domain and row fields joined) → (domain, row index).
-    index: HashMap<String, usize>,
-    key: String,
 }
 
-impl<'c> Scan<'c> {
-    fn new(c: &'c Connection) -> Result<Scan<'c>> {
+impl Interned {
+    fn load(c: &Connection) -> Result<Interned> {
         let mut dkim = HashMap::new();
         let mut st = c.prepare_cached("SELECT id, json FROM dkim_sets")?;
         for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
@@ -74,101 +87,143 @@ impl<'c> Scan<'c> {
             let (id, rua, j) = r?;
             policies.insert(id, (rua, j));
         }
-        Ok(Scan { c, dkim, policies, domains: BTreeMap::new(), index: HashMap::new(), key: String::new() })
+        Ok(Interned { dkim, policies })
     }
 
-    /// Adds the rows of one scan (`sql`: [`HOURLY_SCAN`] or [`RAW_SCAN`]).
-    fn add(&mut self, sql: &str, from: u64, to: u64, domain: Option<&str>) -> Result<()> {
-        if from >= to {
-            return Ok(());
+    /// Adds one scanned row (the columns of [`HOURLY_SCAN`]) to `g`.
+    fn add(&self, g: &mut Gathering, r: &rusqlite::Row<'_>, key: &mut String) -> Result<()> {
+        let text = |i: usize| -> Result<&str> {
+            r.get_ref(i)?.as_str().map_err(|e| StoreError::Data(format!("column {i} of the aggregates is not text: {e}")))
+        };
+        let (source_ip, disposition) = (text(1)?, text(2)?);
+        let dkim_aligned: bool = r.get(3)?;
+        let spf_aligned: bool = r.get(4)?;
+        let (reason, envelope_from) = (text(5)?, text(6)?);
+        let dkim: i64 = r.get(7)?;
+        let (spf_domain, spf_scope, spf_result) = (text(8)?, text(9)?, text(10)?);
+        let policy: i64 = r.get(11)?;
+        let count: u64 = r.get(12)?;
+        let first: u64 = r.get(13)?;
+        let last: u64 = r.get(14)?;
+        g.first = g.first.min(first);
+        if self.policies.get(&policy).is_some_and(|p| p.0) && g.policy.is_none_or(|(t, _)| last >= t) {
+            g.policy = Some((last, policy));
         }
-        let mut st = self.c.prepare_cached(sql)?;
-        let mut rows = st.query(params![ts(from), ts(to), domain])?;
-        while let Some(r) = rows.next()? {
-            let text = |i: usize| -> Result<&str> {
-                r.get_ref(i)?.as_str().map_err(|e| StoreError::Data(format!("column {i} of the aggregates is not text: {e}")))
-            };
-            let (header_from, source_ip, disposition) = (text(0)?, text(1)?, text(2)?);
-            let dkim_aligned: bool = r.get(3)?;
-            let spf_aligned: bool = r.get(4)?;
-            let (reason, envelope_from) = (text(5)?, text(6)?);
-            let dkim: i64 = r.get(7)?;
-            let (spf_domain, spf_scope, spf_result) = (text(8)?, text(9)?, text(10)?);
-            let policy: i64 = r.get(11)?;
-            let count: u64 = r.get(12)?;
-            let first: u64 = r.get(13)?;
-            let last: u64 = r.get(14)?;
-            self.key.clear();
-            // ok: writing to a String cannot fail.
-            let _ = write!(
-                self.key,
-                "{header_from}\0{source_ip}\0{disposition}\0{dkim_aligned}\0{spf_aligned}\0{reason}\0{envelope_from}\0{dkim}\0\
-                 {spf_domain}\0{spf_scope}\0{spf_result}"
-            );
-            if !self.domains.contains_key(header_from) {
-                self.domains.insert(header_from.to_string(), Gathering { rows: Vec::new(), first: u64::MAX, policy: None });
-            }
-            let Some(g) = self.domains.get_mut(header_from) else { continue };
-            g.first = g.first.min(first);
-            if self.policies.get(&policy).is_some_and(|p| p.0) && g.policy.is_none_or(|(t, _)| last >= t) {
-                g.policy = Some((last, policy));
-            }
-            match self.index.get(self.key.as_str()) {
-                Some(&i) => g.rows[i].count += count,
-                None => {
-                    g.rows.push(DmarcRow {
-                        source_ip: source_ip.to_string(),
-                        count,
-                        disposition: disposition.to_string(),
-                        dkim_aligned,
-                        spf_aligned,
-                        override_reason: (!reason.is_empty()).then(|| reason.to_string()),
-                        header_from: header_from.to_string(),
-                        envelope_from: envelope_from.to_string(),
-                        dkim: self.dkim.get(&dkim).cloned().unwrap_or_default(),
-                        spf: SpfAuth { domain: spf_domain.to_string(), scope: spf_scope.to_string(), result: spf_result.to_string() },
-                    });
-                    self.index.insert(self.key.clone(), g.rows.len() - 1);
-                }
+        key.clear();
+        // ok: writing to a String cannot fail.
+        let _ = write!(
+            key,
+            "{source_ip}\0{disposition}\0{dkim_aligned}\0{spf_aligned}\0{reason}\0{envelope_from}\0{dkim}\0\
+             {spf_domain}\0{spf_scope}\0{spf_result}"
+        );
+        match g.index.get(key.as_str()) {
+            Some(&i) => g.rows[i].count += count,
+            None => {
+                g.rows.push(DmarcRow {
+                    source_ip: source_ip.to_string(),
+                    count,
+                    disposition: disposition.to_string(),
+                    dkim_aligned,
+                    spf_aligned,
+                    override_reason: (!reason.is_empty()).then(|| reason.to_string()),
+                    header_from: g.domain.clone(),
+                    envelope_from: envelope_from.to_string(),
+                    dkim: self.dkim.get(&dkim).cloned().unwrap_or_default(),
+                    spf: SpfAuth { domain: spf_domain.to_string(), scope: spf_scope.to_string(), result: spf_result.to_string() },
+                });
+                g.index.insert(key.clone(), g.rows.len() - 1);
             }
         }
         Ok(())
     }
 
-    fn finish(self) -> Result<Vec<DomainRows>> {
-        let policies = self.policies;
-        self.domains
-            .into_iter()
-            .map(|(domain, mut g)| {
-                g.rows.sort_by(|a, b| a.source_ip.cmp(&b.source_ip).then(b.count.cmp(&a.count)));
-                let policy = match g.policy.and_then(|(_, id)| policies.get(&id)) {
-                    Some((_, j)) => Some(from_json(j)?),
-                    None => None,
-                };
-                Ok(DomainRows { domain, policy, rows: g.rows, first: g.first })
-            })
-            .collect()
+    fn finish(&self, mut g: Gathering) -> Result<DomainRows> {
+        g.rows.sort_by(|a, b| a.source_ip.cmp(&b.source_ip).then(b.count.cmp(&a.count)));
+        let policy = match g.policy.and_then(|(_, id)| self.policies.get(&id)) {
+            Some((_, j)) => Some(from_json(j)?),
+            None => None,
+        };
+        Ok(DomainRows { domain: g.domain, policy, rows: g.rows, first: g.first })
     }
 }
 
-pub(super) fn dmarc_report(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
-    let mut scan = Scan::new(c)?;
-    let (a, b) = (ceil_hour(from), floor_hour(to));
-    if a < b {
-        scan.add(HOURLY_SCAN, a, b, domain)?;
-        scan.add(RAW_SCAN, from, a, domain)?;
-        scan.add(RAW_SCAN, b, to, domain)?;
-    } else {
-        scan.add(RAW_SCAN, from, to, domain)?;
+/// Streams each header-from domain's report rows for `[from, to)` to
+/// `each`, in domain order: the partial edge hours (raw rows, at most two
+/// hours) are gathered first, then the whole hours stream from one scan
+/// of the aggregates, a domain at a time.
+pub(super) fn dmarc_report_each(
+    c: &Connection,
+    domain: Option<&str>,
+    from: u64,
+    to: u64,
+    each: &mut dyn FnMut(DomainRows) -> Result<()>,
+) -> Result<()> {
+    if from >= to {
+        return Ok(());
     }
-    scan.finish()
+    let interned = Interned::load(c)?;
+    let (a, b) = (ceil_hour(from), floor_hour(to));
+    // Less than a whole hour: all of it from the raw rows.
+    let (a, b, edges) = if a < b { (a, b, [(from, a), (b, to)]) } else { (from, from, [(from, to), (to, to)]) };
+    let mut key = String::new();
+    let mut pending: BTreeMap<String, Gathering> = BTreeMap::new();
+    for (lo, hi) in edges.into_iter().filter(|(lo, hi)| lo < hi) {
+        let mut st = c.prepare_cached(RAW_SCAN)?;
+        let mut rows = st.query(params![ts(lo), ts(hi), domain])?;
+        while let Some(r) = rows.next()? {
+            let d = r.get_ref(0)?.as_str().map_err(|e| StoreError::Data(format!("header_from is not text: {e}")))?;
+            if !pending.contains_key(d) {
+                pending.insert(d.to_string(), Gathering::new(d));
+            }
+            let Some(g) = pending.get_mut(d) else { continue };
+            interned.add(g, r, &mut key)?;
+        }
+    }
+    let mut st = c.prepare_cached(HOURLY_SCAN)?;
+    let mut rows = st.query(params![ts(a), ts(b), domain])?;
+    let mut current: Option<Gathering> = None;
+    while let Some(r) = rows.next()? {
+        let d = r.get_ref(0)?.as_str().map_err(|e| StoreError::Data(format!("header_from is not text: {e}")))?;
+        if current.as_ref().is_none_or(|g| g.domain != d) {
+            if let Some(g) = current.take() {
+                each(interned.finish(g)?)?;
+            }
+            // Domains seen only at the edges that sort before this one go
+            // first, to keep the domain order; this one's edges join it.
+            while pending.first_key_value().is_some_and(|(k, _)| k.as_str() < d) {
+                if let Some((_, g)) = pending.pop_first() {
+                    each(interned.finish(g)?)?;
+                }
+            }
+            current = Some(pending.remove(d).unwrap_or_else(|| Gathering::new(d)));
+        }
+        if let Some(g) = current.as_mut() {
+            interned.add(g, r, &mut key)?;
+        }
+    }
+    if let Some(g) = current.take() {
+        each(interned.finish(g)?)?;
+    }
+    while let Some((_, g)) = pending.pop_first() {
+        each(interned.finish(g)?)?;
+    }
+    Ok(())
+}
+
+pub(super) fn dmarc_report(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
+    let mut out = Vec::new();
+    dmarc_report_each(c, domain, from, to, &mut |d| {
+        out.push(d);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Domains whose evaluations in `[from, to)` (to the hour) carried a
 /// `rua` record, with the newest such record.
 pub(super) fn dmarc_domains(c: &Connection, from: u64, to: u64) -> Result<Vec<PolicyPublished>> {
     let mut st = c.prepare_cached(
-        "SELECT h.header_from, p.json, max(h.last) FROM eval_hourly h JOIN policies p ON p.id = h.policy
+        "SELECT h.header_from, p.json, max(h.last) FROM domain_hourly h JOIN policies p ON p.id = h.policy
          WHERE h.hour >= ?1 AND h.hour < ?2 AND h.last >= ?3 AND h.first < ?2 AND p.has_rua
          GROUP BY h.header_from, h.policy",
     )?;
@@ -190,11 +245,9 @@ pub(super) fn dmarc_domains(c: &Connection, from: u64, to: u64) -> Result<Vec<Po
 
 pub(super) fn dmarc_hourly(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DmarcHour>> {
     let mut st = c.prepare_cached(
-        "SELECT hour, header_from, sum(count), sum(CASE WHEN dmarc = 'pass' THEN count ELSE 0 END),
-                sum(spf_aligned * count), sum(dkim_aligned * count),
-                sum(CASE WHEN disposition = 'reject' THEN count ELSE 0 END),
-                sum(CASE WHEN disposition = 'quarantine' THEN count ELSE 0 END), sum(lookalike * count)
-         FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3)
+        "SELECT hour, header_from, sum(messages), sum(dmarc_pass), sum(spf_aligned), sum(dkim_aligned), sum(rejected),
+                sum(quarantined), sum(lookalike)
+         FROM domain_hourly WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3)
          GROUP BY hour, header_from ORDER BY hour, header_from",
     )?;
     let rows = st.query_map(params![ts(floor_hour(from)), ts(to), domain], |r| {
@@ -217,7 +270,7 @@ pub(super) fn sources(c: &Connection, domain: &str, from: u64, to: u64, limit: u
     let mut st = c.prepare_cached(
         "SELECT source_ip, disposition, sum(count), sum(spf_aligned * count), sum(dkim_aligned * count),
                 sum(CASE WHEN dmarc = 'pass' THEN count ELSE 0 END), max(helo)
-         FROM eval_hourly WHERE hour >= ?1 AND hour < ?2 AND header_from = ?3
+         FROM eval_hourly WHERE header_from = ?3 AND hour >= ?1 AND hour < ?2
          GROUP BY source_ip, disposition",
     )?;
     let mut by_ip: HashMap<String, Source> = HashMap::new();
@@ -258,7 +311,7 @@ pub(super) fn sources(c: &Connection, domain: &str, from: u64, to: u64, limit: u
 
 pub(super) fn domains(c: &Connection, from: u64, to: u64) -> Result<Vec<(String, u64)>> {
     let mut st = c.prepare_cached(
-        "SELECT header_from, sum(count) AS n FROM eval_hourly WHERE hour >= ?1 AND hour < ?2
+        "SELECT header_from, sum(messages) AS n FROM domain_hourly WHERE hour >= ?1 AND hour < ?2
          GROUP BY header_from ORDER BY n DESC, header_from",
     )?;
     let rows = st.query_map(params![ts(floor_hour(from)), ts(to)], |r| Ok((r.get(0)?, r.get(1)?)))?;

@@ -19,6 +19,8 @@ const BATCH: usize = 4096;
 const DAY: u64 = 86_400;
 
 pub struct Recorder {
+    /// `[reports] record`: false drops every event unseen.
+    record: bool,
     tx: mpsc::Sender<Msg>,
     dropped: AtomicU64,
     written: Arc<AtomicU64>,
@@ -33,6 +35,9 @@ enum Msg {
 impl Recorder {
     /// Queues `event` for the writer; never blocks.
     pub fn record(&self, event: Event) {
+        if !self.record {
+            return;
+        }
         if let Err(e) = self.tx.try_send(Msg::Event(event)) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             // Log the first and then every 1000th, not every event.
@@ -67,8 +72,15 @@ impl Recorder {
 }
 
 /// Starts the writer task and the daily pruning; `retention_days` of 0
-/// keeps everything.
-pub fn start_writer(store: Arc<dyn Store>, retention_days: u64) -> Arc<Recorder> {
+/// keeps everything; `record` false (`[reports] record = false`) records
+/// nothing, which is said once here.
+pub fn start_writer(store: Arc<dyn Store>, retention_days: u64, record: bool) -> Arc<Recorder> {
+    if !record {
+        tracing::warn!(
+            "[reports] record = false: no DMARC evaluations, delivery attempts or TLS sessions are recorded, \
+             so no DMARC or TLS-RPT reports can be sent"
+        );
+    }
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL);
     let written = Arc::new(AtomicU64::new(0));
     let counted = written.clone();
@@ -118,5 +130,5 @@ pub fn start_writer(store: Arc<dyn Store>, retention_days: u64) -> Arc<Recorder>
             }
         });
     }
-    Arc::new(Recorder { tx, dropped: AtomicU64::new(0), written })
+    Arc::new(Recorder { record, tx, dropped: AtomicU64::new(0), written })
 }

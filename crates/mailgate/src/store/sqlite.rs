@@ -15,6 +15,7 @@ use super::*;
 pub struct Sqlite {
     writer: Mutex<Writer>,
     reader: Mutex<Connection>,
+    path: std::path::PathBuf,
 }
 
 /// The file name under `data_dir`.
@@ -31,7 +32,7 @@ impl Sqlite {
         migrate(&mut writer)?;
         let reader = Connection::open(path)?;
         configure(&reader)?;
-        Ok(Sqlite { writer: Mutex::new(Writer::new(writer)), reader: Mutex::new(reader) })
+        Ok(Sqlite { writer: Mutex::new(Writer::new(writer)), reader: Mutex::new(reader), path: path.to_path_buf() })
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -158,8 +159,10 @@ impl Store for Sqlite {
         self.writer().write(events)
     }
 
-    fn dmarc_report(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DomainRows>> {
-        read::dmarc_report(&self.reader(), domain, from, to)
+    fn dmarc_report_each(&self, domain: Option<&str>, from: u64, to: u64, each: &mut dyn FnMut(DomainRows) -> Result<()>) -> Result<()> {
+        let c = Connection::open(&self.path)?;
+        configure(&c)?;
+        read::dmarc_report_each(&c, domain, from, to, each)
     }
 
     fn dmarc_hourly(&self, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DmarcHour>> {
@@ -396,6 +399,7 @@ impl Store for Sqlite {
             "DELETE FROM evaluations WHERE time < ?1",
             // An hour goes once all of it is older than the bound.
             "DELETE FROM eval_hourly WHERE hour + 3600 <= ?1",
+            "DELETE FROM domain_hourly WHERE hour + 3600 <= ?1",
             "DELETE FROM tls_hourly WHERE hour + 3600 <= ?1",
             "DELETE FROM deliveries WHERE time < ?1",
             "DELETE FROM tls_sessions WHERE time < ?1",

@@ -128,7 +128,7 @@ fn reports_are_stored_once_and_read_back() {
 async fn recorder_batches_and_flushes() {
     let (_dir, store) = open();
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
-    let recorder = start_writer(store.clone(), 90);
+    let recorder = start_writer(store.clone(), 90, true);
     for i in 0..10_000 {
         recorder.record(Event::Evaluation(evaluation(unix_now() - 10 + (i % 5), "192.0.2.2", "c.test", &[], "none")));
     }
@@ -310,4 +310,19 @@ fn schema_1_data_migrates() {
     // New writes after the migration intern the same sets again.
     store.write(&[Event::Evaluation(evaluation(T0 + 5, "192.0.2.1", "a.test", &[("a.test", "pass")], "none"))]).unwrap();
     assert_eq!(store.dmarc_report(None, T0, T0 + 86_400).unwrap()[0].rows.len(), 2);
+}
+
+#[tokio::test]
+async fn recording_off_writes_nothing() {
+    let (_dir, store) = open();
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    let recorder = start_writer(store.clone(), 90, false);
+    for i in 0..100 {
+        recorder.record(Event::Evaluation(evaluation(unix_now() - i, "192.0.2.2", "c.test", &[], "none")));
+        recorder.record(tls(unix_now(), "c.test", "success", ""));
+    }
+    recorder.flush().await;
+    assert_eq!((recorder.written(), recorder.dropped()), (0, 0));
+    assert!(store.dmarc_rows("c.test", 0, u64::MAX).unwrap().is_empty());
+    assert!(store.tls_summary(0, u64::MAX).unwrap().is_empty());
 }

@@ -50,6 +50,20 @@ struct EvalSum<'a> {
     last: u64,
 }
 
+/// One `domain_hourly` row.
+#[derive(Default)]
+struct DomainSum {
+    messages: u64,
+    dmarc_pass: u64,
+    spf_aligned: u64,
+    dkim_aligned: u64,
+    rejected: u64,
+    quarantined: u64,
+    lookalike: u64,
+    first: u64,
+    last: u64,
+}
+
 /// One `tls_hourly` group.
 #[derive(PartialEq, Eq, Hash)]
 struct TlsKey<'a> {
@@ -117,6 +131,7 @@ impl Writer {
             let mut hourly: HashMap<EvalKey<'_>, EvalSum<'_>> = HashMap::new();
             let mut tls_hourly: HashMap<TlsKey<'_>, u64> = HashMap::new();
             let mut timelines = Vec::new();
+            let mut by_domain: HashMap<(u64, &str, i64), DomainSum> = HashMap::new();
             for e in events {
                 match e {
                     Event::Evaluation(v) => {
@@ -170,6 +185,20 @@ impl Writer {
                             dmarc: &v.dmarc,
                             lookalike: !v.lookalike.is_empty(),
                         };
+                        let d = by_domain.entry((key.hour, &v.header_from, policy_id)).or_insert(DomainSum {
+                            first: v.time,
+                            last: v.time,
+                            ..Default::default()
+                        });
+                        d.messages += 1;
+                        d.dmarc_pass += u64::from(v.dmarc == "pass");
+                        d.spf_aligned += u64::from(v.spf_aligned);
+                        d.dkim_aligned += u64::from(v.dkim_aligned);
+                        d.rejected += u64::from(v.disposition == "reject");
+                        d.quarantined += u64::from(v.disposition == "quarantine");
+                        d.lookalike += u64::from(!v.lookalike.is_empty());
+                        d.first = d.first.min(v.time);
+                        d.last = d.last.max(v.time);
                         let sum = hourly.entry(key).or_insert(EvalSum { helo: &v.helo, count: 0, first: v.time, last: v.time });
                         sum.count += 1;
                         sum.first = sum.first.min(v.time);
@@ -236,6 +265,30 @@ impl Writer {
                     s.count,
                     s.first,
                     s.last
+                ])?;
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO domain_hourly (hour, header_from, policy, messages, dmarc_pass, spf_aligned, dkim_aligned, rejected,
+                 quarantined, lookalike, first, last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT DO UPDATE SET messages = messages + excluded.messages, dmarc_pass = dmarc_pass + excluded.dmarc_pass,
+                 spf_aligned = spf_aligned + excluded.spf_aligned, dkim_aligned = dkim_aligned + excluded.dkim_aligned,
+                 rejected = rejected + excluded.rejected, quarantined = quarantined + excluded.quarantined,
+                 lookalike = lookalike + excluded.lookalike, first = min(first, excluded.first), last = max(last, excluded.last)",
+            )?;
+            for ((hour, domain, policy), d) in &by_domain {
+                up.execute(params![
+                    hour,
+                    domain,
+                    policy,
+                    d.messages,
+                    d.dmarc_pass,
+                    d.spf_aligned,
+                    d.dkim_aligned,
+                    d.rejected,
+                    d.quarantined,
+                    d.lookalike,
+                    d.first,
+                    d.last
                 ])?;
             }
             let mut up = tx.prepare_cached(
