@@ -2,7 +2,8 @@
 the zone under each second-level name below `.test` behaves one way, so a
 single server serves every case of issue 13's "Slow and hostile DNS":
 
-- `ok.test`        answers at once (SPF pass for 192.0.2.1, DMARC p=reject)
+- `ok.test`        answers at once (SPF pass for 192.0.2.1 and 127.0.0.1,
+                   DMARC p=reject)
 - `slow.test`      the same records, each answer 2 s late
 - `slowchain.test` an SPF include chain of 10 names, each answer 2 s late
                    (20 s in all: only the check deadline ends it)

@@ -15,6 +15,10 @@ use mailgate_core::session::Role;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use dns::DnsSettings;
+use dns::{RawDns, dns_settings};
+
+mod dns;
 mod policy;
 mod reports;
 mod risks;
@@ -128,19 +132,6 @@ struct RawListener {
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawDns {
-    nameservers: Option<Vec<SocketAddr>>,
-    /// Seconds for all the inbound checks of one message.
-    check_timeout: Option<f64>,
-    /// Seconds per attempt of one query.
-    query_timeout: Option<f64>,
-    query_attempts: Option<usize>,
-    /// Parsed records kept (SPF, DMARC, DKIM keys: each this many).
-    cache_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -409,24 +400,6 @@ pub struct SpoolConfig {
     pub min_free_space: u64,
     /// Size at which the spool starts a new segment file.
     pub segment_size: u64,
-}
-
-/// `[dns]`: how long the inbound checks may wait for DNS.
-#[derive(Debug, Clone, Copy)]
-pub struct DnsSettings {
-    /// One deadline for all the checks of a message (SPF, DKIM, ARC,
-    /// DMARC): what has not finished by then is a temperror.
-    pub check_timeout: Duration,
-    pub query_timeout: Duration,
-    pub query_attempts: usize,
-    /// Entries per parsed-record cache.
-    pub cache_size: u64,
-}
-
-impl Default for DnsSettings {
-    fn default() -> Self {
-        DnsSettings { check_timeout: Duration::from_secs(15), query_timeout: Duration::from_secs(3), query_attempts: 2, cache_size: 10_000 }
-    }
 }
 
 /// The validated configuration.
@@ -729,33 +702,6 @@ impl Config {
 }
 
 /// The problems found so far in one file.
-/// `[dns]` with its defaults; a timeout must be a positive number of
-/// seconds, at most an hour.
-fn dns_settings(raw: &RawDns, problems: &mut Problems) -> DnsSettings {
-    let mut out = DnsSettings::default();
-    let mut seconds = |key: &str, value: Option<f64>, into: &mut Duration| {
-        if let Some(v) = value {
-            match Duration::try_from_secs_f64(v) {
-                Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => *into = d,
-                _ => problems.add(format!("dns.{key}"), format!("expected seconds between 0 and 3600, not {v}")),
-            }
-        }
-    };
-    seconds("check_timeout", raw.check_timeout, &mut out.check_timeout);
-    seconds("query_timeout", raw.query_timeout, &mut out.query_timeout);
-    match raw.query_attempts {
-        Some(n @ 1..=5) => out.query_attempts = n,
-        Some(n) => problems.add("dns.query_attempts", format!("expected 1 to 5, not {n}")),
-        None => {}
-    }
-    match raw.cache_size {
-        Some(n) if n > 0 => out.cache_size = n,
-        Some(_) => problems.add("dns.cache_size", "must be positive".into()),
-        None => {}
-    }
-    out
-}
-
 struct Problems {
     file: String,
     list: Vec<ConfigError>,

@@ -451,6 +451,22 @@ mod tests {
         assert_eq!(spf.check_mail_from(ip, "h", "x@ok.example.com").await.result, SpfResult::TempError);
     }
 
+    #[tokio::test]
+    async fn parsed_records_outlive_the_resolver_cache_but_errors_are_not_kept() {
+        let dns = DnsServer::start(Zone::new().txt("example.com", "v=spf1 ip4:192.0.2.1 -all").timeout("slow.example.com"));
+        let spf = checker(&dns, Duration::from_millis(300));
+        let ip = ip("192.0.2.1");
+        assert_eq!(spf.check_mail_from(ip, "h", "x@example.com").await.result, SpfResult::Pass);
+        assert_eq!(spf.check_mail_from(ip, "h", "x@slow.example.com").await.result, SpfResult::TempError);
+        // The record now comes from the parsed cache alone: no server, and
+        // hickory's answer cache emptied.
+        drop(dns);
+        spf.resolver.clear_cache();
+        assert_eq!(spf.check_mail_from(ip, "h", "x@EXAMPLE.com").await.result, SpfResult::Pass);
+        assert!(spf.records.get("example.com").is_some());
+        assert!(spf.records.get("slow.example.com").is_none(), "a temperror is never kept");
+    }
+
     #[test]
     fn received_spf_field() {
         let o = SpfOutcome { result: SpfResult::Pass, domain: "example.com".into(), explanation: None };
