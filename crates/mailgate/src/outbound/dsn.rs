@@ -20,6 +20,17 @@ pub enum Kind {
     Success,
 }
 
+impl Kind {
+    /// As the message timeline names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Failure => "failure",
+            Kind::Delay => "delay",
+            Kind::Success => "success",
+        }
+    }
+}
+
 /// One recipient's line in the report.
 pub struct Entry<'a> {
     pub recipient: &'a Recipient,

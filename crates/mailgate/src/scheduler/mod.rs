@@ -352,6 +352,7 @@ impl Scheduler {
         let hostname = self.config.hostname.clone();
         let settled = self.settled_tx.clone();
         let signer = self.signer.clone();
+        let recorder = self.outbound.recorder.clone();
         tokio::spawn(async move {
             let notices = [(dsn::Kind::Failure, failure), (dsn::Kind::Success, succeeded), (dsn::Kind::Delay, delayed)];
             if notices.iter().any(|(_, which)| !which.is_empty()) {
@@ -359,7 +360,10 @@ impl Scheduler {
                 // past bounce_size_limit): the notice is built in memory.
                 let original = spool.read_limited(&id, NOTICE_QUOTE_LIMIT).ok().flatten().unwrap_or_default();
                 for (kind, which) in notices {
-                    notify_sender(&spool, &signer, &hostname, &id, &env, &original, kind, which).await;
+                    let sent = notify_sender(&spool, &signer, &hostname, &id, &env, &original, kind, which).await;
+                    if let (Some(recorder), Some(dsn)) = (&recorder, sent) {
+                        recorder.record(crate::store::Event::Timeline(Box::new(crate::store::TimelineEvent::Dsn(dsn))));
+                    }
                 }
             }
             let pending = if env.recipients.iter().all(|r| r.status.is_final()) {
@@ -426,14 +430,14 @@ async fn notify_sender(
     original: &[u8],
     kind: dsn::Kind,
     which: Vec<(usize, &'static str)>,
-) {
+) -> Option<crate::store::timeline::DsnRecord> {
     if which.is_empty() {
-        return;
+        return None;
     }
     let entries: Vec<dsn::Entry<'_>> = which.iter().map(|&(i, action)| dsn::Entry { recipient: &env.recipients[i], action }).collect();
     // A `<>` sender never gets a notice: that is how bounce loops end.
     let Some((bounce_env, content)) = dsn::build(hostname, id, env, original, kind, &entries, SystemTime::now()) else {
-        return;
+        return None;
     };
     // Our own notices are signed like any outbound mail.
     let content = match signer.sign_message(&content) {
@@ -446,7 +450,20 @@ async fn notify_sender(
     };
     let bounce_id = spool.new_id();
     match spool.store(&bounce_id, bounce_env, &content).await {
-        Ok(()) => tracing::info!(queue_id = %id, dsn_id = %bounce_id, kind = ?kind, "sender notified"),
-        Err(e) => tracing::error!(queue_id = %id, error = %e, kind = ?kind, "cannot queue the delivery status notification"),
+        Ok(()) => {
+            tracing::info!(queue_id = %id, dsn_id = %bounce_id, kind = ?kind, "sender notified");
+            // For the message's timeline on the dashboard.
+            Some(crate::store::timeline::DsnRecord {
+                time: crate::store::unix_now(),
+                queue_id: id.as_str().to_string(),
+                dsn_id: bounce_id.as_str().to_string(),
+                notice: kind.as_str().to_string(),
+                recipients: which.iter().map(|&(i, _)| env.recipients[i].address.to_string()).collect(),
+            })
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %id, error = %e, kind = ?kind, "cannot queue the delivery status notification");
+            None
+        }
     }
 }

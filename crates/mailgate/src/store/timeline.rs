@@ -111,8 +111,8 @@ pub struct DsnRecord {
     pub queue_id: String,
     /// The notice's own queue id.
     pub dsn_id: String,
-    /// `failure`, `delay`, `success`.
-    pub kind: String,
+    /// `failure`, `delay`, `success` (not `kind`: that is the event's tag).
+    pub notice: String,
     pub recipients: Vec<String>,
 }
 

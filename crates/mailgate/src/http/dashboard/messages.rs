@@ -276,7 +276,7 @@ fn dsn_entry(n: &DsnRecord) -> Markup {
     html! {
         li {
             div.when { (time(n.time)) }
-            div.what { "Notice sent to the sender (" (n.kind) ")" }
+            div.what { "Notice sent to the sender (" (n.notice) ")" }
             div { "As " a.mono href={ "/messages/" (n.dsn_id) } { (n.dsn_id) } " about " (n.recipients.join(", ")) }
         }
     }

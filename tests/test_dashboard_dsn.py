@@ -1,0 +1,76 @@
+"""A message bounced by its next hop: its timeline on the dashboard shows
+the attempt with the full 550 reply and the delivery status notification
+sent to its sender, with the notice's own queue id."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import socketserver
+import threading
+import time
+
+from helpers import queue_id
+
+REJECT = "550 5.1.1 <nobody@hard.test>: Recipient address rejected: no such user"
+
+
+class Rejecting(socketserver.ThreadingTCPServer):
+    """An SMTP next hop that answers every RCPT with a permanent 550."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.wfile.write(b"220 hard.test ESMTP\r\n")
+                for line in self.rfile:
+                    verb = line[:4].upper()
+                    if verb == b"RCPT":
+                        self.wfile.write(REJECT.encode() + b"\r\n")
+                    elif verb == b"QUIT":
+                        self.wfile.write(b"221 bye\r\n")
+                        return
+                    else:
+                        self.wfile.write(b"250 ok\r\n")
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_bounced_message_timeline_shows_the_dsn(mailgate_factory):
+    hop = Rejecting()
+    try:
+        srv = mailgate_factory("dsn", relay={"trusted_networks": ["127.0.0.1/32"]},
+                               extra_toml='[[domain]]\nname = "hard.test"\ndkim = false\n'
+                                          f'deliver = "smtp://127.0.0.1:{hop.port}"\n').start()
+        with smtplib.SMTP("127.0.0.1", srv.mx_port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("alice@example.test")
+            s.rcpt("nobody@hard.test")
+            code, reply = s.data(b"From: alice@example.test\r\nTo: nobody@hard.test\r\n"
+                                 b"Subject: bounce me\r\nMessage-ID: <bounce-me@example.test>\r\n\r\nhi\r\n")
+            assert code == 250, reply
+        qid = queue_id(reply.decode())
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = srv.http_get(f"/messages/{qid}?format=json")
+            assert status == 200, body
+            events = json.loads(body)["timeline"]["events"]
+            dsns = [e for e in events if e.get("kind") == "dsn"]
+            if dsns or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert dsns, f"no DSN on the timeline: {events}"
+        assert dsns[0]["notice"] == "failure" and dsns[0]["recipients"] == ["nobody@hard.test"], dsns
+        attempts = [e for e in events if e.get("kind") == "attempt"]
+        assert attempts and attempts[0]["recipients"][0]["reply"].startswith("550 5.1.1"), attempts
+        notice = dsns[0]["dsn_id"]
+        # The notice is a message of its own, queued to the sender.
+        status, page = srv.http_get(f"/messages/{qid}")
+        assert status == 200 and notice in page and "failure" in page, page[-2000:]
+    finally:
+        hop.shutdown()
+        hop.server_close()
