@@ -73,6 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     let t = Instant::now();
+    let record_cpu = cpu_s();
     let mut batch = Vec::with_capacity(BATCH);
     for i in (0..n).filter(|_| !reuse) {
         let d = rng.random_range(0..domains);
@@ -109,7 +110,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     store.write(&batch)?;
     let record_s = t.elapsed().as_secs_f64();
-    println!("recorded {n} evaluations ({domains} domains, {sources} sources) in {record_s:.2} s ({:.0}/s)", n as f64 / record_s);
+    if !reuse {
+        let cpu = cpu_s() - record_cpu;
+        println!(
+            "recorded {n} evaluations ({domains} domains, {sources} sources) in {record_s:.2} s ({:.0}/s), CPU {cpu:.2} s ({:.1} µs each)",
+            n as f64 / record_s,
+            cpu * 1e6 / n as f64
+        );
+    }
 
     let who = Reporter { org_name: "Bench".into(), email: "dmarc-reports@bench.example".into(), submitter: "bench.example".into() };
     let period = Period { begin: DAY, end: DAY + 86_400 };

@@ -17,6 +17,8 @@ const CHANNEL: usize = 100_000;
 /// Most events one transaction writes.
 const BATCH: usize = 4096;
 const DAY: u64 = 86_400;
+/// How long the writer lets a small batch grow before writing it.
+const GATHER: Duration = Duration::from_millis(100);
 
 pub struct Recorder {
     /// `[reports] record`: false drops every event unseen.
@@ -90,6 +92,19 @@ pub fn start_writer(store: Arc<dyn Store>, retention_days: u64, record: bool) ->
         loop {
             if rx.recv_many(&mut batch, BATCH).await == 0 {
                 return;
+            }
+            // Under a steady trickle each wake-up would find one or two
+            // events, and a transaction per message costs more than the
+            // rows (every touched page goes to the WAL again): let a batch
+            // gather for a moment, unless someone waits for a flush.
+            if batch.len() < BATCH && !batch.iter().any(|m| matches!(m, Msg::Flush(_))) {
+                tokio::time::sleep(GATHER).await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
             }
             let mut events = Vec::with_capacity(batch.len());
             let mut flushes = Vec::new();
