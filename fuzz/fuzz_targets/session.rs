@@ -249,5 +249,11 @@ fuzz_target!(|data: &[u8]| {
     }
     // Every message needs a DATA go-ahead (354) or a BDAT command.
     let bdats = input.windows(4).filter(|w| w.eq_ignore_ascii_case(b"BDAT")).count();
-    assert!(checker.enqueues <= checker.data_go_aheads + bdats, "{} messages from {} DATA and {} BDAT", checker.enqueues, checker.data_go_aheads, bdats);
+    assert!(
+        checker.enqueues <= checker.data_go_aheads + bdats,
+        "{} messages from {} DATA and {} BDAT",
+        checker.enqueues,
+        checker.data_go_aheads,
+        bdats
+    );
 });

@@ -199,6 +199,10 @@ impl Spool {
         // Recovery builds the ordered index itself: no second copy of a
         // large queue's index at start-up.
         state.index = recovered.index;
+        // Every recovered segment is older than the one the writer will open
+        // next: those left with no live message (the queue drained before a
+        // stop or crash) can go now, not only after the first new write.
+        state.active = recovered.next_segment;
         let shared = Arc::new(Shared { state: Mutex::new(state), fsyncs: AtomicU64::new(0), records: AtomicU64::new(0) });
         let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, shared.clone())?;
         let spool = Spool {

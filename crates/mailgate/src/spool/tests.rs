@@ -373,3 +373,22 @@ async fn due_after_answers_the_next_keys_by_due_time_then_id() {
     assert_eq!(spool.due(&ids[5]), None);
     assert!(!spool.due_after(None, 100).iter().any(|(_, id)| *id == ids[5]));
 }
+
+#[tokio::test]
+async fn segments_with_no_live_message_are_deleted_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        for _ in 0..3 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), b"delivered\r\n").await.unwrap();
+            spool.remove(&id).await.unwrap();
+        }
+        // The active segment stays while it is written to.
+        assert!(segment_path(dir.path(), 1).exists());
+    }
+    // A drained queue, stopped or crashed: nothing on disk needs segment 1.
+    let (_spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.messages, 0);
+    assert!(!segment_path(dir.path(), 1).exists(), "an empty segment outlived the restart");
+}
