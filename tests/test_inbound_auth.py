@@ -323,7 +323,13 @@ def test_dmarc_evaluations_are_recorded_for_reports(env):
     while True:
         with sqlite3.connect(db) as c:
             c.row_factory = sqlite3.Row
-            rows = [dict(r) for r in c.execute("SELECT * FROM evaluations WHERE header_from = ?", (REJECT,))]
+            # The DKIM result set and the published policy are interned
+            # in side tables (schema version 2).
+            rows = [dict(r) for r in c.execute(
+                "SELECT e.source_ip, e.envelope_from, e.spf_domain, e.spf_scope, e.spf_result, e.dmarc, "
+                "e.disposition, d.json AS dkim, p.json AS policy FROM evaluations e "
+                "JOIN dkim_sets d ON d.id = e.dkim LEFT JOIN policies p ON p.id = e.policy "
+                "WHERE e.header_from = ?", (REJECT,))]
         spoof = [x for x in rows if x["disposition"] == "reject"]
         ok = [x for x in rows if x["dmarc"] == "pass"]
         if (spoof and ok) or time.monotonic() > deadline:
