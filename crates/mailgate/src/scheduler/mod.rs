@@ -436,9 +436,7 @@ async fn notify_sender(
     }
     let entries: Vec<dsn::Entry<'_>> = which.iter().map(|&(i, action)| dsn::Entry { recipient: &env.recipients[i], action }).collect();
     // A `<>` sender never gets a notice: that is how bounce loops end.
-    let Some((bounce_env, content)) = dsn::build(hostname, id, env, original, kind, &entries, SystemTime::now()) else {
-        return None;
-    };
+    let (bounce_env, content) = dsn::build(hostname, id, env, original, kind, &entries, SystemTime::now())?;
     // Our own notices are signed like any outbound mail.
     let content = match signer.sign_message(&content) {
         Ok(Some(sig)) => [sig.into_bytes(), content].concat(),
