@@ -44,12 +44,13 @@ WAIT = 30.0
 
 
 class Greylist(socketserver.ThreadingTCPServer):
-    """An SMTP server that answers every RCPT with a 451."""
+    """An SMTP server that answers every RCPT with `reply` (a 451 unless
+    told otherwise)."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self):
+    def __init__(self, reply: str = GREYLIST):
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 self.wfile.write(b"220 greylist.test ESMTP\r\n")
@@ -58,7 +59,7 @@ class Greylist(socketserver.ThreadingTCPServer):
                     if verb in (b"EHLO", b"HELO"):
                         self.wfile.write(b"250 greylist.test\r\n")
                     elif verb == b"RCPT":
-                        self.wfile.write(GREYLIST.encode() + b"\r\n")
+                        self.wfile.write(reply.encode() + b"\r\n")
                     elif verb == b"QUIT":
                         self.wfile.write(b"221 bye\r\n")
                         return

@@ -17,8 +17,10 @@ use thiserror::Error;
 
 pub use dns::DnsSettings;
 use dns::{RawDns, dns_settings};
+pub use limits::Limits;
 
 mod dns;
+mod limits;
 mod policy;
 mod reports;
 mod risks;
@@ -258,67 +260,6 @@ impl Default for RawHttp {
 
 fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8025))
-}
-
-/// `[limits]`: every limit with its default.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Largest message accepted, in octets (SIZE is advertised with it).
-    pub max_message_size: u64,
-    /// Recipients per message; RFC 5321 requires at least 100.
-    pub max_recipients: usize,
-    /// Errors per session before 421 and close.
-    pub max_errors: u32,
-    /// Simultaneous SMTP connections, all listeners together.
-    pub max_connections: usize,
-    /// Simultaneous SMTP connections from one client IP address.
-    pub max_connections_per_ip: usize,
-    /// New connections per minute from one client address (an IPv6
-    /// client by its /64); over it, `421 4.7.0`. 0 = no limit.
-    pub connections_per_ip_per_minute: u32,
-    /// Seconds for a whole command line to arrive, counted from its first
-    /// byte (or, with nothing sent, from the previous reply): a deadline,
-    /// not an idle timer (RFC 5321 §4.5.3.2.7: at least 300).
-    pub command_timeout: u64,
-    /// Seconds to wait for the next block of message content.
-    pub data_timeout: u64,
-    /// Octets per second message content must average over each 30 s
-    /// window of DATA or a BDAT chunk. 0 = no minimum.
-    pub min_data_rate: u64,
-    /// Seconds a whole session may last; a message being received at the
-    /// minimum rate may finish first.
-    pub session_timeout: u64,
-    /// Seconds in-flight sessions get to finish on shutdown.
-    pub shutdown_grace: u64,
-    /// Octets of message content held in memory across all sessions;
-    /// content past a small per-message threshold goes to disk and does
-    /// not count. Reaching it answers 451 4.3.2.
-    pub max_inflight_memory: u64,
-    /// Longest line (octets, with CRLF) accepted on submission listeners
-    /// and from trusted networks; longer than 998 octets is re-encoded
-    /// before signing. `mx` stays at RFC 5321's 1000.
-    pub max_submission_line: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_message_size: 25 * 1024 * 1024,
-            max_recipients: 1000,
-            max_errors: 10,
-            max_connections: 500,
-            max_connections_per_ip: 50,
-            connections_per_ip_per_minute: 600,
-            command_timeout: 300,
-            data_timeout: 300,
-            min_data_rate: 1024,
-            session_timeout: 1800,
-            shutdown_grace: 60,
-            max_inflight_memory: 256 * 1024 * 1024,
-            max_submission_line: 64 * 1024,
-        }
-    }
 }
 
 /// `[spool]`.
@@ -580,30 +521,7 @@ impl Config {
         }
         let dns = dns_settings(&raw.dns, &mut problems);
         let limits = raw.limits;
-        if limits.max_recipients < 100 {
-            problems.add("limits.max_recipients", "must be at least 100 (RFC 5321 4.5.3.1.8)".into());
-        }
-        if limits.max_message_size < 1024 {
-            problems.add("limits.max_message_size", "must be at least 1024".into());
-        }
-        if limits.max_inflight_memory < 1024 * 1024 {
-            problems.add("limits.max_inflight_memory", "must be at least 1048576 (1 MiB)".into());
-        }
-        if !(1000..=16 * 1024 * 1024).contains(&limits.max_submission_line) {
-            problems.add("limits.max_submission_line", "must be between 1000 and 16777216".into());
-        }
-        for (key, value) in [
-            ("max_connections", limits.max_connections as u64),
-            ("max_connections_per_ip", limits.max_connections_per_ip as u64),
-            ("command_timeout", limits.command_timeout),
-            ("data_timeout", limits.data_timeout),
-            ("session_timeout", limits.session_timeout),
-            ("shutdown_grace", limits.shutdown_grace.max(1)),
-        ] {
-            if value == 0 {
-                problems.add(format!("limits.{key}"), "must be positive".into());
-            }
-        }
+        limits.validate(&mut problems);
         if raw.spool.segment_size < 1024 * 1024 {
             problems.add("spool.segment_size", "must be at least 1 MiB".into());
         }
