@@ -308,7 +308,9 @@ fn in_flight_budget_refuses_with_451_4_3_2_and_recovers() {
 
 #[test]
 fn a_thousand_idle_connections_stay_under_50_mib() {
-    let server = Server::builder(BIN).config("[limits]\nmax_connections = 1100\nmax_connections_per_ip = 1100\n").start();
+    let server = Server::builder(BIN)
+        .config("[limits]\nmax_connections = 1100\nmax_connections_per_ip = 1100\nconnections_per_ip_per_minute = 0\n")
+        .start();
     let pid = server.pid().expect("server pid");
     let mut conns = Vec::new();
     for _ in 0..1000 {
