@@ -281,6 +281,9 @@ bind = "127.0.0.1:$http"
 [limits]
 max_connections = $(( SESSIONS * 4 > 500 ? SESSIONS * 4 : 500 ))
 max_connections_per_ip = $(( SESSIONS * 2 > 100 ? SESSIONS * 2 : 100 ))
+# smtp-source opens a connection per message; Postfix has no rate limit by
+# default (smtpd_client_connection_rate_limit = 0), so neither does this side.
+connections_per_ip_per_minute = 0
 EOF
     "$MAILGATE" serve --config "$d/mailgate.toml" 2> "$d/mailgate.log" &
     pid=$!; PIDS+=("$pid")
