@@ -22,6 +22,20 @@ use crate::tls::ServerTls;
 use crate::{http, listener, scheduler};
 use mailgate_core::session::Role;
 
+/// Connections the kernel may hold completed but not yet accepted. Tokio's
+/// default (1,024) overflows when a few thousand clients connect at once,
+/// and an overflowing queue drops SYNs, which clients retry only after
+/// 1, 3, 7, 15... seconds. The kernel caps it at `net.core.somaxconn`.
+const SMTP_BACKLOG: u32 = 4096;
+
+fn bind_smtp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restart must not wait for TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(SMTP_BACKLOG)
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     http::listen::check_bind(&config)?;
@@ -34,7 +48,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // anything writes a file, so what the server creates is the user's.
     let mut smtp_sockets: Vec<TcpListener> = Vec::new();
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.bind).await.with_context(|| format!("cannot listen on {} ({})", l.bind, l.role.as_str()))?;
+        let socket = bind_smtp(l.bind).with_context(|| format!("cannot listen on {} ({})", l.bind, l.role.as_str()))?;
         smtp_sockets.push(socket);
     }
     let http_socket = match config.http_bind {
