@@ -11,11 +11,13 @@
 //! - [`address`]: mailboxes, domains and SMTP paths, parsed once at the edge;
 //! - [`command`]: the SMTP command line parser and ESMTP parameters;
 //! - [`reply`]: replies with RFC 3463 enhanced status codes;
+//! - [`bounce`]: failure replies and DSNs classified hard/soft and by category;
 //! - [`envelope`]: the envelope, recipients and DSN parameters stored in the spool;
 //! - [`session`]: the inbound SMTP session state machine;
 //! - [`received`]: the `Received:` trace header.
 
 pub mod address;
+pub mod bounce;
 pub mod client;
 pub mod command;
 pub mod dkim;

@@ -10,10 +10,12 @@ use serde_json::Value;
 use crate::config::Config;
 
 mod api;
+mod bounce;
 mod check;
 mod reports_ingest;
 mod reports_send;
 mod verify;
+pub use bounce::classify as bounce_classify;
 pub use check::check as config_check;
 pub use verify::{VerifyArgs, verify};
 
@@ -65,6 +67,28 @@ pub enum Command {
     Reports {
         #[command(subcommand)]
         action: ReportsAction,
+    },
+    /// Bounces: how a failure reply or a bounce message is classified.
+    Bounce {
+        #[command(subcommand)]
+        action: BounceAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BounceAction {
+    /// Classify failure replies (`--reply`) and bounce messages (FILE: a
+    /// DSN or a non-standard bounce) as hard or soft and by category, with
+    /// the rule that decided. Needs no configuration.
+    Classify {
+        /// A reply as the remote server sent it, e.g. "550 5.1.1 user unknown".
+        #[arg(long, value_name = "TEXT")]
+        reply: Vec<String>,
+        #[arg(value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+        /// Print `{"results": [...]}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -28,6 +28,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::User { action } = cli.command {
         return cli::user(action);
     }
+    if let Command::Bounce { action: cli::BounceAction::Classify { reply, files, json } } = &cli.command {
+        return cli::bounce_classify(reply, files, *json);
+    }
     // `config check` reports every problem itself.
     if let Command::Config { action: ConfigAction::Check } = cli.command {
         return cli::config_check(cli.config.as_deref());
@@ -44,7 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Records => cli::records(&config),
         Command::Verify(args) => cli::verify(&config, args),
         Command::Reports { action } => cli::reports(&config, cli.token_file.as_deref(), action),
-        Command::User { .. } | Command::Config { .. } => Ok(()),
+        Command::User { .. } | Command::Config { .. } | Command::Bounce { .. } => Ok(()),
     }
 }
 

@@ -85,6 +85,7 @@ const LATENCY_BUCKETS: [f64; 12] = [0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 const CHECK_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 pub use crate::store::ReportKind;
+use mailgate_core::bounce::{Category, Classification, Kind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
@@ -130,6 +131,12 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: &'static str,
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -150,6 +157,7 @@ pub struct Metrics {
     auth_results: Family<AuthLabels, Counter>,
     dmarc_dispositions: Family<DispositionLabel, Counter>,
     lookalike_hits: Family<RuleLabel, Counter>,
+    delivery_failures: Family<FailureLabels, Counter>,
     tls_results: Family<TlsLabels, Counter>,
     reports_sent: Family<KindLabel, Counter>,
     reports_ingested: Family<KindLabel, Counter>,
@@ -194,6 +202,7 @@ impl Metrics {
             auth_results: Family::default(),
             dmarc_dispositions: Family::default(),
             lookalike_hits: Family::default(),
+            delivery_failures: Family::default(),
             tls_results: Family::default(),
             reports_sent: Family::default(),
             reports_ingested: Family::default(),
@@ -229,6 +238,11 @@ impl Metrics {
         }
         for rule in LOOKALIKE_RULES {
             let _ = m.lookalike_hits.get_or_create(&RuleLabel { rule });
+        }
+        for kind in [Kind::Hard, Kind::Soft] {
+            for category in Category::ALL {
+                let _ = m.delivery_failures.get_or_create(&FailureLabels { kind: kind.as_str(), category: category.as_str() });
+            }
         }
         for result in TLS_RESULTS {
             for policy in TLS_POLICIES {
@@ -275,6 +289,11 @@ impl Metrics {
         r.register("mailgate_delivered", "Recipients delivered (or relayed) to the next hop", self.delivered.clone());
         r.register("mailgate_deferred", "Delivery attempts that failed temporarily, per recipient", self.deferred.clone());
         r.register("mailgate_bounced", "Recipients that failed permanently or expired in the queue", self.bounced.clone());
+        r.register(
+            "mailgate_delivery_failures",
+            "Failed delivery attempts per recipient, by kind (hard, soft) and category of the reply (`mailgate bounce classify`)",
+            self.delivery_failures.clone(),
+        );
         r.register(
             "mailgate_auth_results",
             "Inbound authentication results by method (spf, dkim per signature, arc, dmarc) and result",
@@ -410,6 +429,11 @@ impl Metrics {
 
     pub fn deferred(&self) {
         self.deferred.inc();
+    }
+
+    /// A failed attempt for one recipient, classified.
+    pub fn delivery_failure(&self, c: Classification) {
+        self.delivery_failures.get_or_create(&FailureLabels { kind: c.kind.as_str(), category: c.category.as_str() }).inc();
     }
 
     /// What the scheduler holds: messages filed under a due time, being

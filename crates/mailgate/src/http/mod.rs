@@ -89,6 +89,7 @@ pub fn message_json(q: &Queued, now: u64) -> Value {
                 "status": r.status,
                 "attempts": r.attempts,
                 "last_reply": r.last_reply,
+                "classification": classification(r),
                 "next_attempt_s": if r.is_pending() { json!(r.next_attempt.saturating_sub(now)) } else { Value::Null },
             })
         })
@@ -100,6 +101,19 @@ pub fn message_json(q: &Queued, now: u64) -> Value {
         "age_s": now.saturating_sub(env.received_at),
         "recipients": recipients,
     })
+}
+
+/// Why a recipient is waiting or failed, from its last reply: `{"kind":
+/// "hard|soft", "category": ...}`; null for a delivered or new one.
+fn classification(r: &mailgate_core::Recipient) -> Value {
+    use mailgate_core::RecipientStatus;
+    if !matches!(r.status, RecipientStatus::Deferred | RecipientStatus::Failed) {
+        return Value::Null;
+    }
+    match r.last_reply.as_deref().and_then(mailgate_core::bounce::classify_reply) {
+        Some(c) => json!({"kind": c.kind, "category": c.category}),
+        None => Value::Null,
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -16,6 +16,7 @@
 //!
 //! May import: `store`, `spool`, `sign`, `config`, `dns`, `mailgate-core`.
 
+pub mod bounce;
 pub mod dest;
 pub mod dmarc;
 pub mod ingest;

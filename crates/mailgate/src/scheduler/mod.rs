@@ -20,9 +20,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mailgate_core::bounce::{self, Kind};
 use mailgate_core::client::Outcome;
 use mailgate_core::retry::RetryPolicy;
-use mailgate_core::{Envelope, QueueId, RecipientStatus};
+use mailgate_core::{Envelope, QueueId, RecipientStatus, Reply};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
@@ -277,6 +278,13 @@ impl Scheduler {
         self.finish(id, done.results).await;
     }
 
+    /// A failed attempt's category, counted; the scheduler decided the kind.
+    fn classify(&self, kind: Kind, reply: &Reply) -> &'static str {
+        let c = bounce::classify_as(kind, Some(reply.code), reply.status, &reply.lines.join(" "));
+        self.metrics.delivery_failure(c);
+        c.category.as_str()
+    }
+
     /// Applies every outcome of an attempt, sends the notices it calls for,
     /// and either removes the message or files its next attempt.
     async fn finish(&mut self, id: QueueId, results: Vec<JobResult>) {
@@ -301,17 +309,19 @@ impl Scheduler {
                             succeeded.push((i, if res.local || res.remote.is_none() { "delivered" } else { "relayed" }));
                         }
                     }
-                    Outcome::Permanent(_) => {
+                    Outcome::Permanent(reply) => {
                         r.status = RecipientStatus::Failed;
                         self.metrics.bounced(env.received_at);
-                        tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), "bounced");
+                        let category = self.classify(Kind::Hard, reply);
+                        tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), category, "bounced");
                         failed.push(i);
                     }
-                    Outcome::Temporary(_) => {
+                    Outcome::Temporary(reply) => {
                         r.status = RecipientStatus::Deferred;
                         r.next_attempt = now + self.policy.delay(r.attempts, rand::random::<f64>()).as_secs();
                         self.metrics.deferred();
-                        tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), next_attempt_s = r.next_attempt - now, "deferred");
+                        let category = self.classify(Kind::Soft, reply);
+                        tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), category, next_attempt_s = r.next_attempt - now, "deferred");
                     }
                 }
             }
