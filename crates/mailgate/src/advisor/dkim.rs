@@ -161,7 +161,7 @@ fn judge(selector: &str, name: &str, record: &str, signing: bool) -> Vec<Finding
             CHECK,
             "dkim-key-too-short",
             format!("{name}: RSA key of {bits} bits; verifiers ignore keys under 1024 bits (RFC 8301 §3.2)"),
-            format!("replace it by a 2048-bit RSA (or Ed25519 plus RSA) key under a new selector"),
+            "replace it by a 2048-bit RSA (or Ed25519 plus RSA) key under a new selector",
         )),
         Ok(Key::Rsa(bits)) if bits < 2048 => out.push(Finding::warning(
             CHECK,

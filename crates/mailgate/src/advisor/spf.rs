@@ -276,17 +276,17 @@ impl Walk<'_> {
                 },
                 Mechanism::A(spec, _) => {
                     let target = spec.as_ref().map_or(Some(domain.to_string()), |s| expand(s, domain));
-                    if let Some(t) = target {
-                        if lookup::addresses(self.resolver, &t).await.is_void() {
-                            self.void(node, &t);
-                        }
+                    if let Some(t) = target
+                        && lookup::addresses(self.resolver, &t).await.is_void()
+                    {
+                        self.void(node, &t);
                     }
                 }
                 Mechanism::Exists(spec) => {
-                    if let Some(t) = expand(spec, domain) {
-                        if lookup::addresses(self.resolver, &t).await.is_void() {
-                            self.void(node, &t);
-                        }
+                    if let Some(t) = expand(spec, domain)
+                        && lookup::addresses(self.resolver, &t).await.is_void()
+                    {
+                        self.void(node, &t);
                     }
                 }
                 Mechanism::Mx(spec, _) => {
@@ -348,7 +348,7 @@ impl Walk<'_> {
     }
 
     async fn follow(&mut self, target: String, via: &'static str, depth: usize, path: &[String]) -> Node {
-        if path.iter().any(|p| *p == target) {
+        if path.contains(&target) {
             self.findings.push(Finding::error(
                 CHECK,
                 "spf-include-loop",
