@@ -102,6 +102,10 @@ PROBLEMS = {
     "oldtags.test": {"dmarc": "v=DMARC1; p=reject; pct=50; rf=afrf; ri=3600; rua=mailto:dmarc@oldtags.test"},
     "extrua.test": {"dmarc": "v=DMARC1; p=reject; rua=mailto:agg@partner.test,mailto:agg@stranger.test"},
     "stsmx.test": {"policy": policy("mx.elsewhere.test")},
+    # Many smaller problems at once, each its own finding.
+    "lax.test": {"spf": "v=spf1 ptr ~all", "dmarc": "v=DMARC1; p=none; t=y",
+                 "policy": policy("*.lax.test", mode="testing", max_age=3600),
+                 "tlsrpt": "v=TLSRPTv1; rua=ftp://reports.lax.test", "bimi": "v=BIMI1; l=http://lax.test/logo.svg"},
 }
 
 
@@ -120,7 +124,9 @@ def publish(zone: Zone, domain: str, policies: dict, keys: dict, change: dict | 
     zone.txt(f"_mta-sts.{domain}", "v=STSv1; id=20261206a")
     zone.add(f"mta-sts.{domain}", "A", A("127.0.0.1"))
     policies[f"mta-sts.{domain}"] = change.get("policy", policy(f"mx.{domain}"))
-    zone.txt(f"_smtp._tls.{domain}", f"v=TLSRPTv1; rua=mailto:tls@{domain}")
+    zone.txt(f"_smtp._tls.{domain}", change.get("tlsrpt", f"v=TLSRPTv1; rua=mailto:tls@{domain}"))
+    if "bimi" in change:
+        zone.txt(f"default._bimi.{domain}", change["bimi"])
 
 
 def make_ca(directory: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
@@ -383,6 +389,20 @@ def test_mta_sts_policy_misses_the_mx(env):
     assert problems(doc) == {("mta-sts-mx-mismatch", "error")}
     assert rc == 2
     assert "mx.stsmx.test" in next(f["message"] for f in doc["findings"] if f["code"] == "mta-sts-mx-mismatch")
+
+
+def test_lax_records(env):
+    rc, doc = env.run("lax.test")
+    assert problems(doc) == {
+        ("spf-ptr", "warning"), ("spf-softfail-all", "warning"),
+        ("dmarc-policy-none", "warning"), ("dmarc-testing", "warning"), ("dmarc-no-rua", "warning"),
+        ("mta-sts-testing", "warning"), ("mta-sts-max-age-short", "warning"),
+        ("tls-rpt-syntax", "error"), ("bimi-syntax", "error"), ("bimi-needs-dmarc-enforcement", "warning"),
+    }
+    assert rc == 2
+    # The wildcard pattern covers the MX host.
+    assert "mta-sts-mx" in codes(doc, "ok")
+    assert doc["dmarc"]["policy"] == "none"
 
 
 def test_untrusted_policy_certificate_fails_the_fetch(env, tmp_path):

@@ -142,16 +142,16 @@ fn configured_selectors(config: &Config, domain: &str) -> Vec<dkim::Configured> 
 pub fn text(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "mailgate check {}", report.domain);
+    let _ = writeln!(out, "mailgate check {}", clean(&report.domain));
     let mut area = "";
     for f in &report.findings {
         if f.check != area {
             area = f.check;
             let _ = writeln!(out, "\n{}", area.to_uppercase());
         }
-        let _ = writeln!(out, "  {:<8} {:<30} {}", f.severity.as_str(), f.code, f.message);
+        let _ = writeln!(out, "  {:<8} {:<30} {}", f.severity.as_str(), f.code, clean(&f.message));
         if let Some(fix) = &f.fix {
-            let _ = writeln!(out, "  {:<8} {:<30} fix: {fix}", "", "");
+            let _ = writeln!(out, "  {:<8} {:<30} fix: {}", "", "", clean(fix));
         }
     }
     if report.spf.tree.record.is_some() {
@@ -163,12 +163,28 @@ pub fn text(report: &Report) -> String {
     out
 }
 
+/// Records come from DNS: their control characters (a terminal escape
+/// sequence, say) are shown escaped, never sent to the terminal.
+fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn tree(out: &mut String, node: &spf::Node, depth: usize) {
     use std::fmt::Write;
     let prefix = if node.via == "record" { String::new() } else { format!("{}:", node.via) };
     let note = node.error.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default();
-    let _ = writeln!(out, "{}{prefix}{} ({} lookups){note}", "  ".repeat(depth), node.domain, node.total_lookups);
+    let _ = writeln!(out, "{}{prefix}{} ({} lookups){}", "  ".repeat(depth), clean(&node.domain), node.total_lookups, clean(&note));
     for c in &node.children {
         tree(out, c, depth + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(clean("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\n");
     }
 }

@@ -388,3 +388,20 @@ impl Walk<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macros_that_depend_on_the_sender_are_not_followed() {
+        let fixed = MacroString::parse_domain_spec("_spf.%{d}").unwrap();
+        assert_eq!(expand(&fixed, "example.com").as_deref(), Some("_spf.example.com"));
+        let plain = MacroString::parse_domain_spec("_spf.Example.NET.").unwrap();
+        assert_eq!(expand(&plain, "example.com").as_deref(), Some("_spf.example.net"));
+        let sender = MacroString::parse_domain_spec("%{i}._ip.%{d}").unwrap();
+        assert_eq!(expand(&sender, "example.com"), None);
+        let local = MacroString::parse_domain_spec("%{l}.users.example.com").unwrap();
+        assert_eq!(expand(&local, "example.com"), None);
+    }
+}
