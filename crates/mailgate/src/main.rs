@@ -12,6 +12,9 @@ use mailgate::server;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Check(args) = &cli.command {
+        return cli::check_domain(cli.config.as_deref(), args);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -47,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Records => cli::records(&config),
         Command::Verify(args) => cli::verify(&config, args),
         Command::Reports { action } => cli::reports(&config, cli.token_file.as_deref(), action),
-        Command::User { .. } | Command::Config { .. } | Command::Bounce { .. } => Ok(()),
+        Command::User { .. } | Command::Config { .. } | Command::Bounce { .. } | Command::Check(_) => Ok(()),
     }
 }
 
