@@ -3,6 +3,7 @@
 //! runs. The data flow is one way:
 //! listener → inbound session → checks → spool → scheduler → delivery.
 
+pub mod advisor;
 pub mod checks;
 pub mod cli;
 pub mod config;
