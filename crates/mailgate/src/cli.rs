@@ -47,6 +47,10 @@ pub enum Command {
     },
     /// Print every DNS record to publish for the configured domains.
     Records,
+    /// Check a domain's published mail records (MX, SPF, DKIM, DMARC,
+    /// MTA-STS, TLS-RPT, BIMI) and print a verdict and a fix for each
+    /// finding. Exit status: 0 ok, 1 warnings, 2 errors, 3 could not check.
+    Check(crate::advisor::check::CheckArgs),
     /// Check a sender (SPF) or a whole message (SPF, DKIM, ARC, DMARC,
     /// look-alike) exactly as the gateway does, and print the action.
     Verify(VerifyArgs),
@@ -158,6 +162,12 @@ pub enum ReportsAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `mailgate check`: loads the configuration itself, so that every
+/// failure maps to its own exit status.
+pub fn check_domain(config: Option<&std::path::Path>, args: &crate::advisor::check::CheckArgs) -> std::process::ExitCode {
+    std::process::ExitCode::from(crate::advisor::check::main(config, args))
 }
 
 pub fn reports(config: &Config, token_file: Option<&std::path::Path>, action: ReportsAction) -> anyhow::Result<()> {

@@ -12,6 +12,9 @@ use mailgate::server;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Check(args) = &cli.command {
+        return cli::check_domain(cli.config.as_deref(), args);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -46,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reports { action } => cli::reports(&config, cli.token_file.as_deref(), action),
         Command::Spf { action } => mailgate::advisor::suggest_cli::spf(&config, action),
         Command::Dmarc { action } => mailgate::advisor::whatif_cli::dmarc(&config, action),
-        Command::User { .. } | Command::Config { .. } => Ok(()),
+        Command::User { .. } | Command::Config { .. } | Command::Check(_) => Ok(()),
     }
 }
 
