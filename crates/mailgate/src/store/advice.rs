@@ -334,6 +334,115 @@ fn submitters(c: &Connection, domain: &str, from: u64, to: u64, first: &mut Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::timeline::MessageRecord;
+    use crate::store::{Evaluation, Event, IngestedReport, ReportKind, ReportRow, Store, TimelineEvent, sqlite::FILE, sqlite::Sqlite};
+
+    fn eval(time: u64, ip: &str, dkim: &[(&str, &str)], spf_aligned: bool, reason: Option<&str>) -> Event {
+        let dkim: Vec<DkimAuth> =
+            dkim.iter().map(|(d, r)| DkimAuth { domain: d.to_string(), selector: "s".into(), result: r.to_string() }).collect();
+        let dkim_aligned = dkim.iter().any(|d| d.result == "pass" && relaxed(&d.domain, "a.test"));
+        Event::Evaluation(Box::new(Evaluation {
+            time,
+            source_ip: ip.parse().unwrap(),
+            helo: "h.test".into(),
+            envelope_from: "a.test".into(),
+            header_from: "a.test".into(),
+            spf: SpfAuth { domain: "a.test".into(), scope: "mfrom".into(), result: if spf_aligned { "pass" } else { "fail" }.into() },
+            dkim,
+            arc: "none".into(),
+            dmarc: if spf_aligned || dkim_aligned { "pass" } else { "fail" }.into(),
+            spf_aligned,
+            dkim_aligned,
+            disposition: "none".into(),
+            policy: None,
+            override_reason: reason.map(str::to_string),
+            lookalike: Vec::new(),
+        }))
+    }
+
+    fn row(ip: &str, count: u64, dkim: (&str, &str), dkim_eval: &str, header_from: &str) -> ReportRow {
+        ReportRow {
+            source_ip: ip.into(),
+            count,
+            disposition: "none".into(),
+            dkim_evaluated: dkim_eval.into(),
+            spf_evaluated: "fail".into(),
+            reasons: Vec::new(),
+            header_from: header_from.into(),
+            envelope_from: String::new(),
+            dkim: vec![DkimAuth { domain: dkim.0.into(), selector: "s".into(), result: dkim.1.into() }],
+            spf: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn evidence_joins_evaluations_reports_and_relayed_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(&dir.path().join(FILE)).unwrap();
+        let t = 10 * 3600;
+        store
+            .write(&[
+                eval(t, "192.0.2.1", &[("a.test", "pass")], false, None),
+                eval(t + 1, "192.0.2.1", &[], false, None),
+                eval(t + 2, "192.0.2.2", &[("esp.test", "pass")], false, Some("trusted_forwarder")),
+                eval(t + 3, "192.0.2.3", &[], true, None),
+                // Outside the period.
+                eval(t + 5000, "192.0.2.9", &[], false, None),
+                Event::Timeline(Box::new(TimelineEvent::Message(MessageRecord {
+                    time: t,
+                    event_id: "q1".into(),
+                    client_ip: "10.0.0.5".into(),
+                    auth_user: Some("alice".into()),
+                    from: "Alice <alice@A.test>".into(),
+                    action: "accepted".into(),
+                    inbound: false,
+                    ..Default::default()
+                }))),
+                Event::Timeline(Box::new(TimelineEvent::Message(MessageRecord {
+                    time: t,
+                    event_id: "q2".into(),
+                    client_ip: "10.0.0.6".into(),
+                    from: "x@a.test.evil.test".into(),
+                    action: "accepted".into(),
+                    inbound: false,
+                    ..Default::default()
+                }))),
+            ])
+            .unwrap();
+        store
+            .insert_report(&IngestedReport {
+                kind: ReportKind::Dmarc,
+                org_name: "big".into(),
+                report_id: "1".into(),
+                email: String::new(),
+                begin: t - 100,
+                end: t + 100,
+                policy_domain: "a.test".into(),
+                policy: None,
+                rows: vec![
+                    row("192.0.2.1", 4, ("a.test", "pass"), "pass", "a.test"),
+                    row("198.51.100.7", 3, ("other.test", "fail"), "fail", "a.test"),
+                    row("198.51.100.8", 9, ("a.test", "pass"), "pass", "b.test"),
+                ],
+                tls: Vec::new(),
+            })
+            .unwrap();
+        let ev = store.advice_evidence("a.test", t, t + 3600).unwrap();
+        let by: BTreeMap<&str, &SenderEvidence> = ev.senders.iter().map(|s| (s.ip.as_str(), s)).collect();
+        assert_eq!(by.keys().copied().collect::<Vec<_>>(), ["192.0.2.1", "192.0.2.2", "192.0.2.3", "198.51.100.7"]);
+        let one = by["192.0.2.1"];
+        assert_eq!((one.inbound, one.inbound_dkim_aligned, one.inbound_fail, one.reported, one.reported_dkim_aligned), (2, 1, 1, 4, 4));
+        assert_eq!((one.volume(), one.dkim_aligned(), one.failing(), one.reports), (6, 5, 1, 1));
+        let fwd = by["192.0.2.2"];
+        assert_eq!((fwd.inbound_fail, fwd.inbound_forwarded), (1, 1));
+        assert!(fwd.other_dkim.contains("esp.test"));
+        assert_eq!((by["192.0.2.3"].inbound_spf_aligned, by["192.0.2.3"].failing()), (1, 0));
+        assert_eq!(by["198.51.100.7"].reported_fail, 3);
+        assert_eq!(ev.submitters.len(), 1, "{:?}", ev.submitters);
+        assert_eq!((ev.submitters[0].ip.as_str(), ev.relayed()), ("10.0.0.5", 1));
+        assert!(ev.submitters[0].users.contains("alice"));
+        assert_eq!(ev.first, Some(t - 100));
+    }
 
     #[test]
     fn from_domain_reads_both_forms() {
