@@ -200,7 +200,7 @@ pub async fn suggest(config: &Config, resolver: &TokioResolver, domain: &str, da
         mx_cost + walks.iter().filter(|(i, _, _)| action.get(i) == Some(&"kept")).map(|(_, w, _)| cost(w)).sum::<usize>()
     };
     let mut by_cost: Vec<&(String, Walk, BTreeSet<IpAddr>)> = walks.iter().filter(|(_, _, c)| !c.is_empty()).collect();
-    by_cost.sort_by(|a, b| cost(&b.1).cmp(&cost(&a.1)));
+    by_cost.sort_by_key(|w| std::cmp::Reverse(cost(&w.1)));
     for (inc, walk, _) in by_cost {
         if total(&action) <= MAX_LOOKUPS {
             break;
