@@ -94,7 +94,7 @@ pub struct Suggestion {
 /// Reads the store (off the async threads) for `domain` over `days`.
 pub async fn evidence(store: Arc<dyn Store>, domain: &str, days: u64) -> anyhow::Result<Evidence> {
     let now = unix_now();
-    let from = now.saturating_sub(days * DAY);
+    let from = now.saturating_sub(days.saturating_mul(DAY));
     let d = domain.to_string();
     Ok(tokio::task::spawn_blocking(move || store.advice_evidence(&d, from, now + 1)).await??)
 }
