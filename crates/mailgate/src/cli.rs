@@ -77,6 +77,16 @@ pub enum Command {
         #[command(subcommand)]
         action: BounceAction,
     },
+    /// SPF advice from the report store: a strict record learnt from traffic.
+    Spf {
+        #[command(subcommand)]
+        action: SpfAction,
+    },
+    /// DMARC advice from the report store: what a stricter policy would do.
+    Dmarc {
+        #[command(subcommand)]
+        action: DmarcAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +101,41 @@ pub enum BounceAction {
         #[arg(value_name = "FILE")]
         files: Vec<std::path::PathBuf>,
         /// Print `{"results": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SpfAction {
+    /// Propose a strict `-all` record covering the domain's legitimate
+    /// senders (our egress, sources passing aligned DKIM), within 10 DNS
+    /// lookups, with the evidence for each source and the sources it would
+    /// fail. Reads `DATA_DIR/reports.db`; no server needed.
+    Suggest {
+        domain: String,
+        /// Days of traffic to learn from.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DmarcAction {
+    /// Which senders the policy would have quarantined or rejected over the
+    /// last N days, legitimate or unauthenticated, and the staged plan
+    /// p=none → quarantine → reject. Reads `DATA_DIR/reports.db`.
+    Whatif {
+        domain: String,
+        /// `quarantine` or `reject`.
+        #[arg(long)]
+        policy: String,
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        /// Print one JSON document.
         #[arg(long)]
         json: bool,
     },

@@ -19,6 +19,14 @@ pub mod mx;
 pub mod spf;
 pub mod tlsrpt;
 // `spf suggest` / `dmarc whatif` modules are declared below this line.
+// `spf suggest` / `dmarc whatif`: the report store's evidence judged
+// (`suggest`, `whatif`), the ESP table, the DNS walks and the commands.
+pub mod esp;
+pub mod suggest;
+pub mod suggest_cli;
+mod suggest_dns;
+pub mod whatif;
+pub mod whatif_cli;
 
 use serde::Serialize;
 

@@ -15,6 +15,7 @@
 //!
 //! May import: `config`, `mailgate-core`.
 
+pub mod advice;
 mod read;
 mod recorder;
 mod schema;
@@ -362,7 +363,7 @@ pub struct SentReport {
 
 /// The report store. All methods block: async callers use
 /// `spawn_blocking` (the [`Recorder`] does for writes).
-pub trait Store: Send + Sync + 'static {
+pub trait Store: advice::AdviceStore + Send + Sync + 'static {
     /// Writes a batch of events in one transaction.
     fn write(&self, events: &[Event]) -> Result<()>;
 

@@ -199,6 +199,7 @@ pub(super) fn sources_and_spoofing(
 fn render(d: &DomainPage, access: &Access) -> Markup {
     let body = html! {
         h1 { "Domain " (d.domain) }
+        p { a #advice href={ "/domains/" (d.domain) "/advice" } { "SPF and DMARC advice from the traffic seen" } }
         h2 { "Published records (looked up now)" }
         div.panel {
             table #dns {

@@ -7,6 +7,7 @@
 //! May import: `store`, `spool`, `scheduler` (its handle), `sign::store`
 //! (key listings), `config`, `http::auth`, `http::session`, maud.
 
+mod advice;
 pub mod chart;
 mod domains;
 pub mod layout;
@@ -38,6 +39,7 @@ pub fn router() -> Router<Arc<Api>> {
         .route("/messages/{id}/retry", post(messages::retry))
         .route("/messages/{id}/delete", post(messages::delete))
         .route("/domains/{domain}", get(domains::page))
+        .route("/domains/{domain}/advice", get(advice::page))
         .route("/tls", get(tls::page))
         .route("/dashboard.css", get(css))
         // Browsers ask for it on every page: no icon, and no redirect to the login.
