@@ -7,6 +7,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod dnssec;
 pub mod events;
 pub mod http;
 pub mod inbound;
