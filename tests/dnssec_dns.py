@@ -75,7 +75,11 @@ class SignedWorld:
             bad[5] ^= 0xFF
             rds.add(sig.replace(signature=bytes(bad)))
 
-    def anchor_text(self) -> str:
+    def anchor_text(self, kind: str = "DNSKEY") -> str:
+        """The trust anchor file: the key itself, or its DS record."""
+        if kind == "DS":
+            ds = dns.dnssec.make_ds(ROOT, self.dnskey, "SHA256")
+            return f". 3600 IN DS {ds.to_text()}\n"
         return f". 3600 IN DNSKEY {self.dnskey.to_text()}\n"
 
     # -- answering ---------------------------------------------------

@@ -231,9 +231,11 @@ def zone_for(domain: str, ip: str, port: int, tlsa: list[str]) -> str:
 
 # -- tests ------------------------------------------------------------------
 
-def test_matching_dane_ee_3_1_1_delivers_over_tls_and_reports_tlsa_success(mailgate_factory, tmp_path):
+@pytest.mark.parametrize("anchor_kind", ["DNSKEY", "DS"])
+def test_matching_dane_ee_3_1_1_delivers_over_tls_and_reports_tlsa_success(mailgate_factory, tmp_path, anchor_kind):
     cert, key = make_cert("mx.good.test")
-    w = _world(mailgate_factory, tmp_path, lambda port: zone_for("good.test", "127.0.2.1", port, [f"3 1 1 {spki_sha256(cert)}"]))
+    w = _world(mailgate_factory, tmp_path, lambda port: zone_for("good.test", "127.0.2.1", port, [f"3 1 1 {spki_sha256(cert)}"]),
+               anchor_kind=anchor_kind)
     try:
         sink = w.sink("127.0.2.1", chain=[cert], key=key)
         w.srv.start()
@@ -269,7 +271,7 @@ def _world(factory, tmp_path, zone_of_port, **kw) -> World:
     mode = kw.pop("mode", "validate")
     anchor = kw.pop("anchor", None)
     anchor_file = tmp_path / "anchor.key"
-    anchor_file.write_text(anchor if anchor is not None else signed.anchor_text())
+    anchor_file.write_text(anchor if anchor is not None else signed.anchor_text(kw.pop("anchor_kind", "DNSKEY")))
     dns_extra = f'dnssec = "{mode}"\n' + (f'trust_anchor = "{anchor_file}"\n' if mode == "validate" else "")
     text = srv.config_path.read_text()
     # The server was made with the shared empty DNS: point it at ours.

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::dnssec::rdata::{DNSKEY, DNSSECRData};
+use hickory_resolver::proto::dnssec::{DigestType, Proof, TrustAnchors};
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,12 +53,23 @@ enum Inner {
 
 /// The root KSKs hickory has built in (2017's 20326 and 2024's 38696),
 /// with the keys of `file` added; a file holding a root (".") key
-/// replaces them (a private root, or a test's).
-fn trust_anchors(file: Option<&Path>) -> anyhow::Result<TrustAnchors> {
+/// replaces them (a private root, or a test's). A DS record in the file
+/// stands for the key it digests: that key is fetched from `nameservers`
+/// and trusted once its digest matches.
+async fn trust_anchors(file: Option<&Path>, nameservers: Option<&[SocketAddr]>, lookup: Lookup) -> anyhow::Result<TrustAnchors> {
     let Some(path) = file else { return Ok(TrustAnchors::default()) };
-    let mut anchors = TrustAnchors::from_file(path).map_err(|e| {
-        anyhow::anyhow!("cannot read the trust anchor {}: expected DNSKEY records in zone-file syntax: {e}", path.display())
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the trust anchor {}: {e}", path.display()))?;
+    let (dnskeys, ds) = split_anchor_file(&text).map_err(|e| anyhow::anyhow!("trust anchor {}: {e}", path.display()))?;
+    let mut anchors: TrustAnchors = dnskeys.parse().map_err(|e| {
+        anyhow::anyhow!("cannot read the trust anchor {}: expected DNSKEY or DS records in zone-file syntax: {e}", path.display())
     })?;
+    if !ds.is_empty() {
+        let plain = crate::dns::resolver_with(nameservers, lookup)?;
+        for d in &ds {
+            let key = key_for_ds(&plain, d).await.map_err(|e| anyhow::anyhow!("trust anchor {}: {e}", path.display()))?;
+            anchors.insert_with_name(key.public_key(), (&d.name).into());
+        }
+    }
     if anchors.is_empty() {
         let builtin = TrustAnchors::default();
         for i in 0..builtin.len() {
@@ -69,6 +81,62 @@ fn trust_anchors(file: Option<&Path>) -> anyhow::Result<TrustAnchors> {
     Ok(anchors)
 }
 
+/// A DS record of a trust anchor file.
+struct DsAnchor {
+    name: Name,
+    key_tag: u16,
+    digest_type: u8,
+    digest: Vec<u8>,
+}
+
+/// The file's DNSKEY lines (for hickory's reader) and its DS records.
+fn split_anchor_file(text: &str) -> Result<(String, Vec<DsAnchor>), String> {
+    let mut dnskeys = String::new();
+    let mut ds = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split(';').next().unwrap_or("").split_whitespace().collect();
+        let Some(at) = words.iter().position(|w| w.eq_ignore_ascii_case("DS")) else {
+            dnskeys.push_str(line);
+            dnskeys.push('\n');
+            continue;
+        };
+        let bad = || format!("expected NAME [TTL] [IN] DS KEYTAG ALGORITHM DIGESTTYPE HEX, not {line:?}");
+        let (Some(name), Some(tag), Some(_alg), Some(dtype)) = (words.first(), words.get(at + 1), words.get(at + 2), words.get(at + 3))
+        else {
+            return Err(bad());
+        };
+        let hex: String = words[at + 4..].concat();
+        let digest = (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(bad)?;
+        ds.push(DsAnchor {
+            name: Name::from_ascii(if name.ends_with('.') { name.to_string() } else { format!("{name}.") }).map_err(|_| bad())?,
+            key_tag: tag.parse().map_err(|_| bad())?,
+            digest_type: dtype.parse().map_err(|_| bad())?,
+            digest,
+        });
+    }
+    Ok((dnskeys, ds))
+}
+
+/// The zone key of `d.name` whose digest is the DS record's.
+async fn key_for_ds(plain: &TokioResolver, d: &DsAnchor) -> Result<DNSKEY, String> {
+    let lookup = plain.lookup(d.name.clone(), RecordType::DNSKEY).await.map_err(|e| format!("DNSKEY lookup for {} failed: {e}", d.name))?;
+    for r in lookup.answers() {
+        let RData::DNSSEC(DNSSECRData::DNSKEY(key)) = &r.data else { continue };
+        let matches = key.zone_key()
+            && key.calculate_key_tag().ok() == Some(d.key_tag)
+            && key.to_digest(&d.name, DigestType::from(d.digest_type)).is_ok_and(|h| h.as_ref() == d.digest.as_slice());
+        if matches {
+            return Ok(key.clone());
+        }
+    }
+    Err(format!("no DNSKEY of {} matches its DS record (key tag {})", d.name, d.key_tag))
+}
+
 /// The owner names of the keys in a trust anchor file, which the start-up
 /// self-test asks for: "." when there is no file.
 pub fn anchor_names(file: Option<&Path>) -> Vec<String> {
@@ -77,7 +145,9 @@ pub fn anchor_names(file: Option<&Path>) -> Vec<String> {
     for line in text.lines() {
         let line = line.split(';').next().unwrap_or("").trim();
         let mut words = line.split_whitespace();
-        let (Some(name), true) = (words.next(), line.to_ascii_uppercase().contains("DNSKEY")) else { continue };
+        let upper = line.to_ascii_uppercase();
+        let is_key = upper.split_whitespace().any(|w| w == "DNSKEY" || w == "DS");
+        let (Some(name), true) = (words.next(), is_key) else { continue };
         let name = if name.ends_with('.') { name.to_lowercase() } else { format!("{}.", name.to_lowercase()) };
         if !names.contains(&name) {
             names.push(name);
@@ -89,7 +159,7 @@ pub fn anchor_names(file: Option<&Path>) -> Vec<String> {
 impl SecureResolver {
     /// `None` when `mode` is off. `nameservers` are the only servers ever
     /// asked (the system's resolver when absent).
-    pub fn new(
+    pub async fn new(
         mode: DnssecMode,
         nameservers: Option<&[SocketAddr]>,
         trust_anchor: Option<&Path>,
@@ -98,7 +168,7 @@ impl SecureResolver {
         let inner = match mode {
             DnssecMode::Off => return Ok(None),
             DnssecMode::Validate => {
-                let anchors = Arc::new(trust_anchors(trust_anchor)?);
+                let anchors = Arc::new(trust_anchors(trust_anchor, nameservers, lookup).await?);
                 Inner::Validate(crate::dns::validating_resolver(nameservers, lookup, anchors)?)
             }
             DnssecMode::TrustAd => {

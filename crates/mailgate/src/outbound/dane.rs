@@ -134,7 +134,7 @@ pub async fn start(config: &crate::config::Config) -> anyhow::Result<Option<Arc<
     let mode = config.dnssec.mode;
     let anchor = config.dnssec.trust_anchor.as_deref();
     let lookup = crate::dns::Lookup::checks(config);
-    let Some(resolver) = SecureResolver::new(mode, config.nameservers.as_deref(), anchor, lookup)? else { return Ok(None) };
+    let Some(resolver) = SecureResolver::new(mode, config.nameservers.as_deref(), anchor, lookup).await? else { return Ok(None) };
     let names = crate::dnssec::anchor_names(anchor);
     match resolver.self_test(&names).await {
         Ok(()) => tracing::info!(anchors = %names.join(" "), mode = ?mode, "DNSSEC self-test passed; DANE is on"),
