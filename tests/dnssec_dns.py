@@ -13,7 +13,6 @@ in `queries`.
 
 from __future__ import annotations
 
-import socket
 import socketserver
 import struct
 import threading
@@ -258,5 +257,3 @@ def wait_for(pred, timeout: float = 20.0, step: float = 0.1):
             return v
         time.sleep(step)
 
-
-_ = socket  # the servers above are socketserver's

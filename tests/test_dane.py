@@ -9,6 +9,7 @@ server: no query can reach a root server.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import socket
@@ -16,11 +17,10 @@ import ssl
 import threading
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography import x509
 from cryptography.x509.oid import NameOID
-import datetime
 
 from dnssec_dns import DnssecServer, SignedWorld, wait_for
 from helpers import queue_id
@@ -169,6 +169,10 @@ class TlsSink:
 class World:
     """The DNS, the sinks and the server of one test; made by `_world`."""
 
+    def __init__(self, srv, dns_server, signed, port):
+        self.srv, self.dns, self.signed, self.port = srv, dns_server, signed, port
+        self.sinks: list[TlsSink] = []
+
     def sink(self, ip, **kw) -> TlsSink:
         s = TlsSink(ip, self.port, self.srv.workdir, **kw)
         self.sinks.append(s)
@@ -257,17 +261,12 @@ def test_matching_dane_ee_3_1_1_delivers_over_tls_and_reports_tlsa_success(mailg
 def _world(factory, tmp_path, zone_of_port, **kw) -> World:
     """A World whose zone needs the delivery port: the server (and so the
     port) is made first, then the zone is signed and served."""
-    w = World.__new__(World)
     srv = factory("dane", relay={"trusted_networks": ["127.0.0.0/8"]})
     port = srv.mx_delivery_port
     records = zone_of_port(port)
     children = kw.pop("children", None)
     signed = SignedWorld(records, children=children(port) if children else None, corrupt=kw.pop("corrupt", None))
-    w.signed = signed
-    w.dns = DnssecServer(signed, ad=kw.pop("ad", False))
-    w.srv = srv
-    w.port = port
-    w.sinks = []
+    w = World(srv, DnssecServer(signed, ad=kw.pop("ad", False)), signed, port)
     mode = kw.pop("mode", "validate")
     anchor = kw.pop("anchor", None)
     anchor_file = tmp_path / "anchor.key"
@@ -420,3 +419,19 @@ def test_records_prints_tlsa_3_1_1_for_our_certificate(mailgate_factory):
     want = f"_25._tcp.{srv.hostname}. 3600 IN TLSA 3 1 1 {spki_sha256(cert)}"
     assert want in out, out
     assert "before" in out.lower() and "certificate" in out.lower(), out
+
+
+def test_only_pkix_records_make_tls_mandatory_but_unauthenticated(mailgate_factory, tmp_path):
+    cert, key = make_cert("mx.pkix.test")
+    other, _ = make_cert("mx.pkix.test")
+    # PKIX-EE (1) cannot authenticate under RFC 7672 §3.1.3: the mismatch
+    # does not matter, but TLS is still required.
+    w = _world(mailgate_factory, tmp_path, lambda port: zone_for("pkix.test", "127.0.2.9", port, [f"1 1 1 {spki_sha256(other)}"]))
+    try:
+        sink = w.sink("127.0.2.9", chain=[cert], key=key)
+        w.srv.start()
+        w.send("bob@pkix.test")
+        assert wait_for(lambda: sink.messages, 20), w.srv.log_text()[-3000:]
+        assert sink.messages[0]["tls"] is True
+    finally:
+        w.stop()

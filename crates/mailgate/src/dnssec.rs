@@ -47,7 +47,7 @@ pub struct SecureResolver {
 }
 
 enum Inner {
-    Validate(TokioResolver),
+    Validate(Box<TokioResolver>),
     TrustAd { servers: Vec<SocketAddr>, lookup: Lookup },
 }
 
@@ -169,7 +169,7 @@ impl SecureResolver {
             DnssecMode::Off => return Ok(None),
             DnssecMode::Validate => {
                 let anchors = Arc::new(trust_anchors(trust_anchor, nameservers, lookup).await?);
-                Inner::Validate(crate::dns::validating_resolver(nameservers, lookup, anchors)?)
+                Inner::Validate(Box::new(crate::dns::validating_resolver(nameservers, lookup, anchors)?))
             }
             DnssecMode::TrustAd => {
                 let servers = match nameservers {
