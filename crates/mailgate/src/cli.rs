@@ -566,5 +566,24 @@ pub fn records(config: &Config) -> anyhow::Result<()> {
         println!(";   mx: {}", config.hostname);
         println!(";   max_age: 86400");
     }
+    print_tlsa(config, &mx);
     Ok(())
+}
+
+/// DANE (RFC 7672): the `3 1 1` TLSA record of our MX host, from the
+/// `[tls]` certificate (or the one generated in DATA_DIR/tls).
+fn print_tlsa(config: &Config, mx: &str) {
+    let cert = config.tls.as_ref().map(|t| t.cert.clone()).unwrap_or_else(|| config.data_dir.join("tls").join("cert.pem"));
+    println!();
+    println!("; ---- DANE for {mx} (only in a DNSSEC-signed zone) ----");
+    match crate::outbound::dane::tlsa_311_from_pem(&cert) {
+        Ok(data) => {
+            println!("; TLSA 3 1 1: the SHA-256 of the public key of {}", cert.display());
+            println!("_25._tcp.{mx} 3600 IN TLSA {data}");
+            println!("; Key rollover: before a certificate change with a new key, publish the next key's");
+            println!("; TLSA record beside this one and wait two TTLs; remove the old one after the switch.");
+            println!("; A renewal that keeps the key needs no change (3 1 1 pins the key, not the certificate).");
+        }
+        Err(e) => println!("; no TLSA record: {e:#} (start the server once to generate a certificate, or set [tls] cert)"),
+    }
 }

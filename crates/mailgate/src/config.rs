@@ -15,8 +15,8 @@ use mailgate_core::session::Role;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use dns::DnsSettings;
-use dns::{RawDns, dns_settings};
+pub use dns::{DnsSettings, DnssecMode, DnssecSettings};
+use dns::{RawDns, dns_settings, dnssec_settings};
 pub use limits::Limits;
 
 mod dns;
@@ -354,6 +354,8 @@ pub struct Config {
     pub nameservers: Option<Vec<SocketAddr>>,
     /// `[dns]` timeouts and cache size.
     pub dns: DnsSettings,
+    /// `[dns] dnssec` and `trust_anchor`: DANE for outbound TLS.
+    pub dnssec: DnssecSettings,
     pub trusted_networks: Vec<IpNet>,
     pub delivery: Delivery,
     pub smarthost: Option<Smarthost>,
@@ -520,6 +522,7 @@ impl Config {
             problems.add("delivery.retry_max", "timeouts must be positive and retry_max >= retry_initial".into());
         }
         let dns = dns_settings(&raw.dns, &mut problems);
+        let dnssec = dnssec_settings(&raw.dns, &mut problems);
         let limits = raw.limits;
         limits.validate(&mut problems);
         if raw.spool.segment_size < 1024 * 1024 {
@@ -571,6 +574,7 @@ impl Config {
             tls: raw.tls.map(|t| TlsFiles { cert: resolve(t.cert), key: resolve(t.key) }),
             nameservers: raw.dns.nameservers,
             dns,
+            dnssec: DnssecSettings { trust_anchor: dnssec.trust_anchor.map(&resolve), ..dnssec },
             trusted_networks: raw.relay.trusted_networks,
             delivery: Delivery {
                 ca_file: raw.delivery.ca_file.clone().map(&resolve),

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod dnssec;
 pub mod events;
 pub mod http;
 pub mod inbound;

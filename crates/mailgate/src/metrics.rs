@@ -58,8 +58,11 @@ const LOOKALIKE_RULES: [&str; 6] = ["confusable", "substitution", "edit-distance
 /// RFC 8460 §4.3 result types outbound delivery reports, and `success`.
 /// A result outside this list is counted as `validation-failure`, the
 /// RFC's catch-all, so the label set stays closed.
-const TLS_RESULTS: [&str; 8] = [
+const TLS_RESULTS: [&str; 11] = [
     "success",
+    "tlsa-invalid",
+    "dnssec-invalid",
+    "dane-required",
     "starttls-not-supported",
     "certificate-host-mismatch",
     "certificate-expired",
@@ -69,9 +72,9 @@ const TLS_RESULTS: [&str; 8] = [
     "sts-policy-invalid",
 ];
 
-/// The TLS policy that applied: RFC 8460 policy types, and our
-/// `[delivery] require_tls`.
-const TLS_POLICIES: [&str; 3] = ["sts", "no-policy-found", "require-tls"];
+/// The TLS policy that applied: RFC 8460 policy types (`tlsa` is DANE),
+/// and our `[delivery] require_tls`.
+const TLS_POLICIES: [&str; 4] = ["sts", "tlsa", "no-policy-found", "require-tls"];
 
 /// The scheduler's view of the queue: the values of
 /// `mailgate_queue_state_messages{state}`.

@@ -113,6 +113,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.reports.send {
         crate::report::start(reports.clone());
     }
+    let dane = crate::outbound::dane::start(&config).await?;
     let outbound = Arc::new(Outbound {
         hostname: config.hostname.clone(),
         resolver,
@@ -127,6 +128,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         danger_auth_without_tls: d.danger_smarthost_auth_without_tls,
         trust,
         mta_sts,
+        dane,
         require_tls: d.require_tls.clone(),
         tls_events: Arc::new(crate::events::TlsEvents::new(Some(recorder.clone()), metrics.clone())),
         recorder: Some(recorder.clone()),

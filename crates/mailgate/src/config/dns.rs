@@ -1,7 +1,9 @@
-//! `[dns]`: the resolver's name servers, and how long the inbound checks
-//! may wait for DNS (validated, with defaults). Imports only std and serde.
+//! `[dns]`: the resolver's name servers, how long the inbound checks
+//! may wait for DNS, and DNSSEC for outbound lookups (`dnssec`,
+//! `trust_anchor`; validated, with defaults). Imports only std and serde.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +21,49 @@ pub(super) struct RawDns {
     pub(super) query_attempts: Option<usize>,
     /// Parsed records kept (SPF, DMARC, DKIM keys: each this many).
     pub(super) cache_size: Option<u64>,
+    /// "validate", "trust-ad" or "off" (DANE for outbound TLS).
+    pub(super) dnssec: Option<String>,
+    /// DNSKEY records in zone-file syntax: the anchors DNSSEC validation starts from.
+    pub(super) trust_anchor: Option<PathBuf>,
+}
+
+/// How outbound lookups learn that an answer is DNSSEC-signed, which DANE
+/// (RFC 7672) needs before it may trust a TLSA record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnssecMode {
+    /// No DNSSEC and so no DANE: delivery as before (MTA-STS or opportunistic TLS).
+    #[default]
+    Off,
+    /// mailgate validates the signatures itself, from the trust anchors.
+    Validate,
+    /// The configured resolver validates; mailgate trusts its AD bit.
+    TrustAd,
+}
+
+/// `[dns] dnssec` and `trust_anchor`.
+#[derive(Debug, Clone, Default)]
+pub struct DnssecSettings {
+    pub mode: DnssecMode,
+    /// Replaces the built-in root KSKs when it holds a root (".") key;
+    /// otherwise its keys are added to them (islands of trust).
+    pub trust_anchor: Option<PathBuf>,
+}
+
+/// `[dns] dnssec` and `trust_anchor`, checked.
+pub(super) fn dnssec_settings(raw: &RawDns, problems: &mut Problems) -> DnssecSettings {
+    let mode = match raw.dnssec.as_deref() {
+        None | Some("off") => DnssecMode::Off,
+        Some("validate") => DnssecMode::Validate,
+        Some("trust-ad") => DnssecMode::TrustAd,
+        Some(other) => {
+            problems.add("dns.dnssec", format!("expected \"validate\", \"trust-ad\" or \"off\", not {other:?}"));
+            DnssecMode::Off
+        }
+    };
+    if raw.trust_anchor.is_some() && mode != DnssecMode::Validate {
+        problems.add("dns.trust_anchor", "only used with dnssec = \"validate\"".into());
+    }
+    DnssecSettings { mode, trust_anchor: raw.trust_anchor.clone() }
 }
 
 /// `[dns]`: how long the inbound checks may wait for DNS.

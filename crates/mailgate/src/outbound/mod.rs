@@ -9,6 +9,7 @@
 //! `mailgate-core`.
 
 pub mod client;
+pub mod dane;
 pub mod dsn;
 pub mod ingest;
 pub mod maildir;
@@ -78,6 +79,9 @@ pub struct Outbound {
     pub danger_auth_without_tls: bool,
     pub trust: Arc<tls::Trust>,
     pub mta_sts: Option<mta_sts::MtaSts>,
+    /// DANE (`[dns] dnssec` not off): TLSA-pinned TLS for MX hosts with
+    /// signed TLSA records, before MTA-STS.
+    pub dane: Option<Arc<dane::Dane>>,
     /// Recipient domains whose mail must go over TLS.
     pub require_tls: Vec<String>,
     pub tls_events: Arc<crate::events::TlsEvents>,
@@ -110,13 +114,30 @@ impl Outbound {
     }
 
     /// Resolves and connects, applying the destination's TLS policy:
-    /// `require_tls`, or its MTA-STS policy (enforce: only matching MX
-    /// hosts, verified TLS or no delivery; testing: deliver, but check and
-    /// report).
+    /// DANE for hosts with signed TLSA records (RFC 8461 §2: before
+    /// MTA-STS), then `require_tls`, or its MTA-STS policy (enforce: only
+    /// matching MX hosts, verified TLS or no delivery; testing: deliver,
+    /// but check and report).
     async fn connect(&self, dest: &Destination) -> Result<Connection, Outcome> {
         let mut settings = self.settings(dest);
         let mut candidates = route::resolve(&self.resolver, dest, self.mx_port).await?;
         let Destination::Mx(domain) = dest else { return client::connect(&candidates, &settings).await };
+        // DANE's verdict per host, in candidate order (empty without DANE).
+        let mut dane_hosts: Vec<(String, dane::HostPolicy)> = Vec::new();
+        if let Some(d) = &self.dane {
+            let plan = d.plan(domain.as_str(), candidates, self.mx_port).await;
+            for (mx, why) in &plan.dropped {
+                tracing::warn!(domain = %domain, mx = %mx, reason = %why, "DNSSEC: MX host not used");
+                self.tls_events.record(domain.as_str(), mx, "tlsa", "dnssec-invalid");
+            }
+            if plan.hosts.is_empty() {
+                let text = format!("no MX host of {domain} has valid DNSSEC answers");
+                return Err(Outcome::Temporary(Reply::new(451, StatusCode::new(4, 7, 5), text)));
+            }
+            dane_hosts = plan.hosts.iter().map(|(c, p)| (c.name.clone(), p.clone())).collect();
+            candidates = plan.hosts.into_iter().map(|(c, _)| c).collect();
+        }
+        let has_tlsa = |name: &str| dane_hosts.iter().any(|(n, p)| n == name && matches!(p, dane::HostPolicy::Tlsa { .. }));
         let mut policy_name = "no-policy-found";
         if self.require_tls.iter().any(|d| d == domain.as_str()) {
             settings.client.tls = TlsMode::Required;
@@ -130,10 +151,10 @@ impl Outbound {
                 Ok(Some(p)) if p.mode == mta_sts::Mode::Enforce => {
                     policy_name = "sts";
                     policy_text = p.text.clone();
-                    for c in candidates.iter().filter(|c| !p.allows(&c.name)) {
+                    for c in candidates.iter().filter(|c| !p.allows(&c.name) && !has_tlsa(&c.name)) {
                         events.record_with_policy(domain.as_str(), &c.name, "sts", "validation-failure", &p.text);
                     }
-                    candidates.retain(|c| p.allows(&c.name));
+                    candidates.retain(|c| p.allows(&c.name) || has_tlsa(&c.name));
                     if candidates.is_empty() {
                         let text = format!("no MX host of {domain} matches its MTA-STS policy");
                         return Err(Outcome::Temporary(Reply::new(451, StatusCode::new(4, 7, 5), text)));
@@ -144,7 +165,7 @@ impl Outbound {
                 Ok(Some(p)) if p.mode == mta_sts::Mode::Testing => {
                     policy_name = "sts";
                     policy_text = p.text.clone();
-                    for c in candidates.iter().filter(|c| !p.allows(&c.name)) {
+                    for c in candidates.iter().filter(|c| !p.allows(&c.name) && !has_tlsa(&c.name)) {
                         events.record_with_policy(domain.as_str(), &c.name, "sts", "validation-failure", &p.text);
                     }
                     settings.check = Some(self.trust.clone());
@@ -163,7 +184,37 @@ impl Outbound {
         let d = domain.to_string();
         settings.report =
             Some(Arc::new(move |mx: &str, result: &'static str| events.record_with_policy(&d, mx, policy_name, result, &policy_text)));
-        client::connect(&candidates, &settings).await
+        if !dane_hosts.iter().any(|(n, p)| matches!(p, dane::HostPolicy::Tlsa { .. }) && candidates.iter().any(|c| &c.name == n)) {
+            return client::connect(&candidates, &settings).await;
+        }
+        // Host by host: a host with TLSA records gets its own settings.
+        let mut last = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 4, 1), "no host to connect to"));
+        for cand in &candidates {
+            let policy = dane_hosts.iter().find(|(n, _)| n == &cand.name).map(|(_, p)| p);
+            let host_settings = match policy {
+                Some(dane::HostPolicy::Tlsa { usable, text }) => self.dane_settings(&settings, domain.as_str(), &cand.name, usable, text),
+                _ => settings.clone(),
+            };
+            match client::connect(std::slice::from_ref(cand), &host_settings).await {
+                Ok(c) => return Ok(c),
+                Err(o) => last = o,
+            }
+        }
+        Err(last)
+    }
+
+    /// Settings for a host with secure TLSA records: TLS mandatory, the
+    /// certificate checked against the usable records (none usable: TLS
+    /// without authentication, RFC 7672 §2.2), outcomes reported under
+    /// policy type `tlsa` with the records as the policy string.
+    fn dane_settings(&self, base: &Settings, domain: &str, host: &str, usable: &[dane::Tlsa], text: &str) -> Settings {
+        let mut s = base.clone();
+        s.client.tls = TlsMode::Required;
+        s.check = None;
+        s.tls = if usable.is_empty() { self.tls.clone() } else { dane::client_config(usable.to_vec(), host, domain) };
+        let (events, d, text) = (self.tls_events.clone(), domain.to_string(), text.to_string());
+        s.report = Some(Arc::new(move |mx: &str, result: &'static str| events.record_with_policy(&d, mx, "tlsa", result, &text)));
+        s
     }
 }
 

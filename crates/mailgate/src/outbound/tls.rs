@@ -110,6 +110,8 @@ pub fn result_type(e: rustls::Error) -> &'static str {
         rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => "certificate-host-mismatch",
         rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "certificate-expired",
         rustls::Error::InvalidCertificate(C::UnknownIssuer) => "certificate-not-trusted",
+        // Only the DANE verifier (dane.rs) fails with this: no TLSA record matched.
+        rustls::Error::InvalidCertificate(C::ApplicationVerificationFailure) => "tlsa-invalid",
         _ => "validation-failure",
     }
 }
