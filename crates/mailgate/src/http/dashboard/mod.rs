@@ -10,6 +10,7 @@
 pub mod chart;
 mod domains;
 pub mod layout;
+mod lookup;
 mod messages;
 mod overview;
 mod queue;
