@@ -168,6 +168,9 @@ fn render(d: &Show, access: &Access, done: Option<&str>) -> Markup {
                 dt { "From" } dd { (m.from) }
                 dt { "Sender" } dd { (m.sender) }
                 dt { "Recipients" } dd { (m.recipients.join(", ")) }
+                @if !m.refused_recipients.is_empty() {
+                    dt { "Refused recipients" } dd { (m.refused_recipients.join(", ")) }
+                }
                 dt { "Message-ID" } dd.mono { (m.message_id) }
                 dt { "Outcome" } dd { (badge(&m.action)) }
             }
