@@ -235,6 +235,7 @@ def test_refusals_before_data_have_timelines(env, browser):
     b.wait_for_url(re.compile(r".*/$"))
     b.goto(env.url + f"/messages/{relay[0]['event_id']}")
     assert "Relay access denied" in b.inner_text("#timeline")
+    assert "Refused at RCPT TO" in b.inner_text("#timeline")
     shot(b, "relay-refused")
 
     routed = found(ROUTED_RCPT)
@@ -247,6 +248,7 @@ def test_refusals_before_data_have_timelines(env, browser):
     assert [m["action"] for m in no_tls] == ["refused"], no_tls
     text = page(no_tls[0]["event_id"])
     assert "530 5.7.0" in text and env.no_tls_reply in text, text
+    assert "Refused at MAIL FROM" in text
 
 
 def test_reverse_names_and_received_reports(env):
