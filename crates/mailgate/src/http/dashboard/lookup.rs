@@ -45,8 +45,12 @@ pub type Wanted = (&'static str, String, &'static str);
 
 // Process-wide: the dashboard's state is the admin server's, which has no
 // place for a cache of its own; these hold public DNS data only.
-static RECORDS: LazyLock<Mutex<HashMap<String, (Instant, Arc<Vec<Record>>)>>> = LazyLock::new(Default::default);
-static PTRS: LazyLock<Mutex<HashMap<IpAddr, (Instant, Option<String>)>>> = LazyLock::new(Default::default);
+/// The names looked up → when, and what was found.
+type Records = HashMap<String, (Instant, Arc<Vec<Record>>)>;
+/// An address → until when its answer holds, and its name if it has one.
+type Ptrs = HashMap<IpAddr, (Instant, Option<String>)>;
+static RECORDS: LazyLock<Mutex<Records>> = LazyLock::new(Default::default);
+static PTRS: LazyLock<Mutex<Ptrs>> = LazyLock::new(Default::default);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
