@@ -10,7 +10,15 @@ nothing. Mail goes through the real binary over SMTP:
 - look-alike: signed exmaple.test: quarantined;
 - quarantined: From: quarantine.test spoofed: quarantined;
 - deferred: to slow.test, whose next hop answers 451 to every RCPT;
-- hostile: a From display name, Subject and Message-ID carrying markup.
+- hostile: a From display name, Subject and Message-ID carrying markup;
+- refused before DATA: an open-relay attempt (RCPT to another domain,
+  554), a transaction whose second RCPT is a sender-specified route (550)
+  while its first goes through, and a MAIL FROM on the submission
+  listener without STARTTLS (530).
+
+The zone also has a PTR for 192.0.2.50, a source in that report, and a DMARC
+aggregate report about example.test for today is imported with
+`mailgate reports import`.
 
 The dashboard's password is set through `mailgate user hash`.
 """
@@ -29,8 +37,10 @@ import time
 import urllib.parse
 from collections import Counter
 
+from dnslib import PTR, QTYPE, RR
+
 from conftest import BIN, _RUNNING, MailgateServer, free_port
-from loopdns import LoopbackDns
+from loopdns import LoopbackDns, ZoneResolver
 from postfix import PySink
 from test_inbound_auth import Keys, message, sign
 
@@ -41,6 +51,31 @@ GREYLIST = "451 4.7.1 Greylisted: please try again later"
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(2)>'
 WAIT = 30.0
+PTR_NAME = "ptr-name.outside.test"
+# A source in the imported report, with a PTR in the loopback zone (the
+# resolver answers 127/8 itself, with localhost: RFC 6761).
+PTR_SOURCE = "192.0.2.50"
+RELAY_RCPT = "victim@elsewhere.test"
+ROUTED_RCPT = "bob%elsewhere.test@example.test"
+NO_TLS_SENDER = "anon@outside.test"
+# The imported report: 40 messages passing (DKIM), 10 failing both.
+REPORT_PASS, REPORT_FAIL = 40, 10
+
+
+class PtrZone(ZoneResolver):
+    """The loopback zone, plus PTR answers from `ptr` (arpa name -> name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ptr: dict[str, str] = {}
+
+    def resolve(self, request, handler):
+        qname = str(request.q.qname).lower()
+        if request.q.qtype == QTYPE.PTR and qname in self.ptr:
+            reply = request.reply()
+            reply.add_answer(RR(request.q.qname, QTYPE.PTR, rdata=PTR(self.ptr[qname]), ttl=60))
+            return reply
+        return super().resolve(request, handler)
 
 
 class Greylist(socketserver.ThreadingTCPServer):
@@ -118,6 +153,8 @@ class Env:
         self.srv, self.sink, self.greylist, self.keys = srv, sink, greylist, keys
         self.url = f"http://127.0.0.1:{srv.http_port}"
         self.sent: Counter = Counter()
+        # Refused at the end of DATA by DMARC, from attacker@evil.test.
+        self.spoofs = 0
         self.ids: dict[str, str] = {}
 
     def send(self, mail_from: str, data: bytes, rcpt: str = f"bob@{OURS}") -> tuple[int, str]:
@@ -161,6 +198,7 @@ def send_traffic(e: Env) -> None:
         code, text = e.send("attacker@evil.test", message(f"CEO <ceo@{OURS}>", f"spoof-{i}"))
         assert code == 550, (code, text)
         e.sent["refused"] += 1
+        e.spoofs += 1
     e.spoof_reply = text
     data = sign(message(f"CEO <ceo@{LOOKALIKE}>", "lookalike-0"), LOOKALIKE, k, rsa=False)
     assert e.send(f"ceo@{LOOKALIKE}", data) == (250, "")
@@ -172,6 +210,51 @@ def send_traffic(e: Env) -> None:
     e.sent["accepted"] += 1
     assert e.send(f"eve@{NONE}", hostile_message()) == (250, "")
     e.sent["accepted"] += 1
+    send_refusals(e)
+
+
+def send_refusals(e: Env) -> None:
+    """Transactions refused at RCPT TO and MAIL FROM."""
+    with smtplib.SMTP("127.0.0.1", e.srv.mx_port, local_hostname=HELO, timeout=30) as s:
+        s.ehlo()
+        code, text = s.mail("relay@spam.test")
+        assert code == 250, (code, text)
+        code, text = s.rcpt(RELAY_RCPT)
+        assert code == 554, (code, text)
+        e.relay_reply = text.decode()
+    e.sent["refused"] += 1
+    with smtplib.SMTP("127.0.0.1", e.srv.mx_port, local_hostname=HELO, timeout=30) as s:
+        s.ehlo()
+        assert s.mail("routing@spam.test")[0] == 250
+        assert s.rcpt(f"bob@{OURS}")[0] == 250
+        code, text = s.rcpt(ROUTED_RCPT)
+        assert code == 550, (code, text)
+        e.routed_reply = text.decode()
+        code, _ = s.data(message(f"Routing <routing@{NONE}>", "routed-0"))
+        assert code == 250
+    e.sent["accepted"] += 1
+    with smtplib.SMTP("127.0.0.1", e.srv.submission_port, local_hostname=HELO, timeout=30) as s:
+        s.ehlo()
+        code, text = s.mail(NO_TLS_SENDER)
+        assert code == 530, (code, text)
+        e.no_tls_reply = text.decode()
+    e.sent["refused"] += 1
+
+
+def dmarc_report(begin: int) -> bytes:
+    """A DMARC aggregate report about our domain, as another receiver sends it."""
+    def record(ip: str, count: int, result: str) -> str:
+        return (f"<record><row><source_ip>{ip}</source_ip><count>{count}</count><policy_evaluated>"
+                f"<disposition>none</disposition><dkim>{result}</dkim><spf>fail</spf></policy_evaluated></row>"
+                f"<identifiers><header_from>{OURS}</header_from></identifiers><auth_results>"
+                f"<dkim><domain>{OURS}</domain><selector>ed</selector><result>{result}</result></dkim>"
+                f"<spf><domain>{OURS}</domain><scope>mfrom</scope><result>fail</result></spf></auth_results></record>")
+    return ("<?xml version=\"1.0\"?>\n<feedback><report_metadata><org_name>receiver.test</org_name>"
+            "<email>dmarc@receiver.test</email><report_id>dash-1</report_id>"
+            f"<date_range><begin>{begin}</begin><end>{begin + 86399}</end></date_range></report_metadata>"
+            f"<policy_published><domain>{OURS}</domain><adkim>r</adkim><aspf>r</aspf><p>reject</p></policy_published>"
+            + record(PTR_SOURCE, REPORT_PASS, "pass") + record("198.51.100.7", REPORT_FAIL, "fail")
+            + "</feedback>\n").encode()
 
 
 def start(tmp) -> tuple[Env, callable]:
@@ -179,6 +262,10 @@ def start(tmp) -> tuple[Env, callable]:
     sink = PySink().start()
     greylist = Greylist()
     dns = LoopbackDns(free_port())
+    zone = PtrZone()
+    zone.ptr["50.2.0.192.in-addr.arpa."] = PTR_NAME + "."
+    dns.resolver = zone
+    dns.server.server.resolver = zone
     records = [
         ("evil.test.", "TXT", ["v=spf1 ip4:192.0.2.1 -all"]),
         (f"{OURS}.", "TXT", ["v=spf1 ip4:127.0.0.1 -all"]),
@@ -205,6 +292,10 @@ def start(tmp) -> tuple[Env, callable]:
     srv.start()
     e = Env(srv, sink, greylist, keys)
     send_traffic(e)
+    report = tmp / "receiver.test!example.test.xml"
+    report.write_bytes(dmarc_report(int(time.time()) // 86400 * 86400))
+    out = srv.cli("reports", "import", str(report)).stdout
+    assert out.startswith("stored"), out
 
     def stop():
         srv.stop()

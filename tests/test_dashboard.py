@@ -10,8 +10,10 @@ tests/artifacts/.
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,10 @@ pytest.importorskip("dkim", reason="pip install dkimpy")
 pytest.importorskip("dnslib", reason="pip install dnslib")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
-from dashboard_env import IMG, OURS, PASSWORD, SCRIPT, SLOW, GREYLIST, Http, start  # noqa: E402
+from dashboard_env import (  # noqa: E402
+    GREYLIST, HELO, IMG, NO_TLS_SENDER, OURS, PASSWORD, PTR_NAME, PTR_SOURCE, RELAY_RCPT, REPORT_FAIL, REPORT_PASS, ROUTED_RCPT,
+    SCRIPT, SLOW, Http, start,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -118,7 +123,7 @@ def test_operator_finds_what_was_sent(env, browser):
     page.fill("input[name=q]", "attacker@evil.test")
     page.click("form.search button")
     results = page.inner_text("#results")
-    assert results.count("refused") == env.sent["refused"], results
+    assert results.count("refused") == env.spoofs, results
     shot(page, "search")
     page.locator("#results a", has_text="r-").first.click()
     page.wait_for_url(re.compile(r".*/messages/r-[0-9a-f]{16}$"))
@@ -194,4 +199,89 @@ def test_json_twins(env):
     found = json.loads(h.request("GET", "/messages?q=attacker%40evil.test&format=json")[2])["messages"]
     # The spoofs of example.test (refused) and of quarantine.test came from that sender.
     actions = sorted(m["action"] for m in found)
-    assert actions == ["quarantined"] + ["refused"] * env.sent["refused"], actions
+    assert actions == ["quarantined"] + ["refused"] * env.spoofs, actions
+
+
+def test_refusals_before_data_have_timelines(env, browser):
+    """An open-relay attempt, a refused route next to an accepted
+    recipient, and a MAIL FROM refused for want of STARTTLS: each found by
+    its addresses, with the reply the client got."""
+    settled(env)
+    h = Http(env.srv.http_port)
+    assert h.login() == 303
+
+    def found(q: str) -> list:
+        status, _, body = h.request("GET", "/messages?format=json&q=" + urllib.parse.quote(q))
+        assert status == 200, body
+        return json.loads(body)["messages"]
+
+    def page(event_id: str) -> str:
+        status, _, body = h.request("GET", f"/messages/{event_id}")
+        assert status == 200, body
+        return html.unescape(body)
+
+    relay = found(RELAY_RCPT)
+    assert [m["action"] for m in relay] == ["refused"], relay
+    assert re.fullmatch(r"r-[0-9a-f]{16}", relay[0]["event_id"]), relay
+    assert [m["event_id"] for m in found("relay@spam.test")] == [relay[0]["event_id"]]
+    assert relay[0]["event_id"] in {m["event_id"] for m in found("127.0.0.1")}
+    text = page(relay[0]["event_id"])
+    assert "554 5.7.1 Relay access denied" in text and env.relay_reply in text, text
+    assert RELAY_RCPT in text and HELO in text and "relay@spam.test" in text
+    b = browser.new_page(viewport={"width": 1280, "height": 900})
+    b.goto(env.url + "/login")
+    b.fill("#password", PASSWORD)
+    b.click("button[type=submit]")
+    b.wait_for_url(re.compile(r".*/$"))
+    b.goto(env.url + f"/messages/{relay[0]['event_id']}")
+    assert "Relay access denied" in b.inner_text("#timeline")
+    assert "Refused at RCPT TO" in b.inner_text("#timeline")
+    shot(b, "relay-refused")
+
+    routed = found(ROUTED_RCPT)
+    assert [m["action"] for m in routed] == ["accepted"], routed
+    text = page(routed[0]["event_id"])
+    assert "Refused recipients" in text and ROUTED_RCPT in text
+    assert "550 5.7.1 Sender-specified routing refused" in text, text
+
+    no_tls = found(NO_TLS_SENDER)
+    assert [m["action"] for m in no_tls] == ["refused"], no_tls
+    text = page(no_tls[0]["event_id"])
+    assert "530 5.7.0" in text and env.no_tls_reply in text, text
+    assert "Refused at MAIL FROM" in text
+
+
+def test_reverse_names_and_received_reports(env):
+    """The domain page lists the sources of the imported report with their
+    reverse names (a PTR in the loopback zone); the overview and
+    the domain page chart and count the imported aggregate report."""
+    settled(env)
+    h = Http(env.srv.http_port)
+    assert h.login() == 303
+    total = REPORT_PASS + REPORT_FAIL
+    rate = f"{REPORT_PASS * 100 / total:.1f} %"
+    row = f'<td class="num">1</td><td class="num">{total}</td><td class="num">{rate}</td>'
+
+    d = json.loads(h.request("GET", f"/domains/{OURS}?format=json")[2])
+    reported = {s["source_ip"]: s for s in d["reported_sources"]}
+    assert reported[PTR_SOURCE]["reverse_name"] == PTR_NAME, reported
+    assert (reported[PTR_SOURCE]["messages"], reported[PTR_SOURCE]["verdict"]) == (REPORT_PASS, "would-pass")
+    assert reported["198.51.100.7"]["dmarc_pass"] == 0 and reported["198.51.100.7"]["verdict"] == "would-fail"
+    assert reported[PTR_SOURCE]["reporters"] == ["receiver.test"]
+    # Our own evaluations' sources: the test client, named as the resolver
+    # names the loopback.
+    assert {s["source_ip"] for s in d["sources"]} == {"127.0.0.1"}
+    for doc in (d, json.loads(h.request("GET", "/?format=json")[2])):
+        series = [s for s in doc["dmarc"] if s["domain"] == OURS]
+        days = [x for x in series[0]["reported"] if x["reports"]]
+        assert [(x["reports"], x["messages"], x["dmarc_pass"], x["pass_rate"]) for x in days] == \
+            [(1, total, REPORT_PASS, REPORT_PASS * 100 / total)], days
+        # Our own checks are a series of their own.
+        assert sum(x["messages"] for x in series[0]["days"]) > 0
+
+    for path in (f"/domains/{OURS}", "/"):
+        status, _, body = h.request("GET", path)
+        assert status == 200
+        assert "(reports received)" in body and "(our checks)" in body, path
+        assert row in body, (path, re.findall(r"<table id=\"dmarc-totals\".*?</table>", body, re.S))
+    assert PTR_NAME in h.request("GET", f"/domains/{OURS}")[2]

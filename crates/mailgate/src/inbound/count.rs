@@ -19,10 +19,13 @@ use crate::checks::verdict::Verdict;
 use crate::config::Action;
 use crate::metrics::Metrics;
 
-/// The relay policy, counting what it refuses.
+/// The relay policy, counting what it refuses (and, one per session,
+/// keeping the refusals for the message timeline).
 pub struct Counting {
     pub inner: Arc<dyn Policy>,
     pub metrics: Arc<Metrics>,
+    /// `None` without a report store.
+    pub refusals: Option<super::timeline::Refusals>,
 }
 
 impl Counting {
@@ -38,11 +41,19 @@ impl Counting {
 
 impl Policy for Counting {
     fn check_mail(&self, info: &SessionInfo, from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply> {
-        self.count(self.inner.check_mail(info, from, declared_size))
+        let result = self.count(self.inner.check_mail(info, from, declared_size));
+        if let Some(r) = &self.refusals {
+            r.mail(info, from, result.as_ref().err());
+        }
+        result
     }
 
     fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
-        self.count(self.inner.check_rcpt(info, to))
+        let result = self.count(self.inner.check_rcpt(info, to));
+        if let (Some(r), Err(reply)) = (&self.refusals, &result) {
+            r.rcpt(info, to, reply);
+        }
+        result
     }
 }
 

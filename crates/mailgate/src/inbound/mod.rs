@@ -65,8 +65,12 @@ pub struct Inbound {
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
     let trusted = ctx.trusted.iter().any(|n| n.contains(&peer.ip()));
-    let policy = Arc::new(count::Counting { inner: ctx.policy.clone(), metrics: ctx.metrics.clone() });
-    let mut session = Session::new(ctx.session.clone(), policy, peer.ip(), trusted);
+    let policy = Arc::new(count::Counting {
+        inner: ctx.policy.clone(),
+        metrics: ctx.metrics.clone(),
+        refusals: ctx.recorder.clone().map(timeline::Refusals::new),
+    });
+    let mut session = Session::new(ctx.session.clone(), policy.clone(), peer.ip(), trusted);
     let mut stream = Stream::Plain(tcp);
     if ctx.implicit_tls {
         let Some(tls) = ctx.tls.as_ref() else { return };
@@ -113,6 +117,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                         let outbound = info.authenticated_as.is_some() || info.trusted;
                         let (helo, user) = (info.helo.clone().unwrap_or_default(), info.authenticated_as.clone());
                         let mut trace = timeline::Trace::new(peer, info, ctx.session.role, outbound);
+                        if let Some(r) = &policy.refusals {
+                            r.into_trace(&mut trace);
+                        }
                         let spilled = spill.take().filter(|s| s.serial == session.transaction_serial());
                         let result = match Received::assemble(*incoming, spilled) {
                             Ok(received) if reservation.set(received.in_memory()) => {

@@ -3,11 +3,15 @@
 //! check's result and the action, gathered as the message goes through
 //! [`super::store`] and recorded once, when the client has its reply. One
 //! event per message, none per command: the hot path stays cheap.
+//! Transactions refused at MAIL FROM or RCPT TO get one too
+//! ([`Refusals`]), by sender, recipients and client as the others.
 //!
 //! May import: `checks`, `store`, `mailgate-core`.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
+use mailgate_core::address::Path;
 use mailgate_core::reply::Reply;
 use mailgate_core::session::{Role, SessionInfo};
 use mailgate_core::{Envelope, QueueId, ReversePath};
@@ -46,10 +50,7 @@ impl Trace {
 
     /// The envelope and the header fields worth searching for.
     pub fn message(&mut self, envelope: &Envelope, header: &[u8], size: u64) {
-        self.rec.sender = match &envelope.sender {
-            ReversePath::Null => "<>".to_string(),
-            ReversePath::Mailbox(m) => m.to_string(),
-        };
+        self.rec.sender = path_text(&envelope.sender);
         self.rec.recipients = envelope.recipients.iter().map(|r| r.address.to_string()).collect();
         self.rec.size = size;
         if let Some(m) = mail_parser::MessageParser::new().parse_headers(header) {
@@ -153,4 +154,129 @@ fn clip(s: &str) -> String {
 /// A refused message's id: `r-` and 16 random hex digits, never a queue id.
 fn event_id() -> String {
     format!("r-{:016x}", rand::random::<u64>())
+}
+
+/// The refusals at MAIL FROM and RCPT TO of one session's transaction
+/// under way (relay denied, AUTH required, a sender the user may not use,
+/// source routing, storage short, ...), recorded as one timeline event
+/// when the transaction ends: at the next MAIL, at the end of the
+/// connection, or joined to the message's own record at the end of DATA.
+/// Costs nothing while nothing is refused but keeping the sender.
+pub struct Refusals {
+    recorder: Arc<Recorder>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// The transaction's sender, as MAIL FROM gave it.
+    sender: Option<String>,
+    /// Refused recipients, and the checks' rows saying why.
+    recipients: Vec<String>,
+    checks: Vec<CheckRecord>,
+    /// The session as it was at the first refusal.
+    rec: Option<MessageRecord>,
+}
+
+impl Refusals {
+    pub fn new(recorder: Arc<Recorder>) -> Refusals {
+        Refusals { recorder, pending: Mutex::new(Pending::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// MAIL FROM was answered: the previous transaction is over, and a
+    /// refused MAIL is a transaction of its own, recorded now.
+    pub fn mail(&self, info: &SessionInfo, from: &ReversePath, refused: Option<&Reply>) {
+        let sender = path_text(from);
+        let mut p = self.lock();
+        let previous = std::mem::take(&mut *p);
+        match refused {
+            None => p.sender = Some(sender),
+            Some(reply) => {
+                let mut rec = record_of(info);
+                rec.sender = sender.clone();
+                rec.checks.push(CheckRecord { name: "mail".into(), result: "refused".into(), detail: format!("<{sender}>") });
+                rec.reply = reply_text(reply);
+                drop(p);
+                self.emit(previous);
+                self.send(rec);
+                return;
+            }
+        }
+        drop(p);
+        self.emit(previous);
+    }
+
+    /// A recipient was refused.
+    pub fn rcpt(&self, info: &SessionInfo, to: &Path, reply: &Reply) {
+        let address = match to {
+            Path::Mailbox { mailbox, .. } => mailbox.to_string(),
+            Path::Postmaster => "postmaster".to_string(),
+            Path::Null => "<>".to_string(),
+        };
+        let mut p = self.lock();
+        let reply = reply_text(reply);
+        p.checks.push(CheckRecord { name: "rcpt".into(), result: "refused".into(), detail: format!("<{address}>: {reply}") });
+        p.recipients.push(address);
+        let rec = p.rec.get_or_insert_with(|| record_of(info));
+        rec.reply = reply;
+    }
+
+    /// At the end of DATA: the transaction's refused recipients go on the
+    /// message's own record instead of one of their own.
+    pub fn into_trace(&self, trace: &mut Trace) {
+        let p = std::mem::take(&mut *self.lock());
+        trace.rec.checks.extend(p.checks);
+        trace.rec.refused_recipients = p.recipients;
+    }
+
+    /// The transaction under way, if it refused something.
+    fn emit(&self, p: Pending) {
+        let Some(mut rec) = p.rec else { return };
+        rec.sender = p.sender.unwrap_or_default();
+        rec.recipients = p.recipients;
+        rec.checks = p.checks;
+        self.send(rec);
+    }
+
+    fn send(&self, mut rec: MessageRecord) {
+        rec.event_id = event_id();
+        rec.action = "refused".into();
+        self.recorder.record(Event::Timeline(Box::new(TimelineEvent::Message(rec))));
+    }
+}
+
+impl Drop for Refusals {
+    /// The connection is over: so is its transaction.
+    fn drop(&mut self) {
+        let p = std::mem::take(&mut *self.lock());
+        self.emit(p);
+    }
+}
+
+fn record_of(info: &SessionInfo) -> MessageRecord {
+    MessageRecord {
+        time: unix_now(),
+        client_ip: info.client_ip.to_string(),
+        helo: info.helo.clone().unwrap_or_default(),
+        tls: info.tls.clone(),
+        auth_user: info.authenticated_as.clone(),
+        role: info.role.as_str().to_string(),
+        inbound: !(info.trusted || info.authenticated_as.is_some()),
+        ..Default::default()
+    }
+}
+
+fn path_text(from: &ReversePath) -> String {
+    match from {
+        ReversePath::Null => "<>".to_string(),
+        ReversePath::Mailbox(m) => m.to_string(),
+    }
+}
+
+fn reply_text(reply: &Reply) -> String {
+    clip(reply.to_string().trim_end())
 }

@@ -19,6 +19,7 @@ pub mod advice;
 mod read;
 mod recorder;
 mod schema;
+mod sources;
 pub mod sqlite;
 pub mod timeline;
 mod write;
@@ -255,6 +256,33 @@ pub struct Source {
     pub helo: String,
 }
 
+/// One UTC day of the DMARC aggregate reports other receivers sent us
+/// about one of our domains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedDay {
+    /// The day's first second (Unix).
+    pub day: u64,
+    pub reports: u64,
+    pub messages: u64,
+    /// Messages whose DKIM or SPF the reporter evaluated `pass` (RFC 7489
+    /// `policy_evaluated`): DMARC passed.
+    pub dmarc_pass: u64,
+}
+
+/// A sending source as the DMARC aggregate reports received about one of
+/// our domains show it, summed over the reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedSource {
+    pub source_ip: String,
+    pub messages: u64,
+    /// Messages the reporters evaluated DKIM, SPF, either (DMARC) `pass`.
+    pub dkim_pass: u64,
+    pub spf_pass: u64,
+    pub dmarc_pass: u64,
+    /// The reporters' organisation names, sorted.
+    pub reporters: Vec<String>,
+}
+
 /// TLS sessions per policy domain, policy type and result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsCount {
@@ -466,6 +494,16 @@ pub trait Store: advice::AdviceStore + Send + Sync + 'static {
 
     /// Look-alike findings that resembled `resembles`, newest first.
     fn lookalikes(&self, resembles: &str, from: u64, to: u64, limit: usize) -> Result<Vec<timeline::LookalikeHit>>;
+
+    /// The DMARC aggregate reports received about `domain` (their policy
+    /// domain), summed per UTC day, oldest first. A report counts on the
+    /// day of the middle of its period (most cover one day, not always
+    /// midnight to midnight UTC); days in `[from, to)`.
+    fn reported_days(&self, domain: &str, from: u64, to: u64) -> Result<Vec<ReportedDay>>;
+
+    /// The sources in the DMARC aggregate reports received about `domain`
+    /// whose period overlaps `[from, to)`, busiest first, at most `limit`.
+    fn reported_sources(&self, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<ReportedSource>>;
 }
 
 pub fn unix_now() -> u64 {

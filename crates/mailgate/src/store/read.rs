@@ -244,12 +244,21 @@ pub(super) fn dmarc_domains(c: &Connection, from: u64, to: u64) -> Result<Vec<Po
 }
 
 pub(super) fn dmarc_hourly(c: &Connection, domain: Option<&str>, from: u64, to: u64) -> Result<Vec<DmarcHour>> {
-    let mut st = c.prepare_cached(
+    // Two statements: with `?3 IS NULL OR ...` SQLite could not use the
+    // (header_from, hour) index for one domain, and would read every
+    // domain's hours (hundreds of thousands of rows over 30 days).
+    let sql = if domain.is_some() {
         "SELECT hour, header_from, sum(messages), sum(dmarc_pass), sum(spf_aligned), sum(dkim_aligned), sum(rejected),
                 sum(quarantined), sum(lookalike)
-         FROM domain_hourly WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR header_from = ?3)
-         GROUP BY hour, header_from ORDER BY hour, header_from",
-    )?;
+         FROM domain_hourly INDEXED BY domain_hourly_domain WHERE header_from = ?3 AND hour >= ?1 AND hour < ?2
+         GROUP BY hour, header_from ORDER BY hour, header_from"
+    } else {
+        "SELECT hour, header_from, sum(messages), sum(dmarc_pass), sum(spf_aligned), sum(dkim_aligned), sum(rejected),
+                sum(quarantined), sum(lookalike)
+         FROM domain_hourly WHERE hour >= ?1 AND hour < ?2 AND ?3 IS NULL
+         GROUP BY hour, header_from ORDER BY hour, header_from"
+    };
+    let mut st = c.prepare_cached(sql)?;
     let rows = st.query_map(params![ts(floor_hour(from)), ts(to), domain], |r| {
         Ok(DmarcHour {
             hour: r.get(0)?,
@@ -264,49 +273,6 @@ pub(super) fn dmarc_hourly(c: &Connection, domain: Option<&str>, from: u64, to: 
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-pub(super) fn sources(c: &Connection, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Source>> {
-    let mut st = c.prepare_cached(
-        "SELECT source_ip, disposition, sum(count), sum(spf_aligned * count), sum(dkim_aligned * count),
-                sum(CASE WHEN dmarc = 'pass' THEN count ELSE 0 END), max(helo)
-         FROM eval_hourly WHERE header_from = ?3 AND hour >= ?1 AND hour < ?2
-         GROUP BY source_ip, disposition",
-    )?;
-    let mut by_ip: HashMap<String, Source> = HashMap::new();
-    let rows = st.query_map(params![ts(floor_hour(from)), ts(to), domain], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, u64>(2)?,
-            r.get::<_, u64>(3)?,
-            r.get::<_, u64>(4)?,
-            r.get::<_, u64>(5)?,
-            r.get::<_, String>(6)?,
-        ))
-    })?;
-    for r in rows {
-        let (ip, disposition, messages, spf, dkim, pass, helo) = r?;
-        if !by_ip.contains_key(&ip) {
-            let Ok(source_ip) = ip.parse() else {
-                return Err(StoreError::Data(format!("bad source IP {ip:?} in the store")));
-            };
-            by_ip.insert(
-                ip.clone(),
-                Source { source_ip, messages: 0, spf_aligned: 0, dkim_aligned: 0, dmarc_pass: 0, dispositions: BTreeMap::new(), helo },
-            );
-        }
-        let Some(source) = by_ip.get_mut(&ip) else { continue };
-        source.messages += messages;
-        source.spf_aligned += spf;
-        source.dkim_aligned += dkim;
-        source.dmarc_pass += pass;
-        *source.dispositions.entry(disposition).or_default() += messages;
-    }
-    let mut out: Vec<Source> = by_ip.into_values().collect();
-    out.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.source_ip.cmp(&b.source_ip)));
-    out.truncate(limit);
-    Ok(out)
 }
 
 pub(super) fn domains(c: &Connection, from: u64, to: u64) -> Result<Vec<(String, u64)>> {

@@ -232,4 +232,7 @@ pub const MIGRATIONS: &[&str] = &[
         FROM tls_sessions GROUP BY 1, policy_domain, mx_host, policy_type, result;",
     // 3: per-message timelines and hourly traffic counters (the dashboard).
     super::timeline::MIGRATION,
+    // 4: one domain's hours (the dashboard's charts and spoofing counts)
+    // without reading every domain's: the primary key starts with the hour.
+    "CREATE INDEX domain_hourly_domain ON domain_hourly (header_from, hour);",
 ];

@@ -2,6 +2,7 @@
 //! mode: one connection writes, another reads, so building a report or
 //! serving a page never waits for the writer's batches, nor they for it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -16,6 +17,8 @@ pub struct Sqlite {
     writer: Mutex<Writer>,
     reader: Mutex<Connection>,
     path: std::path::PathBuf,
+    /// Finished days' sources, for the domain page.
+    sources: super::sources::SourceCache,
 }
 
 /// The file name under `data_dir`.
@@ -36,7 +39,12 @@ impl Sqlite {
         migrate(&mut writer)?;
         let reader = Connection::open(path)?;
         configure(&reader)?;
-        Ok(Sqlite { writer: Mutex::new(Writer::new(writer)), reader: Mutex::new(reader), path: path.to_path_buf() })
+        Ok(Sqlite {
+            writer: Mutex::new(Writer::new(writer)),
+            reader: Mutex::new(reader),
+            path: path.to_path_buf(),
+            sources: Default::default(),
+        })
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -160,6 +168,7 @@ fn insert_received(tx: &Transaction<'_>, r: &IngestedReport) -> Result<Option<i6
 
 impl Store for Sqlite {
     fn write(&self, events: &[Event]) -> Result<()> {
+        self.sources.before_write(events);
         self.writer().write(events)
     }
 
@@ -174,7 +183,7 @@ impl Store for Sqlite {
     }
 
     fn sources(&self, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Source>> {
-        read::sources(&self.reader(), domain, from, to, limit)
+        super::sources::sources(&self.reader(), &self.sources, domain, from, to, limit)
     }
 
     fn domains(&self, from: u64, to: u64) -> Result<Vec<(String, u64)>> {
@@ -414,6 +423,7 @@ impl Store for Sqlite {
         }
         n += super::timeline::prune(&tx, before)?;
         tx.commit()?;
+        self.sources.clear();
         Ok(n)
     }
 
@@ -427,6 +437,67 @@ impl Store for Sqlite {
 
     fn traffic(&self, from: u64, to: u64) -> Result<Vec<TrafficHour>> {
         super::timeline::traffic(&self.reader(), from, to)
+    }
+
+    fn reported_days(&self, domain: &str, from: u64, to: u64) -> Result<Vec<ReportedDay>> {
+        const DAY: u64 = 86_400;
+        let c = self.reader();
+        // A report's period may start up to a day before the range's
+        // first day and still have its middle in it.
+        let mut st = c.prepare_cached(
+            "SELECT r.begin, r.end, sum(x.count),
+                    sum(CASE WHEN x.dkim_evaluated = 'pass' OR x.spf_evaluated = 'pass' THEN x.count ELSE 0 END)
+             FROM reports r JOIN report_rows x ON x.report = r.id
+             WHERE r.policy_domain = ?1 AND r.kind = 'dmarc' AND r.end >= ?2 AND r.begin < ?3
+             GROUP BY r.id",
+        )?;
+        let rows = st.query_map(params![domain, ts(from), ts(to)], |r| {
+            Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, u64>(2)?, r.get::<_, u64>(3)?))
+        })?;
+        let mut days: BTreeMap<u64, ReportedDay> = BTreeMap::new();
+        for row in rows {
+            let (begin, end, messages, pass) = row?;
+            let mid = begin + (end.saturating_sub(begin)) / 2;
+            if mid < from || mid >= to {
+                continue;
+            }
+            let day = mid - mid % DAY;
+            let d = days.entry(day).or_insert(ReportedDay { day, reports: 0, messages: 0, dmarc_pass: 0 });
+            d.reports += 1;
+            d.messages += messages;
+            d.dmarc_pass += pass;
+        }
+        Ok(days.into_values().collect())
+    }
+
+    fn reported_sources(&self, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<ReportedSource>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT x.source_ip, sum(x.count), sum(CASE WHEN x.dkim_evaluated = 'pass' THEN x.count ELSE 0 END),
+                    sum(CASE WHEN x.spf_evaluated = 'pass' THEN x.count ELSE 0 END),
+                    sum(CASE WHEN x.dkim_evaluated = 'pass' OR x.spf_evaluated = 'pass' THEN x.count ELSE 0 END),
+                    json_group_array(DISTINCT r.org_name) AS orgs
+             FROM reports r JOIN report_rows x ON x.report = r.id
+             WHERE r.policy_domain = ?1 AND r.kind = 'dmarc' AND r.end >= ?2 AND r.begin < ?3
+             GROUP BY x.source_ip ORDER BY 2 DESC, x.source_ip LIMIT ?4",
+        )?;
+        let rows = st.query_map(params![domain, ts(from), ts(to), limit.max(1) as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, u64>(3)?,
+                r.get::<_, u64>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (source_ip, messages, dkim_pass, spf_pass, dmarc_pass, orgs) = row?;
+            let mut reporters: Vec<String> = from_json(&orgs)?;
+            reporters.sort();
+            Ok(ReportedSource { source_ip, messages, dkim_pass, spf_pass, dmarc_pass, reporters })
+        })
+        .collect()
     }
 
     fn lookalikes(&self, resembles: &str, from: u64, to: u64, limit: usize) -> Result<Vec<super::timeline::LookalikeHit>> {

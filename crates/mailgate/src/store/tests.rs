@@ -326,3 +326,100 @@ async fn recording_off_writes_nothing() {
     assert!(store.dmarc_rows("c.test", 0, u64::MAX).unwrap().is_empty());
     assert!(store.tls_summary(0, u64::MAX).unwrap().is_empty());
 }
+
+/// Finished days come from the in-memory cache of the domain's sources,
+/// and still count exactly: a late write into a cached day and pruning
+/// both drop it.
+#[test]
+fn sources_of_finished_days_are_cached_and_exact() {
+    let (_dir, store) = open();
+    let now = unix_now();
+    let today = now - now % 86_400;
+    let day = |d: u64| today - d * 86_400 + 3600;
+    let mut events = Vec::new();
+    for d in 1..=5 {
+        for i in 0..d {
+            events.push(Event::Evaluation(evaluation(day(d) + i, "192.0.2.1", "a.test", &[("a.test", "pass")], "none")));
+        }
+        events.push(Event::Evaluation(evaluation(day(d), &format!("192.0.2.{}", 10 + d), "a.test", &[], "reject")));
+    }
+    store.write(&events).unwrap();
+    let from = today - 10 * 86_400;
+    let first = store.sources("a.test", from, now + 1, 100).unwrap();
+    assert_eq!(first.len(), 6);
+    assert_eq!((first[0].messages, first[0].dmarc_pass), (15, 15));
+    assert_eq!(first[1].dispositions, BTreeMap::from([("reject".to_string(), 1)]));
+    // Again, from the cache: the same.
+    assert_eq!(store.sources("a.test", from, now + 1, 100).unwrap(), first);
+    // A range starting mid-day counts that day's hours from the table.
+    let part = store.sources("a.test", day(5) + 3600, now + 1, 100).unwrap();
+    assert_eq!(part[0].messages, 10, "day 5's hour is before the range: {part:?}");
+    // Today's traffic and a late write into a finished day both count.
+    store.write(&[Event::Evaluation(evaluation(now, "192.0.2.1", "a.test", &[("a.test", "pass")], "none"))]).unwrap();
+    store.write(&[Event::Evaluation(evaluation(day(3), "192.0.2.1", "a.test", &[("a.test", "pass")], "none"))]).unwrap();
+    assert_eq!(store.sources("a.test", from, now + 1, 100).unwrap()[0].messages, 17);
+    store.prune(day(2)).unwrap();
+    let after = store.sources("a.test", from, now + 1, 100).unwrap();
+    assert_eq!(after[0].messages, 1 + 2 + 1, "days 1 and 2 and today; days 3 to 5 pruned: {after:?}");
+}
+
+/// Received reports about a domain, per day: each on the day of its
+/// period's middle, passing rows where DKIM or SPF evaluated `pass`.
+#[test]
+fn reported_days_sum_received_reports() {
+    let (_dir, store) = open();
+    let row = |count: u64, dkim: &str, spf: &str| ReportRow {
+        source_ip: "192.0.2.1".into(),
+        count,
+        disposition: "none".into(),
+        dkim_evaluated: dkim.into(),
+        spf_evaluated: spf.into(),
+        reasons: vec![],
+        header_from: "a.test".into(),
+        envelope_from: "a.test".into(),
+        dkim: vec![],
+        spf: vec![],
+    };
+    let report = |id: &str, begin: u64, domain: &str, rows: Vec<ReportRow>| IngestedReport {
+        kind: ReportKind::Dmarc,
+        org_name: "receiver.test".into(),
+        report_id: id.into(),
+        email: "dmarc@receiver.test".into(),
+        begin,
+        end: begin + 86_399,
+        policy_domain: domain.into(),
+        policy: None,
+        rows,
+        tls: vec![],
+    };
+    store
+        .insert_reports(&[
+            report("1", T0, "a.test", vec![row(7, "pass", "fail"), row(3, "fail", "fail")]),
+            // Starts at 07:00 UTC: its middle is still on day two.
+            report("2", T0 + 86_400 + 7 * 3600, "a.test", vec![row(4, "fail", "pass")]),
+            report("3", T0, "b.test", vec![row(9, "pass", "pass")]),
+        ])
+        .unwrap();
+    let days = store.reported_days("a.test", T0, T0 + 3 * 86_400).unwrap();
+    assert_eq!(
+        days,
+        vec![
+            ReportedDay { day: T0, reports: 1, messages: 10, dmarc_pass: 7 },
+            ReportedDay { day: T0 + 86_400, reports: 1, messages: 4, dmarc_pass: 4 },
+        ]
+    );
+    assert_eq!(store.reported_days("a.test", T0 + 86_400, T0 + 3 * 86_400).unwrap().len(), 1);
+    assert!(store.reported_days("c.test", 0, u64::MAX).unwrap().is_empty());
+    let sources = store.reported_sources("a.test", T0, T0 + 3 * 86_400, 10).unwrap();
+    assert_eq!(
+        sources,
+        vec![ReportedSource {
+            source_ip: "192.0.2.1".into(),
+            messages: 14,
+            dkim_pass: 7,
+            spf_pass: 4,
+            dmarc_pass: 11,
+            reporters: vec!["receiver.test".into()]
+        }]
+    );
+}

@@ -39,6 +39,10 @@ pub struct MessageRecord {
     /// The envelope sender, `<>` for the null sender.
     pub sender: String,
     pub recipients: Vec<String>,
+    /// Recipients refused at RCPT TO in a transaction that went on with
+    /// the others: found by a search for them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_recipients: Vec<String>,
     pub message_id: String,
     pub subject: String,
     /// The `From:` header field as written (display name included).
@@ -294,7 +298,7 @@ pub fn insert(tx: &Transaction<'_>, events: &[&TimelineEvent]) -> Result<()> {
         match e {
             TimelineEvent::Message(m) => {
                 message.execute(params![m.event_id, m.queue_id, ts(m.time), m.client_ip, m.sender, m.message_id, m.action, json(m)])?;
-                for r in &m.recipients {
+                for r in m.recipients.iter().chain(&m.refused_recipients) {
                     rcpt.execute(params![m.event_id, r])?;
                 }
                 for h in &m.lookalike {

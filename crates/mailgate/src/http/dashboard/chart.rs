@@ -19,6 +19,10 @@ const BOTTOM: f64 = 34.0;
 pub struct Series {
     pub name: String,
     pub points: Vec<Option<f64>>,
+    /// Drawn dashed (a second source of the same quantity).
+    pub dashed: bool,
+    /// Index into [`PALETTE`]: a domain's two series share a colour.
+    pub color: usize,
 }
 
 /// One layer of stacked bars: a count per x slot.
@@ -43,9 +47,12 @@ fn label_step(n: usize) -> usize {
     n.div_ceil(10).max(1)
 }
 
-fn legend<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> Markup {
-    // Swatches as SVG: the page's CSP allows no inline styles.
-    html! { div.legend { @for (name, color) in items { span { svg width="12" height="12" { rect width="12" height="12" rx="2" fill=(color) {} } " " (name) } } } }
+fn legend<'a>(items: impl Iterator<Item = (&'a str, &'a str, bool)>) -> Markup {
+    // Swatches as SVG: the page's CSP allows no inline styles. Hollow for
+    // a dashed series, as its points are.
+    html! { div.legend { @for (name, color, hollow) in items { span { svg width="12" height="12" {
+        rect x="1" y="1" width="10" height="10" rx="2" fill=(if hollow { "#ffffff" } else { color }) stroke=(color) stroke-width="2" {}
+    } " " (name) } } } }
 }
 
 /// A line chart of percentages (0–100) over `x_labels`.
@@ -66,23 +73,24 @@ pub fn percent_lines(title: &str, x_labels: &[String], series: &[Series]) -> Mar
                         text x=(x_of(i, n)) y=(H - BOTTOM + 16.0) text-anchor="middle" { (label) }
                     }
                 }
-                @for (k, s) in series.iter().enumerate() {
-                    @let color = PALETTE[k % PALETTE.len()];
+                @for s in series {
+                    @let color = PALETTE[s.color % PALETTE.len()];
                     @for run in runs(&s.points) {
                         @if run.len() > 1 {
-                            polyline fill="none" stroke=(color) stroke-width="2" points=(polyline(&run, n)) {}
+                            polyline fill="none" stroke=(color) stroke-width="2" stroke-dasharray=[s.dashed.then_some("6 4")] points=(polyline(&run, n)) {}
                         }
                     }
                     @for (i, v) in s.points.iter().enumerate() {
                         @if let Some(v) = v {
-                            circle cx=(x_of(i, n)) cy=(y_of(*v, 100.0)) r="3" fill=(color) {
+                            // Hollow for the second source, so single days tell apart too.
+                            circle cx=(x_of(i, n)) cy=(y_of(*v, 100.0)) r="3.5" fill=(if s.dashed { "#ffffff" } else { color }) stroke=(color) stroke-width="2" {
                                 title { (s.name) " " (x_labels.get(i).map(String::as_str).unwrap_or("")) ": " (format!("{v:.1}")) "%" }
                             }
                         }
                     }
                 }
             }
-            figcaption { (legend(series.iter().enumerate().map(|(k, s)| (s.name.as_str(), PALETTE[k % PALETTE.len()])))) }
+            figcaption { (legend(series.iter().map(|s| (s.name.as_str(), PALETTE[s.color % PALETTE.len()], s.dashed)))) }
         }
     }
 }
@@ -138,7 +146,7 @@ pub fn stacked_bars(title: &str, x_labels: &[String], stacks: &[Stack<'_>]) -> M
                     }
                 }
             }
-            figcaption { (legend(stacks.iter().map(|s| (s.name, s.color)))) }
+            figcaption { (legend(stacks.iter().map(|s| (s.name, s.color, false)))) }
         }
     }
 }

@@ -1,41 +1,31 @@
 //! `/domains/<domain>`, one per domain of ours: its SPF, DKIM, DMARC,
 //! MTA-STS and TLS-RPT records as DNS serves them now (the configured
-//! resolver, a short timeout), the sources that send as it with what
+//! resolver, a short timeout, kept a minute: [`super::lookup`]), its DMARC
+//! pass rate per day from our checks and from reports received, the
+//! sources that send as it (with reverse names for the busiest) and what
 //! `p=reject` would do to each, spoofing blocked, look-alike findings,
 //! and its DKIM keys with their state and rotation dates.
 //!
 //! May import: `store`, `sign::store`, `config`, hickory, maud.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use hickory_resolver::proto::rr::RData;
 use maud::{Markup, html};
 use serde::Serialize;
 
 use super::layout::{self, badge, date, time};
+use super::lookup::{self, Record};
+use super::overview::{DmarcSeries, dmarc_chart, dmarc_series};
 use super::{DAY, Params, blocking, failure, now, respond, wants_json};
 use crate::http::Api;
 use crate::http::auth::Access;
 use crate::store::timeline::LookalikeHit;
 
-/// A silent nameserver must not hold the page up.
-const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 const DAYS: u64 = 30;
-
-#[derive(Serialize)]
-struct Record {
-    kind: &'static str,
-    name: String,
-    /// The TXT records found there that are of this kind.
-    records: Vec<String>,
-    /// Why there is nothing: `not found`, `timeout`, a resolver error.
-    error: Option<String>,
-}
 
 #[derive(Serialize)]
 struct Key {
@@ -59,6 +49,23 @@ pub(super) struct Source {
     /// Every message passed DMARC: `p=reject` would refuse none of them.
     pub verdict: &'static str,
     pub helo: String,
+    /// The PTR name, looked up for the busiest rows only
+    /// ([`lookup::PTR_ROWS`]).
+    pub reverse_name: Option<String>,
+}
+
+/// A source as the aggregate reports received about the domain show it.
+#[derive(Serialize)]
+struct ReportedSource {
+    source_ip: String,
+    reverse_name: Option<String>,
+    messages: u64,
+    dkim_pass: u64,
+    spf_pass: u64,
+    dmarc_pass: u64,
+    verdict: &'static str,
+    /// The organisations whose reports counted it.
+    reporters: Vec<String>,
 }
 
 #[derive(Serialize, Default)]
@@ -73,37 +80,15 @@ pub(super) struct Spoofing {
 struct DomainPage {
     domain: String,
     dns: Vec<Record>,
+    /// This domain's DMARC pass rate per day: ours and reported.
+    dmarc: Vec<DmarcSeries>,
     sources: Vec<Source>,
+    /// The sources other receivers reported mail as this domain from.
+    reported_sources: Vec<ReportedSource>,
     spoofing: Spoofing,
     lookalikes: Vec<LookalikeHit>,
     dkim_keys: Vec<Key>,
     dkim_error: Option<String>,
-}
-
-async fn txt(api: Arc<Api>, kind: &'static str, name: String, prefix: &'static str) -> Record {
-    let Some(resolver) = api.resolver.as_ref() else {
-        return Record { kind, name, records: Vec::new(), error: Some("no resolver".into()) };
-    };
-    let fqdn = format!("{name}.");
-    let (records, error) = match tokio::time::timeout(DNS_TIMEOUT, resolver.txt_lookup(fqdn.as_str())).await {
-        Err(_) => (Vec::new(), Some("timeout".to_string())),
-        Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => (Vec::new(), Some("not found".to_string())),
-        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
-        Ok(Ok(lookup)) => {
-            let found: Vec<String> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(t) => Some(t.txt_data.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<String>()),
-                    _ => None,
-                })
-                .filter(|t| prefix.is_empty() || t.to_ascii_lowercase().starts_with(&prefix.to_ascii_lowercase()))
-                .collect();
-            let error = found.is_empty().then(|| "no such record".to_string());
-            (found, error)
-        }
-    };
-    Record { kind, name, records, error }
 }
 
 pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Access>, Path(domain): Path<String>, q: Params) -> Response {
@@ -138,30 +123,56 @@ pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Acce
     for k in keys.iter().filter(|k| !matches!(k.state, crate::sign::store::KeyState::Retired)) {
         names.push(("DKIM", format!("{}._domainkey.{domain}", k.selector), ""));
     }
-    // All at once, each with its own timeout; shown in this order.
-    let mut set = tokio::task::JoinSet::new();
-    for (i, (kind, name, prefix)) in names.into_iter().enumerate() {
-        let api = api.clone();
-        set.spawn(async move { (i, txt(api, kind, name, prefix).await) });
-    }
-    let mut dns: Vec<(usize, Record)> = set.join_all().await;
-    dns.sort_by_key(|(i, _)| *i);
-    let dns: Vec<Record> = dns.into_iter().map(|(_, r)| r).collect();
     let now = now();
-    let from = now - now % DAY - (DAYS - 1) * DAY;
+    let today = now - now % DAY;
+    let from = today - (DAYS - 1) * DAY;
     let store = api.store.clone();
     let d = domain.clone();
     let read = blocking(move || {
         let (sources, spoofing) = sources_and_spoofing(&*store, &d, from, now + 1)?;
         let hits = store.lookalikes(&d, from, now + 1, 100)?;
-        Ok((sources, spoofing, hits))
-    })
-    .await;
-    let (sources, spoofing, lookalikes) = match read {
+        let dmarc = dmarc_series(&*store, std::slice::from_ref(&d), from, today)?;
+        let reported = store.reported_sources(&d, from, now + 1, 200)?;
+        Ok((sources, spoofing, hits, dmarc, reported))
+    });
+    // The records (looked up at once, each with its own timeout, kept a
+    // minute) while the store is read.
+    let (dns, read) = tokio::join!(lookup::records(api.resolver.clone(), names), read);
+    let (mut sources, spoofing, lookalikes, dmarc, reported) = match read {
         Ok(r) => r,
         Err(e) => return failure(json, &access, StatusCode::SERVICE_UNAVAILABLE, &e),
     };
-    let data = DomainPage { domain, dns, sources, spoofing, lookalikes, dkim_keys, dkim_error };
+    let mut reported_sources: Vec<ReportedSource> = reported
+        .into_iter()
+        .map(|s| ReportedSource {
+            verdict: if s.dmarc_pass == s.messages { "would-pass" } else { "would-fail" },
+            source_ip: s.source_ip,
+            reverse_name: None,
+            messages: s.messages,
+            dkim_pass: s.dkim_pass,
+            spf_pass: s.spf_pass,
+            dmarc_pass: s.dmarc_pass,
+            reporters: s.reporters,
+        })
+        .collect();
+    // The busiest half a page's worth of each table.
+    let half = lookup::PTR_ROWS / 2;
+    let ips: Vec<std::net::IpAddr> = sources
+        .iter()
+        .take(half)
+        .map(|s| &s.source_ip)
+        .chain(reported_sources.iter().take(half).map(|s| &s.source_ip))
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let names = lookup::reverse_names(api.resolver.clone(), &ips).await;
+    let name_of = |ip: &str| ip.parse().ok().and_then(|ip| names.get(&ip).cloned());
+    for s in &mut sources {
+        s.reverse_name = name_of(&s.source_ip);
+    }
+    for s in &mut reported_sources {
+        s.reverse_name = name_of(&s.source_ip);
+    }
+    let data = DomainPage { domain, dns: dns.to_vec(), dmarc, sources, reported_sources, spoofing, lookalikes, dkim_keys, dkim_error };
     respond(json, &data, |d| render(d, &access))
 }
 
@@ -184,6 +195,7 @@ pub(super) fn sources_and_spoofing(
             dkim_aligned: s.dkim_aligned,
             dmarc_pass: s.dmarc_pass,
             helo: s.helo,
+            reverse_name: None,
         })
         .collect();
     let mut spoofing = Spoofing::default();
@@ -218,24 +230,52 @@ fn render(d: &DomainPage, access: &Access) -> Markup {
                 }
             }
         }
+        h2 { "DMARC pass rate, last 30 days" }
+        (dmarc_chart(&d.dmarc))
         h2 { "Sending sources, last 30 days" }
-        p.note { "Each source marked as it would fare under " code { "p=reject" } ": would-pass when every message from it passed DMARC." }
+        p.note { "Each source marked as it would fare under " code { "p=reject" } ": would-pass when every message from it passed DMARC. Reverse names are looked up for the " (lookup::PTR_ROWS / 2) " busiest." }
         @if d.sources.is_empty() {
             p.note { "No mail with this domain in From: recorded." }
         } @else {
             div.panel {
                 table #sources {
-                    thead { tr { th { "Source IP" } th { "HELO" } th.num { "Messages" } th.num { "SPF aligned" } th.num { "DKIM aligned" } th.num { "DMARC pass" } th { "Under p=reject" } } }
+                    thead { tr { th { "Source IP" } th { "Reverse name" } th { "HELO" } th.num { "Messages" } th.num { "SPF aligned" } th.num { "DKIM aligned" } th.num { "DMARC pass" } th { "Under p=reject" } } }
                     tbody {
                         @for s in &d.sources {
                             tr {
                                 td.mono { a href={ "/messages?q=" (s.source_ip) } { (s.source_ip) } }
+                                td.wrap { @if let Some(n) = &s.reverse_name { (n) } @else { span.muted { "–" } } }
                                 td.wrap { (s.helo) }
                                 td.num { (s.messages) }
                                 td.num { (s.spf_aligned) }
                                 td.num { (s.dkim_aligned) }
                                 td.num { (s.dmarc_pass) }
                                 td { (badge(s.verdict)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Sources in reports received, last 30 days" }
+        p.note { "What other receivers' DMARC aggregate reports say about mail as this domain, per source, summed over their reports." }
+        @if d.reported_sources.is_empty() {
+            p.note { "No aggregate reports about this domain received (" code { "mailgate reports import" } " or mail to its " code { "rua" } " address)." }
+        } @else {
+            div.panel {
+                table #reported-sources {
+                    thead { tr { th { "Source IP" } th { "Reverse name" } th.num { "Messages" } th.num { "DKIM pass" } th.num { "SPF pass" } th.num { "DMARC pass" } th { "Under p=reject" } th { "Reported by" } } }
+                    tbody {
+                        @for s in &d.reported_sources {
+                            tr {
+                                td.mono { (s.source_ip) }
+                                td.wrap { @if let Some(n) = &s.reverse_name { (n) } @else { span.muted { "–" } } }
+                                td.num { (s.messages) }
+                                td.num { (s.dkim_pass) }
+                                td.num { (s.spf_pass) }
+                                td.num { (s.dmarc_pass) }
+                                td { (badge(s.verdict)) }
+                                td.wrap { (s.reporters.join(", ")) }
                             }
                         }
                     }

@@ -168,6 +168,9 @@ fn render(d: &Show, access: &Access, done: Option<&str>) -> Markup {
                 dt { "From" } dd { (m.from) }
                 dt { "Sender" } dd { (m.sender) }
                 dt { "Recipients" } dd { (m.recipients.join(", ")) }
+                @if !m.refused_recipients.is_empty() {
+                    dt { "Refused recipients" } dd { (m.refused_recipients.join(", ")) }
+                }
                 dt { "Message-ID" } dd.mono { (m.message_id) }
                 dt { "Outcome" } dd { (badge(&m.action)) }
             }
@@ -195,9 +198,13 @@ fn render(d: &Show, access: &Access, done: Option<&str>) -> Markup {
 }
 
 fn inbound_entries(m: &MessageRecord) -> Markup {
+    // A transaction refused before DATA has only its MAIL or RCPT rows.
+    let before_data = !m.checks.is_empty() && m.checks.iter().all(|c| c.name == "mail" || c.name == "rcpt");
     let (tone, what) = match m.action.as_str() {
         "accepted" => ("ok", "Accepted"),
         "quarantined" => ("warn", "Quarantined"),
+        _ if before_data && m.checks.iter().any(|c| c.name == "mail") => ("bad", "Refused at MAIL FROM"),
+        _ if before_data => ("bad", "Refused at RCPT TO"),
         _ => ("bad", "Refused"),
     };
     html! {

@@ -11,6 +11,7 @@ mod advice;
 pub mod chart;
 mod domains;
 pub mod layout;
+mod lookup;
 mod messages;
 mod overview;
 mod queue;

@@ -1,7 +1,8 @@
 //! `/`: the overview. Messages received, accepted, quarantined and
 //! refused today and over 30 days (the store's hourly counters), the
-//! DMARC pass rate of each of our domains per day, the queue size, and
-//! the delivery and TLS success rates.
+//! DMARC pass rate of each of our domains per day, from our own
+//! evaluations and from the aggregate reports other receivers sent us,
+//! the queue size, and the delivery and TLS success rates.
 //!
 //! May import: `store`, `spool`, `config`, maud.
 
@@ -71,10 +72,35 @@ pub(super) struct DmarcDay {
     pub pass_rate: Option<f64>,
 }
 
+/// A day of the DMARC aggregate reports others sent about one of our domains.
+#[derive(Serialize)]
+pub(super) struct ReportedDay {
+    pub date: String,
+    pub reports: u64,
+    pub messages: u64,
+    pub dmarc_pass: u64,
+    /// Percent; `None` on a day without reports.
+    pub pass_rate: Option<f64>,
+}
+
 #[derive(Serialize)]
 pub(super) struct DmarcSeries {
     pub domain: String,
+    /// From our own evaluations of mail we received.
     pub days: Vec<DmarcDay>,
+    /// From the aggregate reports other receivers sent us about mail as
+    /// this domain (a report counts on the day of its period's middle).
+    pub reported: Vec<ReportedDay>,
+}
+
+impl DmarcSeries {
+    /// Totals over the days: (messages, passes) ours, then (reports,
+    /// messages, passes) reported.
+    pub fn totals(&self) -> ((u64, u64), (u64, u64, u64)) {
+        let ours = self.days.iter().fold((0, 0), |a, d| (a.0 + d.messages, a.1 + d.dmarc_pass));
+        let theirs = self.reported.iter().fold((0, 0, 0), |a, d| (a.0 + d.reports, a.1 + d.messages, a.2 + d.dmarc_pass));
+        (ours, theirs)
+    }
 }
 
 #[derive(Serialize)]
@@ -149,7 +175,8 @@ fn tls_counts(store: &dyn crate::store::Store, from: u64, to: u64) -> crate::sto
 }
 
 /// Each of our domains' DMARC pass rate per day over `DAYS` days from
-/// `from`, from the store's hourly aggregates of our own evaluations.
+/// `from`, from the store's hourly aggregates of our own evaluations and
+/// from the aggregate reports received about it.
 pub(super) fn dmarc_series(
     store: &dyn crate::store::Store,
     domains: &[String],
@@ -170,7 +197,16 @@ pub(super) fn dmarc_series(
                 DmarcDay { date: layout::date(start), messages, dmarc_pass: pass, pass_rate: rate(pass, messages) }
             })
             .collect();
-        out.push(DmarcSeries { domain: domain.clone(), days });
+        let got = store.reported_days(domain, from, today + DAY)?;
+        let reported = (0..DAYS)
+            .map(|i| {
+                let start = from + i * DAY;
+                let d = got.iter().find(|d| d.day == start);
+                let (reports, messages, pass) = d.map(|d| (d.reports, d.messages, d.dmarc_pass)).unwrap_or_default();
+                ReportedDay { date: layout::date(start), reports, messages, dmarc_pass: pass, pass_rate: rate(pass, messages) }
+            })
+            .collect();
+        out.push(DmarcSeries { domain: domain.clone(), days, reported });
     }
     Ok(out)
 }
@@ -182,9 +218,6 @@ fn render(d: &Overview, access: &Access) -> maud::Markup {
         Stack { name: "quarantined", color: "#a86400", values: d.days.iter().map(|x| x.counts.quarantined).collect() },
         Stack { name: "refused", color: "#b3261e", values: d.days.iter().map(|x| x.counts.refused).collect() },
     ];
-    let dmarc_labels: Vec<String> = d.dmarc.first().map(|s| s.days.iter().map(|x| x.date[5..].to_string()).collect()).unwrap_or_default();
-    let series: Vec<Series> =
-        d.dmarc.iter().map(|s| Series { name: s.domain.clone(), points: s.days.iter().map(|x| x.pass_rate).collect() }).collect();
     let body = html! {
         h1 { "Overview" }
         h2 { "Today (UTC)" }
@@ -215,16 +248,58 @@ fn render(d: &Overview, access: &Access) -> maud::Markup {
         h2 { "Messages per day" }
         (chart::stacked_bars("Messages received per day, by outcome", &labels, &stacks))
         h2 { "DMARC pass rate per day" }
-        @if series.iter().all(|s| s.points.iter().all(Option::is_none)) {
-            p.note { "No DMARC evaluations of our domains in the last 30 days." }
-        } @else {
-            (chart::percent_lines("DMARC pass rate per day and domain", &dmarc_labels, &series))
-        }
+        (dmarc_chart(&d.dmarc))
         @if !d.dmarc.is_empty() {
             p.note { "Domains: " @for (i, s) in d.dmarc.iter().enumerate() { @if i > 0 { ", " } a href={ "/domains/" (s.domain) } { (s.domain) } } }
         }
     };
     layout::page("Overview", Some("/"), access, body)
+}
+
+/// The pass-rate chart of `dmarc` (ours solid, reported dashed, a
+/// domain's two in one colour) and a table of the 30 days' totals.
+pub(super) fn dmarc_chart(dmarc: &[DmarcSeries]) -> maud::Markup {
+    let labels: Vec<String> = dmarc.first().map(|s| s.days.iter().map(|x| x.date[5..].to_string()).collect()).unwrap_or_default();
+    let mut series = Vec::new();
+    for (k, s) in dmarc.iter().enumerate() {
+        series.push(Series {
+            name: format!("{} (our checks)", s.domain),
+            points: s.days.iter().map(|x| x.pass_rate).collect(),
+            dashed: false,
+            color: k,
+        });
+        series.push(Series {
+            name: format!("{} (reports received)", s.domain),
+            points: s.reported.iter().map(|x| x.pass_rate).collect(),
+            dashed: true,
+            color: k,
+        });
+    }
+    html! {
+        @if series.iter().all(|s| s.points.iter().all(Option::is_none)) {
+            p.note { "No DMARC evaluations of our domains and no aggregate reports about them in the last 30 days." }
+        } @else {
+            (chart::percent_lines("DMARC pass rate per day and domain: our checks (solid) and reports received (dashed)", &labels, &series))
+            div.panel {
+                table #dmarc-totals {
+                    thead { tr {
+                        th { "Domain, last 30 days" } th.num { "Our checks: messages" } th.num { "DMARC pass" }
+                        th.num { "Reports received" } th.num { "Messages reported" } th.num { "DMARC pass" }
+                    } }
+                    tbody {
+                        @for s in dmarc {
+                            @let ((m, p), (r, rm, rp)) = s.totals();
+                            tr {
+                                td { (s.domain) }
+                                td.num { (m) } td.num { (layout::percent(p, m)) }
+                                td.num { (r) } td.num { (rm) } td.num { (layout::percent(rp, rm)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn card(label: &str, value: u64, sub: &str) -> maud::Markup {
