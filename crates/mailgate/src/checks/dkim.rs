@@ -2,8 +2,8 @@
 //! mail-auth's `verify_dkim`, with mailgate's own rules on top of
 //! cryptographic validity. One [`DkimCheck`] per evaluated signature.
 //!
-//! May import: `mail-auth`, `checks::body`. Never the spool or anything
-//! downstream of it.
+//! May import: `mail-auth`, `checks::body`, `dns` (the CNAME chain check).
+//! Never the spool or anything downstream of it.
 //!
 //! Two ways in: [`verify`]/[`verify_cached`] take a message parsed whole;
 //! [`verify_streamed`] one parsed from its header block alone, with the
@@ -38,7 +38,8 @@
 //!   and `h=` without From (§6.1.1 PERMFAIL; mail-auth does not check it,
 //!   and we skip the key lookup).
 //! - `temperror`: the key lookup failed for a transient reason (DNS
-//!   timeout, SERVFAIL).
+//!   timeout, SERVFAIL), or the key name is a CNAME loop or too long a
+//!   CNAME chain (as for SPF and DMARC: the zone is broken now).
 //!
 //! A key design decision: `output`, the value DMARC and mail-auth's
 //! Authentication-Results builder see, is rebuilt from our verdict, so it is
@@ -297,6 +298,8 @@ async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'
         &trimmed
     };
     let outputs = auth.verify_dkim(Parameters::new(target).with_txt_cache(keys)).await;
+    // Signatures whose key was not found: is the key name a broken chain?
+    let mut no_key: Vec<(usize, String)> = Vec::new();
     for output in &outputs {
         // Outputs without a signature are mail-auth's reports of
         // unparsable fields, which `malformed` handles.
@@ -304,9 +307,35 @@ async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'
         let Some(pos) = target.dkim_headers.iter().position(|h| std::ptr::eq(&h.header, sig)) else { continue };
         let Some(&index) = valid.get(pos) else { continue };
         let bits = keys.rsa_bits(&sig.domain_key());
+        if matches!(output.result(), DkimResult::PermError(Error::Dns(DnsError::RecordNotFound(_)))) {
+            no_key.push((index, sig.domain_key()));
+        }
         outcomes.insert(index, (output.result().clone(), output.failure_report_addr().map(str::to_string), bits));
     }
+    for (index, key) in no_key {
+        if key_name_is_broken_chain(auth, &key).await {
+            tracing::debug!(%key, "DKIM key name is a CNAME loop or too long a chain: temperror");
+            let e = Error::Dns(DnsError::Resolver("the key name is a CNAME loop or too long a CNAME chain".into()));
+            outcomes.insert(index, (DkimResult::TempError(e), None, None));
+        }
+    }
     outcomes
+}
+
+/// hickory reports a CNAME loop (or a chain over the limit) at a key name
+/// as "no records", which mail-auth makes "no key" (permerror); like the
+/// SPF and DMARC lookups, that is a temperror (`crate::dns::absence`).
+/// The TXT lookup is answered from hickory's cache: mail-auth just asked.
+async fn key_name_is_broken_chain(auth: &MessageAuthenticator, key: &str) -> bool {
+    let Ok(name) = hickory_resolver::proto::rr::Name::from_str_relaxed(key) else { return false };
+    let err = match auth.resolver().txt_lookup(name.clone()).await {
+        Ok(_) => return false,
+        Err(e) => e,
+    };
+    match crate::dns::no_records(&err) {
+        Some(no) => crate::dns::absence(auth.resolver(), &name, no).await == crate::dns::Absence::BrokenChain,
+        None => false,
+    }
 }
 
 /// Applies our rules to mail-auth's result for one parsed signature.
