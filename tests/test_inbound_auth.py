@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 import smtplib
 import subprocess
@@ -387,3 +388,55 @@ def test_forwarded_mail_is_arc_sealed_and_dkimpy_validates_the_seal(env, tmp_pat
 def test_refused_mail_is_not_sealed_and_quarantine_is(env):
     got = env.quarantined("quarantined")
     assert "ARC-Seal: i=1;" in got
+
+
+# Bodies × canonicalization, signed by dkimpy with and without l=. The first
+# four end in lines of white space only, which mail-auth 0.13's relaxed
+# hasher kept (RFC 6376 §3.4.4 makes them empty lines, which then go), so
+# correctly signed mail failed DKIM here.
+DKIM_BODIES = [b"Hello.\r\n \r\n\r\n", b"Hello.\r\n\t\r\n\r\n\r\n", b"\t\r\n\r\n\r\n", b" \r\n",
+               b"Hello.\r\n", b"Hello. \t\r\n\r\n", b"", b"a  b \t\r\n \t\r\nc\r\n  \r\n"]
+
+
+def signed_body(body: bytes, canon: bytes, marker: str, keys: Keys) -> bytes:
+    """From news@reject.test, signed twice with the Ed25519 key: without
+    l= on top, with l= (dkimpy's length=True: the canonical body length)
+    below; mailgate reports signatures top first."""
+    msg = (f"From: news@{REJECT}\r\nTo: bob@example.test\r\nSubject: {marker}\r\n"
+           f"Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{marker}@outside.test>\r\n\r\n").encode() + body
+    sigs = b""
+    for length in (False, True):
+        sigs += dkim.sign(msg, b"ed", REJECT.encode(), keys.ed_private, signature_algorithm=b"ed25519-sha256",
+                          include_headers=[b"from", b"to", b"subject"], canonicalize=(canon, canon), length=length)
+    return sigs + msg
+
+
+@pytest.mark.parametrize("canon", [b"relaxed", b"simple"])
+@pytest.mark.parametrize("body", DKIM_BODIES, ids=[repr(b)[2:-1] or "empty" for b in DKIM_BODIES])
+def test_dkimpy_signed_bodies_pass_and_a_changed_body_fails(env, tmp_path, body, canon):
+    marker = f"body-{canon.decode()}-{DKIM_BODIES.index(body)}"
+    data = signed_body(body, canon, marker, env.keys)
+    # dkimpy verifies both of its signatures.
+    for idx in (0, 1):
+        assert dkim.DKIM(data).verify(idx=idx, dnsfunc=env.dns.dnsfunc), (idx, data)
+    # mailgate verify: the first passes, and DKIM alone carries DMARC (SPF
+    # fails). The checker parses strictly, so an l= signature is `policy`
+    # whatever the body (README: l= leaves room for appended content).
+    # dkimpy writes l=0 for an empty canonical body, which mail-auth reads
+    # as no l= at all: the whole body is hashed, so a changed body fails.
+    l_zero = re.search(rb"[;\s]l=0;", data.split(b"DKIM-Signature:")[2]) is not None
+    l_policy = ("policy", "l= (body length limit) is not accepted: signature not verified")
+    v = env.verify("list@evil.test", data, tmp_path)
+    got = [(d["result"], d.get("reason")) for d in v["dkim"]]
+    assert got == [("pass", None), ("pass", None) if l_zero else l_policy], got
+    assert v["dmarc"]["result"] == "pass" and v["action"] == "accept", v
+    # Over SMTP the same: p=reject would refuse it if DKIM failed.
+    assert env.send("list@evil.test", data) == (250, ""), marker
+    # A body changed after signing fails (an octet added at the start).
+    head, _, signed = data.partition(b"\r\n\r\n")
+    changed = head + b"\r\n\r\nX" + signed
+    v = env.verify("list@evil.test", changed, tmp_path)
+    assert [d["result"] for d in v["dkim"]] == ["fail", "fail" if l_zero else "policy"], v["dkim"]
+    assert v["action"] == "reject", v
+    code, text = env.send("list@evil.test", changed)
+    assert code == 550 and "DMARC" in text, (code, text)

@@ -1,24 +1,30 @@
 //! A message body as the checks and the signer read it: in memory or a
 //! stretch of a file, fed in chunks and never loaded whole; and the DKIM
-//! and ARC body hashes of it, computed in one streaming pass with
-//! mail-auth's own incremental canonicalizer, so they equal byte for byte
-//! what `AuthenticatedMessage::parse` computes over the whole message.
+//! and ARC body hashes of it, computed in one streaming pass.
 //!
 //! The header block (the fields and the empty line after them) is held in
 //! memory apart from the body: mail-auth parses the header block alone
-//! (its body is then empty) and gets its `body_hashes` from [`digest`].
+//! (its body is then empty) and gets its `body_hashes` from [`digest`];
+//! mail-auth then compares them with `bh=` and verifies the signature.
 //!
-//! May import: `mail-auth`, `ring`, `tokio`. Nothing else of mailgate.
+//! Every lane is canonicalized by `mailgate_core::dkim::BodyCanonicalizer`
+//! (the signer's, RFC 6376 §3.4), not by mail-auth 0.13's `BodyHasher`,
+//! which gets two things wrong: in relaxed it keeps lines of white space
+//! only at the end of the body (§3.4.4 reduces them to empty lines, which
+//! then go), so correctly signed mail ending in such lines failed DKIM;
+//! and it cuts `l=` on the raw body, where §3.4.5 counts canonical octets.
+//!
+//! May import: `mail-auth`, `ring`, `tokio`, `mailgate_core::dkim`.
+//! Nothing else of mailgate.
 
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use mail_auth::AuthenticatedMessage;
-use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashOutput};
-use mail_auth::common::headers::Writer;
+use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::dkim::Canonicalization;
-use mail_auth::dkim::canonicalize::BodyHasher;
+use mailgate_core::dkim::{BodyCanonicalizer, Canon, CanonicalSink};
 
 /// The largest chunk [`Body::for_each_chunk`] hands out.
 pub const CHUNK: usize = 64 * 1024;
@@ -130,8 +136,8 @@ pub struct BodyDigest {
 }
 
 impl BodyDigest {
-    /// How many canonical octets the body has under `c`, cut at `l` raw
-    /// octets first as mail-auth does (0: all), if a lane computed it.
+    /// How many canonical octets under `c` were hashed for `l=` (at most
+    /// `l`; 0: the whole canonical body), if a lane computed it.
     pub fn canonical_len(&self, c: Canonicalization, l: u64) -> Option<u64> {
         self.canonical.iter().find(|(cc, ll, _)| *cc == c && *ll == l).map(|(_, _, n)| *n)
     }
@@ -173,31 +179,45 @@ pub fn lanes(msg: &AuthenticatedMessage<'_>, extra: &[Lane]) -> Vec<Lane> {
     out
 }
 
-/// A digest context that also counts what it was fed.
-struct Counted {
-    ctx: ring::digest::Context,
-    octets: u64,
-}
+/// A digest context as a canonicalizer's sink.
+struct Digest(ring::digest::Context);
 
-impl Writer for Counted {
-    fn write(&mut self, buf: &[u8]) {
-        self.octets += buf.len() as u64;
-        self.ctx.update(buf);
+impl CanonicalSink for Digest {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
     }
 }
 
-impl HashContext for Counted {
-    fn complete(self) -> HashOutput {
-        self.ctx.complete()
-    }
-}
-
-fn hasher(h: HashAlgorithm) -> Counted {
+fn hasher(h: HashAlgorithm) -> Digest {
     let alg = match h {
         HashAlgorithm::Sha1 => &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
         HashAlgorithm::Sha256 => &ring::digest::SHA256,
     };
-    Counted { ctx: ring::digest::Context::new(alg), octets: 0 }
+    Digest(ring::digest::Context::new(alg))
+}
+
+fn canon(c: Canonicalization) -> Canon {
+    match c {
+        Canonicalization::Simple => Canon::Simple,
+        Canonicalization::Relaxed => Canon::Relaxed,
+    }
+}
+
+/// `l=` as a canonicalizer's limit (mail-auth's 0: none).
+fn limit(l: u64) -> Option<u64> {
+    (l > 0).then_some(l)
+}
+
+/// The canonical length of a body held whole under `c`, cut at `l`
+/// canonical octets (0: all), as [`digest`] counts it.
+pub fn canonical_len(c: Canonicalization, body: &[u8], l: u64) -> u64 {
+    struct Count;
+    impl CanonicalSink for Count {
+        fn write(&mut self, _: &[u8]) {}
+    }
+    let mut h = BodyCanonicalizer::new(canon(c), limit(l), Count);
+    h.update(body);
+    h.finish().1.written
 }
 
 /// Hashes `prefix` then `body` for every lane, in one pass. `prefix` is
@@ -208,13 +228,13 @@ pub fn digest(prefix: &[u8], body: &Body, lanes: &[Lane]) -> io::Result<BodyDige
 }
 
 pub(crate) fn digest_sized(prefix: &[u8], body: &Body, lanes: &[Lane], chunk: usize) -> io::Result<BodyDigest> {
-    let mut hashers: Vec<(Lane, BodyHasher<Counted>)> =
-        lanes.iter().map(|&(c, h, l)| ((c, h, l), BodyHasher::new(hasher(h), c, l))).collect();
+    let mut hashers: Vec<(Lane, BodyCanonicalizer<Digest>)> =
+        lanes.iter().map(|&(c, h, l)| ((c, h, l), BodyCanonicalizer::new(canon(c), limit(l), hasher(h)))).collect();
     let mut len = 0u64;
     let mut feed = |piece: &[u8]| {
         len += piece.len() as u64;
         for (_, h) in hashers.iter_mut() {
-            h.write(piece);
+            h.update(piece);
         }
     };
     for piece in prefix.chunks(chunk.max(1)) {
@@ -223,9 +243,9 @@ pub(crate) fn digest_sized(prefix: &[u8], body: &Body, lanes: &[Lane], chunk: us
     body.for_each_chunk_sized(chunk, &mut feed)?;
     let mut out = BodyDigest { len, hashes: Vec::with_capacity(hashers.len()), canonical: Vec::with_capacity(hashers.len()) };
     for ((c, h, l), hasher) in hashers {
-        let (counted, _) = hasher.finish();
-        out.canonical.push((c, l, counted.octets));
-        out.hashes.push((c, h, l, counted.ctx.finish().as_ref().to_vec()));
+        let (digest, length) = hasher.finish();
+        out.canonical.push((c, l, length.written));
+        out.hashes.push((c, h, l, digest.0.finish().as_ref().to_vec()));
     }
     Ok(out)
 }

@@ -2,8 +2,8 @@
 //! mail-auth's `verify_dkim`, with mailgate's own rules on top of
 //! cryptographic validity. One [`DkimCheck`] per evaluated signature.
 //!
-//! May import: `mail-auth`, `checks::body`. Never the spool or anything
-//! downstream of it.
+//! May import: `mail-auth`, `checks::body`, `dns` (the CNAME chain check).
+//! Never the spool or anything downstream of it.
 //!
 //! Two ways in: [`verify`]/[`verify_cached`] take a message parsed whole;
 //! [`verify_streamed`] one parsed from its header block alone, with the
@@ -38,18 +38,20 @@
 //!   and `h=` without From (§6.1.1 PERMFAIL; mail-auth does not check it,
 //!   and we skip the key lookup).
 //! - `temperror`: the key lookup failed for a transient reason (DNS
-//!   timeout, SERVFAIL).
+//!   timeout, SERVFAIL), or the key name is a CNAME loop or too long a
+//!   CNAME chain (as for SPF and DMARC: the zone is broken now).
 //!
 //! A key design decision: `output`, the value DMARC and mail-auth's
 //! Authentication-Results builder see, is rebuilt from our verdict, so it is
 //! a pass exactly when `result` is [`DkimVerdict::Pass`]. Our `policy`
 //! becomes a mail-auth `fail` there (mail-auth has no policy result).
 //!
-//! Known mail-auth 0.13 behaviour underneath: it applies `l=` to the raw
-//! body before canonicalization (RFC 6376 counts canonicalized octets), so
-//! a correct `l=` signature over a relaxed body with collapsible whitespace
-//! may fail; that errs on the safe side and `l=` never passes unverified
-//! content here anyway.
+//! Body hashes: on the daemon's path ([`verify_streamed`]) they come from
+//! `checks::body`, canonicalized by mailgate's own RFC 6376 canonicalizer
+//! (`l=` counts canonical octets), because mail-auth 0.13's hasher keeps
+//! white-space-only lines at the end of a relaxed body and cuts `l=` on
+//! the raw body. [`verify`]/[`verify_cached`] (tests only) keep the
+//! hashes mail-auth's whole-message parse computed.
 //!
 //! At most `max_signatures` `DKIM-Signature` fields are evaluated: the
 //! first ones in message order (topmost, i.e. most recently added).
@@ -68,12 +70,11 @@ use std::time::Instant;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use mail_auth::common::crypto::Algorithm;
-use mail_auth::common::headers::Writer;
 use mail_auth::common::verify::VerifySignature;
 use mail_auth::dkim::{DkimError, Signature};
 use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, MessageAuthenticator, Parameters, ResolverCache, Txt};
 
-use super::body::BodyDigest;
+use super::body::{self, BodyDigest};
 
 /// Signatures evaluated per message unless the caller says otherwise.
 pub const DEFAULT_MAX_SIGNATURES: usize = 10;
@@ -297,6 +298,8 @@ async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'
         &trimmed
     };
     let outputs = auth.verify_dkim(Parameters::new(target).with_txt_cache(keys)).await;
+    // Signatures whose key was not found: is the key name a broken chain?
+    let mut no_key: Vec<(usize, String)> = Vec::new();
     for output in &outputs {
         // Outputs without a signature are mail-auth's reports of
         // unparsable fields, which `malformed` handles.
@@ -304,9 +307,35 @@ async fn verify_parsed(auth: &MessageAuthenticator, msg: &AuthenticatedMessage<'
         let Some(pos) = target.dkim_headers.iter().position(|h| std::ptr::eq(&h.header, sig)) else { continue };
         let Some(&index) = valid.get(pos) else { continue };
         let bits = keys.rsa_bits(&sig.domain_key());
+        if matches!(output.result(), DkimResult::PermError(Error::Dns(DnsError::RecordNotFound(_)))) {
+            no_key.push((index, sig.domain_key()));
+        }
         outcomes.insert(index, (output.result().clone(), output.failure_report_addr().map(str::to_string), bits));
     }
+    for (index, key) in no_key {
+        if key_name_is_broken_chain(auth, &key).await {
+            tracing::debug!(%key, "DKIM key name is a CNAME loop or too long a chain: temperror");
+            let e = Error::Dns(DnsError::Resolver("the key name is a CNAME loop or too long a CNAME chain".into()));
+            outcomes.insert(index, (DkimResult::TempError(e), None, None));
+        }
+    }
     outcomes
+}
+
+/// hickory reports a CNAME loop (or a chain over the limit) at a key name
+/// as "no records", which mail-auth makes "no key" (permerror); like the
+/// SPF and DMARC lookups, that is a temperror (`crate::dns::absence`).
+/// The TXT lookup is answered from hickory's cache: mail-auth just asked.
+async fn key_name_is_broken_chain(auth: &MessageAuthenticator, key: &str) -> bool {
+    let Ok(name) = hickory_resolver::proto::rr::Name::from_str_relaxed(key) else { return false };
+    let err = match auth.resolver().txt_lookup(name.clone()).await {
+        Ok(_) => return false,
+        Err(e) => e,
+    };
+    match crate::dns::no_records(&err) {
+        Some(no) => crate::dns::absence(auth.resolver(), &name, no).await == crate::dns::Absence::BrokenChain,
+        None => false,
+    }
 }
 
 /// Applies our rules to mail-auth's result for one parsed signature.
@@ -393,20 +422,22 @@ fn pass_objection(
         return Some((reason, Error::Dkim(DkimError::UnsupportedKeyType)));
     }
     if sig.l > 0 {
-        // The raw body length, and its canonical length in full and at l=.
-        let (len, full, signed) = match body {
+        // The canonical body length in full and as hashed for l= (RFC 6376
+        // §3.4.5 counts canonical octets).
+        let (full, signed) = match body {
             BodyView::Whole => {
                 let raw = msg.raw_body();
-                (raw.len() as u64, Some(canonical_len(sig, raw, 0)), Some(canonical_len(sig, raw, sig.l)))
+                (Some(body::canonical_len(sig.cb, raw, 0)), Some(body::canonical_len(sig.cb, raw, sig.l)))
             }
-            BodyView::Streamed(d) => (d.len, d.canonical_len(sig.cb, 0), d.canonical_len(sig.cb, sig.l)),
+            BodyView::Streamed(d) => (d.canonical_len(sig.cb, 0), d.canonical_len(sig.cb, sig.l)),
         };
-        if sig.l > len {
-            return Some((format!("l={} is longer than the {len}-byte body", sig.l), Error::Dkim(DkimError::SignatureLength)));
-        }
         let (Some(full), Some(signed)) = (full, signed) else {
             return Some((format!("l={}: the body was not measured", sig.l), Error::Dkim(DkimError::SignatureLength)));
         };
+        if sig.l > full {
+            let reason = format!("l={} is longer than the {full}-byte canonical body", sig.l);
+            return Some((reason, Error::Dkim(DkimError::SignatureLength)));
+        }
         let unsigned = full.saturating_sub(signed);
         if unsigned > 0 {
             return Some((format!("l={} leaves {unsigned} bytes of the body unsigned", sig.l), Error::Dkim(DkimError::SignatureLength)));
@@ -416,20 +447,6 @@ fn pass_objection(
         return Some((reason, Error::NotAligned));
     }
     None
-}
-
-/// The canonical body length, as mail-auth hashes it (`l` cuts the raw
-/// body before canonicalization; 0 means all of it).
-fn canonical_len(sig: &Signature, body: &[u8], l: u64) -> u64 {
-    struct Count(u64);
-    impl Writer for Count {
-        fn write(&mut self, buf: &[u8]) {
-            self.0 += buf.len() as u64;
-        }
-    }
-    let mut count = Count(0);
-    mail_auth::common::headers::Writable::write(sig.cb.canonical_body(body, l), &mut count);
-    count.0
 }
 
 /// A singleton field present more often than `h=` signs it.

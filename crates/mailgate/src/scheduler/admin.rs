@@ -76,22 +76,65 @@ impl Scheduler {
         }
         let mut deleted = 0;
         let mut failure = None;
+        // Removals the full disk refused (see below).
+        let mut refused: Vec<QueueId> = Vec::new();
         for chunk in doomed.chunks(REMOVE_BATCH) {
             let mut set = JoinSet::new();
             for id in chunk {
                 let (spool, id) = (self.spool.clone(), id.clone());
-                set.spawn(async move { spool.remove(&id).await.map(|removed| (id, removed)) });
+                set.spawn(async move {
+                    let result = spool.remove(&id).await;
+                    (id, result)
+                });
             }
             while let Some(joined) = set.join_next().await {
                 match joined {
-                    Ok(Ok((_, true))) => deleted += 1,
-                    Ok(Ok((_, false))) => {} // gone meanwhile (delivered)
-                    Ok(Err(e)) => failure = Some(e),
+                    Ok((_, Ok(true))) => deleted += 1,
+                    Ok((_, Ok(false))) => {} // gone meanwhile (delivered)
+                    Ok((id, Err(SpoolError::Full(_)))) => refused.push(id),
+                    Ok((_, Err(e))) => failure = Some(e),
                     Err(e) => failure = Some(SpoolError::Io(format!("removal task failed: {e}"))),
                 }
             }
         }
-        tracing::info!(deleted, sender = ?filter.sender, recipient_domain = ?filter.recipient_domain, "deleted by administrator (filter)");
+        // On a full disk a batch of tombstones can fail (ENOSPC) as a whole
+        // before any removal has freed space. One at a time, the first that
+        // fits in what is left punches its message out of its segment, and
+        // that makes room for the rest: retry while that makes progress.
+        let mut retried_on_full_disk = 0usize;
+        while !refused.is_empty() {
+            let before = refused.len();
+            let mut again = Vec::new();
+            let mut last = None;
+            for id in std::mem::take(&mut refused) {
+                match self.spool.remove(&id).await {
+                    Ok(true) => {
+                        deleted += 1;
+                        retried_on_full_disk += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e @ SpoolError::Full(_)) => {
+                        last = Some(e);
+                        again.push(id);
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if again.len() == before {
+                // Not one fitted: nothing more will.
+                tracing::error!(left = again.len(), "the disk is full: some matching messages could not be deleted");
+                failure = last.or(failure);
+                break;
+            }
+            refused = again;
+        }
+        tracing::info!(
+            deleted,
+            retried_on_full_disk,
+            sender = ?filter.sender,
+            recipient_domain = ?filter.recipient_domain,
+            "deleted by administrator (filter)"
+        );
         match failure {
             Some(e) if deleted == 0 => Err(e),
             Some(e) => {
