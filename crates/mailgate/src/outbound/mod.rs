@@ -24,7 +24,7 @@ use hickory_resolver::TokioResolver;
 use mailgate_core::client::{ClientConfig, OutboundMessage, OutboundRecipient, Outcome, TlsMode};
 use mailgate_core::reply::{Reply, StatusCode};
 use mailgate_core::{Envelope, QueueId};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 use crate::spool::{Content, Spool};
 use client::{Connection, Settings};
@@ -51,11 +51,6 @@ pub struct JobResult {
     pub remote_dsn: bool,
     /// Final delivery here (maildir, LMTP) rather than relaying.
     pub local: bool,
-    /// Set by [`Outbound::finish`] when a recipient was delivered: the
-    /// scheduler answers once that is durable in the spool, and the worker
-    /// waits for it before it sends anything more, so the settlement is not
-    /// queued behind later deliveries (each one a duplicate after a crash).
-    pub durable: Option<oneshot::Sender<()>>,
 }
 
 /// Where workers get their jobs.
@@ -224,35 +219,10 @@ impl Outbound {
 }
 
 impl Outbound {
-    /// Hands a job's result to the scheduler, recording the attempt. When
-    /// a recipient was delivered, returns what answers once the scheduler
-    /// has made that durable ([`Outbound::settled`]).
-    fn finish(
-        &self,
-        dest: &Destination,
-        results: &mpsc::UnboundedSender<JobResult>,
-        envelope: &Envelope,
-        tls: bool,
-        mut result: JobResult,
-    ) -> Option<oneshot::Receiver<()>> {
+    /// Hands a job's result to the scheduler, recording the attempt.
+    fn finish(&self, dest: &Destination, results: &mpsc::UnboundedSender<JobResult>, envelope: &Envelope, tls: bool, result: JobResult) {
         self.record_attempt(dest, &result, envelope, tls);
-        let durable = result.outcomes.iter().any(|o| matches!(o, Outcome::Delivered(_))).then(|| {
-            let (tx, rx) = oneshot::channel();
-            result.durable = Some(tx);
-            rx
-        });
         let _ = results.send(result);
-        durable
-    }
-
-    /// Waits (bounded) until a delivered job's outcome is durable: only
-    /// then may the worker send RSET, MAIL or QUIT on this connection.
-    async fn settled(durable: Option<oneshot::Receiver<()>>) {
-        if let Some(rx) = durable {
-            let t = std::time::Instant::now();
-            let _ = tokio::time::timeout(SETTLE_WAIT, rx).await;
-            tracing::debug!(settle_us = t.elapsed().as_micros() as u64, "delivery recorded in the spool");
-        }
     }
 
     /// One delivery attempt per distinct reply the job's recipients got.
@@ -347,12 +317,8 @@ fn unsent(job: &Job, outcome: Outcome) -> JobResult {
         remote: None,
         remote_dsn: false,
         local: false,
-        durable: None,
     }
 }
-
-/// Longest a worker waits for the spool to record a delivery.
-const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs one worker for `dest` until its queue stays empty for the idle time.
 pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destination, results: mpsc::UnboundedSender<JobResult>) {
@@ -393,7 +359,7 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
         };
         if dest == Destination::Ingest {
             let outcomes = ingest::deliver(ob.ingester.clone(), &job, content).await;
-            let result = JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true, durable: None };
+            let result = JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true };
             ob.finish(&dest, &results, &job.envelope, false, result);
             continue;
         }
@@ -405,8 +371,13 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
                 tokio::task::spawn_blocking(move || outbound_maildir(&root, &host, &env, &rcpts, &mut content)).await.unwrap_or_else(
                     |_| vec![Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "maildir delivery crashed")); job.rcpts.len()],
                 );
-            let result = JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true, durable: None };
-            Outbound::settled(ob.finish(&dest, &results, &job.envelope, false, result)).await;
+            ob.finish(
+                &dest,
+                &results,
+                &job.envelope,
+                false,
+                JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true },
+            );
             continue;
         }
         // Reuse the connection if it is healthy and under its message cap.
@@ -443,9 +414,8 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             remote: Some(c.remote.clone()),
             remote_dsn: c.supports_dsn(),
             local: matches!(dest, Destination::Lmtp { .. }),
-            durable: None,
         };
-        Outbound::settled(ob.finish(&dest, &results, &job.envelope, c.tls_active(), result)).await;
+        ob.finish(&dest, &results, &job.envelope, c.tls_active(), result);
     }
 }
 

@@ -89,9 +89,6 @@ fn now_secs() -> u64 {
 struct InFlight {
     jobs_left: usize,
     results: Vec<JobResult>,
-    /// The last early write of delivered recipients ([`Scheduler::settle_delivered`]):
-    /// later writes for the message wait for it, so they stay in order.
-    early: Option<oneshot::Receiver<()>>,
 }
 
 struct Scheduler {
@@ -245,7 +242,7 @@ impl Scheduler {
             }
             return;
         }
-        self.in_flight.insert(id.clone(), InFlight { jobs_left: groups.len(), results: Vec::new(), early: None });
+        self.in_flight.insert(id.clone(), InFlight { jobs_left: groups.len(), results: Vec::new() });
         for (dest, rcpts) in groups {
             let job = Job { id: id.clone(), envelope: envelope.clone(), rcpts };
             match self.queues.push(dest.clone(), job.clone()) {
@@ -263,7 +260,6 @@ impl Scheduler {
                         remote: None,
                         remote_dsn: false,
                         local: false,
-                        durable: None,
                     });
                 }
             }
@@ -276,54 +272,10 @@ impl Scheduler {
         entry.jobs_left -= 1;
         entry.results.push(result);
         if entry.jobs_left > 0 {
-            self.settle_delivered(&id);
             return;
         }
         let Some(done) = self.in_flight.remove(&id) else { return };
-        self.finish(id, done).await;
-    }
-
-    /// A message still has jobs running but some recipients were delivered:
-    /// records them as delivered at once (their own group commit), rather
-    /// than when the slowest route of the message is done, so a crash in
-    /// between does not deliver them again. [`Scheduler::finish`] later
-    /// writes the full outcome after this write.
-    fn settle_delivered(&mut self, id: &QueueId) {
-        let Some(entry) = self.in_flight.get_mut(id) else { return };
-        let waiting: Vec<oneshot::Sender<()>> = entry.results.iter_mut().filter_map(|r| r.durable.take()).collect();
-        if waiting.is_empty() {
-            return;
-        }
-        // Deleted meanwhile: dropping `waiting` lets the workers go on.
-        let Some(q) = self.spool.get(id) else { return };
-        let mut env = q.envelope;
-        for res in &entry.results {
-            for (&i, outcome) in res.rcpts.iter().zip(&res.outcomes) {
-                if let (Some(r), Outcome::Delivered(_)) = (env.recipients.get_mut(i), outcome) {
-                    // Status and reply only: `finish` counts the attempt.
-                    r.status = RecipientStatus::Delivered;
-                    r.last_reply = Some(outcome.reply().to_string());
-                    r.remote = res.remote.clone();
-                }
-            }
-        }
-        let previous = entry.early.take();
-        let (written, early) = oneshot::channel();
-        entry.early = Some(early);
-        let spool = self.spool.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
-            if let Err(e) = spool.update(&id, env).await {
-                tracing::error!(queue_id = %id, error = %e, "cannot record delivered recipients early; the full outcome follows");
-            }
-            for w in waiting {
-                let _ = w.send(());
-            }
-            let _ = written.send(());
-        });
+        self.finish(id, done.results).await;
     }
 
     /// A failed attempt's category, counted; the scheduler decided the kind.
@@ -335,10 +287,7 @@ impl Scheduler {
 
     /// Applies every outcome of an attempt, sends the notices it calls for,
     /// and either removes the message or files its next attempt.
-    async fn finish(&mut self, id: QueueId, done: InFlight) {
-        let InFlight { mut results, early, .. } = done;
-        // Workers waiting for this outcome to be durable.
-        let waiting: Vec<oneshot::Sender<()>> = results.iter_mut().filter_map(|r| r.durable.take()).collect();
+    async fn finish(&mut self, id: QueueId, results: Vec<JobResult>) {
         let Some(q) = self.spool.get(&id) else { return }; // deleted meanwhile
         let mut env: Envelope = q.envelope;
         let now = now_secs();
@@ -415,10 +364,6 @@ impl Scheduler {
         let signer = self.signer.clone();
         let recorder = self.outbound.recorder.clone();
         tokio::spawn(async move {
-            // An early write of delivered recipients goes first.
-            if let Some(early) = early {
-                let _ = early.await;
-            }
             let notices = [(dsn::Kind::Failure, failure), (dsn::Kind::Success, succeeded), (dsn::Kind::Delay, delayed)];
             if notices.iter().any(|(_, which)| !which.is_empty()) {
                 // A big message is quoted by its header block only (as Postfix does
@@ -445,9 +390,6 @@ impl Scheduler {
                 }
                 true
             };
-            for w in waiting {
-                let _ = w.send(());
-            }
             let _ = settled.send((id, pending));
         });
     }
