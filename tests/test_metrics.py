@@ -50,6 +50,7 @@ DOCUMENTED = {
     "mailgate_delivered": "counter",
     "mailgate_deferred": "counter",
     "mailgate_bounced": "counter",
+    "mailgate_delivery_failures": "counter",
     "mailgate_auth_results": "counter",
     "mailgate_dmarc_dispositions": "counter",
     "mailgate_lookalike_hits": "counter",
