@@ -326,8 +326,16 @@ def test_dashboard_advice_page_shows_the_same_numbers(env):
         w = whatif(env, OURS, policy)
         assert page[policy]["policy"] == policy
         assert strip(page[policy]["senders"], ("ip", "volume", "class")) == strip(w["senders"], ("ip", "volume", "class"))
+    # The published records, checked as `mailgate check` checks them.
+    p = env.srv.cli("check", OURS, "--json", check=False)
+    assert p.returncode in (0, 1, 2), p.stderr
+    checked = json.loads(p.stdout)
+    verdicts = lambda doc: sorted((f["check"], f["severity"], f["code"]) for f in doc["findings"])  # noqa: E731
+    assert page["check"]["domain"] == OURS and verdicts(page["check"]) == verdicts(checked)
+    assert page["check"]["spf"]["lookups"] == checked["spf"]["lookups"]
     status, html = env.srv.http_get(f"/domains/{OURS}/advice")
     assert status == 200 and cli["record"] in html and "127.0.1.12" in html and "What if p=reject" in html
+    assert 'id="check-findings"' in html and all(f["code"] in html for f in checked["findings"])
     status, domain_page = env.srv.http_get(f"/domains/{OURS}")
     assert status == 200 and f'href="/domains/{OURS}/advice"' in domain_page
     # Same authentication as every page, and only for our domains.

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
+use hickory_resolver::TokioResolver;
 use serde_json::json;
 
 use super::{Finding, Severity, bimi, dkim, dmarc, mtasts, mx, spf, tlsrpt};
@@ -87,34 +88,37 @@ fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<Report> {
     let domain = idna::domain_to_ascii(parsed.as_str()).map_err(|e| anyhow::anyhow!("{:?}: {e}", args.domain))?;
     let nameservers = args.nameserver.map(|ns| vec![ns]).or_else(|| config.nameservers.clone());
     let resolver = crate::dns::resolver_with(nameservers.as_deref(), crate::dns::Lookup::checks(&config))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(report(&config, &resolver, &domain, args.allow_private))
+}
+
+/// Checks `domain` (lower-case A-labels) through `resolver`: what
+/// `mailgate check` prints and the dashboard's advice page shows.
+pub async fn report(config: &Config, resolver: &TokioResolver, domain: &str, allow_private: bool) -> anyhow::Result<Report> {
     let trust = crate::outbound::tls::Trust::load(config.delivery.ca_file.as_deref())?;
     let fetch = mtasts::Fetch {
         tls: trust.verifying.clone(),
         port: config.delivery.mta_sts_port,
         timeout: Duration::from_secs(config.delivery.connect_timeout.max(1)),
     };
-    let configured = configured_selectors(&config, &domain);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let report = runtime.block_on(async {
-        let mx = mx::check(&resolver, &domain, args.allow_private).await;
-        let (spf, dkim, dmarc, mta_sts, tls_rpt) = tokio::join!(
-            spf::check(&resolver, &domain),
-            dkim::check(&resolver, &domain, &configured),
-            dmarc::check(&resolver, &domain),
-            mtasts::check(&resolver, &domain, &mx.hosts, &fetch, args.allow_private),
-            tlsrpt::check(&resolver, &domain),
-        );
-        let bimi = bimi::check(&resolver, &domain, dmarc.policy).await;
-        let mut findings = mx.findings;
-        findings.extend(spf.findings.iter().cloned());
-        findings.extend(dkim);
-        findings.extend(dmarc.findings.iter().cloned());
-        findings.extend(mta_sts);
-        findings.extend(tls_rpt);
-        findings.extend(bimi);
-        Report { domain: domain.clone(), findings, spf, dmarc }
-    });
-    Ok(report)
+    let configured = configured_selectors(config, domain);
+    let mx = mx::check(resolver, domain, allow_private).await;
+    let (spf, dkim, dmarc, mta_sts, tls_rpt) = tokio::join!(
+        spf::check(resolver, domain),
+        dkim::check(resolver, domain, &configured),
+        dmarc::check(resolver, domain),
+        mtasts::check(resolver, domain, &mx.hosts, &fetch, allow_private),
+        tlsrpt::check(resolver, domain),
+    );
+    let bimi = bimi::check(resolver, domain, dmarc.policy).await;
+    let mut findings = mx.findings;
+    findings.extend(spf.findings.iter().cloned());
+    findings.extend(dkim);
+    findings.extend(dmarc.findings.iter().cloned());
+    findings.extend(mta_sts);
+    findings.extend(tls_rpt);
+    findings.extend(bimi);
+    Ok(Report { domain: domain.to_string(), findings, spf, dmarc })
 }
 
 /// The selectors mailgate signs `domain` with, from `data_dir`'s key

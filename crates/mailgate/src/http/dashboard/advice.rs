@@ -1,4 +1,5 @@
-//! `/domains/<domain>/advice`, one per domain of ours: the strict SPF
+//! `/domains/<domain>/advice`, one per domain of ours: what `mailgate
+//! check` finds in its published records (looked up now), the strict SPF
 //! record `mailgate spf suggest` proposes, with the evidence for each
 //! source and the sources it would fail, and what `p=quarantine` and
 //! `p=reject` would have done over 30 days (`mailgate dmarc whatif`),
@@ -18,6 +19,8 @@ use serde::Serialize;
 
 use super::layout::{self, badge};
 use super::{Params, failure, respond, wants_json};
+use crate::advisor::Finding;
+use crate::advisor::check;
 use crate::advisor::suggest::{self, Suggestion};
 use crate::advisor::whatif::{self, Policy, WhatIf};
 use crate::http::Api;
@@ -29,6 +32,12 @@ const DAYS: u64 = 30;
 struct AdvicePage {
     domain: String,
     days: u64,
+    /// `mailgate check --json`'s document; null when the check could not run.
+    check: serde_json::Value,
+    #[serde(skip)]
+    findings: Vec<Finding>,
+    #[serde(skip)]
+    check_error: Option<String>,
     spf: Suggestion,
     quarantine: WhatIf,
     reject: WhatIf,
@@ -53,7 +62,13 @@ pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Acce
     // The senders a policy hits are the same for both: only the verb differs.
     let quarantine = whatif::whatif(&api.config, resolver, &domain, Policy::Quarantine, DAYS, &ev).await;
     let reject = WhatIf { policy: Policy::Reject, ..quarantine.clone() };
-    let data = AdvicePage { domain, days: DAYS, spf, quarantine, reject };
+    // As an operator would run it: private addresses are worth a warning.
+    let (check, mut findings, check_error) = match check::report(&api.config, resolver, &domain, false).await {
+        Ok(r) => (r.to_json(), r.findings, None),
+        Err(e) => (serde_json::Value::Null, Vec::new(), Some(format!("{e:#}"))),
+    };
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    let data = AdvicePage { domain, days: DAYS, check, findings, check_error, spf, quarantine, reject };
     respond(json, &data, |d| render(d, &access))
 }
 
@@ -63,6 +78,25 @@ fn render(d: &AdvicePage, access: &Access) -> Markup {
         h1 { "Advice for " (d.domain) }
         p.note { "Learnt from the last " (d.days) " days of the report store: our own evaluations, the aggregate reports received, and the mail we relayed. "
             a href={ "/domains/" (d.domain) } { "Back to the domain" } }
+        h2 { "Published records, checked now" }
+        div.panel {
+            @if let Some(e) = &d.check_error { p.error { "The check could not run: " (e) } }
+            table #check-findings {
+                thead { tr { th { "Area" } th { "Verdict" } th { "Code" } th { "Finding" } th { "Fix" } } }
+                tbody {
+                    @for f in &d.findings {
+                        tr {
+                            td { (f.check) }
+                            td { (badge(f.severity.as_str())) }
+                            td.mono { (f.code) }
+                            td.wrap { (f.message) }
+                            td.wrap { (f.fix.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+            p.note { "The same findings as " code { "mailgate check " (d.domain) } "; the finding codes are listed in the README." }
+        }
         h2 { "Suggested SPF record" }
         div.panel {
             pre.record #spf-record { (s.record) }

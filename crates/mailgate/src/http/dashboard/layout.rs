@@ -79,11 +79,11 @@ pub fn percent(part: u64, whole: u64) -> String {
 /// The badge class of an outcome word.
 pub fn tone(word: &str) -> &'static str {
     match word {
-        "accepted" | "delivered" | "pass" | "success" | "active" | "accept" | "would-pass" => "ok",
-        "quarantined" | "deferred" | "quarantine" | "softfail" | "neutral" | "temperror" | "pending" | "retiring" | "tag" | "delay" => {
+        "accepted" | "delivered" | "pass" | "success" | "active" | "accept" | "would-pass" | "ok" => "ok",
+        "quarantined" | "deferred" | "quarantine" | "softfail" | "neutral" | "temperror" | "pending" | "retiring" | "tag" | "delay" | "warning" => {
             "warn"
         }
-        "refused" | "bounced" | "fail" | "reject" | "permerror" | "would-fail" | "failure" => "bad",
+        "refused" | "bounced" | "fail" | "reject" | "permerror" | "would-fail" | "failure" | "error" => "bad",
         _ => "",
     }
 }
