@@ -80,9 +80,8 @@ pub fn percent(part: u64, whole: u64) -> String {
 pub fn tone(word: &str) -> &'static str {
     match word {
         "accepted" | "delivered" | "pass" | "success" | "active" | "accept" | "would-pass" | "ok" => "ok",
-        "quarantined" | "deferred" | "quarantine" | "softfail" | "neutral" | "temperror" | "pending" | "retiring" | "tag" | "delay" | "warning" => {
-            "warn"
-        }
+        "quarantined" | "deferred" | "quarantine" | "softfail" | "neutral" | "temperror" | "pending" | "retiring" | "tag" | "delay"
+        | "warning" => "warn",
         "refused" | "bounced" | "fail" | "reject" | "permerror" | "would-fail" | "failure" | "error" => "bad",
         _ => "",
     }
