@@ -19,12 +19,14 @@ pub use dns::{DnsSettings, DnssecMode, DnssecSettings};
 use dns::{RawDns, dns_settings, dnssec_settings};
 pub use limits::Limits;
 
+mod cluster;
 mod dns;
 mod limits;
 mod policy;
 mod reports;
 mod risks;
 mod sections;
+pub use cluster::Cluster;
 pub use policy::{Action, PolicyConfig, TempErrorAction};
 pub use reports::Reports;
 pub use risks::{Warning, warnings};
@@ -76,6 +78,8 @@ struct RawConfig {
     arc: RawArc,
     #[serde(default)]
     reports: reports::RawReports,
+    #[serde(default)]
+    cluster: cluster::RawCluster,
 }
 
 /// `[arc]`: sealing what mailgate forwards.
@@ -381,6 +385,8 @@ pub struct Config {
     pub arc_seal: Option<Domain>,
     /// `[reports]`: the report store and the reports mailgate sends and reads.
     pub reports: Reports,
+    /// `[cluster]`: shared state in PostgreSQL for several nodes.
+    pub cluster: Cluster,
 }
 
 impl Config {
@@ -561,8 +567,13 @@ impl Config {
                 problems.add(key, message);
             }
         });
-        let (policy, reports) = match (policy, reports) {
-            (Ok(p), Ok(r)) if problems.list.is_empty() => (p, r),
+        let cluster = raw.cluster.validate(&hostname).map_err(|list| {
+            for (key, message) in list {
+                problems.add(key, message);
+            }
+        });
+        let (policy, reports, cluster) = match (policy, reports, cluster) {
+            (Ok(p), Ok(r), Ok(c)) if problems.list.is_empty() => (p, r, c),
             _ => return Err(problems.list),
         };
 
@@ -596,6 +607,7 @@ impl Config {
             policy,
             arc_seal,
             reports,
+            cluster,
         })
     }
 

@@ -60,6 +60,7 @@ pub(super) fn read(text: &str, file: &str) -> (Result<RawConfig, ConfigError>, V
         policy: super::policy::RawPolicy,
         arc: super::RawArc,
         reports: super::reports::RawReports,
+        cluster: super::cluster::RawCluster,
     );
     let mut found: Vec<(usize, ConfigError)> = errors.iter().map(|e| parse_error(text, file, e)).collect();
     // What no single section sees: unknown sections.

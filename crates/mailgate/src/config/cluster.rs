@@ -1,0 +1,45 @@
+//! `[cluster]`: several mailgate nodes sharing their state (the report
+//! store, DKIM keys and counters) in one PostgreSQL database. Without a
+//! `store`, every node keeps its state to itself (embedded SQLite).
+
+use serde::Deserialize;
+
+/// `[cluster]` as written in the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCluster {
+    pub store: Option<String>,
+    pub node_id: Option<String>,
+}
+
+/// `[cluster]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `postgres://user:password@host:port/db` (libpq URL or key=value
+    /// form); `None`: single node, state in `data_dir`.
+    pub store: Option<String>,
+    /// This node's name in shared records; the hostname by default.
+    pub node_id: String,
+}
+
+impl RawCluster {
+    /// Checks the section; `hostname` is the default node id. Problems are
+    /// `(key, message)`.
+    pub(super) fn validate(self, hostname: &str) -> Result<Cluster, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let node_id = self.node_id.unwrap_or_else(|| hostname.to_string());
+        if node_id.is_empty() || node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            problems.push(("cluster.node_id".into(), format!("{node_id:?} must be 1 to 64 letters, digits, '-', '_' or '.'")));
+        }
+        if let Some(url) = &self.store {
+            let known = ["postgres://", "postgresql://"].iter().any(|p| url.starts_with(p)) || url.contains("host=");
+            if !known {
+                problems.push((
+                    "cluster.store".into(),
+                    "must be a PostgreSQL URL (postgres://user@host:port/db) or key=value connection string".into(),
+                ));
+            }
+        }
+        if problems.is_empty() { Ok(Cluster { store: self.store, node_id }) } else { Err(problems) }
+    }
+}
