@@ -358,6 +358,17 @@ impl Scheduler {
         // spool concurrently with other messages', so they share fsyncs;
         // the scheduler moves on and hears back when they are durable.
         self.settling.insert(id.clone());
+        // With no notice to store first, the new state goes to the spool
+        // writer now, not when the task below gets to run: the window in
+        // which a crash makes us deliver again ends microseconds after the
+        // next hop's 250 was read, whatever the load.
+        let no_notice = failure.is_empty() && succeeded.is_empty() && delayed.is_empty();
+        let finished = env.recipients.iter().all(|r| r.status.is_final());
+        let early = match (no_notice, finished) {
+            (true, true) => Some(self.spool.begin_remove(&id)),
+            (true, false) => Some(self.spool.begin_update(&id, &env)),
+            (false, _) => None,
+        };
         let spool = self.spool.clone();
         let hostname = self.config.hostname.clone();
         let settled = self.settled_tx.clone();
@@ -376,14 +387,22 @@ impl Scheduler {
                     }
                 }
             }
-            let pending = if env.recipients.iter().all(|r| r.status.is_final()) {
-                if let Err(e) = spool.remove(&id).await {
+            let pending = if finished {
+                let removed = match early {
+                    Some(tombstone) => spool.finish_remove(&id, tombstone).await,
+                    None => spool.remove(&id).await,
+                };
+                if let Err(e) = removed {
                     tracing::error!(queue_id = %id, error = %e, "cannot remove a finished message; it may be delivered again");
                 }
                 false
             } else {
                 let due = env.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min().unwrap_or(now);
-                if let Err(e) = spool.update(&id, env).await {
+                let updated = match early {
+                    Some(update) => update.finish().await,
+                    None => spool.update(&id, env).await,
+                };
+                if let Err(e) = updated {
                     tracing::error!(queue_id = %id, error = %e, "cannot record delivery state; recipients may be tried again");
                     // Try again then, not at once: the index files it there.
                     spool.set_due(&id, due);

@@ -52,6 +52,23 @@ pub enum SpoolError {
     Stopped,
 }
 
+/// A record handed to the writer: `finish` answers once it is durable
+/// (`false`: there was nothing to write, the message was not queued).
+#[must_use = "a record is durable only once finish() answers"]
+pub struct Pending(Option<Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError>>);
+
+impl Pending {
+    pub async fn finish(self) -> Result<bool, SpoolError> {
+        match self.0 {
+            None => Ok(false),
+            Some(sent) => {
+                sent?.await.map_err(|_| SpoolError::Stopped)??;
+                Ok(true)
+            }
+        }
+    }
+}
+
 impl SpoolError {
     fn from_io(e: &io::Error) -> Self {
         match e.raw_os_error() {
@@ -301,23 +318,46 @@ impl Spool {
 
     /// Records a new envelope state (recipient statuses) for a message.
     pub async fn update(&self, id: &QueueId, envelope: Envelope) -> Result<bool, SpoolError> {
+        self.begin_update(id, &envelope).finish().await
+    }
+
+    /// Hands the new envelope state of a message to the writer before it
+    /// returns (see [`Spool::begin_remove`]); `finish` waits until it is
+    /// durable.
+    pub fn begin_update(&self, id: &QueueId, envelope: &Envelope) -> Pending {
         if !self.shared.lock().index.contains_key(id) {
-            return Ok(false);
+            return Pending(None);
         }
-        let bytes = record::encode_update(id, &envelope);
+        let bytes = record::encode_update(id, envelope);
         let env_offset = record::UPDATE_ENV_OFFSET;
         let env_len = bytes.len() - env_offset - (record::OVERHEAD - 9);
-        let change = writer::IndexChange::Envelope { id: id.clone(), env_offset, env_len, due: due_of(&envelope) };
-        self.write(bytes, change).await?;
-        Ok(true)
+        let change = writer::IndexChange::Envelope { id: id.clone(), env_offset, env_len, due: due_of(envelope) };
+        Pending(Some(self.send(bytes, change)))
     }
 
     /// Removes a message; `false` if it was not queued.
     pub async fn remove(&self, id: &QueueId) -> Result<bool, SpoolError> {
+        let tombstone = self.begin_remove(id);
+        self.finish_remove(id, tombstone).await
+    }
+
+    /// Hands a message's tombstone to the writer before it returns, so
+    /// that it is in the segment within microseconds even if the caller's
+    /// task runs later: a delivery's record must not wait for a busy
+    /// runtime, since a crash in between delivers the message again.
+    /// [`Spool::finish_remove`] waits for it and frees the space.
+    pub fn begin_remove(&self, id: &QueueId) -> Pending {
         if !self.shared.lock().index.contains_key(id) {
+            return Pending(None);
+        }
+        Pending(Some(self.send(record::encode_remove(id), writer::IndexChange::None)))
+    }
+
+    /// The rest of [`Spool::remove`] once its tombstone was handed over.
+    pub async fn finish_remove(&self, id: &QueueId, tombstone: Pending) -> Result<bool, SpoolError> {
+        if !tombstone.finish().await? {
             return Ok(false);
         }
-        self.write(record::encode_remove(id), writer::IndexChange::None).await?;
         let removed = {
             let mut state = self.shared.lock();
             match state.index.remove(id) {
@@ -370,9 +410,13 @@ impl Spool {
     }
 
     async fn write(&self, bytes: Vec<u8>, change: writer::IndexChange) -> Result<(), SpoolError> {
+        Pending(Some(self.send(bytes, change))).finish().await.map(|_| ())
+    }
+
+    fn send(&self, bytes: Vec<u8>, change: writer::IndexChange) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
         let (ack, done) = oneshot::channel();
         self.writer.send(writer::WriteOp { bytes, change, ack }).map_err(|_| SpoolError::Stopped)?;
-        done.await.map_err(|_| SpoolError::Stopped)?
+        Ok(done)
     }
 
     /// Copies the live messages of the oldest segment forward, so that a

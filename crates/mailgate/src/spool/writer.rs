@@ -1,16 +1,19 @@
-//! The group-commit writer: one thread appends records to the active segment.
+//! The group-commit writer: two threads, one appending records to the
+//! active segment, one making them durable.
 //!
 //! Sessions send records over a channel and wait for an acknowledgement.
-//! The thread takes everything that is waiting, writes it with one `write`,
-//! makes it durable with one `fdatasync`, and only then acknowledges each
-//! record. While it syncs, new records queue up and form the next batch, so
-//! concurrent sessions share fsyncs without any added delay.
+//! The writer thread takes everything that is waiting and appends it with
+//! one `write`; the sync thread makes what was appended durable with one
+//! `fdatasync` per segment and only then indexes and acknowledges each
+//! record. While one batch syncs, the next is already written, so a record
+//! reaches the kernel at once (a killed process loses nothing it asked to
+//! write) and concurrent sessions share fsyncs without any added delay.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,23 +61,51 @@ pub(super) struct WriteOp {
     pub ack: oneshot::Sender<Result<(), SpoolError>>,
 }
 
+/// A segment file shared by the two stages: the writer appends to it, the
+/// syncer makes what was appended durable.
 struct Segment {
     number: u64,
     file: File,
-    len: u64,
     /// An fsync failed: what the kernel holds for this file is unknown, so
-    /// nothing more is written to it (the "fsyncgate" lesson).
-    poisoned: bool,
+    /// nothing more is written to it and nothing written to it since is
+    /// acknowledged (the "fsyncgate" lesson).
+    poisoned: AtomicBool,
+}
+
+/// A batch the writer has appended, on its way to the syncer.
+struct Written {
+    segment: Arc<Segment>,
+    /// The segment offset where the batch starts.
+    start: u64,
+    batch: Vec<WriteOp>,
 }
 
 pub(super) fn spawn(dir: PathBuf, next_segment: u64, segment_size: u64, shared: Arc<Shared>) -> io::Result<mpsc::UnboundedSender<WriteOp>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new().name("spool-writer".into()).spawn(move || run(dir, next_segment, segment_size, shared, rx))?;
+    let (written_tx, written_rx) = std::sync::mpsc::channel();
+    let syncer_shared = shared.clone();
+    std::thread::Builder::new().name("spool-sync".into()).spawn(move || sync_loop(&syncer_shared, &written_rx))?;
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || write_loop(dir, next_segment, segment_size, &shared, rx, &written_tx))?;
     Ok(tx)
 }
 
-fn run(dir: PathBuf, mut next_segment: u64, segment_size: u64, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
-    let mut segment: Option<Segment> = None;
+/// The first stage: appends each batch to the active segment as soon as it
+/// is taken, while the syncer may still be syncing the one before. A record
+/// is in the kernel's page cache within microseconds of its request, so a
+/// killed process loses none of it (only a machine crash can, before the
+/// sync): in particular a delivery's tombstone, whose loss would deliver
+/// the message again after a restart.
+fn write_loop(
+    dir: PathBuf,
+    mut next_segment: u64,
+    segment_size: u64,
+    shared: &Shared,
+    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    written: &std::sync::mpsc::Sender<Written>,
+) {
+    let mut segment: Option<(Arc<Segment>, u64)> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         let mut bytes = batch[0].bytes.len();
@@ -87,12 +118,12 @@ fn run(dir: PathBuf, mut next_segment: u64, segment_size: u64, shared: Arc<Share
                 Err(_) => break,
             }
         }
-        let needs_new = segment.as_ref().is_none_or(|s| s.poisoned || s.len >= segment_size);
+        let needs_new = segment.as_ref().is_none_or(|(s, len)| s.poisoned.load(Ordering::Acquire) || *len >= segment_size);
         if needs_new {
-            match open_segment(&dir, next_segment, &shared) {
+            match open_segment(&dir, next_segment, shared) {
                 Ok(s) => {
                     next_segment += 1;
-                    segment = Some(s);
+                    segment = Some((Arc::new(s), 0));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "spool: cannot start a new segment");
@@ -101,17 +132,15 @@ fn run(dir: PathBuf, mut next_segment: u64, segment_size: u64, shared: Arc<Share
                 }
             }
         }
-        let Some(seg) = segment.as_mut() else {
+        let Some((seg, len)) = segment.as_mut() else {
             continue;
         };
-        let result = write_batch(seg, &batch);
-        match result {
-            Ok(start) => {
-                shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-                shared.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                index_batch(&shared, seg.number, start, &mut batch);
-                for op in batch {
-                    let _ = op.ack.send(Ok(()));
+        match append(seg, *len, &batch) {
+            Ok(n) => {
+                let start = *len;
+                *len += n;
+                if let Err(std::sync::mpsc::SendError(w)) = written.send(Written { segment: seg.clone(), start, batch }) {
+                    fail(w.batch, &io::Error::other("the spool syncer has stopped"));
                 }
             }
             Err(e) => {
@@ -122,26 +151,66 @@ fn run(dir: PathBuf, mut next_segment: u64, segment_size: u64, shared: Arc<Share
     }
 }
 
-/// Writes and syncs the batch; returns the segment offset where it starts.
-fn write_batch(seg: &mut Segment, batch: &[WriteOp]) -> io::Result<u64> {
-    let start = seg.len;
+/// Appends the batch at `len`; answers how many bytes went.
+fn append(seg: &Segment, len: u64, batch: &[WriteOp]) -> io::Result<u64> {
     let mut buf = Vec::with_capacity(batch.iter().map(|op| op.bytes.len()).sum());
     for op in batch {
         buf.extend_from_slice(&op.bytes);
     }
-    if let Err(e) = seg.file.write_all(&buf) {
-        // Cut off the partial batch so the segment ends on a record boundary.
-        if seg.file.set_len(start).is_err() {
-            seg.poisoned = true;
+    if let Err(e) = (&seg.file).write_all(&buf) {
+        // Cut off the partial batch so the segment ends on a record
+        // boundary (what the syncer is syncing lies before `len`).
+        if seg.file.set_len(len).is_err() {
+            seg.poisoned.store(true, Ordering::Release);
         }
         return Err(e);
     }
-    seg.len += buf.len() as u64;
-    if let Err(e) = seg.file.sync_data() {
-        seg.poisoned = true;
-        return Err(e);
+    Ok(buf.len() as u64)
+}
+
+/// The second stage: takes every batch written meanwhile, makes each
+/// segment's share durable with one `fdatasync`, and only then indexes and
+/// acknowledges the batches, in the order they were written. While it
+/// syncs, the writer appends the next batches, so concurrent sessions
+/// share fsyncs without any added delay.
+fn sync_loop(shared: &Shared, rx: &std::sync::mpsc::Receiver<Written>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        group.extend(rx.try_iter());
+        let mut i = 0;
+        while i < group.len() {
+            // The run of batches in this segment (segments only move on).
+            let number = group[i].segment.number;
+            let end = group[i..].iter().position(|w| w.segment.number != number).map_or(group.len(), |n| i + n);
+            let seg = group[i].segment.clone();
+            let synced = if seg.poisoned.load(Ordering::Acquire) {
+                Err(io::Error::other("an earlier fsync of this segment failed"))
+            } else {
+                seg.file.sync_data().inspect_err(|_| seg.poisoned.store(true, Ordering::Release))
+            };
+            for w in group[i..end].iter_mut() {
+                let batch = std::mem::take(&mut w.batch);
+                match &synced {
+                    Ok(()) => {
+                        shared.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        let mut batch = batch;
+                        index_batch(shared, number, w.start, &mut batch);
+                        for op in batch {
+                            let _ = op.ack.send(Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, segment = number, "spool: sync failed; the batch is refused");
+                        fail(batch, e);
+                    }
+                }
+            }
+            if synced.is_ok() {
+                shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            i = end;
+        }
     }
-    Ok(start)
 }
 
 fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp]) {
@@ -186,7 +255,7 @@ fn open_segment(dir: &std::path::Path, number: u64, shared: &Shared) -> io::Resu
     let mut state = shared.lock();
     state.live.entry(number).or_insert(0);
     state.active = number;
-    Ok(Segment { number, file, len: 0, poisoned: false })
+    Ok(Segment { number, file, poisoned: AtomicBool::new(false) })
 }
 
 fn fail(batch: Vec<WriteOp>, e: &io::Error) {
