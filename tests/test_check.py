@@ -225,14 +225,14 @@ def check_shape(doc: dict, domain: str) -> None:
     assert set(doc) == {"domain", "findings", "spf", "dmarc"}
     for f in doc["findings"]:
         assert set(f) == {"check", "severity", "code", "message", "fix"}, f
-        assert f["check"] in {"mx", "spf", "dkim", "dmarc", "mta-sts", "tls-rpt", "bimi"}, f
+        assert f["check"] in {"mx", "spf", "dkim", "dmarc", "mta-sts", "tls-rpt", "bimi", "dane"}, f
         assert f["severity"] in {"ok", "warning", "error"}, f
         assert f["code"] and f["code"] == f["code"].lower() and " " not in f["code"], f
         assert f["message"], f
         if f["severity"] != "ok":
             assert f["fix"], f"every warning and error has a fix: {f}"
     # Every area is reported, ok ones too.
-    assert {f["check"] for f in doc["findings"]} == {"mx", "spf", "dkim", "dmarc", "mta-sts", "tls-rpt", "bimi"}
+    assert {f["check"] for f in doc["findings"]} == {"mx", "spf", "dkim", "dmarc", "mta-sts", "tls-rpt", "bimi", "dane"}
     assert {"records", "lookups", "void_lookups", "tree"} <= set(doc["spf"])
     assert {"record", "policy", "org_domain"} <= set(doc["dmarc"])
 

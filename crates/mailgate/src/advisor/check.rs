@@ -1,9 +1,9 @@
 //! `mailgate check DOMAIN`: runs every area (MX, SPF, DKIM, DMARC,
-//! MTA-STS, TLS-RPT, BIMI) against the domain's published records and
+//! MTA-STS, TLS-RPT, BIMI, DANE) against the domain's published records and
 //! prints each finding, ok ones too, as text or one JSON document. The
 //! exit status is the worst severity: 0 ok, 1 warnings, 2 errors, and 3
 //! when the check could not run at all (bad configuration or domain).
-//! May import: `config`, `dns`, `outbound::tls`, `sign::store`, `advisor`.
+//! May import: `config`, `dns`, `outbound::tls`, `outbound::dane`, `sign::store`, `advisor`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +13,7 @@ use clap::Args;
 use hickory_resolver::TokioResolver;
 use serde_json::json;
 
-use super::{Finding, Severity, bimi, dkim, dmarc, mtasts, mx, spf, tlsrpt};
+use super::{Finding, Severity, bimi, dane, dkim, dmarc, mtasts, mx, spf, tlsrpt};
 use crate::config::Config;
 
 #[derive(Args, Debug)]
@@ -111,6 +111,7 @@ pub async fn report(config: &Config, resolver: &TokioResolver, domain: &str, all
         tlsrpt::check(resolver, domain),
     );
     let bimi = bimi::check(resolver, domain, dmarc.policy).await;
+    let dane = dane::check(resolver, &mx.hosts, Some(&our_tlsa(config))).await;
     let mut findings = mx.findings;
     findings.extend(spf.findings.iter().cloned());
     findings.extend(dkim);
@@ -118,7 +119,19 @@ pub async fn report(config: &Config, resolver: &TokioResolver, domain: &str, all
     findings.extend(mta_sts);
     findings.extend(tls_rpt);
     findings.extend(bimi);
+    findings.extend(dane);
     Ok(Report { domain: domain.to_string(), findings, spf, dmarc })
+}
+
+/// Our MX host (`[server] hostname`) and the TLSA record of the
+/// certificate it serves after the next start or reload.
+fn our_tlsa(config: &Config) -> dane::Ours {
+    let cert = config.tls.as_ref().map(|t| t.cert.clone()).unwrap_or_else(|| config.data_dir.join("tls").join("cert.pem"));
+    dane::Ours {
+        host: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
+        tlsa: crate::outbound::dane::tlsa_311_from_pem(&cert).map_err(|e| format!("{e:#}")),
+        cert: cert.display().to_string(),
+    }
 }
 
 /// The selectors mailgate signs `domain` with, from `data_dir`'s key

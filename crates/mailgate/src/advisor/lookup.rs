@@ -51,6 +51,11 @@ async fn ask<T>(resolver: &TokioResolver, name: &str, rtype: RecordType, pick: i
     }
 }
 
+/// The TLSA records at `name` (RFC 6698).
+pub async fn tlsa(resolver: &TokioResolver, name: &str) -> Answer<crate::outbound::dane::Tlsa> {
+    ask(resolver, name, RecordType::TLSA, crate::outbound::dane::Tlsa::from_rdata).await
+}
+
 /// The TXT records at `name`, each one's strings joined (RFC 7208 §3.3).
 pub async fn txt(resolver: &TokioResolver, name: &str) -> Answer<String> {
     ask(resolver, name, RecordType::TXT, |d| match d {

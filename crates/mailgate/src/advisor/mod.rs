@@ -3,7 +3,8 @@
 //! and `dmarc whatif`.
 //!
 //! May import: `config`, `dns`, `checks` (record parsers), `outbound::tls`
-//! and `outbound::mta_sts` (the policy fetch delivery uses), `report::dest`
+//! and `outbound::mta_sts` (the policy fetch delivery uses), `outbound::dane`
+//! (TLSA records and our own key's record), `report::dest`
 //! (the RFC 9989 tree walk and report authorisation), `sign::store` (our
 //! selectors), `store` (read-only, for the report-driven views). Nothing
 //! here changes the queue or the spool.
@@ -11,6 +12,7 @@
 // `mailgate check DOMAIN`: one file per area, `check` runs them.
 pub mod bimi;
 pub mod check;
+pub mod dane;
 pub mod dkim;
 pub mod dmarc;
 pub mod lookup;

@@ -31,14 +31,14 @@ pub struct Tlsa {
 }
 
 impl Tlsa {
-    fn from_rdata(r: &RData) -> Option<Tlsa> {
+    pub fn from_rdata(r: &RData) -> Option<Tlsa> {
         let RData::TLSA(t) = r else { return None };
         Some(Tlsa { usage: t.cert_usage.into(), selector: t.selector.into(), matching: t.matching.into(), data: t.cert_data.clone() })
     }
 
     /// RFC 7672 §3.1: only DANE-TA(2) and DANE-EE(3) with a known
     /// selector and matching type can authenticate a server.
-    fn usable(&self) -> bool {
+    pub fn usable(&self) -> bool {
         matches!(self.usage, 2 | 3) && matches!(self.selector, 0 | 1) && matches!(self.matching, 0..=2)
     }
 
