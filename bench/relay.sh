@@ -36,6 +36,7 @@
 #   DELIVER_TIMEOUT=300                       give up waiting for the sink
 #   BENCH_TMP=DIR   parent of the scratch dir (default /var/tmp, the same ext4
 #                   filesystem as /work here; must not be tmpfs)
+#   BUILD=0         do not build; use target/release/mailgate as it is
 #   KEEP=1          keep the scratch dir (configs, logs, queues) afterwards
 #
 # It never touches /etc/postfix or a system Postfix instance: Postfix runs
@@ -81,9 +82,14 @@ PF_MASTER_CF=/usr/share/postfix/master.cf.dist
 PF_VERSION=$(postconf -d -h mail_version 2>/dev/null || echo unknown)
 
 # ---------------------------------------------------------------- build
-log "building mailgate (release)"
-(cd "$ROOT" && cargo build --release -p mailgate) > "${TMPDIR:-/tmp}/mailgate-relay-build.log" 2>&1 ||
-    { tail -30 "${TMPDIR:-/tmp}/mailgate-relay-build.log" >&2; die "cargo build failed"; }
+# BUILD=0 uses target/release/mailgate as it is (built with the whole
+# workspace: `-p mailgate` alone unifies features differently and rebuilds
+# dependencies).
+if [ "${BUILD:-1}" != 0 ]; then
+    log "building mailgate (release)"
+    (cd "$ROOT" && cargo build --release -p mailgate) > "${TMPDIR:-/tmp}/mailgate-relay-build.log" 2>&1 ||
+        { tail -30 "${TMPDIR:-/tmp}/mailgate-relay-build.log" >&2; die "cargo build failed"; }
+fi
 [ -x "$MAILGATE" ] || die "no $MAILGATE after build"
 
 # ---------------------------------------------------------------- scratch
