@@ -387,6 +387,18 @@ EOF
         [ "$left" = 0 ] && break
         sleep 0.1
     done
+    if [ -n "$hook_pid" ]; then
+        # Outside the clock, with mailgate still running: how long until
+        # the receiver has a POST per message (the outbox drains).
+        local hw0 hw1
+        hw0=$(date +%s.%N)
+        for _ in $(seq 600); do
+            [ "$(cat "$d/hooks.count" 2>/dev/null || echo 0)" -ge "$MESSAGES" ] && break
+            sleep 0.1
+        done
+        hw1=$(date +%s.%N)
+        log "hooks run $1: the receiver got $(cat "$d/hooks.count" 2>/dev/null || echo 0) webhook POSTs for $MESSAGES messages, $(awk -v a="$hw0" -v b="$hw1" 'BEGIN{printf "%.1f", b - a}') s after the sink had all messages"
+    fi
     hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$pid/status")   # before the listing below allocates
     read -r _ _ pss < <(tree_mem "$pid")
     log "$side run $1: threads (CPU s): $(thread_cpu "$pid")"
@@ -408,12 +420,6 @@ EOF
     settle_sink "$d/sink.out"
     kill -TERM "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true
     if [ -n "$hook_pid" ]; then
-        # Not part of the clock: how long until the receiver has them all.
-        for _ in $(seq 300); do
-            [ "$(cat "$d/hooks.count" 2>/dev/null || echo 0)" -ge "$MESSAGES" ] && break
-            sleep 0.1
-        done
-        log "hooks run $1: the receiver got $(cat "$d/hooks.count" 2>/dev/null || echo 0) webhook POSTs for $MESSAGES messages"
         kill -TERM "$hook_pid" 2>/dev/null; wait "$hook_pid" 2>/dev/null || true
     fi
     RESULTS+=("$side $1 $RATE $SECS $SRC_RATE $(( (t1 - t0) * 100 / HZ )) $(( (s1 - s0) * 100 / HZ )) $SRC_CPU $KERNEL_S $(other_cpu $(( t1 - t0 )) $(( s1 - s0 ))) $SYS_BUSY $SYS_IOWAIT $LOAD $QUIET $SINK_MESG $SINK_SESS $left 1 $hwm $pss ${fsyncs:--} ${records:--} $delivered $deferred")

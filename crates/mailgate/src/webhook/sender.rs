@@ -2,14 +2,14 @@
 //! HTTP (reqwest, as MTA-STS and TLS-RPT use), retried with backoff (10 s
 //! doubling to 10 minutes) until the webhook's `max_age`.
 //!
-//! Bounded: at most [`MAX_IN_FLIGHT`] POSTs at once ([`PER_URL`] per
+//! Bounded: at most [`READY`] events read ahead, [`MAX_IN_FLIGHT`] POSTs at once ([`PER_URL`] per
 //! webhook, so one hanging receiver does not stop the others), each cut
 //! off after [`TIMEOUT`]; what waits stays in SQLite, not in memory. A
 //! message whose event keeps failing holds back only its own later events.
 //!
 //! May import: `config`, `metrics`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 
 /// POSTs under way at once, over every webhook.
 const MAX_IN_FLIGHT: usize = 32;
+/// Heads read from the outbox at a time (and held, bodies included).
+const READY: usize = 256;
 /// POSTs under way at once to one webhook.
 const PER_URL: usize = 16;
 /// The whole POST, connection to status line.
@@ -101,11 +103,14 @@ pub async fn run(
     let mut busy: HashSet<i64> = HashSet::new();
     let mut per_url: HashMap<usize, usize> = HashMap::new();
     let mut running: JoinSet<(i64, usize, u32, Result<(), String>)> = JoinSet::new();
+    // Heads read and not yet sent, with their webhook: the outbox is read
+    // [`READY`] at a time, not once per POST (each read walks the index).
+    let mut ready: VecDeque<(usize, Head)> = VecDeque::new();
     let mut look = true;
     loop {
-        if look && running.len() < MAX_IN_FLIGHT {
+        if look && ready.is_empty() {
             look = false;
-            let limit = MAX_IN_FLIGHT - running.len() + busy.len();
+            let limit = READY + busy.len();
             let o = outbox.clone();
             let heads = match tokio::task::spawn_blocking(move || o.heads(now_ms(), limit)).await {
                 Ok(Ok(h)) => h,
@@ -119,16 +124,13 @@ pub async fn run(
                 }
             };
             for head in heads {
-                if running.len() >= MAX_IN_FLIGHT {
-                    break;
-                }
                 if busy.contains(&head.seq) {
                     continue;
                 }
+                busy.insert(head.seq);
                 let Some(i) = targets.iter().position(|t| t.hook.url == head.url) else {
                     tracing::warn!(url = %head.url, "webhook event for a webhook no longer configured; discarded");
                     metrics.webhook_events("discarded", 1);
-                    busy.insert(head.seq);
                     let _ = writer.send(Msg::Settle(Settle::Remove(head.seq))).await;
                     continue;
                 };
@@ -137,23 +139,30 @@ pub async fn run(
                     tracing::warn!(url = %t.hook.url, attempts = head.attempts, max_age_s = t.hook.max_age, event = %head.body,
                         "webhook event undelivered for max_age; dropped");
                     metrics.webhook_events("expired", 1);
-                    busy.insert(head.seq);
                     let _ = writer.send(Msg::Settle(Settle::Remove(head.seq))).await;
                     continue;
                 }
-                let n = per_url.entry(i).or_insert(0);
-                if *n >= PER_URL {
-                    continue;
-                }
-                *n += 1;
-                busy.insert(head.seq);
-                let target = targets.clone();
-                let Head { seq, attempts, body, .. } = head;
-                running.spawn(async move {
-                    let t = &target[i];
-                    (seq, i, attempts, post(t, &body).await)
-                });
+                ready.push_back((i, head));
             }
+        }
+        // Start what the limits allow, oldest first, skipping webhooks at
+        // their own limit.
+        let mut at = 0;
+        while running.len() < MAX_IN_FLIGHT && at < ready.len() {
+            let i = ready[at].0;
+            let n = per_url.entry(i).or_insert(0);
+            if *n >= PER_URL {
+                at += 1;
+                continue;
+            }
+            *n += 1;
+            let Some((_, head)) = ready.remove(at) else { break };
+            let target = targets.clone();
+            let Head { seq, attempts, body, .. } = head;
+            running.spawn(async move {
+                let t = &target[i];
+                (seq, i, attempts, post(t, &body).await)
+            });
         }
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => {
