@@ -22,7 +22,11 @@
 # Environment:
 #   RUNS=2          runs per side, interleaved (mailgate, postfix, sink, mailgate, ...)
 #   MESSAGES=20000  SESSIONS=20  SIZE=5120   smtp-source -m / -s / -l
-#   SIDES="mailgate postfix sink"             which sides to run
+#   SIDES="mailgate postfix sink"             which sides to run; `hooks` is
+#                   mailgate with a [[webhook]] receiving every event (a
+#                   delivered one per message) at bench/hook-sink.py, to
+#                   compare with `mailgate` in the same run:
+#                   SIDES="mailgate hooks" RUNS=1 MESSAGES=5000 bench/relay.sh
 #   MG_DELIVERY='concurrency_per_destination = 20'   extra lines for mailgate's
 #                   [delivery] section (use \n between lines)
 #   MAILGATE_LOG=info                         passed through to mailgate
@@ -32,6 +36,7 @@
 #   DELIVER_TIMEOUT=300                       give up waiting for the sink
 #   BENCH_TMP=DIR   parent of the scratch dir (default /var/tmp, the same ext4
 #                   filesystem as /work here; must not be tmpfs)
+#   BUILD=0         do not build; use target/release/mailgate as it is
 #   KEEP=1          keep the scratch dir (configs, logs, queues) afterwards
 #
 # It never touches /etc/postfix or a system Postfix instance: Postfix runs
@@ -77,9 +82,14 @@ PF_MASTER_CF=/usr/share/postfix/master.cf.dist
 PF_VERSION=$(postconf -d -h mail_version 2>/dev/null || echo unknown)
 
 # ---------------------------------------------------------------- build
-log "building mailgate (release)"
-(cd "$ROOT" && cargo build --release -p mailgate) > "${TMPDIR:-/tmp}/mailgate-relay-build.log" 2>&1 ||
-    { tail -30 "${TMPDIR:-/tmp}/mailgate-relay-build.log" >&2; die "cargo build failed"; }
+# BUILD=0 uses target/release/mailgate as it is (built with the whole
+# workspace: `-p mailgate` alone unifies features differently and rebuilds
+# dependencies).
+if [ "${BUILD:-1}" != 0 ]; then
+    log "building mailgate (release)"
+    (cd "$ROOT" && cargo build --release -p mailgate) > "${TMPDIR:-/tmp}/mailgate-relay-build.log" 2>&1 ||
+        { tail -30 "${TMPDIR:-/tmp}/mailgate-relay-build.log" >&2; die "cargo build failed"; }
+fi
 [ -x "$MAILGATE" ] || die "no $MAILGATE after build"
 
 # ---------------------------------------------------------------- scratch
@@ -303,11 +313,25 @@ settle_sink() { # file
 RESULTS=()   # one line per run, see the report
 
 # ---------------------------------------------------------------- mailgate
+# mailgate with webhooks on: the same run, plus a [[webhook]] for every
+# event, POSTed to a fast local receiver (bench/hook-sink.py).
+run_hooks() { # run-number
+    SIDE=hooks run_mailgate "$1"
+}
+
 run_mailgate() { # run-number
-    local d=$WORK/mg$1 port http dns pid t0 t1 s0 s1 metrics fsyncs records accepted left hwm pss delivered deferred dups
+    local side=${SIDE:-mailgate} hooks_port="" hooks_toml="" hook_pid=""
+    local d=$WORK/$side$1 port http dns pid t0 t1 s0 s1 metrics fsyncs records accepted left hwm pss delivered deferred dups
     mkdir -p "$d"; chmod 755 "$d"
     start_sink "$d"
     port=$(free_port); http=$(free_port); dns=$(free_port)   # dns: nothing listens there
+    if [ "$side" = hooks ]; then
+        hooks_port=$(free_port)
+        python3 "$ROOT/bench/hook-sink.py" "$hooks_port" "$d/hooks.count" 2> "$d/hooks.err" &
+        hook_pid=$!; PIDS+=("$hook_pid")
+        wait_port "$hooks_port" 20 || die "hook-sink did not listen on $hooks_port"
+        hooks_toml=$(printf '[[webhook]]\nurl = "http://127.0.0.1:%s/hook"\nsecret = "bench"\n' "$hooks_port")
+    fi
     cat > "$d/mailgate.toml" <<EOF
 [server]
 hostname = "mailgate.bench.test"
@@ -343,6 +367,8 @@ connections_per_ip_per_minute = 0
 
 [delivery]
 $(printf '%b' "$MG_DELIVERY")
+
+$hooks_toml
 EOF
     "$MAILGATE" serve --config "$d/mailgate.toml" 2> "$d/mailgate.log" &
     pid=$!; PIDS+=("$pid")
@@ -350,7 +376,7 @@ EOF
     wait_port "$http" 20 || die "mailgate admin API did not listen on $http"
     sampler "$pid" "$d/peak_rss" & PIDS+=($!)
     t0=$(ticks "$pid"); s0=$(ticks "$SINK_PID")
-    log "mailgate run $1 (quiet: $QUIET): smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -> 127.0.0.1:$port -> smtp-sink 127.0.0.1:$SINK_PORT"
+    log "$side run $1 (quiet: $QUIET): smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -> 127.0.0.1:$port -> smtp-sink 127.0.0.1:$SINK_PORT"
     run_load "$port" "$d" "$d/sink.out"
     t1=$(ticks "$pid"); s1=$(ticks "$SINK_PID")
     # The queue must empty (the last removals may trail the sink's count).
@@ -361,9 +387,21 @@ EOF
         [ "$left" = 0 ] && break
         sleep 0.1
     done
+    if [ -n "$hook_pid" ]; then
+        # Outside the clock, with mailgate still running: how long until
+        # the receiver has a POST per message (the outbox drains).
+        local hw0 hw1
+        hw0=$(date +%s.%N)
+        for _ in $(seq 600); do
+            [ "$(cat "$d/hooks.count" 2>/dev/null || echo 0)" -ge "$MESSAGES" ] && break
+            sleep 0.1
+        done
+        hw1=$(date +%s.%N)
+        log "hooks run $1: the receiver got $(cat "$d/hooks.count" 2>/dev/null || echo 0) webhook POSTs for $MESSAGES messages, $(awk -v a="$hw0" -v b="$hw1" 'BEGIN{printf "%.1f", b - a}') s after the sink had all messages"
+    fi
     hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$pid/status")   # before the listing below allocates
     read -r _ _ pss < <(tree_mem "$pid")
-    log "mailgate run $1: threads (CPU s): $(thread_cpu "$pid")"
+    log "$side run $1: threads (CPU s): $(thread_cpu "$pid")"
     fsyncs=$(echo "$metrics" | awk '$1=="mailgate_spool_fsyncs_total"{print $2}')
     records=$(echo "$metrics" | awk '$1=="mailgate_spool_records_total"{print $2}')
     accepted=$(echo "$metrics" | awk '$1=="mailgate_messages_accepted_total"{print $2}')
@@ -381,9 +419,12 @@ EOF
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
     settle_sink "$d/sink.out"
     kill -TERM "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true
-    RESULTS+=("mailgate $1 $RATE $SECS $SRC_RATE $(( (t1 - t0) * 100 / HZ )) $(( (s1 - s0) * 100 / HZ )) $SRC_CPU $KERNEL_S $(other_cpu $(( t1 - t0 )) $(( s1 - s0 ))) $SYS_BUSY $SYS_IOWAIT $LOAD $QUIET $SINK_MESG $SINK_SESS $left 1 $hwm $pss ${fsyncs:--} ${records:--} $delivered $deferred")
-    log "$(printf 'mailgate run %s: %.0f msg/s end to end (%.2f s; accept phase %.0f msg/s), sink has %s messages in %s sessions, queue left %s, fsyncs %s for %s records, delivered %s (ids delivered twice: %s), deferred %s, peak RSS %s KiB' \
-        "$1" "$RATE" "$SECS" "$SRC_RATE" "$SINK_MESG" "$SINK_SESS" "$left" "$fsyncs" "$records" "$delivered" "$dups" "$deferred" "$hwm")"
+    if [ -n "$hook_pid" ]; then
+        kill -TERM "$hook_pid" 2>/dev/null; wait "$hook_pid" 2>/dev/null || true
+    fi
+    RESULTS+=("$side $1 $RATE $SECS $SRC_RATE $(( (t1 - t0) * 100 / HZ )) $(( (s1 - s0) * 100 / HZ )) $SRC_CPU $KERNEL_S $(other_cpu $(( t1 - t0 )) $(( s1 - s0 ))) $SYS_BUSY $SYS_IOWAIT $LOAD $QUIET $SINK_MESG $SINK_SESS $left 1 $hwm $pss ${fsyncs:--} ${records:--} $delivered $deferred")
+    log "$(printf '%s run %s: %.0f msg/s end to end (%.2f s; accept phase %.0f msg/s), sink has %s messages in %s sessions, queue left %s, fsyncs %s for %s records, delivered %s (ids delivered twice: %s), deferred %s, peak RSS %s KiB' \
+        "$side" "$1" "$RATE" "$SECS" "$SRC_RATE" "$SINK_MESG" "$SINK_SESS" "$left" "$fsyncs" "$records" "$delivered" "$dups" "$deferred" "$hwm")"
     [ "$left" = 0 ] || die "mailgate queue still holds $left messages"
     [ "$SINK_MESG" = "$MESSAGES" ] || log "WARNING: sink counted $SINK_MESG messages, expected $MESSAGES (duplicates: $(( SINK_MESG - MESSAGES )))"
     [ "${KEEP:-0}" = 1 ] || rm -rf "$d/data"
@@ -520,5 +561,9 @@ echo
 echo "best: mailgate ${MG:-?} msg/s, postfix ${PF:-?} msg/s, ceiling (smtp-source -> smtp-sink) $(best sink) msg/s"
 if [ "${MG:-0}" -gt 0 ] && [ "${PF:-0}" -gt 0 ]; then
     echo "ratio mailgate/postfix: $(awk -v a="$MG" -v b="$PF" 'BEGIN{printf "%.2f", a / b}')"
+fi
+HK=$(best hooks)
+if [ "${MG:-0}" -gt 0 ] && [ "${HK:-0}" -gt 0 ]; then
+    echo "webhooks: off ${MG} msg/s, on ${HK} msg/s, on/off $(awk -v a="$HK" -v b="$MG" 'BEGIN{printf "%.3f (%.1f%% slower)", a / b, 100 * (1 - a / b)}')"
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -60,6 +60,8 @@ DOCUMENTED = {
     "mailgate_queue_messages": "gauge",
     "mailgate_queue_recipients": "gauge",
     "mailgate_queue_state_messages": "gauge",
+    "mailgate_webhook_events": "counter",
+    "mailgate_webhook_outbox_events": "gauge",
     "mailgate_spool_fsyncs": "counter",
     "mailgate_spool_records": "counter",
     "mailgate_delivery_latency_seconds": "histogram",

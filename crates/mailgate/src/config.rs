@@ -26,10 +26,12 @@ mod policy;
 mod reports;
 mod risks;
 mod sections;
+mod webhook;
 pub use cluster::Cluster;
 pub use policy::{Action, PolicyConfig, TempErrorAction};
 pub use reports::Reports;
 pub use risks::{Warning, warnings};
+pub use webhook::{EVENTS as WEBHOOK_EVENTS, Webhook};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -80,6 +82,8 @@ struct RawConfig {
     reports: reports::RawReports,
     #[serde(default)]
     cluster: cluster::RawCluster,
+    #[serde(default)]
+    webhook: Vec<webhook::RawWebhook>,
 }
 
 /// `[arc]`: sealing what mailgate forwards.
@@ -387,6 +391,8 @@ pub struct Config {
     pub reports: Reports,
     /// `[cluster]`: shared state in PostgreSQL for several nodes.
     pub cluster: Cluster,
+    /// `[[webhook]]`: where delivery events are POSTed.
+    pub webhooks: Vec<Webhook>,
 }
 
 impl Config {
@@ -572,6 +578,12 @@ impl Config {
                 problems.add(key, message);
             }
         });
+        let webhooks = webhook::validate(raw.webhook).unwrap_or_else(|list| {
+            for (key, message) in list {
+                problems.add(key, message);
+            }
+            Vec::new()
+        });
         let (policy, reports, cluster) = match (policy, reports, cluster) {
             (Ok(p), Ok(r), Ok(c)) if problems.list.is_empty() => (p, r, c),
             _ => return Err(problems.list),
@@ -608,6 +620,7 @@ impl Config {
             arc_seal,
             reports,
             cluster,
+            webhooks,
         })
     }
 

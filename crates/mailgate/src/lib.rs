@@ -23,3 +23,4 @@ pub mod sign;
 pub mod spool;
 pub mod store;
 pub mod tls;
+pub mod webhook;

@@ -80,6 +80,10 @@ const TLS_POLICIES: [&str; 4] = ["sts", "tlsa", "no-policy-found", "require-tls"
 /// `mailgate_queue_state_messages{state}`.
 const QUEUE_STATES: [&str; 3] = ["waiting", "in_flight", "settling"];
 
+/// What became of webhook events: the values of
+/// `mailgate_webhook_events_total{result}` (see `webhook`).
+pub const WEBHOOK_RESULTS: [&str; 6] = ["queued", "sent", "retried", "expired", "discarded", "lost"];
+
 /// Seconds from acceptance to delivery or bounce: from "at once" to the
 /// five-day default queue lifetime.
 const LATENCY_BUCKETS: [f64; 12] = [0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0];
@@ -140,6 +144,11 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -167,6 +176,8 @@ pub struct Metrics {
     queue_messages: Gauge,
     queue_recipients: Gauge,
     queue_state: Family<StateLabel, Gauge>,
+    webhook_events: Family<ResultLabel, Counter>,
+    webhook_outbox: Gauge,
     /// The three series of `queue_state`, held so the scheduler's loop
     /// sets them without a lookup.
     queue_states: [Gauge; 3],
@@ -212,6 +223,8 @@ impl Metrics {
             queue_messages: Gauge::default(),
             queue_recipients: Gauge::default(),
             queue_state: Family::default(),
+            webhook_events: Family::default(),
+            webhook_outbox: Gauge::default(),
             queue_states: Default::default(),
             spool_fsyncs: Counter::default(),
             spool_records: Counter::default(),
@@ -255,6 +268,9 @@ impl Metrics {
         for kind in ReportKind::ALL {
             let _ = m.reports_sent.get_or_create(&KindLabel { kind: kind.as_str() });
             let _ = m.reports_ingested.get_or_create(&KindLabel { kind: kind.as_str() });
+        }
+        for result in WEBHOOK_RESULTS {
+            let _ = m.webhook_events.get_or_create(&ResultLabel { result });
         }
         m.queue_states = QUEUE_STATES.map(|state| m.queue_state.get_or_create_owned(&StateLabel { state }));
         m.register()
@@ -326,6 +342,12 @@ impl Metrics {
             "Queued messages by scheduler state: waiting for their time, in_flight (being delivered), settling (outcome being written)",
             self.queue_state.clone(),
         );
+        r.register(
+            "mailgate_webhook_events",
+            "Webhook events by what became of them: queued (in the outbox), sent (2xx), retried (a failed POST), expired (max_age), discarded (webhook no longer configured), lost (not written)",
+            self.webhook_events.clone(),
+        );
+        r.register("mailgate_webhook_outbox_events", "Webhook events in the outbox, not yet delivered", self.webhook_outbox.clone());
         r.register("mailgate_spool_fsyncs", "fsync calls made by the spool writer", self.spool_fsyncs.clone());
         r.register("mailgate_spool_records", "Records written to the spool", self.spool_records.clone());
         r.register_with_unit(
@@ -467,6 +489,18 @@ impl Metrics {
     /// A report was parsed into the store (not a duplicate, not rejected).
     pub fn report_ingested(&self, kind: ReportKind) {
         self.reports_ingested.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+    }
+
+    // -- webhooks ---------------------------------------------------------
+
+    /// `n` webhook events had `result`, one of [`WEBHOOK_RESULTS`].
+    pub fn webhook_events(&self, result: &'static str, n: u64) {
+        self.webhook_events.get_or_create(&ResultLabel { result }).inc_by(n);
+    }
+
+    /// Events in the webhook outbox now.
+    pub fn set_webhook_outbox(&self, n: u64) {
+        self.webhook_outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     // -- read at scrape time ----------------------------------------------

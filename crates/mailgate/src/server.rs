@@ -90,6 +90,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let resolver = crate::dns::resolver(config.nameservers.as_deref()).context("cannot set up the DNS resolver")?;
     let d = &config.delivery;
     let trust = Arc::new(crate::outbound::tls::Trust::load(d.ca_file.as_deref()).context("cannot load trusted certificates")?);
+    let hooks = crate::webhook::Hooks::start(&config.webhooks, &config.data_dir, metrics.clone(), trust.verifying.clone())?;
     let mta_sts = d.mta_sts.then(|| {
         crate::outbound::mta_sts::MtaSts::new(
             resolver.clone(),
@@ -141,7 +142,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.dkim.rotation_overlap),
     );
     let dash_resolver = outbound.resolver.clone();
-    let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone(), signer.clone());
+    let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone(), signer.clone(), hooks.clone());
     let limits = listener::Limits::new(
         config.limits.max_connections,
         config.limits.max_connections_per_ip,
@@ -178,6 +179,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             },
             budget: budget.clone(),
             recorder: Some(recorder.clone()),
+            hooks: hooks.clone(),
         });
         tracing::info!(role = l.role.as_str(), addr = %socket.local_addr()?, "listening");
         tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
@@ -210,6 +212,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let all = futures_join(tasks);
     if tokio::time::timeout(grace, all).await.is_err() {
         tracing::warn!(grace_s = grace.as_secs(), "sessions still open after the grace period; closing them");
+    }
+    if let Some(h) = &hooks {
+        // Events emitted so far are written before we exit.
+        h.flush().await;
     }
     tracing::info!(queued = spool.len(), "stopped");
     Ok(())

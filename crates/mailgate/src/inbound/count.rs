@@ -6,7 +6,7 @@
 //! content, too many recipients, content the driver gave up on) by the
 //! driver when it writes the reply ([`refused_by_session`]).
 //!
-//! May import: `checks`, `config`, `metrics`, `mailgate-core`.
+//! May import: `checks`, `config`, `metrics`, `webhook` (rejected events), `mailgate-core`.
 
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ pub struct Counting {
     pub metrics: Arc<Metrics>,
     /// `None` without a report store.
     pub refusals: Option<super::timeline::Refusals>,
+    /// `None` unless a webhook receives `rejected` events.
+    pub rejections: Option<crate::webhook::submission::Rejections>,
 }
 
 impl Counting {
@@ -45,6 +47,9 @@ impl Policy for Counting {
         if let Some(r) = &self.refusals {
             r.mail(info, from, result.as_ref().err());
         }
+        if let Some(w) = &self.rejections {
+            w.mail(info, from, result.as_ref().err());
+        }
         result
     }
 
@@ -52,6 +57,9 @@ impl Policy for Counting {
         let result = self.count(self.inner.check_rcpt(info, to));
         if let (Some(r), Err(reply)) = (&self.refusals, &result) {
             r.rcpt(info, to, reply);
+        }
+        if let Some(w) = &self.rejections {
+            w.rcpt(info, to, result.as_ref());
         }
         result
     }

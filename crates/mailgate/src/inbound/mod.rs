@@ -13,7 +13,7 @@
 //! arrives (see [`spill`]), and what sessions hold in memory is counted
 //! against one budget; [`store`] takes a finished message from there.
 //!
-//! May import: `checks`, `spool`, `store` (timeline records), `metrics`, `config`, `mailgate-core`.
+//! May import: `checks`, `spool`, `store` (timeline records), `webhook` (rejected events), `metrics`, `config`, `mailgate-core`.
 
 pub mod clock;
 mod count;
@@ -61,6 +61,8 @@ pub struct Inbound {
     pub budget: Arc<Budget>,
     /// Where each message's timeline record goes (the report store).
     pub recorder: Option<Arc<crate::store::Recorder>>,
+    /// `[[webhook]]`s, for `rejected` events of authenticated submitters.
+    pub hooks: Option<Arc<crate::webhook::Hooks>>,
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {
@@ -69,6 +71,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
         inner: ctx.policy.clone(),
         metrics: ctx.metrics.clone(),
         refusals: ctx.recorder.clone().map(timeline::Refusals::new),
+        rejections: ctx.hooks.clone().and_then(crate::webhook::submission::Rejections::new),
     });
     let mut session = Session::new(ctx.session.clone(), policy.clone(), peer.ip(), trusted);
     let mut stream = Stream::Plain(tcp);
@@ -128,6 +131,9 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
                             Ok(_) => Err(over_budget_reply()),
                             Err(reply) => Err(reply),
                         };
+                        if let Some(w) = &policy.rejections {
+                            w.message(user.is_some(), &result, Some(trace.message_id()));
+                        }
                         trace.record(ctx.recorder.as_deref(), &result);
                         reservation.set(0);
                         ctx.metrics.message_received();

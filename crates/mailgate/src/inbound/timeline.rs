@@ -76,6 +76,11 @@ impl Trace {
         }
     }
 
+    /// The `Message-ID:` as written, once [`Trace::message`] has seen it.
+    pub fn message_id(&self) -> &str {
+        &self.rec.message_id
+    }
+
     /// Every check's result, and the policy's action with its reason.
     pub fn verdict(&mut self, v: &Verdict) {
         let mut push = |name: &str, result: &str, detail: String| {

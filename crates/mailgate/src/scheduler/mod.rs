@@ -8,7 +8,7 @@
 //! disk until they are due, and the scheduler's memory does not grow with
 //! the queue.
 //!
-//! May import: `spool`, `outbound`, `config`, `metrics`, `mailgate-core`.
+//! May import: `spool`, `outbound`, `config`, `metrics`, `webhook` (delivery events), `mailgate-core`.
 
 mod admin;
 mod due;
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mailgate_core::bounce::{self, Kind};
+use mailgate_core::bounce::{self, Classification, Kind};
 use mailgate_core::client::Outcome;
 use mailgate_core::retry::RetryPolicy;
 use mailgate_core::{Envelope, QueueId, RecipientStatus, Reply};
@@ -35,6 +35,7 @@ const NOTICE_QUOTE_LIMIT: u64 = 1024 * 1024;
 use crate::outbound::route::{self, Destination};
 use crate::outbound::{self, Job, JobResult, Outbound, dsn};
 use crate::spool::{Spool, SpoolError};
+use crate::webhook::{EventKind, Hooks, WebhookEvent};
 use due::DueWindow;
 use queues::{Push, Queues};
 
@@ -108,6 +109,8 @@ struct Scheduler {
     results_tx: mpsc::UnboundedSender<JobResult>,
     /// A message's outcome is durable; `true` when recipients are pending.
     settled_tx: mpsc::UnboundedSender<(QueueId, bool)>,
+    /// `[[webhook]]`s: delivered, deferred and bounced events.
+    hooks: Option<Arc<Hooks>>,
 }
 
 pub fn start(
@@ -116,6 +119,7 @@ pub fn start(
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
     signer: Arc<crate::sign::Signer>,
+    hooks: Option<Arc<Hooks>>,
 ) -> Handle {
     let (tx, commands) = mpsc::channel(64);
     let (results_tx, results) = mpsc::unbounded_channel();
@@ -137,6 +141,7 @@ pub fn start(
         settling: Default::default(),
         results_tx,
         settled_tx,
+        hooks,
     };
     // The recovered queue comes in from the index on the first dispatch.
     tokio::spawn(s.run(commands, results, settled, new_messages));
@@ -278,11 +283,16 @@ impl Scheduler {
         self.finish(id, done.results).await;
     }
 
-    /// A failed attempt's category, counted; the scheduler decided the kind.
-    fn classify(&self, kind: Kind, reply: &Reply) -> &'static str {
+    /// A failed attempt's classification, counted; the scheduler decided the kind.
+    fn classify(&self, kind: Kind, reply: &Reply) -> Classification {
         let c = bounce::classify_as(kind, Some(reply.code), reply.status, &reply.lines.join(" "));
         self.metrics.delivery_failure(c);
-        c.category.as_str()
+        c
+    }
+
+    /// Whether a webhook wants events of `kind`.
+    fn hook(&self, kind: EventKind) -> bool {
+        self.hooks.as_ref().is_some_and(|h| h.wants(kind))
     }
 
     /// Applies every outcome of an attempt, sends the notices it calls for,
@@ -293,6 +303,8 @@ impl Scheduler {
         let now = now_secs();
         let mut failed = Vec::new();
         let mut succeeded = Vec::new();
+        // Webhook events, by recipient index.
+        let mut events: Vec<(usize, WebhookEvent)> = Vec::new();
         for res in &results {
             for (&i, outcome) in res.rcpts.iter().zip(&res.outcomes) {
                 let Some(r) = env.recipients.get_mut(i) else { continue };
@@ -300,11 +312,16 @@ impl Scheduler {
                 r.last_reply = Some(outcome.reply().to_string());
                 r.remote = res.remote.clone();
                 let relay = res.remote.as_deref().unwrap_or(if res.local { "local" } else { "none" });
+                let mx = res.remote.as_deref().or(res.local.then_some("local"));
                 match outcome {
                     Outcome::Delivered(_) => {
                         r.status = RecipientStatus::Delivered;
                         self.metrics.delivered(env.received_at);
                         tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), "delivered");
+                        if self.hook(EventKind::Delivered) {
+                            let e = WebhookEvent::attempt(EventKind::Delivered, &id, &env.sender, r, mx, &outcome.reply().to_string());
+                            events.push((i, e));
+                        }
                         if r.notify.is_some_and(|n| n.success) && !res.remote_dsn {
                             succeeded.push((i, if res.local || res.remote.is_none() { "delivered" } else { "relayed" }));
                         }
@@ -312,7 +329,12 @@ impl Scheduler {
                     Outcome::Permanent(reply) => {
                         r.status = RecipientStatus::Failed;
                         self.metrics.bounced(env.received_at);
-                        let category = self.classify(Kind::Hard, reply);
+                        let c = self.classify(Kind::Hard, reply);
+                        let category = c.category.as_str();
+                        if self.hook(EventKind::Bounced) {
+                            let e = WebhookEvent::attempt(EventKind::Bounced, &id, &env.sender, r, mx, &outcome.reply().to_string());
+                            events.push((i, e.classified(Some(c))));
+                        }
                         tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), category, "bounced");
                         failed.push(i);
                     }
@@ -320,7 +342,12 @@ impl Scheduler {
                         r.status = RecipientStatus::Deferred;
                         r.next_attempt = now + self.policy.delay(r.attempts, rand::random::<f64>()).as_secs();
                         self.metrics.deferred();
-                        let category = self.classify(Kind::Soft, reply);
+                        let c = self.classify(Kind::Soft, reply);
+                        let category = c.category.as_str();
+                        if self.hook(EventKind::Deferred) {
+                            let e = WebhookEvent::attempt(EventKind::Deferred, &id, &env.sender, r, mx, &outcome.reply().to_string());
+                            events.push((i, e.classified(Some(c))));
+                        }
                         tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), category, next_attempt_s = r.next_attempt - now, "deferred");
                     }
                 }
@@ -335,6 +362,14 @@ impl Scheduler {
                     r.last_reply = Some(format!("{last} (gave up: message expired after {}s in the queue)", now - env.received_at));
                     tracing::info!(queue_id = %id, to = %r.address, "expired");
                     failed.push(i);
+                    if self.hook(EventKind::Bounced) {
+                        // No retry is scheduled after all: bounced, not deferred.
+                        events.retain(|(j, e)| !(*j == i && e.event == EventKind::Deferred));
+                        let reply = r.last_reply.clone().unwrap_or_default();
+                        let c = bounce::classify_reply(&reply).map(|c| Classification { kind: Kind::Hard, ..c });
+                        let e = WebhookEvent::attempt(EventKind::Bounced, &id, &env.sender, r, r.remote.as_deref(), &reply);
+                        events.push((i, e.classified(c)));
+                    }
                 }
             }
         }
@@ -374,7 +409,14 @@ impl Scheduler {
         let settled = self.settled_tx.clone();
         let signer = self.signer.clone();
         let recorder = self.outbound.recorder.clone();
+        let hooks = self.hooks.clone().filter(|_| !events.is_empty());
         tokio::spawn(async move {
+            // Before the message may be removed: its Message-ID is read
+            // from the spool (the header block only).
+            if let Some(hooks) = hooks {
+                let header = spool.read_limited(&id, 0).ok().flatten();
+                hooks.emit_for_message(events.into_iter().map(|(_, e)| e).collect(), header.as_deref());
+            }
             let notices = [(dsn::Kind::Failure, failure), (dsn::Kind::Success, succeeded), (dsn::Kind::Delay, delayed)];
             if notices.iter().any(|(_, which)| !which.is_empty()) {
                 // A big message is quoted by its header block only (as Postfix does
