@@ -61,6 +61,8 @@ pub(super) fn read(text: &str, file: &str) -> (Result<RawConfig, ConfigError>, V
         arc: super::RawArc,
         reports: super::reports::RawReports,
         cluster: super::cluster::RawCluster,
+        srs: super::srs::RawSrs,
+        forward: Vec<super::srs::RawForward>,
     );
     let mut found: Vec<(usize, ConfigError)> = errors.iter().map(|e| parse_error(text, file, e)).collect();
     // What no single section sees: unknown sections.
