@@ -606,7 +606,7 @@ impl Config {
                 problems.add(key, message);
             }
         });
-        let forwarding = srs::validate(raw.srs, raw.forward, &resolve).map_err(|list| {
+        let forwarding = srs::validate(raw.srs, raw.forward, resolve).map_err(|list| {
             for (key, message) in list {
                 problems.add(key, message);
             }

@@ -59,9 +59,9 @@ impl std::fmt::Display for Rate {
             3600 => write!(f, "{}/hour", self.count),
             60 => write!(f, "{}/minute", self.count),
             1 => write!(f, "{}/second", self.count),
-            _ if s % 86400 == 0 => write!(f, "{}/{}d", self.count, s / 86400),
-            _ if s % 3600 == 0 => write!(f, "{}/{}h", self.count, s / 3600),
-            _ if s % 60 == 0 => write!(f, "{}/{}m", self.count, s / 60),
+            _ if s.is_multiple_of(86400) => write!(f, "{}/{}d", self.count, s / 86400),
+            _ if s.is_multiple_of(3600) => write!(f, "{}/{}h", self.count, s / 3600),
+            _ if s.is_multiple_of(60) => write!(f, "{}/{}m", self.count, s / 60),
             _ => write!(f, "{}/{}s", self.count, s),
         }
     }

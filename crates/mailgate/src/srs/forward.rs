@@ -50,7 +50,7 @@ impl Forwarding {
                     for t in &f.to {
                         if !targets.iter().any(|x| x.address == *t) {
                             let mut out = Recipient::new(t.clone());
-                            out.notify = r.notify.clone();
+                            out.notify = r.notify;
                             targets.push(out);
                         }
                     }
