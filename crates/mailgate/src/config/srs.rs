@@ -44,12 +44,15 @@ pub struct Forward {
     pub to: Vec<Mailbox>,
 }
 
+/// `[srs]` (if set) and the `[[forward]]`s.
+type Forwarding = (Option<SrsConfig>, Vec<Forward>);
+
 /// Checks both sections. Problems are `(key, message)`.
 pub(super) fn validate(
     srs: RawSrs,
     forwards: Vec<RawForward>,
     resolve: impl Fn(PathBuf) -> PathBuf,
-) -> Result<(Option<SrsConfig>, Vec<Forward>), Vec<(String, String)>> {
+) -> Result<Forwarding, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let mut list: Vec<Forward> = Vec::new();
     for (i, f) in forwards.into_iter().enumerate() {
@@ -108,4 +111,53 @@ pub(super) fn validate(
 /// receiver decide; every mailbox of ours is case-insensitive).
 pub fn same_address(a: &Mailbox, b: &Mailbox) -> bool {
     a.local_part().eq_ignore_ascii_case(b.local_part()) && matches!((a.domain(), b.domain()), (Some(x), Some(y)) if x.same_name(y))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/mailgate/test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn forwarding_rates_and_srs_parse() {
+        let c = parse(
+            "[srs]\ndomain = \"srs.example.com\"\nsecret_file = \"srs.key\"\n\
+             [[forward]]\naddress = \"team@example.com\"\nto = [\"a@elsewhere.example\", \"b@other.example\"]\n\
+             [[domain]]\nname = \"example.com\"\nrate = \"20000/day\"\n\
+             [[user]]\nname = \"app1\"\npassword = \"$argon2id$x\"\nrate = \"1000/hour\"\nburst = 50\n\
+             [limits]\nsubmission_rate_per_network = \"5000/hour\"\nsubmission_network_prefix_v6 = 48\n",
+        )
+        .unwrap();
+        let srs = c.srs.unwrap();
+        assert_eq!((srs.domain.as_str(), srs.max_age_days), ("srs.example.com", 21));
+        assert_eq!(srs.secret_file.unwrap(), Path::new("/etc/mailgate/srs.key"));
+        assert_eq!(c.forwards.len(), 1);
+        assert_eq!(c.forwards[0].to.len(), 2);
+        assert_eq!(c.rates.users["app1"].to_string(), "1000/hour");
+        assert_eq!(c.rates.users["app1"].burst, Some(50));
+        assert_eq!(c.rates.domains[0].1.to_string(), "20000/day");
+        let net = c.rates.network.unwrap();
+        assert_eq!((net.v4, net.v6, net.rate.count), (24, 48, 5000));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let forward = "[[forward]]\naddress = \"team@example.com\"\nto = [\"a@elsewhere.example\"]\n";
+        assert!(parse(forward).unwrap_err().contains("srs.domain: is required with [[forward]]"));
+        let e = parse("[srs]\ndomain = \"srs.example.com\"\n[[forward]]\naddress = \"nobody\"\nto = []\n").unwrap_err();
+        assert!(e.contains("forward[0].address"), "{e}");
+        let e = parse("[[user]]\nname = \"a\"\npassword = \"$argon2id$x\"\nrate = \"10/fortnight\"\n").unwrap_err();
+        assert!(e.contains("user[0].rate"), "{e}");
+        let e = parse("[[domain]]\nname = \"example.com\"\nrate = \"10/hour\"\nburst = 11\n").unwrap_err();
+        assert!(e.contains("domain[0].rate") && e.contains("between 1 and 10"), "{e}");
+        let e = parse("[limits]\nsubmission_rate_per_network = \"many\"\n").unwrap_err();
+        assert!(e.contains("limits.submission_rate_per_network"), "{e}");
+        let e = parse("[srs]\ndomain = \"srs.example.com\"\nmax_age_days = 2000\n").unwrap_err();
+        assert!(e.contains("srs.max_age_days"), "{e}");
+    }
 }

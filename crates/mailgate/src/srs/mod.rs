@@ -137,3 +137,66 @@ fn read_secrets(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn srs_in(dir: &Path) -> Srs {
+        let config = SrsConfig { domain: Domain::parse("srs.example.test", false).unwrap(), secret_file: None, max_age_days: 21 };
+        Srs::load(&config, dir).unwrap()
+    }
+
+    #[test]
+    fn the_secret_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let srs = srs_in(dir.path());
+        let path = dir.path().join(SECRET_FILE);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let first = std::fs::read_to_string(&path).unwrap();
+        // A restart keeps it: addresses made before still reverse.
+        let alice = Mailbox::parse("alice@origin.example", false).unwrap();
+        let rewritten = srs.rewrite(&alice);
+        let again = srs_in(dir.path());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        assert_eq!(again.reverse(&rewritten), Some(Ok(alice)));
+    }
+
+    #[test]
+    fn old_secrets_verify_and_readable_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let domain = Domain::parse("srs.example.test", false).unwrap();
+        let config = SrsConfig { domain, secret_file: Some(path.clone()), max_age_days: 21 };
+        write("old-secret-0123456789\n", 0o600);
+        let alice = Mailbox::parse("alice@origin.example", false).unwrap();
+        let made_with_old = Srs::load(&config, dir.path()).unwrap().rewrite(&alice);
+        write("# rotated\nnew-secret-0123456789\nold-secret-0123456789\n", 0o600);
+        let srs = Srs::load(&config, dir.path()).unwrap();
+        assert_eq!(srs.reverse(&made_with_old), Some(Ok(alice.clone())));
+        assert_ne!(srs.rewrite(&alice), made_with_old, "the new secret signs");
+        write("new-secret-0123456789\n", 0o644);
+        assert!(Srs::load(&config, dir.path()).err().unwrap().to_string().contains("readable by other users"));
+        write("short\n", 0o600);
+        assert!(Srs::load(&config, dir.path()).is_err());
+    }
+
+    #[test]
+    fn only_srs_addresses_in_our_domain_are_reversed() {
+        let dir = tempfile::tempdir().unwrap();
+        let srs = srs_in(dir.path());
+        let plain = Mailbox::parse("postmaster@srs.example.test", false).unwrap();
+        assert_eq!(srs.reverse(&plain), None);
+        let elsewhere = Mailbox::parse("SRS0=abcd=AA=x.example=y@other.example", false).unwrap();
+        assert_eq!(srs.reverse(&elsewhere), None);
+        let forged = Mailbox::parse("SRS0=abcd=AA=x.example=y@SRS.example.test", false).unwrap();
+        assert_eq!(srs.reverse(&forged), Some(Err(SrsError::BadHash)));
+        // Our own SRS addresses are not rewritten again.
+        let ours = Mailbox::parse("SRS0=abcd=AA=x.example=y@srs.example.test", false).unwrap();
+        assert_eq!(srs.rewrite(&ours), ours);
+    }
+}
