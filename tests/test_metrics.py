@@ -66,6 +66,7 @@ DOCUMENTED = {
     "mailgate_spool_records": "counter",
     "mailgate_delivery_latency_seconds": "histogram",
     "mailgate_check_duration_seconds": "histogram",
+    "mailgate_rate_limited": "counter",
 }
 
 # Labelled series that must exist at start (at 0), one per known value.

@@ -42,7 +42,7 @@ impl Policy for TestPolicy {
         Ok(())
     }
 
-    fn check_rcpt(&self, _info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
+    fn check_rcpt(&self, _info: &SessionInfo, _from: &ReversePath, to: &Path) -> Result<Mailbox, Reply> {
         match to {
             Path::Postmaster => Ok(Mailbox::from_parts("postmaster", example()).unwrap()),
             Path::Mailbox { mailbox, .. } => match mailbox.host() {

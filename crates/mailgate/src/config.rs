@@ -23,15 +23,19 @@ mod cluster;
 mod dns;
 mod limits;
 mod policy;
+mod rate;
 mod reports;
 mod risks;
 mod sections;
 mod webhook;
+mod srs;
 pub use cluster::Cluster;
 pub use policy::{Action, PolicyConfig, TempErrorAction};
+pub use rate::{NetworkRate, Rate, RateLimits};
 pub use reports::Reports;
 pub use risks::{Warning, warnings};
 pub use webhook::{EVENTS as WEBHOOK_EVENTS, Webhook};
+pub use srs::{Forward, SrsConfig, same_address};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -84,6 +88,9 @@ struct RawConfig {
     cluster: cluster::RawCluster,
     #[serde(default)]
     webhook: Vec<webhook::RawWebhook>,
+    srs: srs::RawSrs,
+    #[serde(default)]
+    forward: Vec<srs::RawForward>,
 }
 
 /// `[arc]`: sealing what mailgate forwards.
@@ -235,6 +242,9 @@ struct RawDomain {
     dkim_headers: Option<Vec<String>>,
     /// Signatures expire this many seconds after signing (`x=`); 0: never.
     dkim_expire: Option<u64>,
+    /// Submission rate limit for mail with this domain as sender.
+    rate: Option<String>,
+    burst: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +254,9 @@ struct RawUser {
     password: String,
     #[serde(default)]
     send_as: Vec<String>,
+    /// Submission rate limit of this user: `"1000/hour"`.
+    rate: Option<String>,
+    burst: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,6 +406,12 @@ pub struct Config {
     pub cluster: Cluster,
     /// `[[webhook]]`: where delivery events are POSTed.
     pub webhooks: Vec<Webhook>,
+    /// Submission rate limits of users, domains and client networks.
+    pub rates: RateLimits,
+    /// `[srs]`: set when mail is forwarded.
+    pub srs: Option<SrsConfig>,
+    /// `[[forward]]`: addresses whose mail is relayed on with SRS.
+    pub forwards: Vec<Forward>,
 }
 
 impl Config {
@@ -463,6 +482,7 @@ impl Config {
         }
 
         let mut domains: Vec<DomainConfig> = Vec::new();
+        let mut rates = RateLimits::default();
         for (i, d) in raw.domain.into_iter().enumerate() {
             let name = match Domain::parse(&d.name, true) {
                 Ok(name) => name,
@@ -493,6 +513,11 @@ impl Config {
                 problems.add(format!("domain[{i}].dkim_canonicalization"), format!("{canon:?}: use e.g. \"relaxed/relaxed\""));
                 (mailgate_core::dkim::Canon::Relaxed, mailgate_core::dkim::Canon::Relaxed)
             });
+            match rate::optional(d.rate.as_deref(), d.burst) {
+                Ok(Some(r)) => rates.domains.push((name.clone(), r)),
+                Ok(None) => {}
+                Err(m) => problems.add(format!("domain[{i}].rate"), m),
+            }
             let dkim = DkimSettings {
                 sign: d.dkim.unwrap_or(true),
                 algorithms,
@@ -510,6 +535,13 @@ impl Config {
             }
             if !u.password.starts_with("$argon2id$") {
                 problems.add(format!("user[{i}].password"), "must be an argon2id hash ($argon2id$...)".into());
+            }
+            match rate::optional(u.rate.as_deref(), u.burst) {
+                Ok(Some(r)) => {
+                    rates.users.insert(u.name.clone(), r);
+                }
+                Ok(None) => {}
+                Err(m) => problems.add(format!("user[{i}].rate"), m),
             }
             users.push(User { name: u.name, password_hash: u.password, send_as: u.send_as });
         }
@@ -537,6 +569,7 @@ impl Config {
         let dnssec = dnssec_settings(&raw.dns, &mut problems);
         let limits = raw.limits;
         limits.validate(&mut problems);
+        rates.network = limits.network_rate(&mut problems);
         if raw.spool.segment_size < 1024 * 1024 {
             problems.add("spool.segment_size", "must be at least 1 MiB".into());
         }
@@ -584,8 +617,13 @@ impl Config {
             }
             Vec::new()
         });
-        let (policy, reports, cluster) = match (policy, reports, cluster) {
-            (Ok(p), Ok(r), Ok(c)) if problems.list.is_empty() => (p, r, c),
+        let forwarding = srs::validate(raw.srs, raw.forward, resolve).map_err(|list| {
+            for (key, message) in list {
+                problems.add(key, message);
+            }
+        });
+        let (policy, reports, cluster, (srs, forwards)) = match (policy, reports, cluster, forwarding) {
+            (Ok(p), Ok(r), Ok(c), Ok(f)) if problems.list.is_empty() => (p, r, c, f),
             _ => return Err(problems.list),
         };
 
@@ -621,6 +659,9 @@ impl Config {
             reports,
             cluster,
             webhooks,
+            rates,
+            srs,
+            forwards,
         })
     }
 

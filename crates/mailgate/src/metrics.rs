@@ -149,6 +149,14 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: &'static str,
+}
+
+/// What a submission rate limit applies to (`checks::rate`).
+const RATE_SCOPES: [&str; 3] = ["user", "domain", "network"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -185,6 +193,7 @@ pub struct Metrics {
     spool_records: Counter,
     delivery_latency: Histogram,
     check_duration: Histogram,
+    rate_limited: Family<ScopeLabel, Counter>,
     /// When pending recipients were last counted (see
     /// [`Metrics::recipients_due`]), and whether a count is running.
     recipients_counted: Mutex<Option<Instant>>,
@@ -230,6 +239,7 @@ impl Metrics {
             spool_records: Counter::default(),
             delivery_latency: Histogram::new(LATENCY_BUCKETS),
             check_duration: Histogram::new(CHECK_BUCKETS),
+            rate_limited: Family::default(),
             recipients_counted: Mutex::new(None),
             counting_recipients: AtomicBool::new(false),
         };
@@ -272,6 +282,9 @@ impl Metrics {
         for result in WEBHOOK_RESULTS {
             let _ = m.webhook_events.get_or_create(&ResultLabel { result });
         }
+        for scope in RATE_SCOPES {
+            let _ = m.rate_limited.get_or_create(&ScopeLabel { scope });
+        }
         m.queue_states = QUEUE_STATES.map(|state| m.queue_state.get_or_create_owned(&StateLabel { state }));
         m.register()
     }
@@ -280,6 +293,11 @@ impl Metrics {
     /// `_total` to counters and the unit to names registered with one.
     fn register(mut self) -> Metrics {
         let r = &mut self.registry;
+        r.register(
+            "mailgate_rate_limited",
+            "Submission recipients refused with 451 4.7.0 by a rate limit, by scope (user, domain, network)",
+            self.rate_limited.clone(),
+        );
         r.register("mailgate_connections", "TCP connections accepted, by listener role", self.connections.clone());
         r.register(
             "mailgate_connections_refused",
@@ -400,6 +418,11 @@ impl Metrics {
     pub fn message_accepted(&self, octets: u64) {
         self.messages_accepted.inc();
         self.accepted_bytes.inc_by(octets);
+    }
+
+    /// A recipient refused by a submission rate limit of `scope`.
+    pub fn rate_limited(&self, scope: &'static str) {
+        self.rate_limited.get_or_create(&ScopeLabel { scope }).inc();
     }
 
     /// Counts a refused message (or RCPT) under the reason its reply gives.

@@ -77,7 +77,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let local_domains = config.domains.iter().map(|d| d.name.clone()).collect();
     let auth = Authenticator::new(&config.users)?;
     let budget = crate::inbound::spill::Budget::new(config.limits.max_inflight_memory);
-    let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let mut policy = RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone());
+    if !config.rates.is_empty() {
+        let counter = Arc::new(crate::ratelimit::MemoryCounter::new());
+        policy = policy.with_rate_limits(Arc::new(crate::checks::rate::RateLimiter::new(config.rates.clone(), counter, metrics.clone())));
+    }
+    let forwarding = match &config.srs {
+        Some(srs) => {
+            let srs = Arc::new(crate::srs::Srs::load(srs, &config.data_dir).context("cannot set up SRS")?);
+            Some(Arc::new(crate::srs::Forwarding::new(srs, config.forwards.clone())))
+        }
+        None => None,
+    };
+    if let Some(f) = &forwarding {
+        policy = policy.with_forwarding(f.clone());
+    }
+    let policy = Arc::new(policy);
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let store = open_store(&config)?;
     let recorder = crate::store::start_writer(store.clone(), config.reports.retention_days, config.reports.record);
@@ -86,7 +102,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     reload_on_hup(signer.clone());
     let server_tls = ServerTls::new(tls_files, &config.data_dir, &config.hostname).context("cannot set up TLS")?;
     server_tls.watch();
-    let metrics = Arc::new(Metrics::default());
     let resolver = crate::dns::resolver(config.nameservers.as_deref()).context("cannot set up the DNS resolver")?;
     let d = &config.delivery;
     let trust = Arc::new(crate::outbound::tls::Trust::load(d.ca_file.as_deref()).context("cannot load trusted certificates")?);
@@ -180,6 +195,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             budget: budget.clone(),
             recorder: Some(recorder.clone()),
             hooks: hooks.clone(),
+            forwarding: forwarding.clone(),
         });
         tracing::info!(role = l.role.as_str(), addr = %socket.local_addr()?, "listening");
         tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));

@@ -100,8 +100,9 @@ pub struct SessionInfo {
 pub trait Policy: Send + Sync {
     /// Called for MAIL FROM after it parsed.
     fn check_mail(&self, info: &SessionInfo, from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply>;
-    /// Called for RCPT TO after it parsed; returns the mailbox to deliver to.
-    fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply>;
+    /// Called for RCPT TO after it parsed, with the transaction's sender;
+    /// returns the mailbox to deliver to.
+    fn check_rcpt(&self, info: &SessionInfo, from: &ReversePath, to: &Path) -> Result<Mailbox, Reply>;
 }
 
 /// Something the driver must do.
@@ -638,7 +639,7 @@ impl Session {
         {
             return self.reply(Reply::new(553, status::NEED_UTF8, "Non-ASCII address requires SMTPUTF8"));
         }
-        let mailbox = match self.policy.check_rcpt(&self.info, &path) {
+        let mailbox = match self.policy.check_rcpt(&self.info, &tx.sender, &path) {
             Ok(m) => m,
             Err(reply) => return self.reply(reply),
         };

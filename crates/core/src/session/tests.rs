@@ -10,7 +10,7 @@ impl Policy for TestPolicy {
         Ok(())
     }
 
-    fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
+    fn check_rcpt(&self, info: &SessionInfo, _: &ReversePath, to: &Path) -> Result<Mailbox, Reply> {
         match to {
             Path::Mailbox { mailbox, source_route } if source_route.is_empty() && mailbox.routing_hack().is_none() => {
                 let ours = matches!(mailbox.host(), Host::Domain(d) if d.as_str() == "example.test");

@@ -5,6 +5,13 @@
 //! sender-specified routing from an untrusted client is refused, as Postfix
 //! does with `allow_untrusted_routing = no`: a next hop might honour it and
 //! forward the message on, which would make us an open relay by proxy.
+//!
+//! Two more kinds of recipient come in at the MX: `[[forward]]` addresses
+//! (accepted in any domain) and SRS addresses in our `[srs] domain`, which
+//! stand for the original sender a bounce goes back to: a valid one is
+//! replaced by that address, a forged or expired one refused. On
+//! submission listeners, each accepted recipient then counts against the
+//! rate limits (`checks::rate`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +20,7 @@ use crate::inbound::spill::Budget;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mailgate_core::address::{Host, Path};
-use mailgate_core::reply::{Reply, status};
+use mailgate_core::reply::{Reply, StatusCode, status};
 use mailgate_core::session::{Policy, Role, SessionInfo};
 use mailgate_core::{Domain, Mailbox, ReversePath};
 
@@ -25,6 +32,10 @@ pub struct RelayPolicy {
     min_free_space: u64,
     /// Message content sessions hold in memory, all together.
     budget: Arc<Budget>,
+    /// Submission rate limits, when any is configured.
+    rate: Option<Arc<super::rate::RateLimiter>>,
+    /// `[[forward]]` addresses and SRS, when configured.
+    forwarding: Option<Arc<crate::srs::Forwarding>>,
 }
 
 impl RelayPolicy {
@@ -35,7 +46,19 @@ impl RelayPolicy {
         auth: Arc<super::auth::Authenticator>,
         budget: Arc<Budget>,
     ) -> Self {
-        RelayPolicy { auth, local_domains, free_space, min_free_space, budget }
+        RelayPolicy { auth, local_domains, free_space, min_free_space, budget, rate: None, forwarding: None }
+    }
+
+    /// Counts submission recipients against these limits.
+    pub fn with_rate_limits(mut self, rate: Arc<super::rate::RateLimiter>) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Accepts forwarding addresses and checks SRS addresses.
+    pub fn with_forwarding(mut self, forwarding: Arc<crate::srs::Forwarding>) -> Self {
+        self.forwarding = Some(forwarding);
+        self
     }
 
     fn may_relay(info: &SessionInfo) -> bool {
@@ -78,7 +101,18 @@ impl Policy for RelayPolicy {
         Ok(())
     }
 
-    fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
+    fn check_rcpt(&self, info: &SessionInfo, from: &ReversePath, to: &Path) -> Result<Mailbox, Reply> {
+        let mailbox = self.recipient(info, to)?;
+        if let Some(rate) = &self.rate {
+            rate.check_rcpt(info, from)?;
+        }
+        Ok(mailbox)
+    }
+}
+
+impl RelayPolicy {
+    /// The mailbox to deliver to, or the refusal.
+    fn recipient(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
         let denied = || Reply::new(554, status::POLICY, "Relay access denied");
         let (mailbox, source_route) = match to {
             Path::Mailbox { mailbox, source_route } => (mailbox, source_route),
@@ -89,6 +123,18 @@ impl Policy for RelayPolicy {
             }
             Path::Null => return Err(Reply::new(501, status::BAD_DEST_SYNTAX, "Empty recipient")),
         };
+        if let Some(fwd) = &self.forwarding
+            && let Some(result) = fwd.srs.reverse(mailbox)
+        {
+            // 5.1.1: the address names no mailbox (a forged hash or a
+            // timestamp past max_age_days); the sender's bounce classifier
+            // reads it as a bad address, not a policy block, which is what
+            // it is for the sender of a forged bounce.
+            return result.map_err(|e| {
+                tracing::info!(client = %info.client_ip, rcpt = %mailbox, error = %e, "SRS address refused");
+                Reply::new(550, StatusCode::new(5, 1, 1), format!("Bad SRS address <{mailbox}>: {e}"))
+            });
+        }
         if Self::may_relay(info) {
             return Ok(mailbox.clone());
         }
@@ -97,6 +143,9 @@ impl Policy for RelayPolicy {
         }
         if let Some(hack) = mailbox.routing_hack() {
             return Err(Reply::new(550, status::POLICY, format!("Sender-specified routing refused: {hack}")));
+        }
+        if self.forwarding.as_ref().is_some_and(|f| f.is_forward(mailbox)) {
+            return Ok(mailbox.clone());
         }
         match mailbox.host() {
             Host::Domain(d) if self.local_domains.iter().any(|l| l.same_name(d)) => Ok(mailbox.clone()),

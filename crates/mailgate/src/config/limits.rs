@@ -44,6 +44,17 @@ pub struct Limits {
     /// and from trusted networks; longer than 998 octets is re-encoded
     /// before signing. `mx` stays at RFC 5321's 1000.
     pub max_submission_line: usize,
+    /// Recipients submitted from one client network (see the two prefix
+    /// lengths), e.g. `"5000/hour"`; empty = no limit. Submission
+    /// listeners only.
+    pub submission_rate_per_network: String,
+    /// Recipients a client network may submit at once (a bucket refilled
+    /// at the rate); 0 = only the window counts.
+    pub submission_burst_per_network: u64,
+    /// The IPv4 prefix length that makes one client network.
+    pub submission_network_prefix_v4: u8,
+    /// The IPv6 prefix length that makes one client network.
+    pub submission_network_prefix_v6: u8,
 }
 
 impl Default for Limits {
@@ -62,11 +73,43 @@ impl Default for Limits {
             shutdown_grace: 60,
             max_inflight_memory: 256 * 1024 * 1024,
             max_submission_line: 64 * 1024,
+            submission_rate_per_network: String::new(),
+            submission_burst_per_network: 0,
+            submission_network_prefix_v4: 24,
+            submission_network_prefix_v6: 56,
         }
     }
 }
 
 impl Limits {
+    /// The per-network submission limit, if one is set.
+    pub(super) fn network_rate(&self, problems: &mut Problems) -> Option<super::NetworkRate> {
+        if self.submission_network_prefix_v4 > 32 {
+            problems.add("limits.submission_network_prefix_v4", "must be between 0 and 32".into());
+        }
+        if self.submission_network_prefix_v6 > 128 {
+            problems.add("limits.submission_network_prefix_v6", "must be between 0 and 128".into());
+        }
+        if self.submission_rate_per_network.is_empty() {
+            if self.submission_burst_per_network > 0 {
+                problems.add("limits.submission_burst_per_network", "needs limits.submission_rate_per_network".into());
+            }
+            return None;
+        }
+        let burst = Some(self.submission_burst_per_network).filter(|&b| b > 0);
+        match super::Rate::parse(&self.submission_rate_per_network, burst) {
+            Ok(rate) => Some(super::NetworkRate {
+                rate,
+                v4: self.submission_network_prefix_v4.min(32),
+                v6: self.submission_network_prefix_v6.min(128),
+            }),
+            Err(m) => {
+                problems.add("limits.submission_rate_per_network", m);
+                None
+            }
+        }
+    }
+
     pub(super) fn validate(&self, problems: &mut Problems) {
         if self.max_recipients < 100 {
             problems.add("limits.max_recipients", "must be at least 100 (RFC 5321 4.5.3.1.8)".into());

@@ -62,6 +62,8 @@ pub(super) fn read(text: &str, file: &str) -> (Result<RawConfig, ConfigError>, V
         reports: super::reports::RawReports,
         cluster: super::cluster::RawCluster,
         webhook: Vec<super::webhook::RawWebhook>,
+        srs: super::srs::RawSrs,
+        forward: Vec<super::srs::RawForward>,
     );
     let mut found: Vec<(usize, ConfigError)> = errors.iter().map(|e| parse_error(text, file, e)).collect();
     // What no single section sees: unknown sections.

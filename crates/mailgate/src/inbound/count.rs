@@ -53,8 +53,8 @@ impl Policy for Counting {
         result
     }
 
-    fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply> {
-        let result = self.count(self.inner.check_rcpt(info, to));
+    fn check_rcpt(&self, info: &SessionInfo, from: &ReversePath, to: &Path) -> Result<Mailbox, Reply> {
+        let result = self.count(self.inner.check_rcpt(info, from, to));
         if let (Some(r), Err(reply)) = (&self.refusals, &result) {
             r.rcpt(info, to, reply);
         }

@@ -13,10 +13,11 @@
 //! arrives (see [`spill`]), and what sessions hold in memory is counted
 //! against one budget; [`store`] takes a finished message from there.
 //!
-//! May import: `checks`, `spool`, `store` (timeline records), `webhook` (rejected events), `metrics`, `config`, `mailgate-core`.
+//! May import: `checks`, `srs`, `spool`, `store` (timeline records), `webhook` (rejected events), `metrics`, `config`, `mailgate-core`.
 
 pub mod clock;
 mod count;
+mod forward;
 pub mod spill;
 mod store;
 pub mod timeline;
@@ -63,6 +64,9 @@ pub struct Inbound {
     pub recorder: Option<Arc<crate::store::Recorder>>,
     /// `[[webhook]]`s, for `rejected` events of authenticated submitters.
     pub hooks: Option<Arc<crate::webhook::Hooks>>,
+    /// `[[forward]]` and SRS: forwarded recipients are expanded before the
+    /// spool.
+    pub forwarding: Option<Arc<crate::srs::Forwarding>>,
 }
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) {

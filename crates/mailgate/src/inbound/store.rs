@@ -136,6 +136,7 @@ pub async fn store(
             }
         }
     }
+    super::forward::apply(ctx, &mut envelope, &prefix, &body).await?;
     let sender = match &envelope.sender {
         ReversePath::Null => "<>".to_string(),
         ReversePath::Mailbox(m) => m.to_string(),
