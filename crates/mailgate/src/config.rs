@@ -26,10 +26,12 @@ mod policy;
 mod reports;
 mod risks;
 mod sections;
+mod suppression;
 pub use cluster::Cluster;
 pub use policy::{Action, PolicyConfig, TempErrorAction};
 pub use reports::Reports;
 pub use risks::{Warning, warnings};
+pub use suppression::{SuppressAction, Suppression};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -80,6 +82,8 @@ struct RawConfig {
     reports: reports::RawReports,
     #[serde(default)]
     cluster: cluster::RawCluster,
+    #[serde(default)]
+    suppression: suppression::RawSuppression,
 }
 
 /// `[arc]`: sealing what mailgate forwards.
@@ -189,6 +193,11 @@ pub struct Delivery {
     /// Extra CA certificates (PEM) trusted for MTA-STS, besides the
     /// system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Rewrite the envelope sender of submitted mail to a per-recipient
+    /// VERP address, so asynchronous bounces find their message.
+    pub verp: bool,
+    /// The domain of VERP addresses; the sender's domain when unset.
+    pub return_path_domain: Option<String>,
 }
 
 impl Default for Delivery {
@@ -212,6 +221,8 @@ impl Default for Delivery {
             mta_sts: true,
             mta_sts_port: 443,
             ca_file: None,
+            verp: false,
+            return_path_domain: None,
         }
     }
 }
@@ -387,6 +398,8 @@ pub struct Config {
     pub reports: Reports,
     /// `[cluster]`: shared state in PostgreSQL for several nodes.
     pub cluster: Cluster,
+    /// `[suppression]`: recipients not to mail again, per sending domain.
+    pub suppression: Suppression,
 }
 
 impl Config {
@@ -572,8 +585,17 @@ impl Config {
                 problems.add(key, message);
             }
         });
-        let (policy, reports, cluster) = match (policy, reports, cluster) {
-            (Ok(p), Ok(r), Ok(c)) if problems.list.is_empty() => (p, r, c),
+        let suppression = raw.suppression.validate().map_err(|list| {
+            for (key, message) in list {
+                problems.add(key, message);
+            }
+        });
+        let return_path_domain = suppression::return_path_domain(raw.delivery.return_path_domain.as_deref())
+            .map_err(|(key, message)| problems.add(key, message))
+            .ok()
+            .flatten();
+        let (policy, reports, cluster, suppression) = match (policy, reports, cluster, suppression) {
+            (Ok(p), Ok(r), Ok(c), Ok(s)) if problems.list.is_empty() => (p, r, c, s),
             _ => return Err(problems.list),
         };
 
@@ -590,6 +612,7 @@ impl Config {
             delivery: Delivery {
                 ca_file: raw.delivery.ca_file.clone().map(&resolve),
                 require_tls: raw.delivery.require_tls.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
+                return_path_domain,
                 ..raw.delivery
             },
             smarthost,
@@ -608,6 +631,7 @@ impl Config {
             arc_seal,
             reports,
             cluster,
+            suppression,
         })
     }
 

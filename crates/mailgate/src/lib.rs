@@ -22,4 +22,5 @@ pub mod server;
 pub mod sign;
 pub mod spool;
 pub mod store;
+pub mod suppression;
 pub mod tls;

@@ -102,6 +102,11 @@ pub trait Policy: Send + Sync {
     fn check_mail(&self, info: &SessionInfo, from: &ReversePath, declared_size: Option<u64>) -> Result<(), Reply>;
     /// Called for RCPT TO after it parsed; returns the mailbox to deliver to.
     fn check_rcpt(&self, info: &SessionInfo, to: &Path) -> Result<Mailbox, Reply>;
+    /// Called for a recipient [`Policy::check_rcpt`] accepted, with the
+    /// transaction's sender (the suppression list is per sending domain).
+    fn check_rcpt_from(&self, _info: &SessionInfo, _from: &ReversePath, _to: &Mailbox) -> Result<(), Reply> {
+        Ok(())
+    }
 }
 
 /// Something the driver must do.
@@ -642,6 +647,9 @@ impl Session {
             Ok(m) => m,
             Err(reply) => return self.reply(reply),
         };
+        if let Err(reply) = self.policy.check_rcpt_from(&self.info, &tx.sender, &mailbox) {
+            return self.reply(reply);
+        }
         let State::Mail(tx) = &mut self.state else {
             return;
         };

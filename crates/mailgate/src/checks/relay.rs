@@ -5,6 +5,11 @@
 //! sender-specified routing from an untrusted client is refused, as Postfix
 //! does with `allow_untrusted_routing = no`: a next hop might honour it and
 //! forward the message on, which would make us an open relay by proxy.
+//!
+//! With VERP on, a `bounces+...` address of ours is accepted on any
+//! listener only when its token verifies; a submitting client's recipient
+//! on the sender domain's suppression list is refused
+//! ([`crate::suppression`] decides both).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ pub struct RelayPolicy {
     min_free_space: u64,
     /// Message content sessions hold in memory, all together.
     budget: Arc<Budget>,
+    suppressions: Option<Arc<crate::suppression::Suppressions>>,
 }
 
 impl RelayPolicy {
@@ -35,7 +41,13 @@ impl RelayPolicy {
         auth: Arc<super::auth::Authenticator>,
         budget: Arc<Budget>,
     ) -> Self {
-        RelayPolicy { auth, local_domains, free_space, min_free_space, budget }
+        RelayPolicy { auth, local_domains, free_space, min_free_space, budget, suppressions: None }
+    }
+
+    /// Checks VERP addresses and the suppression list at RCPT TO.
+    pub fn with_suppressions(mut self, s: Arc<crate::suppression::Suppressions>) -> Self {
+        self.suppressions = Some(s);
+        self
     }
 
     fn may_relay(info: &SessionInfo) -> bool {
@@ -89,6 +101,9 @@ impl Policy for RelayPolicy {
             }
             Path::Null => return Err(Reply::new(501, status::BAD_DEST_SYNTAX, "Empty recipient")),
         };
+        if let Some(verdict) = self.suppressions.as_ref().and_then(|s| s.check_verp_rcpt(mailbox)) {
+            return verdict.map(|()| mailbox.clone());
+        }
         if Self::may_relay(info) {
             return Ok(mailbox.clone());
         }
@@ -101,6 +116,14 @@ impl Policy for RelayPolicy {
         match mailbox.host() {
             Host::Domain(d) if self.local_domains.iter().any(|l| l.same_name(d)) => Ok(mailbox.clone()),
             _ => Err(denied()),
+        }
+    }
+
+    fn check_rcpt_from(&self, info: &SessionInfo, from: &ReversePath, to: &Mailbox) -> Result<(), Reply> {
+        // Mail from the internet is never held against the list.
+        match &self.suppressions {
+            Some(s) if Self::may_relay(info) => s.check_submission(from, to),
+            _ => Ok(()),
         }
     }
 }

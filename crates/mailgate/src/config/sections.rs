@@ -61,6 +61,7 @@ pub(super) fn read(text: &str, file: &str) -> (Result<RawConfig, ConfigError>, V
         arc: super::RawArc,
         reports: super::reports::RawReports,
         cluster: super::cluster::RawCluster,
+        suppression: super::suppression::RawSuppression,
     );
     let mut found: Vec<(usize, ConfigError)> = errors.iter().map(|e| parse_error(text, file, e)).collect();
     // What no single section sees: unknown sections.

@@ -55,6 +55,15 @@ impl Policy for Counting {
         }
         result
     }
+
+    fn check_rcpt_from(&self, info: &SessionInfo, from: &ReversePath, to: &Mailbox) -> Result<(), Reply> {
+        let result = self.count(self.inner.check_rcpt_from(info, from, to));
+        if let (Some(r), Err(reply)) = (&self.refusals, &result) {
+            let path = Path::Mailbox { mailbox: to.clone(), source_route: Vec::new() };
+            r.rcpt(info, &path, reply);
+        }
+        result
+    }
 }
 
 /// Refusals the driver counts when it writes them: those the session
