@@ -9,7 +9,7 @@
 //!
 //! May import: `mailgate-core`.
 
-use mail_parser::{Addr, MessageParser, MimeHeaders, PartType};
+use mail_parser::{Addr, MessageParser, MimeHeaders};
 use serde::Serialize;
 
 /// Longest feedback-report part looked at.
@@ -62,11 +62,9 @@ pub fn read(raw: &[u8]) -> Option<Complaint> {
                 }
             }
         } else if (top == "message" && (sub == "rfc822" || sub == "global")) || (top == "text" && sub == "rfc822-headers") {
-            let inner = match &part.body {
-                PartType::Message(m) => m.raw_message.as_ref().to_vec(),
-                _ => body.to_vec(),
-            };
-            original(&inner, &mut out);
+            // By offsets: a nested message's own `raw_message` may be
+            // the whole outer text.
+            original(body, &mut out);
         }
     }
     if !seen_fields {

@@ -124,7 +124,8 @@ pub fn complaint(sup: &Suppressions, spool: &Spool, raw: &[u8]) -> Reply {
         .and_then(|(id, i)| resolve(sup, spool, &id, i).map(|(s, r)| (id, s, r)));
     let (queue_id, sender, recipient) = match verp {
         Some((id, s, r)) => (Some(id.as_str().to_string()), s.mailbox().map(|m| m.to_string()), Some(r)),
-        None => (None, c.from.clone().or(c.mail_from.clone()), c.recipient.clone()),
+        // The envelope sender's domain is the list the submission path reads.
+        None => (None, c.mail_from.clone().or(c.from.clone()), c.recipient.clone()),
     };
     let (Some(sender), Some(recipient)) = (sender, recipient) else {
         tracing::warn!(feedback_type = %c.feedback_type, "complaint without a sender or recipient; discarded");
