@@ -37,8 +37,8 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": format!("suppression list: {e}") }))).into_response()
 }
 
-fn list_of(api: &Api) -> Result<Arc<Suppressions>, Response> {
-    api.suppressions.clone().ok_or_else(|| unavailable("not set up in this process"))
+fn list_of(api: &Api) -> Result<Arc<Suppressions>, Box<Response>> {
+    api.suppressions.clone().ok_or_else(|| Box::new(unavailable("not set up in this process")))
 }
 
 /// The entry as the API and `--json` show it.
@@ -54,7 +54,7 @@ pub(super) async fn list(State(api): State<Arc<Api>>, query: Result<Query<Filter
     let Ok(Query(q)) = query else { return bad_request("expected ?domain=D") };
     let s = match list_of(&api) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let domain = q.domain.filter(|d| !d.is_empty());
     match tokio::task::spawn_blocking(move || s.list(domain.as_deref())).await {
@@ -76,7 +76,7 @@ pub(super) async fn add(State(api): State<Arc<Api>>, body: Result<Json<Add>, axu
     };
     let s = match list_of(&api) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let now = crate::store::unix_now();
     let entry = Suppressed {
@@ -106,7 +106,7 @@ pub(super) async fn remove(
     let Some(address) = q.address.filter(|a| !a.is_empty()) else { return bad_request("address: required") };
     let s = match list_of(&api) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let domain = q.domain.filter(|d| !d.is_empty());
     match tokio::task::spawn_blocking(move || s.remove(&address, domain.as_deref())).await {
