@@ -51,6 +51,8 @@ DOCUMENTED = {
     "mailgate_deferred": "counter",
     "mailgate_bounced": "counter",
     "mailgate_delivery_failures": "counter",
+    "mailgate_async_bounces": "counter",
+    "mailgate_suppression": "counter",
     "mailgate_auth_results": "counter",
     "mailgate_dmarc_dispositions": "counter",
     "mailgate_lookalike_hits": "counter",

@@ -14,9 +14,11 @@ mod bounce;
 mod check;
 mod reports_ingest;
 mod reports_send;
+mod suppression;
 mod verify;
 pub use bounce::classify as bounce_classify;
 pub use check::check as config_check;
+pub use suppression::{SuppressionAction, run as suppression};
 pub use verify::{VerifyArgs, verify};
 
 #[derive(Parser, Debug)]
@@ -76,6 +78,12 @@ pub enum Command {
     Bounce {
         #[command(subcommand)]
         action: BounceAction,
+    },
+    /// The suppression list of a running server: recipients that hard
+    /// bounced or complained, per sending domain.
+    Suppression {
+        #[command(subcommand)]
+        action: SuppressionAction,
     },
     /// SPF advice from the report store: a strict record learnt from traffic.
     Spf {

@@ -27,15 +27,17 @@ mod rate;
 mod reports;
 mod risks;
 mod sections;
-mod webhook;
 mod srs;
+mod suppression;
+mod webhook;
 pub use cluster::Cluster;
 pub use policy::{Action, PolicyConfig, TempErrorAction};
 pub use rate::{NetworkRate, Rate, RateLimits};
 pub use reports::Reports;
 pub use risks::{Warning, warnings};
-pub use webhook::{EVENTS as WEBHOOK_EVENTS, Webhook};
 pub use srs::{Forward, SrsConfig, same_address};
+pub use suppression::{SuppressAction, Suppression};
+pub use webhook::{EVENTS as WEBHOOK_EVENTS, Webhook};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -88,9 +90,12 @@ struct RawConfig {
     cluster: cluster::RawCluster,
     #[serde(default)]
     webhook: Vec<webhook::RawWebhook>,
+    #[serde(default)]
     srs: srs::RawSrs,
     #[serde(default)]
     forward: Vec<srs::RawForward>,
+    #[serde(default)]
+    suppression: suppression::RawSuppression,
 }
 
 /// `[arc]`: sealing what mailgate forwards.
@@ -200,6 +205,11 @@ pub struct Delivery {
     /// Extra CA certificates (PEM) trusted for MTA-STS, besides the
     /// system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Rewrite the envelope sender of submitted mail to a per-recipient
+    /// VERP address, so asynchronous bounces find their message.
+    pub verp: bool,
+    /// The domain of VERP addresses; the sender's domain when unset.
+    pub return_path_domain: Option<String>,
 }
 
 impl Default for Delivery {
@@ -223,6 +233,8 @@ impl Default for Delivery {
             mta_sts: true,
             mta_sts_port: 443,
             ca_file: None,
+            verp: false,
+            return_path_domain: None,
         }
     }
 }
@@ -412,6 +424,8 @@ pub struct Config {
     pub srs: Option<SrsConfig>,
     /// `[[forward]]`: addresses whose mail is relayed on with SRS.
     pub forwards: Vec<Forward>,
+    /// `[suppression]`: recipients not to mail again, per sending domain.
+    pub suppression: Suppression,
 }
 
 impl Config {
@@ -622,8 +636,17 @@ impl Config {
                 problems.add(key, message);
             }
         });
-        let (policy, reports, cluster, (srs, forwards)) = match (policy, reports, cluster, forwarding) {
-            (Ok(p), Ok(r), Ok(c), Ok(f)) if problems.list.is_empty() => (p, r, c, f),
+        let suppression = raw.suppression.validate().map_err(|list| {
+            for (key, message) in list {
+                problems.add(key, message);
+            }
+        });
+        let return_path_domain = suppression::return_path_domain(raw.delivery.return_path_domain.as_deref())
+            .map_err(|(key, message)| problems.add(key, message))
+            .ok()
+            .flatten();
+        let (policy, reports, cluster, (srs, forwards), suppression) = match (policy, reports, cluster, forwarding, suppression) {
+            (Ok(p), Ok(r), Ok(c), Ok(f), Ok(s)) if problems.list.is_empty() => (p, r, c, f, s),
             _ => return Err(problems.list),
         };
 
@@ -640,6 +663,7 @@ impl Config {
             delivery: Delivery {
                 ca_file: raw.delivery.ca_file.clone().map(&resolve),
                 require_tls: raw.delivery.require_tls.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
+                return_path_domain,
                 ..raw.delivery
             },
             smarthost,
@@ -662,6 +686,7 @@ impl Config {
             rates,
             srs,
             forwards,
+            suppression,
         })
     }
 

@@ -24,5 +24,6 @@ pub mod sign;
 pub mod spool;
 pub mod srs;
 pub mod store;
+pub mod suppression;
 pub mod tls;
 pub mod webhook;

@@ -50,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Records => cli::records(&config),
         Command::Verify(args) => cli::verify(&config, args),
         Command::Reports { action } => cli::reports(&config, cli.token_file.as_deref(), action),
+        Command::Suppression { action } => cli::suppression(&config, cli.token_file.as_deref(), action),
         Command::Spf { action } => mailgate::advisor::suggest_cli::spf(&config, action),
         Command::Dmarc { action } => mailgate::advisor::whatif_cli::dmarc(&config, action),
         Command::User { .. } | Command::Config { .. } | Command::Bounce { .. } | Command::Check(_) => Ok(()),

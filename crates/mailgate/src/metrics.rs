@@ -143,6 +143,15 @@ struct FailureLabels {
     category: &'static str,
 }
 
+/// What the suppression list did: a recipient `added` (bounce,
+/// complaint), a submission `refused` at RCPT or `dropped` with a notice.
+const SUPPRESSION_ACTIONS: [&str; 3] = ["added", "refused", "dropped"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -178,6 +187,8 @@ pub struct Metrics {
     dmarc_dispositions: Family<DispositionLabel, Counter>,
     lookalike_hits: Family<RuleLabel, Counter>,
     delivery_failures: Family<FailureLabels, Counter>,
+    async_bounces: Family<FailureLabels, Counter>,
+    suppressed: Family<ActionLabel, Counter>,
     tls_results: Family<TlsLabels, Counter>,
     reports_sent: Family<KindLabel, Counter>,
     reports_ingested: Family<KindLabel, Counter>,
@@ -226,6 +237,8 @@ impl Metrics {
             dmarc_dispositions: Family::default(),
             lookalike_hits: Family::default(),
             delivery_failures: Family::default(),
+            async_bounces: Family::default(),
+            suppressed: Family::default(),
             tls_results: Family::default(),
             reports_sent: Family::default(),
             reports_ingested: Family::default(),
@@ -268,12 +281,16 @@ impl Metrics {
         for kind in [Kind::Hard, Kind::Soft] {
             for category in Category::ALL {
                 let _ = m.delivery_failures.get_or_create(&FailureLabels { kind: kind.as_str(), category: category.as_str() });
+                let _ = m.async_bounces.get_or_create(&FailureLabels { kind: kind.as_str(), category: category.as_str() });
             }
         }
         for result in TLS_RESULTS {
             for policy in TLS_POLICIES {
                 let _ = m.tls_results.get_or_create(&TlsLabels { result, policy });
             }
+        }
+        for action in SUPPRESSION_ACTIONS {
+            let _ = m.suppressed.get_or_create(&ActionLabel { action });
         }
         for kind in ReportKind::ALL {
             let _ = m.reports_sent.get_or_create(&KindLabel { kind: kind.as_str() });
@@ -330,6 +347,16 @@ impl Metrics {
             "mailgate_delivery_failures",
             "Failed delivery attempts per recipient, by kind (hard, soft) and category of the reply (`mailgate bounce classify`)",
             self.delivery_failures.clone(),
+        );
+        r.register(
+            "mailgate_async_bounces",
+            "Asynchronous bounces (DSNs and plain-text bounces to VERP addresses) consumed, by kind and category",
+            self.async_bounces.clone(),
+        );
+        r.register(
+            "mailgate_suppression",
+            "Suppression list actions: recipients added (bounce, complaint), submissions refused at RCPT or dropped with a notice",
+            self.suppressed.clone(),
         );
         r.register(
             "mailgate_auth_results",
@@ -482,6 +509,16 @@ impl Metrics {
     /// A failed attempt for one recipient, classified.
     pub fn delivery_failure(&self, c: Classification) {
         self.delivery_failures.get_or_create(&FailureLabels { kind: c.kind.as_str(), category: c.category.as_str() }).inc();
+    }
+
+    /// An asynchronous bounce consumed at a VERP address, classified.
+    pub fn async_bounce(&self, c: Classification) {
+        self.async_bounces.get_or_create(&FailureLabels { kind: c.kind.as_str(), category: c.category.as_str() }).inc();
+    }
+
+    /// The suppression list `added` a recipient, `refused` or `dropped` one.
+    pub fn suppression(&self, action: &'static str) {
+        self.suppressed.get_or_create(&ActionLabel { action }).inc();
     }
 
     /// What the scheduler holds: messages filed under a due time, being

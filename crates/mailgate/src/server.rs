@@ -77,8 +77,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let local_domains = config.domains.iter().map(|d| d.name.clone()).collect();
     let auth = Authenticator::new(&config.users)?;
     let budget = crate::inbound::spill::Budget::new(config.limits.max_inflight_memory);
+    let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
+    let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let mut policy = RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone());
+    let suppressions = crate::suppression::Suppressions::new(&config, store.clone(), metrics.clone())
+        .context("cannot set up VERP and the suppression list")?;
+    suppressions.start();
+    let mut policy = RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone())
+        .with_suppressions(suppressions.clone());
     if !config.rates.is_empty() {
         let counter = Arc::new(crate::ratelimit::MemoryCounter::new());
         policy = policy.with_rate_limits(Arc::new(crate::checks::rate::RateLimiter::new(config.rates.clone(), counter, metrics.clone())));
@@ -94,8 +100,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         policy = policy.with_forwarding(f.clone());
     }
     let policy = Arc::new(policy);
-    let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
-    let store = open_store(&config)?;
     let recorder = crate::store::start_writer(store.clone(), config.reports.retention_days, config.reports.record);
     let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), Some(recorder.clone()))?);
     let signer = Arc::new(crate::sign::Signer::start(&config.data_dir, &config.domains).context("cannot set up DKIM signing")?);
@@ -149,6 +153,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tls_events: Arc::new(crate::events::TlsEvents::new(Some(recorder.clone()), metrics.clone())),
         recorder: Some(recorder.clone()),
         ingester: Some(Arc::new(crate::report::ingest::Ingester::new(store.clone(), &config.data_dir).with_metrics(metrics.clone()))),
+        suppressions: Some(suppressions.clone()),
     });
     crate::sign::rotation::watch(
         signer.clone(),
@@ -214,6 +219,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             reports,
             config: config.clone(),
             resolver: Some(dash_resolver),
+            suppressions: Some(suppressions.clone()),
         });
         let tls = config.http_tls.then(|| server_tls.clone());
         tasks.push(http::listen::start(socket, tls, http::router(api), stop_rx.clone()).await?);

@@ -80,7 +80,9 @@ impl RateLimiter {
         let asks: Vec<Ask<'_>> = limits.iter().map(|(_, key, _, rate)| Ask { key, rate }).collect();
         let Err(refused) = self.counter.acquire(&asks, 1) else { return Ok(()) };
         let Some((scope, _, name, rate)) = limits.get(refused.ask) else { return Ok(()) };
-        let retry = refused.retry_after.as_secs() + u64::from(refused.retry_after.subsec_nanos() > 0);
+        // Whole seconds, rounded up; never more than the window (the counter
+        // rounds send times up by a tick, which must not show as an extra second).
+        let retry = (refused.retry_after.as_secs() + u64::from(refused.retry_after.subsec_nanos() > 0)).min(rate.window.as_secs().max(1));
         self.metrics.rate_limited(scope.as_str());
         if refused.first_in_window {
             tracing::warn!(

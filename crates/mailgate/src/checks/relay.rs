@@ -12,6 +12,11 @@
 //! replaced by that address, a forged or expired one refused. On
 //! submission listeners, each accepted recipient then counts against the
 //! rate limits (`checks::rate`).
+//!
+//! With VERP on, a `bounces+...` address of ours is accepted on any
+//! listener only when its token verifies; a submitting client's recipient
+//! on the sender domain's suppression list is refused
+//! ([`crate::suppression`] decides both).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +41,8 @@ pub struct RelayPolicy {
     rate: Option<Arc<super::rate::RateLimiter>>,
     /// `[[forward]]` addresses and SRS, when configured.
     forwarding: Option<Arc<crate::srs::Forwarding>>,
+    /// Checks VERP addresses and the suppression list at RCPT TO.
+    suppressions: Option<Arc<crate::suppression::Suppressions>>,
 }
 
 impl RelayPolicy {
@@ -46,7 +53,7 @@ impl RelayPolicy {
         auth: Arc<super::auth::Authenticator>,
         budget: Arc<Budget>,
     ) -> Self {
-        RelayPolicy { auth, local_domains, free_space, min_free_space, budget, rate: None, forwarding: None }
+        RelayPolicy { auth, local_domains, free_space, min_free_space, budget, rate: None, forwarding: None, suppressions: None }
     }
 
     /// Counts submission recipients against these limits.
@@ -58,6 +65,12 @@ impl RelayPolicy {
     /// Accepts forwarding addresses and checks SRS addresses.
     pub fn with_forwarding(mut self, forwarding: Arc<crate::srs::Forwarding>) -> Self {
         self.forwarding = Some(forwarding);
+        self
+    }
+
+    /// Checks VERP addresses and the suppression list at RCPT TO.
+    pub fn with_suppressions(mut self, s: Arc<crate::suppression::Suppressions>) -> Self {
+        self.suppressions = Some(s);
         self
     }
 
@@ -103,6 +116,13 @@ impl Policy for RelayPolicy {
 
     fn check_rcpt(&self, info: &SessionInfo, from: &ReversePath, to: &Path) -> Result<Mailbox, Reply> {
         let mailbox = self.recipient(info, to)?;
+        // Mail from the internet is never held against the suppression
+        // list; a suppressed recipient is not counted by the rate limits.
+        if let Some(s) = &self.suppressions
+            && Self::may_relay(info)
+        {
+            s.check_submission(from, &mailbox)?;
+        }
         if let Some(rate) = &self.rate {
             rate.check_rcpt(info, from)?;
         }
@@ -134,6 +154,9 @@ impl RelayPolicy {
                 tracing::info!(client = %info.client_ip, rcpt = %mailbox, error = %e, "SRS address refused");
                 Reply::new(550, StatusCode::new(5, 1, 1), format!("Bad SRS address <{mailbox}>: {e}"))
             });
+        }
+        if let Some(verdict) = self.suppressions.as_ref().and_then(|s| s.check_verp_rcpt(mailbox)) {
+            return verdict.map(|()| mailbox.clone());
         }
         if Self::may_relay(info) {
             return Ok(mailbox.clone());

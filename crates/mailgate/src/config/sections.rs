@@ -64,6 +64,7 @@ pub(super) fn read(text: &str, file: &str) -> (Result<RawConfig, ConfigError>, V
         webhook: Vec<super::webhook::RawWebhook>,
         srs: super::srs::RawSrs,
         forward: Vec<super::srs::RawForward>,
+        suppression: super::suppression::RawSuppression,
     );
     let mut found: Vec<(usize, ConfigError)> = errors.iter().map(|e| parse_error(text, file, e)).collect();
     // What no single section sees: unknown sections.

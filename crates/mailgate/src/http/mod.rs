@@ -6,7 +6,7 @@
 //! `GET /metrics` and the login form needs the bearer token or a dashboard
 //! session ([`auth`]); [`listen`] serves it over HTTPS when `[http] tls = true`.
 //!
-//! May import: `scheduler`, `spool`, `store`, `report`, `metrics`, `tls`, `config`, `sign::store`, `mailgate-core`.
+//! May import: `scheduler`, `spool`, `store`, `report`, `metrics`, `tls`, `config`, `sign::store`, `suppression`, `mailgate-core`.
 
 pub mod auth;
 mod dashboard;
@@ -15,6 +15,7 @@ mod metrics;
 pub mod report_send;
 mod reports;
 pub mod session;
+pub mod suppression;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,6 +48,8 @@ pub struct Api {
     pub config: Arc<crate::config::Config>,
     /// For the records the domain pages show as published now.
     pub resolver: Option<hickory_resolver::TokioResolver>,
+    /// The suppression list (`/api/v1/suppression`).
+    pub suppressions: Option<Arc<crate::suppression::Suppressions>>,
 }
 
 /// Messages per page when `limit` is not given, and the most one page holds.
@@ -63,6 +66,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/spool", get(spool_status))
         .route("/api/v1/reports", get(reports::list))
         .route("/api/v1/reports/{id}", get(reports::show))
+        .route("/api/v1/suppression", get(suppression::list).post(suppression::add).delete(suppression::remove))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(report_send::router(api.reports.clone()))

@@ -6,7 +6,8 @@
 //!
 //! May import: `spool` (to read content), `config`, `dns`, `report::ingest`
 //! (a report address's mail is read into the store, [`ingest`]),
-//! `mailgate-core`.
+//! `suppression` (VERP senders; bounces and complaints read, not
+//! delivered), `mailgate-core`.
 
 pub mod client;
 pub mod dane;
@@ -89,6 +90,8 @@ pub struct Outbound {
     pub recorder: Option<Arc<crate::store::Recorder>>,
     /// Reads the mail of `[reports] ingest` addresses into the store.
     pub ingester: Option<Arc<crate::report::ingest::Ingester>>,
+    /// VERP senders, and the reader of bounces and complaints.
+    pub suppressions: Option<Arc<crate::suppression::Suppressions>>,
 }
 
 impl Outbound {
@@ -363,6 +366,12 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             ob.finish(&dest, &results, &job.envelope, false, result);
             continue;
         }
+        if matches!(dest, Destination::Bounce | Destination::Complaint) {
+            let outcomes = consume(&ob, &job, content, dest == Destination::Complaint).await;
+            let result = JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true };
+            ob.finish(&dest, &results, &job.envelope, false, result);
+            continue;
+        }
         if let Destination::Maildir(root) = &dest {
             let env = job.envelope.clone();
             let rcpts: Vec<_> = job.rcpts.iter().filter_map(|&i| env.recipients.get(i)).map(|r| r.address.clone()).collect();
@@ -406,7 +415,10 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
         }
         let Some(c) = conn.as_mut() else { continue };
         let size = content.len();
-        let outcomes = c.send(message_for(&job, size), &mut content).await;
+        let outcomes = match verp_senders(&ob, &job) {
+            Some(senders) => send_each(c, &job, senders, size, &mut content).await,
+            None => c.send(message_for(&job, size), &mut content).await,
+        };
         let result = JobResult {
             id: job.id,
             rcpts: job.rcpts,
@@ -416,6 +428,70 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             local: matches!(dest, Destination::Lmtp { .. }),
         };
         ob.finish(&dest, &results, &job.envelope, c.tls_active(), result);
+    }
+}
+
+/// The VERP envelope sender of each of the job's recipients, when VERP
+/// applies to the message (`[delivery] verp`, submitted mail).
+fn verp_senders(ob: &Outbound, job: &Job) -> Option<Vec<mailgate_core::ReversePath>> {
+    let sup = ob.suppressions.as_ref()?;
+    job.rcpts.iter().map(|&i| sup.verp_sender(&job.id, &job.envelope, i)).collect()
+}
+
+/// One transaction per recipient over the same connection (VERP: each
+/// has its own envelope sender); RSET between them.
+async fn send_each(
+    c: &mut Connection,
+    job: &Job,
+    senders: Vec<mailgate_core::ReversePath>,
+    size: u64,
+    content: &mut Content,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(job.rcpts.len());
+    for (k, (&i, sender)) in job.rcpts.iter().zip(senders).enumerate() {
+        if k > 0 && !c.reset().await {
+            let o = Outcome::Temporary(Reply::new(451, StatusCode::new(4, 4, 2), "connection lost between VERP transactions"));
+            outcomes.resize(job.rcpts.len(), o);
+            break;
+        }
+        let one = Job { id: job.id.clone(), envelope: job.envelope.clone(), rcpts: vec![i] };
+        let mut message = message_for(&one, size);
+        message.sender = sender;
+        outcomes.extend(c.send(message, content).await.into_iter().take(1));
+    }
+    outcomes
+}
+
+/// Reads a bounce or complaint (its first `READ_LIMIT` octets) and
+/// consumes it for every recipient.
+async fn consume(ob: &Outbound, job: &Job, content: Content, complaint: bool) -> Vec<Outcome> {
+    use crate::suppression::consume;
+    let n = job.rcpts.len();
+    let Some(sup) = ob.suppressions.clone() else {
+        return vec![Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "bounce handling is not set up in this process")); n];
+    };
+    let rcpts: Vec<mailgate_core::Mailbox> =
+        job.rcpts.iter().filter_map(|&i| job.envelope.recipients.get(i)).map(|r| r.address.clone()).collect();
+    let (spool, recorder) = (ob.spool.clone(), ob.recorder.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        let mut raw = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut std::io::Read::take(content, consume::READ_LIMIT), &mut raw) {
+            return vec![Reply::new(451, StatusCode::new(4, 3, 0), format!("cannot read the spool: {e}")); rcpts.len()];
+        }
+        rcpts
+            .iter()
+            .map(|to| match complaint {
+                true => consume::complaint(&sup, &spool, &raw),
+                false => consume::bounce(&sup, &spool, recorder.as_deref(), to, &raw),
+            })
+            .collect()
+    })
+    .await;
+    match done {
+        Ok(replies) if replies.len() == n => {
+            replies.into_iter().map(|r| if r.code < 400 { Outcome::Delivered(r) } else { Outcome::Temporary(r) }).collect()
+        }
+        _ => vec![Outcome::Temporary(Reply::new(451, StatusCode::new(4, 3, 0), "bounce handling failed")); n],
     }
 }
 

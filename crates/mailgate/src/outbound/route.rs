@@ -33,6 +33,11 @@ pub enum Destination {
     /// A `[reports] ingest` address: the message is a report to read into
     /// the report store, not to deliver.
     Ingest,
+    /// A VERP address of ours: the message is an asynchronous bounce to
+    /// read (`suppression::consume`), not to deliver.
+    Bounce,
+    /// A `[suppression] complaints` address: an ARF complaint to read.
+    Complaint,
     /// The recipient domain's MX hosts.
     Mx(Domain),
 }
@@ -44,6 +49,8 @@ impl std::fmt::Display for Destination {
             Destination::Lmtp { host, port } => write!(f, "lmtp:{host}:{port}"),
             Destination::Maildir(p) => write!(f, "maildir:{}", p.display()),
             Destination::Ingest => write!(f, "ingest"),
+            Destination::Bounce => write!(f, "bounce"),
+            Destination::Complaint => write!(f, "complaint"),
             Destination::Mx(d) => write!(f, "mx:{d}"),
         }
     }
@@ -67,6 +74,9 @@ pub fn destination(config: &Config, rcpt: &Mailbox, quarantined: bool) -> Destin
     if config.reports.ingest.iter().any(|a| same_mailbox(a, rcpt)) {
         return Destination::Ingest;
     }
+    if let Some(d) = consumed(config, rcpt) {
+        return d;
+    }
     let domain = match rcpt.host() {
         Host::Literal(ip) => return Destination::Smtp { host: ip.to_string(), port: config.delivery.mx_port, smarthost: false },
         Host::Domain(d) => d,
@@ -78,6 +88,18 @@ pub fn destination(config: &Config, rcpt: &Mailbox, quarantined: bool) -> Destin
         return Destination::Smtp { host: s.host.clone(), port: s.port, smarthost: true };
     }
     Destination::Mx(domain.clone())
+}
+
+/// A VERP address on one of our return-path domains (its token is checked
+/// when it is read), or a complaints address.
+fn consumed(config: &Config, rcpt: &Mailbox) -> Option<Destination> {
+    if config.suppression.complaints.iter().any(|a| same_mailbox(a, rcpt)) {
+        return Some(Destination::Complaint);
+    }
+    let Host::Domain(d) = rcpt.host() else { return None };
+    let ours =
+        config.domain(d).is_some() || config.delivery.return_path_domain.as_deref().is_some_and(|rp| d.as_str().eq_ignore_ascii_case(rp));
+    (config.delivery.verp && ours && crate::suppression::verp::is_verp(rcpt.local_part())).then_some(Destination::Bounce)
 }
 
 /// Domains compare as stored (lower case); local parts without regard to
@@ -123,7 +145,7 @@ pub async fn resolve(resolver: &TokioResolver, dest: &Destination, mx_port: u16)
             let addrs = host_addrs(resolver, host, *port).await?;
             Ok(vec![Candidate { name: host.clone(), addrs }])
         }
-        Destination::Maildir(_) | Destination::Ingest => Ok(Vec::new()),
+        Destination::Maildir(_) | Destination::Ingest | Destination::Bounce | Destination::Complaint => Ok(Vec::new()),
         Destination::Mx(domain) => resolve_mx(resolver, domain, mx_port).await,
     }
 }

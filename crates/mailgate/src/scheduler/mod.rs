@@ -8,7 +8,9 @@
 //! disk until they are due, and the scheduler's memory does not grow with
 //! the queue.
 //!
-//! May import: `spool`, `outbound`, `config`, `metrics`, `webhook` (delivery events), `mailgate-core`.
+//! May import: `spool`, `outbound`, `config`, `metrics`, `webhook` (delivery events), `suppression`
+//! (hard bounces of submitted mail suppress; `action = "drop"` fails a
+//! suppressed recipient at once), `mailgate-core`.
 
 mod admin;
 mod due;
@@ -229,8 +231,13 @@ impl Scheduler {
     /// for each group.
     fn dispatch(&mut self, id: QueueId, envelope: Arc<Envelope>, now: u64) {
         let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
+        let mut dropped: Vec<(usize, Reply)> = Vec::new();
         for (i, r) in envelope.recipients.iter().enumerate() {
             if !r.is_pending() || r.next_attempt > now {
+                continue;
+            }
+            if let Some(reply) = self.dropped(&id, &envelope, &r.address) {
+                dropped.push((i, reply));
                 continue;
             }
             let dest = route::destination(&self.config, &r.address, envelope.quarantine);
@@ -239,7 +246,7 @@ impl Scheduler {
                 None => groups.push((dest, vec![i])),
             }
         }
-        if groups.is_empty() {
+        if groups.is_empty() && dropped.is_empty() {
             // Nothing due yet: file it under its earliest pending recipient.
             if let Some(due) = envelope.recipients.iter().filter(|r| r.is_pending()).map(|r| r.next_attempt).min() {
                 self.spool.set_due(&id, due.max(now + 1));
@@ -247,7 +254,11 @@ impl Scheduler {
             }
             return;
         }
-        self.in_flight.insert(id.clone(), InFlight { jobs_left: groups.len(), results: Vec::new() });
+        self.in_flight.insert(id.clone(), InFlight { jobs_left: groups.len() + usize::from(!dropped.is_empty()), results: Vec::new() });
+        if !dropped.is_empty() {
+            let (rcpts, outcomes) = dropped.into_iter().map(|(i, r)| (i, Outcome::Permanent(r))).unzip();
+            let _ = self.results_tx.send(JobResult { id: id.clone(), rcpts, outcomes, remote: None, remote_dsn: false, local: true });
+        }
         for (dest, rcpts) in groups {
             let job = Job { id: id.clone(), envelope: envelope.clone(), rcpts };
             match self.queues.push(dest.clone(), job.clone()) {
@@ -269,6 +280,25 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// With `[suppression] action = "drop"`: the refusal a suppressed
+    /// recipient of a submitted message gets instead of an attempt.
+    fn dropped(&self, id: &QueueId, envelope: &Envelope, to: &mailgate_core::Mailbox) -> Option<Reply> {
+        let entry = self.outbound.suppressions.as_ref()?.drop_entry(envelope, to)?;
+        let reply = crate::suppression::refusal(&entry);
+        // webhook: suppressed
+        let event = crate::suppression::SuppressedEvent {
+            sender: envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default(),
+            recipient: to.to_string(),
+            queue_id: Some(id.as_str().to_string()),
+            message_id: None,
+            action: "dropped",
+            reason: reply.lines.join(" "),
+        };
+        self.metrics.suppression("dropped");
+        tracing::info!(queue_id = %id, from = %event.sender, to = %event.recipient, reason = %event.reason, "suppressed recipient dropped");
+        Some(reply)
     }
 
     async fn result(&mut self, result: JobResult) {
@@ -305,6 +335,8 @@ impl Scheduler {
         let mut succeeded = Vec::new();
         // Webhook events, by recipient index.
         let mut events: Vec<(usize, WebhookEvent)> = Vec::new();
+        // Hard bounces, for the suppression list (submitted mail only).
+        let mut hard = Vec::new();
         for res in &results {
             for (&i, outcome) in res.rcpts.iter().zip(&res.outcomes) {
                 let Some(r) = env.recipients.get_mut(i) else { continue };
@@ -336,6 +368,7 @@ impl Scheduler {
                             events.push((i, e.classified(Some(c))));
                         }
                         tracing::info!(queue_id = %id, to = %r.address, relay, reply = %outcome.reply(), category, "bounced");
+                        hard.push((r.address.to_string(), c, reply.to_string()));
                         failed.push(i);
                     }
                     Outcome::Temporary(reply) => {
@@ -410,6 +443,14 @@ impl Scheduler {
         let signer = self.signer.clone();
         let recorder = self.outbound.recorder.clone();
         let hooks = self.hooks.clone().filter(|_| !events.is_empty());
+        if let Some(sup) = self.outbound.suppressions.clone().filter(|s| !hard.is_empty() && s.submitted(&env.client)) {
+            let sender = env.sender.clone();
+            tokio::task::spawn_blocking(move || {
+                for (rcpt, c, reply) in hard {
+                    sup.hard_bounce(&sender, &rcpt, c, &reply, "bounce");
+                }
+            });
+        }
         tokio::spawn(async move {
             // Before the message may be removed: its Message-ID is read
             // from the spool (the header block only).

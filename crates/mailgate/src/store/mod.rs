@@ -21,6 +21,7 @@ mod recorder;
 mod schema;
 mod sources;
 pub mod sqlite;
+pub mod suppression;
 pub mod timeline;
 mod write;
 
@@ -391,7 +392,7 @@ pub struct SentReport {
 
 /// The report store. All methods block: async callers use
 /// `spawn_blocking` (the [`Recorder`] does for writes).
-pub trait Store: advice::AdviceStore + Send + Sync + 'static {
+pub trait Store: advice::AdviceStore + suppression::SuppressionStore + Send + Sync + 'static {
     /// Writes a batch of events in one transaction.
     fn write(&self, events: &[Event]) -> Result<()>;
 

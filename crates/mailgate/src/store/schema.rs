@@ -235,4 +235,6 @@ pub const MIGRATIONS: &[&str] = &[
     // 4: one domain's hours (the dashboard's charts and spoofing counts)
     // without reading every domain's: the primary key starts with the hour.
     "CREATE INDEX domain_hourly_domain ON domain_hourly (header_from, hour);",
+    // 5: the suppression list (recipients not to mail again, per sending domain).
+    super::suppression::MIGRATION,
 ];
