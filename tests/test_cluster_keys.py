@@ -78,13 +78,15 @@ def cluster(tmp_path_factory):
             nodes.append(srv.start())
         yield Cluster(pg, sink, dns, nodes[0], nodes[1])
     finally:
+        codes = []
         for srv in nodes:
-            srv.stop()
+            codes.append(srv.stop())
             while srv in _RUNNING:
                 _RUNNING.remove(srv)
         pg.stop("immediate")
         dns.stop()
         sink.stop()
+    assert codes == [0, 0], f"nodes exited {codes} after SIGTERM:\n" + "\n".join(n.log_text()[-3000:] for n in nodes)
 
 
 # --------------------------------------------------------------- signing

@@ -108,6 +108,19 @@ impl Db {
     }
 }
 
+impl Drop for Db {
+    fn drop(&mut self) {
+        let client = self.client.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(client) = client
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            // Closing a `Client` blocks on its own runtime, which panics on
+            // a thread of ours (a server shutting down drops it there).
+            let _ = std::thread::Builder::new().name("cluster-db-close".into()).spawn(move || drop(client));
+        }
+    }
+}
+
 /// Brings the schema up to date, one node at a time.
 fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
