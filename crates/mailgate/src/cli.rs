@@ -437,7 +437,9 @@ fn txt(value: &str) -> String {
 }
 
 pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
-    use crate::sign::{parse_algorithm, store};
+    use crate::sign::{backend, parse_algorithm, store};
+    // Files in data_dir, or the cluster store shared by every node.
+    let keys = backend::open(config)?;
     match action {
         DkimAction::Keygen { domain, algorithm, selector } => {
             let d = configured(config, &domain)?;
@@ -450,7 +452,7 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
             }
             for alg in algorithms {
                 let (info, record) =
-                    store::create(&config.data_dir, d.name.as_str(), alg, selector.as_deref(), store::KeyState::Active, now())?;
+                    backend::create(keys.as_ref(), d.name.as_str(), alg, selector.as_deref(), store::KeyState::Active, now())?;
                 println!("{}._domainkey.{}. IN TXT {}", info.selector, d.name, txt(&record));
             }
         }
@@ -460,14 +462,14 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
                 Some(a) => vec![parse_algorithm(&a).ok_or_else(|| anyhow::anyhow!("--algorithm {a:?}: use ed25519 or rsa2048"))?],
                 None => d.dkim.algorithms.clone(),
             };
-            let existing = store::list(&config.data_dir, d.name.as_str())?;
+            let existing = keys.list(d.name.as_str())?;
             println!("; publish these records; mailgate switches to the new keys once DNS serves them");
             for alg in algorithms {
                 let name = store::algorithm_name(alg);
                 if existing.iter().any(|k| k.state == store::KeyState::Pending && k.algorithm == name) {
                     bail!("{} already has a pending {name} key; publish it or wait", d.name);
                 }
-                let (info, record) = store::create(&config.data_dir, d.name.as_str(), alg, None, store::KeyState::Pending, now())?;
+                let (info, record) = backend::create(keys.as_ref(), d.name.as_str(), alg, None, store::KeyState::Pending, now())?;
                 println!("{}._domainkey.{}. IN TXT {}", info.selector, d.name, txt(&record));
             }
         }
@@ -477,8 +479,8 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
             let overlap = config.dkim.rotation_overlap;
             let mut all = Vec::new();
             for d in &config.domains {
-                for k in store::list(&config.data_dir, d.name.as_str())? {
-                    let record = store::load_key(&config.data_dir, d.name.as_str(), &k.selector)?.dns_record();
+                for k in keys.list(d.name.as_str())? {
+                    let record = keys.load_key(d.name.as_str(), &k.selector)?.dns_record();
                     let dns = runtime.block_on(crate::sign::rotation::dns_matches(&resolver, d.name.as_str(), &k.selector, &record));
                     let advice = match k.state {
                         store::KeyState::Pending if !dns => format!("publish {}._domainkey.{}", k.selector, d.name),
@@ -527,7 +529,8 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
 
 /// Every record the operator must publish, in zone-file syntax.
 pub fn records(config: &Config) -> anyhow::Result<()> {
-    use crate::sign::store;
+    use crate::sign::{backend, store};
+    let keys = backend::open(config)?;
     let mx = format!("{}.", config.hostname.trim_end_matches('.'));
     let mut spf = String::from("v=spf1");
     for ip in &config.public_addresses {
@@ -555,8 +558,8 @@ pub fn records(config: &Config) -> anyhow::Result<()> {
         }
         println!("{name}. 3600 IN TXT {}", txt(&spf));
         // Retiring keys stay published during the overlap; retired ones go.
-        for k in store::list(&config.data_dir, name)?.into_iter().filter(|k| k.state != store::KeyState::Retired) {
-            let key = store::load_key(&config.data_dir, name, &k.selector)?;
+        for k in keys.list(name)?.into_iter().filter(|k| k.state != store::KeyState::Retired) {
+            let key = keys.load_key(name, &k.selector)?;
             println!("; DKIM: {} key {} ({})", format!("{:?}", k.state).to_lowercase(), k.selector, k.algorithm);
             println!("{}._domainkey.{name}. 3600 IN TXT {}", k.selector, txt(&key.dns_record()));
         }

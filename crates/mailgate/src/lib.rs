@@ -6,6 +6,7 @@
 pub mod advisor;
 pub mod checks;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod dnssec;

@@ -75,7 +75,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let free = Arc::new(AtomicU64::new(u64::MAX));
     relay::watch_free_space(spool_dir.clone(), free.clone(), spool::free_space);
     let local_domains = config.domains.iter().map(|d| d.name.clone()).collect();
-    let auth = Authenticator::new(&config.users)?;
+    // With `[cluster] store`, AUTH failures are counted across nodes.
+    let counters = config.cluster.store.as_deref().map(crate::cluster::Counters::shared).transpose()?;
+    let auth = Authenticator::with_counters(&config.users, counters)?;
     let budget = crate::inbound::spill::Budget::new(config.limits.max_inflight_memory);
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let store = open_store(&config)?;
@@ -102,7 +104,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let policy = Arc::new(policy);
     let recorder = crate::store::start_writer(store.clone(), config.reports.retention_days, config.reports.record);
     let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), Some(recorder.clone()))?);
-    let signer = Arc::new(crate::sign::Signer::start(&config.data_dir, &config.domains).context("cannot set up DKIM signing")?);
+    let signer = {
+        // The key store may be PostgreSQL, whose client blocks.
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let keys = crate::sign::backend::open(&config)?;
+            crate::sign::Signer::start_with(keys, &config.data_dir, &config.domains)
+        })
+        .await
+        .context("DKIM set-up task")?
+        .context("cannot set up DKIM signing")?
+    };
+    let signer = Arc::new(signer);
+    if config.cluster.store.is_some() {
+        crate::sign::rotation::follow(signer.clone(), Duration::from_secs(config.cluster.poll_interval));
+    }
     reload_on_hup(signer.clone());
     let server_tls = ServerTls::new(tls_files, &config.data_dir, &config.hostname).context("cannot set up TLS")?;
     server_tls.watch();
@@ -256,7 +272,7 @@ fn reload_on_hup(signer: Arc<crate::sign::Signer>) {
     tokio::spawn(async move {
         let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
-            match signer.reload() {
+            match signer.reload_async().await {
                 Ok(()) => tracing::info!("SIGHUP: DKIM keys reloaded"),
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "DKIM key reload failed; keeping the old keys"),
             }

@@ -9,11 +9,19 @@
 //! failed themselves: a lock-out per user alone would let anyone lock the
 //! real user out from everywhere.
 //!
+//! With `[cluster] store`, the failures are counted in the cluster's shared
+//! counters ([`crate::cluster::Counters`], windows of [`MEMORY`]) instead,
+//! so guesses spread over several nodes are throttled as on one; the
+//! thresholds and replies are the same. A failure is then remembered for
+//! 15 to 30 minutes (the counters' sliding window) rather than 15 minutes
+//! after the last one; when the database does not answer, the counters
+//! fall back to this node's own counts (see `cluster::counters`).
+//!
 //! An unknown user costs the same work as a known one with a wrong
 //! password (a dummy hash with the users' own argon2 parameters) and gets
 //! the same reply, so the server does not reveal which users exist.
 //!
-//! May import: `config`, `mailgate-core`.
+//! May import: `config`, `cluster` (the shared counters), `mailgate-core`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +32,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use mailgate_core::session::{AuthVerdict, Credentials};
 
+use crate::cluster::Counters;
 use crate::config::User;
 
 /// Failures after which replies are slowed down, one more second each.
@@ -106,6 +115,8 @@ pub struct Authenticator {
     /// Verified against when the user is unknown, to spend the same time:
     /// made with the argon2 parameters the configured users' hashes use.
     dummy_hash: String,
+    /// The cluster's counters; `None`: `failures` above, this node only.
+    shared: Option<Arc<Counters>>,
 }
 
 /// An IPv6 client usually holds a whole /64: its failures count together.
@@ -144,6 +155,20 @@ fn dummy_hash(users: &[User]) -> anyhow::Result<String> {
     Ok(argon.hash_password(b"not a real password", &salt).map_err(|e| anyhow::anyhow!("{e}"))?.to_string())
 }
 
+/// The names of an attempt's two counters in the cluster store: the
+/// address (an IPv6 /64) and a digest of the lower-cased user name (any
+/// guessed name fits, and names are not stored).
+fn shared_keys(ikey: Key, user: &str) -> Vec<String> {
+    use sha2::Digest;
+    let ip = match ikey {
+        Key::Ip(ip) => ip.to_string(),
+        Key::User(h) => h.to_string(),
+    };
+    let digest = sha2::Sha256::digest(user.to_lowercase().as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    vec![format!("auth:ip:{ip}"), format!("auth:user:{hex}")]
+}
+
 fn user_key(name: &str) -> Key {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -153,7 +178,13 @@ fn user_key(name: &str) -> Key {
 
 impl Authenticator {
     pub fn new(users: &[User]) -> anyhow::Result<Arc<Self>> {
+        Self::with_counters(users, None)
+    }
+
+    /// Failures counted in `shared` (a cluster's counters) when given.
+    pub fn with_counters(users: &[User], shared: Option<Arc<Counters>>) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Authenticator {
+            shared,
             users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             failures: Mutex::new(HashMap::new()),
             checking: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
@@ -188,6 +219,21 @@ impl Authenticator {
             return Err(from_ip);
         }
         Ok((fail(&mut map, ikey), fail(&mut map, ukey)))
+    }
+
+    /// [`Authenticator::admit`] on the shared counters: the attempt is
+    /// counted first (atomic per key on every node) and taken back if the
+    /// counts before it throttle the address.
+    async fn admit_shared(&self, shared: &Arc<Counters>, keys: &[String]) -> Result<(u32, u32), u32> {
+        let counts = shared.add_all(keys, 1, MEMORY).await;
+        let n = |i: usize| u32::try_from(counts.get(i).copied().unwrap_or(0)).unwrap_or(u32::MAX);
+        let (from_ip, for_user) = (n(0), n(1));
+        let (ip_before, user_before) = (from_ip.saturating_sub(1), for_user.saturating_sub(1));
+        if ip_before >= REFUSE_AFTER || (ip_before > 0 && user_before >= USER_GUARD_AFTER) {
+            shared.add_all(keys, -1, MEMORY).await;
+            return Err(ip_before);
+        }
+        Ok((from_ip, for_user))
     }
 
     /// The attempt succeeded: its advance failure is taken back.
@@ -227,7 +273,12 @@ impl Authenticator {
     /// have failed too.
     pub async fn verify(self: &Arc<Self>, ip: IpAddr, creds: Credentials) -> (AuthVerdict, Duration) {
         let (ikey, ukey) = (ip_key(ip), user_key(&creds.username));
-        let (n, for_user) = match self.admit(ikey, ukey) {
+        let names = shared_keys(ikey, &creds.username);
+        let admitted = match &self.shared {
+            Some(shared) => self.admit_shared(shared, &names).await,
+            None => self.admit(ikey, ukey),
+        };
+        let (n, for_user) = match admitted {
             Ok(counts) => counts,
             Err(from_ip) => {
                 tracing::info!(client = %ip, user = %creds.username, failures = from_ip, "authentication throttled");
@@ -252,7 +303,12 @@ impl Authenticator {
             // Only this attempt's advance failure is taken back: earlier
             // ones stay, so a login does not lift the guard for addresses
             // that are guessing.
-            self.undo([ikey, ukey]);
+            match &self.shared {
+                Some(shared) => {
+                    shared.add_all(&names, -1, MEMORY).await;
+                }
+                None => self.undo([ikey, ukey]),
+            }
             return (AuthVerdict::Accepted(username), Duration::ZERO);
         }
         tracing::warn!(client = %ip, user = %username, failures = n, user_failures = for_user, "authentication failed");

@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub(super) struct RawCluster {
     pub store: Option<String>,
     pub node_id: Option<String>,
+    pub poll_interval: Option<u64>,
 }
 
 /// `[cluster]`, checked.
@@ -20,6 +21,9 @@ pub struct Cluster {
     pub store: Option<String>,
     /// This node's name in shared records; the hostname by default.
     pub node_id: String,
+    /// Seconds between a node's checks for DKIM key changes made on other
+    /// nodes (1 to 60; 60 by default).
+    pub poll_interval: u64,
 }
 
 impl RawCluster {
@@ -40,6 +44,10 @@ impl RawCluster {
                 ));
             }
         }
-        if problems.is_empty() { Ok(Cluster { store: self.store, node_id }) } else { Err(problems) }
+        let poll_interval = self.poll_interval.unwrap_or(60);
+        if !(1..=60).contains(&poll_interval) {
+            problems.push(("cluster.poll_interval".into(), format!("{poll_interval} must be 1 to 60 seconds")));
+        }
+        if problems.is_empty() { Ok(Cluster { store: self.store, node_id, poll_interval }) } else { Err(problems) }
     }
 }

@@ -6,16 +6,22 @@
 //! (`checks::body::Body`: memory or a file), so a 20 MB message is hashed
 //! chunk by chunk, once per body canonicalization, and never held whole.
 //!
-//! May import: `config`, `mailgate-core`, `checks::body` (the body type).
+//! The keys come from a [`backend::KeyStore`] (files, or PostgreSQL for a
+//! cluster) and are cached here: a store that stops answering never stops
+//! signing, the last keys loaded stay in use.
+//!
+//! May import: `config`, `cluster` (through `backend`), `mailgate-core`,
+//! `checks::body` (the body type).
 
+pub mod backend;
 pub mod key;
 pub mod reencode;
 pub mod rotation;
 pub mod store;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 use mailgate_core::dkim::{self, Algorithm, Canon, Params};
@@ -58,7 +64,7 @@ struct DomainKeys {
 }
 
 pub struct Signer {
-    pub(crate) data_dir: PathBuf,
+    pub(crate) store: Arc<dyn backend::KeyStore>,
     pub(crate) domains: Vec<DomainConfig>,
     keys: RwLock<HashMap<String, DomainKeys>>,
 }
@@ -68,35 +74,64 @@ fn now() -> u64 {
 }
 
 impl Signer {
-    /// Loads the active keys of every `[[domain]]`, first generating keys
-    /// for domains that have none (logging the records to publish).
+    /// Loads the active keys of every `[[domain]]` from the files in
+    /// `data_dir`, first generating keys for domains that have none.
     pub fn start(data_dir: &Path, domains: &[DomainConfig]) -> anyhow::Result<Signer> {
+        Self::start_with(Arc::new(backend::Files::new(data_dir)), data_dir, domains)
+    }
+
+    /// As [`Signer::start`], with the keys in `store`. A shared store that
+    /// does not answer leaves the signer with the copy of its keys in
+    /// `data_dir/dkim` (written at every load), with a warning.
+    pub fn start_with(store: Arc<dyn backend::KeyStore>, data_dir: &Path, domains: &[DomainConfig]) -> anyhow::Result<Signer> {
+        let shared = store.kind() != "files";
         for d in domains.iter().filter(|d| d.dkim.sign) {
             let name = d.name.as_str();
-            if !store::list(data_dir, name)?.is_empty() {
-                continue;
-            }
-            for alg in &d.dkim.algorithms {
-                let (info, record) = store::create(data_dir, name, *alg, None, KeyState::Active, now())?;
+            let added = match backend::ensure(store.as_ref(), name, &d.dkim.algorithms, now()) {
+                Ok(added) => added,
+                Err(e) if shared => {
+                    tracing::warn!(domain = name, error = %format!("{e:#}"), "cannot check the DKIM keys in the cluster store");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for (info, record) in added {
                 tracing::warn!(
                     domain = name, selector = %info.selector,
                     "generated a DKIM key; publish: {}._domainkey.{name}. IN TXT \"{record}\"", info.selector
                 );
             }
         }
-        let signer = Signer { data_dir: data_dir.to_path_buf(), domains: domains.to_vec(), keys: RwLock::new(HashMap::new()) };
-        signer.reload()?;
+        let signer = Signer { store, domains: domains.to_vec(), keys: RwLock::new(HashMap::new()) };
+        if let Err(e) = signer.reload() {
+            if !shared {
+                return Err(e);
+            }
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot load the DKIM keys from the cluster store; signing with the copy in {} until it answers",
+                data_dir.join("dkim").display()
+            );
+            signer.install(&backend::Files::new(data_dir))?;
+        }
         Ok(signer)
     }
 
-    /// Re-reads the keys from disk (SIGHUP, rotation).
+    /// Re-reads the keys from the store (SIGHUP, rotation, a change seen by
+    /// polling). On an error the keys in use stay. Blocking: from async
+    /// code, call it on a blocking thread.
     pub fn reload(&self) -> anyhow::Result<()> {
+        self.install(self.store.as_ref())
+    }
+
+    fn install(&self, store: &dyn backend::KeyStore) -> anyhow::Result<()> {
         let mut map = HashMap::new();
         for d in self.domains.iter().filter(|d| d.dkim.sign) {
             let name = d.name.as_str();
             let mut keys = Vec::new();
-            for info in store::list(&self.data_dir, name)?.into_iter().filter(|k| k.state == KeyState::Active) {
-                keys.push((info.selector.clone(), store::load_key(&self.data_dir, name, &info.selector)?));
+            for (info, pem) in store.snapshot(name)?.into_iter().filter(|(k, _)| k.state == KeyState::Active) {
+                let key = DkimKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("the key {} of {name}: {e}", info.selector))?;
+                keys.push((info.selector.clone(), key));
             }
             let (hc, bc) = d.dkim.canonicalization;
             let headers = d.dkim.headers.clone();
@@ -104,6 +139,18 @@ impl Signer {
         }
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = map;
         Ok(())
+    }
+
+    /// [`Signer::reload`] on a blocking thread.
+    pub async fn reload_async(self: &Arc<Self>) -> anyhow::Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.reload()).await.map_err(|e| anyhow::anyhow!("key reload task: {e}"))?
+    }
+
+    /// The selectors signing for `domain` now.
+    pub fn active_selectors(&self, domain: &str) -> Vec<String> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.get(domain).map(|d| d.keys.iter().map(|(s, _)| s.clone()).collect()).unwrap_or_default()
     }
 
     /// The `DKIM-Signature` fields to prepend to the message whose header

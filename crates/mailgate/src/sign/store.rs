@@ -24,7 +24,7 @@ pub enum KeyState {
     Retired,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
     pub selector: String,
     /// `ed25519` or `rsa2048`.
@@ -56,9 +56,22 @@ pub fn list(data_dir: &Path, domain: &str) -> anyhow::Result<Vec<KeyInfo>> {
 }
 
 pub fn load_key(data_dir: &Path, domain: &str, selector: &str) -> anyhow::Result<DkimKey> {
+    let pem = load_pem(data_dir, domain, selector)?;
     let path = domain_dir(data_dir, domain).join(format!("{selector}.pem"));
-    let pem = fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     DkimKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+pub fn load_pem(data_dir: &Path, domain: &str, selector: &str) -> anyhow::Result<String> {
+    let path = domain_dir(data_dir, domain).join(format!("{selector}.pem"));
+    fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes a private key (mode 0600), creating the domain's directory.
+pub fn write_pem(data_dir: &Path, domain: &str, selector: &str, pem: &str) -> anyhow::Result<()> {
+    let dir = domain_dir(data_dir, domain);
+    fs::create_dir_all(&dir)?;
+    write_atomic(&dir.join(format!("{selector}.pem")), pem.as_bytes(), 0o600)?;
+    Ok(())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
@@ -77,6 +90,21 @@ pub fn save(data_dir: &Path, domain: &str, keys: Vec<KeyInfo>) -> anyhow::Result
     let json = serde_json::to_vec_pretty(&KeysFile { keys })?;
     write_atomic(&domain_dir(data_dir, domain).join("keys.json"), &json, 0o644)?;
     Ok(())
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyState> {
+        [KeyState::Pending, KeyState::Active, KeyState::Retiring, KeyState::Retired].into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 pub fn algorithm_name(a: Algorithm) -> &'static str {
@@ -114,7 +142,7 @@ pub fn civil_date(secs: u64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Creates a key; returns its info and DNS record.
+/// Creates a key in the files; returns its info and DNS record.
 pub fn create(
     data_dir: &Path,
     domain: &str,
@@ -123,34 +151,7 @@ pub fn create(
     state: KeyState,
     now: u64,
 ) -> anyhow::Result<(KeyInfo, String)> {
-    let mut keys = list(data_dir, domain)?;
-    let selector = match selector {
-        Some(s) => {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                anyhow::bail!("selector {s:?}: use letters, digits and '-'");
-            }
-            if keys.iter().any(|k| k.selector == s) {
-                anyhow::bail!("selector {s} already exists for {domain}");
-            }
-            s.to_string()
-        }
-        None => default_selector(&keys, algorithm, now),
-    };
-    let (key, pem) = DkimKey::generate(algorithm, 2048)?;
-    let dir = domain_dir(data_dir, domain);
-    fs::create_dir_all(&dir)?;
-    write_atomic(&dir.join(format!("{selector}.pem")), pem.as_bytes(), 0o600)?;
-    let info = KeyInfo {
-        selector,
-        algorithm: algorithm_name(algorithm).into(),
-        state,
-        created: now,
-        activated: (state == KeyState::Active).then_some(now),
-        retiring_since: None,
-    };
-    keys.push(info.clone());
-    save(data_dir, domain, keys)?;
-    Ok((info, key.dns_record()))
+    super::backend::create(&super::backend::Files::new(data_dir), domain, algorithm, selector, state, now)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use super::*;
 use base64::Engine;
+use std::path::PathBuf;
 
 fn conformance(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/dkim/rfc8463").join(name)
