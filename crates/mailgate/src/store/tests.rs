@@ -31,7 +31,7 @@ fn evaluation(time: u64, ip: &str, from: &str, dkim: &[(&str, &str)], dispositio
 
 fn open() -> (tempfile::TempDir, Sqlite) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Sqlite::open(&dir.path().join(sqlite::FILE)).unwrap();
+    let store = Sqlite::open(&dir.path().join(sqlite::FILE), "n1").unwrap();
     (dir, store)
 }
 
@@ -120,7 +120,7 @@ fn reports_are_stored_once_and_read_back() {
     assert!(store.list_reports(&ReportQuery { domain: Some("b.test".into()), limit: 10, ..Default::default() }).unwrap().is_empty());
     drop(store);
     // Reopening runs no migration twice and keeps the data.
-    let again = Sqlite::open(&dir.path().join(sqlite::FILE)).unwrap();
+    let again = Sqlite::open(&dir.path().join(sqlite::FILE), "n1").unwrap();
     assert!(again.get_report(id).unwrap().is_some());
 }
 
@@ -297,7 +297,7 @@ fn schema_1_data_migrates() {
         }
         c.execute("INSERT INTO tls_sessions VALUES (?1, 'a.test', 'mx.a.test', 'sts', 'success')", [T0]).unwrap();
     }
-    let store = Sqlite::open(&path).unwrap();
+    let store = Sqlite::open(&path, "n1").unwrap();
     let report = store.dmarc_report(None, T0, T0 + 86_400).unwrap();
     assert_eq!(report.len(), 1);
     assert_eq!(report[0].policy.as_ref().map(|p| p.p.as_str()), Some("reject"));
