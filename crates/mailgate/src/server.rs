@@ -80,7 +80,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let policy = Arc::new(RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone()));
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let store = open_store(&config)?;
-    let recorder = crate::store::start_writer(store.clone(), config.reports.retention_days, config.reports.record);
+    let recorder = crate::store::start_writer(
+        store.clone(),
+        config.reports.retention_days,
+        config.reports.record,
+        Some(&config.data_dir.join(crate::store::buffer::DIR)),
+    );
     let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), Some(recorder.clone()))?);
     let signer = Arc::new(crate::sign::Signer::start(&config.data_dir, &config.domains).context("cannot set up DKIM signing")?);
     reload_on_hup(signer.clone());

@@ -16,6 +16,7 @@
 //! May import: `config`, `mailgate-core`.
 
 pub mod advice;
+pub mod buffer;
 pub mod pg;
 mod read;
 mod recorder;
@@ -538,6 +539,20 @@ impl ReportLock {
 
     pub(crate) fn holding(what: Box<dyn Send>) -> ReportLock {
         ReportLock { _held: Some(what) }
+    }
+}
+
+impl Drop for ReportLock {
+    fn drop(&mut self) {
+        // Closing a PostgreSQL connection blocks: never on an async thread.
+        if let Some(held) = self._held.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || drop(held));
+                }
+                Err(_) => drop(held),
+            }
+        }
     }
 }
 

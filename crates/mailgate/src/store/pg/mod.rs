@@ -19,6 +19,11 @@ mod schema;
 mod timeline;
 mod write;
 
+#[cfg(test)]
+pub(crate) mod testdb;
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 

@@ -81,6 +81,7 @@ impl Pool {
     pub fn writer(&self) -> Result<WriterConn<'_>> {
         let mut g = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if g.as_ref().is_none_or(Client::is_closed) {
+            g.take().into_iter().for_each(discard);
             *g = Some(self.open()?);
         }
         Ok(WriterConn(g))
@@ -95,6 +96,7 @@ impl Pool {
                     found = Some(c);
                     break;
                 }
+                discard(c);
             }
             found
         };
@@ -118,6 +120,24 @@ impl Pool {
     }
 }
 
+/// Closes `c` where that may block: `postgres`'s client runs its own
+/// runtime to say goodbye, which must not happen on an async thread.
+pub(super) fn discard(c: Client) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::spawn(move || drop(c));
+    } else {
+        drop(c);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let w = self.writer.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let idle = std::mem::take(self.readers.get_mut().unwrap_or_else(|p| p.into_inner()));
+        w.into_iter().chain(idle).for_each(discard);
+    }
+}
+
 pub(super) struct WriterConn<'a>(MutexGuard<'a, Option<Client>>);
 
 impl WriterConn<'_> {
@@ -130,7 +150,7 @@ impl WriterConn<'_> {
     /// Passes `r` on, dropping the connection if it broke.
     pub fn check<T>(mut self, r: Result<T>) -> Result<T> {
         if r.is_err() && self.0.as_ref().is_some_and(Client::is_closed) {
-            *self.0 = None;
+            self.0.take().into_iter().for_each(discard);
         }
         r
     }
@@ -149,7 +169,7 @@ impl ReaderConn<'_> {
 
     pub fn check<T>(mut self, r: Result<T>) -> Result<T> {
         if r.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
+            self.client.take().into_iter().for_each(discard);
         }
         r
     }
@@ -171,10 +191,13 @@ impl DerefMut for ReaderConn<'_> {
 
 impl Drop for ReaderConn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take().filter(|c| !c.is_closed()) {
+        if let Some(c) = self.client.take() {
             let mut idle = self.pool.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < READERS {
+            if idle.len() < READERS && !c.is_closed() {
                 idle.push(c);
+            } else {
+                drop(idle);
+                discard(c);
             }
         }
     }
