@@ -88,7 +88,8 @@ fn two_nodes_share_one_database() {
 /// buffer left by a stopped node is replayed at start, into any store.
 #[tokio::test]
 async fn records_wait_on_disk_while_the_database_is_away() {
-    let url = database();
+    // The test server's set-up connects with the blocking client.
+    let url = tokio::task::spawn_blocking(database).await.unwrap();
     let name = url.rsplit('/').next().unwrap().to_string();
     let admin = url.replace(&format!("/{name}"), "/postgres");
     let admin_sql = move |sql: String| {
