@@ -31,6 +31,13 @@
 #                   (default 5 here); prints best and median of each and their
 #                   ratios. Use with CHECKS=1 (without checks nothing is
 #                   recorded). Sets SIDES="record norecord" unless given.
+#   STORE=both      the report store's backend: side "sqlite" (embedded, the
+#                   default) and side "postgres" ([cluster] store on a private
+#                   PostgreSQL started here with initdb/pg_ctl in the scratch
+#                   dir), alternately, RUNS rounds (default 3 here); prints the
+#                   best and median of each and their ratio. Sets CHECKS=1 (so
+#                   evaluations are recorded) and SIDES="sqlite postgres".
+#                   bench/accept_store.sh runs this.
 #   BENCH_TMP=DIR   parent of the scratch dir (default /var/tmp; must not be tmpfs)
 #   KEEP=1          keep the scratch dir (configs, logs, queues) afterwards
 #
@@ -40,6 +47,12 @@
 set -euo pipefail
 
 RECORD=${RECORD:-}
+STORE=${STORE:-}
+if [ "$STORE" = both ]; then
+    RUNS=${RUNS:-3}
+    CHECKS=1
+    SIDES=${SIDES:-"sqlite postgres"}
+fi
 if [ "$RECORD" = both ]; then
     RUNS=${RUNS:-5}
     SIDES=${SIDES:-"record norecord"}
@@ -96,6 +109,7 @@ cleanup() {
     local rc=$?
     set +e
     for d in "${PF_DIRS[@]}"; do pf_stop "$d"; done
+    [ -z "${PG_STOP:-}" ] || $PG_STOP >/dev/null 2>&1
     for p in "${PIDS[@]}"; do
         if kill -0 "$p" 2>/dev/null; then kill -TERM "$p" 2>/dev/null; fi
     done
@@ -247,6 +261,24 @@ run_mailgate() { run_mg mailgate "$MAILGATE" "$1"; }
 # The same binary with the report store recording on and off.
 run_record() { REC=true run_mg record "$MAILGATE" "$1"; }
 run_norecord() { REC=false run_mg norecord "$MAILGATE" "$1"; }
+# The same binary with the report store in SQLite and in PostgreSQL.
+run_sqlite() { run_mg sqlite "$MAILGATE" "$1"; }
+run_postgres() { start_pg; PGSTORE="$PG_URL" run_mg postgres "$MAILGATE" "$1"; }
+PG_URL=""
+start_pg() { # a private PostgreSQL in the scratch dir, once
+    [ -z "$PG_URL" ] || return 0
+    local bin port
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    [ -x "$bin/initdb" ] || die "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+    port=$(free_port)
+    mkdir -p "$WORK/pg"; chown postgres "$WORK/pg"
+    runuser -u postgres -- "$bin/initdb" -D "$WORK/pg/data" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+    printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" "$port" "$WORK/pg" >> "$WORK/pg/data/postgresql.conf"
+    runuser -u postgres -- "$bin/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w start >/dev/null
+    PG_STOP="runuser -u postgres -- $bin/pg_ctl -D $WORK/pg/data -m fast stop"
+    PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (fsync on, defaults)"
+}
 run_baseline() { [ -x "${BASELINE:-}" ] || die "BASELINE must name a mailgate binary"; run_mg baseline "$BASELINE" "$1"; }
 
 run_mg() { # side binary run-number
@@ -274,6 +306,7 @@ else
 fi)
 
 $([ -z "${REC:-}" ] || printf '[reports]\nrecord = %s\n' "$REC")
+$([ -z "${PGSTORE:-}" ] || printf '[cluster]\nstore = "%s"\nnode_id = "bench"\n' "$PGSTORE")
 
 [http]
 bind = "127.0.0.1:$http"
@@ -438,6 +471,12 @@ if [ "${RB:-0}" -gt 0 ] && [ "${NB:-0}" -gt 0 ]; then
     RM=$(median record); NM=$(median norecord)
     echo "recording on: best $RB msg/s, median $RM; off: best $NB, median $NM"
     echo "ratio on/off: best $(awk -v a="$RB" -v b="$NB" 'BEGIN{printf "%.3f", a / b}'), median $(awk -v a="$RM" -v b="$NM" 'BEGIN{printf "%.3f", a / b}')"
+fi
+SB=$(best sqlite); PB=$(best postgres)
+if [ "${SB:-0}" -gt 0 ] && [ "${PB:-0}" -gt 0 ]; then
+    SM=$(median sqlite); PM=$(median postgres)
+    echo "report store SQLite: best $SB msg/s, median $SM; PostgreSQL: best $PB, median $PM"
+    echo "ratio postgres/sqlite: best $(awk -v a="$PB" -v b="$SB" 'BEGIN{printf "%.3f", a / b}'), median $(awk -v a="$PM" -v b="$SM" 'BEGIN{printf "%.3f", a / b}')"
 fi
 if [ "${MG:-0}" -gt 0 ] && [ "${PF:-0}" -gt 0 ]; then
     echo "ratio mailgate/postfix: $(awk -v a="$MG" -v b="$PF" 'BEGIN{printf "%.2f", a / b}')"

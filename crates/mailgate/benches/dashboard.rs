@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let domains = env("DOMAINS", 300).max(1);
     let sources = env("SOURCES", 3000).max(1);
     let messages = env("MESSAGES", 100_000);
-    let store = Sqlite::open(&std::path::Path::new(&dir).join(mailgate::store::sqlite::FILE))?;
+    let store = Sqlite::open(&std::path::Path::new(&dir).join(mailgate::store::sqlite::FILE), "bench")?;
     let now = mailgate::store::unix_now();
     let start = now - DAYS * 86_400;
     let mut rng = rand::rngs::StdRng::seed_from_u64(14);

@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // KEEP_DB=FILE: record into FILE once and reuse it on later runs.
     let keep = std::env::var_os("KEEP_DB").map(std::path::PathBuf::from);
     let reuse = keep.as_ref().is_some_and(|p| p.exists());
-    let store = Sqlite::open(&keep.clone().unwrap_or_else(|| dir.path().join("reports.db")))?;
+    let store = Sqlite::open(&keep.clone().unwrap_or_else(|| dir.path().join("reports.db")), "bench")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
     let policies: Vec<PolicyPublished> = (0..domains)
         .map(|d| PolicyPublished {

@@ -102,7 +102,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         policy = policy.with_forwarding(f.clone());
     }
     let policy = Arc::new(policy);
-    let recorder = crate::store::start_writer(store.clone(), config.reports.retention_days, config.reports.record);
+    let recorder = crate::store::start_writer(
+        store.clone(),
+        config.reports.retention_days,
+        config.reports.record,
+        Some(&config.data_dir.join(crate::store::buffer::DIR)),
+    );
     let checker = Arc::new(crate::checks::verdict::Checker::new(&config, Arc::new(lookalikes(&config)), Some(recorder.clone()))?);
     let signer = {
         // The key store may be PostgreSQL, whose client blocks.
@@ -261,9 +266,48 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Opens the report store in `data_dir` (after the privilege drop, so the
 /// server's user owns it).
+/// With `[cluster] store`, the PostgreSQL store instead: made without
+/// waiting for the database, which a thread keeps trying to reach (and
+/// migrate) in the background, so that mail never waits for it; until it
+/// answers, writes go to the recorder's on-disk buffer.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+    let node = &config.cluster.node_id;
+    if let Some(url) = &config.cluster.store {
+        let store = Arc::new(crate::store::pg::Postgres::lazy(url, node).context("[cluster] store")?);
+        let probe = store.clone();
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("pg-connect".into())
+            .spawn(move || {
+                let mut delay = Duration::from_secs(1);
+                let mut first = true;
+                loop {
+                    match probe.ready() {
+                        Ok(()) => {
+                            tracing::info!("report store: PostgreSQL connected");
+                            let _ = done.send(());
+                            return;
+                        }
+                        Err(e) => {
+                            if first {
+                                let _ = done.send(());
+                                first = false;
+                            }
+                            tracing::warn!(error = %e, retry_s = delay.as_secs(), "report store: PostgreSQL unreachable; records are buffered on disk");
+                        }
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            })
+            .context("cannot start the PostgreSQL connect thread")?;
+        // The first attempt, so a CLI command that reads right away finds
+        // the store ready; its failure is not fatal.
+        let _ = wait.recv_timeout(Duration::from_secs(10));
+        return Ok(store);
+    }
     let path = config.data_dir.join(crate::store::sqlite::FILE);
-    let store = crate::store::sqlite::Sqlite::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let store = crate::store::sqlite::Sqlite::open(&path, node).with_context(|| format!("cannot open {}", path.display()))?;
     Ok(Arc::new(store))
 }
 

@@ -71,7 +71,7 @@ fn send(w: &World) -> String {
 fn tls_events(w: &World) -> Vec<Value> {
     use mailgate::store::Store;
     let path = w.server.data_dir().join(mailgate::store::sqlite::FILE);
-    let Ok(store) = mailgate::store::sqlite::Sqlite::open(&path) else { return Vec::new() };
+    let Ok(store) = mailgate::store::sqlite::Sqlite::open(&path, "test") else { return Vec::new() };
     let mut events = Vec::new();
     for domain in store.tls_domains(0, u64::MAX).unwrap_or_default() {
         for row in store.tls_rows(&domain, 0, u64::MAX).unwrap_or_default() {

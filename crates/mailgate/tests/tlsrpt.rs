@@ -31,7 +31,7 @@ fn gunzip(data: &[u8]) -> Vec<u8> {
 fn recorded(server: &Server, domain: &str, result: &str) -> u64 {
     use mailgate::store::Store;
     let path = server.data_dir().join(mailgate::store::sqlite::FILE);
-    let Ok(store) = mailgate::store::sqlite::Sqlite::open(&path) else { return 0 };
+    let Ok(store) = mailgate::store::sqlite::Sqlite::open(&path, "test") else { return 0 };
     store.tls_rows(domain, 0, u64::MAX).unwrap_or_default().iter().filter(|r| r.result == result).map(|r| r.count).sum()
 }
 

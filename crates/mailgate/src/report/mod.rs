@@ -144,9 +144,24 @@ impl Reports {
     }
 
     /// Reports each domain's traffic from its mark up to `dmarc_until`
-    /// (DMARC) and `tls_until` (TLS-RPT).
+    /// (DMARC) and `tls_until` (TLS-RPT). Under the store's report lock:
+    /// with several nodes, the one that holds it reports everyone's
+    /// traffic, and the others send nothing (the marks it moves are
+    /// shared, so whoever comes next finds only what came since).
     pub async fn send_until(&self, dmarc_until: u64, tls_until: u64, domain: Option<&str>) -> Vec<Sent> {
         let _one = self.running.lock().await;
+        let s = self.store.clone();
+        let _lock = match blocking(move || s.try_report_lock()).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                tracing::info!("reports: another node holds the report lock and sends them; nothing sent here");
+                return Vec::new();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reports: cannot take the report lock; nothing sent");
+                return Vec::new();
+            }
+        };
         let mut sent = self.dmarc_all(dmarc_until, domain).await;
         sent.extend(self.tlsrpt_all(tls_until, domain).await);
         sent

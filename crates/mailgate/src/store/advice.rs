@@ -132,13 +132,46 @@ fn relaxed(a: &str, domain: &str) -> bool {
     a == domain || a.ends_with(&format!(".{domain}")) || domain.ends_with(&format!(".{a}"))
 }
 
+/// The domain as the advisor's queries compare it.
+pub(super) fn normalize(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// An `eval_hourly` group: source IP, SPF aligned, DKIM aligned, override
+/// reason, DKIM set id, SPF domain, SPF result, a HELO, count, first time.
+pub(super) type InboundRow = (String, bool, bool, String, i64, String, String, String, u64, u64);
+/// A received report row: report id, its begin, source IP, count, DKIM
+/// and SPF evaluated, reasons, DKIM and SPF results (JSON).
+pub(super) type ReportedRow = (i64, u64, String, u64, String, String, String, String, String);
+/// Relayed mail: client IP, AUTH user, `From:`, count, first time.
+pub(super) type SubmitterRow = (String, String, Option<String>, u64, u64);
+
+/// What a store reads for [`evidence_from`].
+pub(super) struct EvidenceRows {
+    pub dkim_sets: HashMap<i64, Vec<DkimAuth>>,
+    pub inbound: Vec<InboundRow>,
+    pub reported: Vec<ReportedRow>,
+    pub submitters: Vec<SubmitterRow>,
+}
+
 fn evidence(c: &Connection, domain: &str, from: u64, to: u64) -> Result<Evidence> {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let domain = normalize(domain);
+    let rows = EvidenceRows {
+        dkim_sets: dkim_sets(c)?,
+        inbound: inbound(c, &domain, from, to)?,
+        reported: reported(c, &domain, from, to)?,
+        submitters: submitters(c, &domain, from, to)?,
+    };
+    evidence_from(&domain, rows)
+}
+
+/// The evidence from the rows a store read for `domain` (normalized).
+pub(super) fn evidence_from(domain: &str, rows: EvidenceRows) -> Result<Evidence> {
     let mut by_ip: BTreeMap<String, SenderEvidence> = BTreeMap::new();
     let mut first: Option<u64> = None;
-    inbound(c, &domain, from, to, &mut by_ip, &mut first)?;
-    reported(c, &domain, from, to, &mut by_ip, &mut first)?;
-    let submitters = submitters(c, &domain, from, to, &mut first)?;
+    add_inbound(&rows.dkim_sets, rows.inbound, domain, &mut by_ip, &mut first);
+    add_reported(rows.reported, domain, &mut by_ip, &mut first);
+    let submitters = add_submitters(rows.submitters, domain, &mut first);
     let mut senders: Vec<SenderEvidence> = by_ip.into_values().collect();
     senders.sort_by(|a, b| b.volume().cmp(&a.volume()).then_with(|| a.ip.cmp(&b.ip)));
     Ok(Evidence { senders, submitters, first })
@@ -148,20 +181,17 @@ fn entry<'a>(by_ip: &'a mut BTreeMap<String, SenderEvidence>, ip: &str) -> &'a m
     by_ip.entry(ip.to_string()).or_insert_with(|| SenderEvidence { ip: ip.to_string(), ..Default::default() })
 }
 
-fn inbound(
-    c: &Connection,
-    domain: &str,
-    from: u64,
-    to: u64,
-    by_ip: &mut BTreeMap<String, SenderEvidence>,
-    first: &mut Option<u64>,
-) -> Result<()> {
+fn dkim_sets(c: &Connection) -> Result<HashMap<i64, Vec<DkimAuth>>> {
     let mut dkim_sets: HashMap<i64, Vec<DkimAuth>> = HashMap::new();
     let mut st = c.prepare_cached("SELECT id, json FROM dkim_sets")?;
     for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
         let (id, j) = r?;
         dkim_sets.insert(id, from_json(&j)?);
     }
+    Ok(dkim_sets)
+}
+
+fn inbound(c: &Connection, domain: &str, from: u64, to: u64) -> Result<Vec<InboundRow>> {
     let floor = from - from % 3600;
     let mut st = c.prepare_cached(
         "SELECT source_ip, spf_aligned, dkim_aligned, override_reason, dkim, spf_domain, spf_result, max(helo), sum(count), min(first)
@@ -182,8 +212,17 @@ fn inbound(
             r.get::<_, u64>(9)?,
         ))
     })?;
-    for row in rows {
-        let (ip, spf_aligned, dkim_aligned, reason, dkim, spf_domain, spf_result, helo, count, seen) = row?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn add_inbound(
+    dkim_sets: &HashMap<i64, Vec<DkimAuth>>,
+    rows: Vec<InboundRow>,
+    domain: &str,
+    by_ip: &mut BTreeMap<String, SenderEvidence>,
+    first: &mut Option<u64>,
+) {
+    for (ip, spf_aligned, dkim_aligned, reason, dkim, spf_domain, spf_result, helo, count, seen) in rows {
         *first = Some(first.map_or(seen, |f| f.min(seen)));
         let s = entry(by_ip, &ip);
         s.inbound += count;
@@ -211,17 +250,9 @@ fn inbound(
             s.other_spf.insert(spf_domain.to_ascii_lowercase());
         }
     }
-    Ok(())
 }
 
-fn reported(
-    c: &Connection,
-    domain: &str,
-    from: u64,
-    to: u64,
-    by_ip: &mut BTreeMap<String, SenderEvidence>,
-    first: &mut Option<u64>,
-) -> Result<()> {
+fn reported(c: &Connection, domain: &str, from: u64, to: u64) -> Result<Vec<ReportedRow>> {
     // A report row is about the domain when its header-from is (an empty
     // one, seen from some reporters, falls back to the policy domain).
     let mut st = c.prepare_cached(
@@ -243,9 +274,12 @@ fn reported(
             r.get::<_, String>(8)?,
         ))
     })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn add_reported(rows: Vec<ReportedRow>, domain: &str, by_ip: &mut BTreeMap<String, SenderEvidence>, first: &mut Option<u64>) {
     let mut reports_per_ip: HashMap<String, BTreeSet<i64>> = HashMap::new();
-    for row in rows {
-        let (id, begin, ip, count, dkim_eval, spf_eval, reasons, dkim, spf) = row?;
+    for (id, begin, ip, count, dkim_eval, spf_eval, reasons, dkim, spf) in rows {
         // A row without a source address says nothing about a sender.
         let Ok(addr) = ip.parse::<std::net::IpAddr>() else { continue };
         let ip = addr.to_string();
@@ -286,7 +320,6 @@ fn reported(
     for (ip, ids) in reports_per_ip {
         entry(by_ip, &ip).reports = ids.len() as u64;
     }
-    Ok(())
 }
 
 /// The domain of a `From:` field as the timeline keeps it (`Name <a@d>`
@@ -299,7 +332,7 @@ fn from_domain(from: &str) -> Option<String> {
     addr.rsplit_once('@').map(|(_, d)| d.trim().trim_end_matches('.').to_ascii_lowercase())
 }
 
-fn submitters(c: &Connection, domain: &str, from: u64, to: u64, first: &mut Option<u64>) -> Result<Vec<Submitter>> {
+fn submitters(c: &Connection, domain: &str, from: u64, to: u64) -> Result<Vec<SubmitterRow>> {
     // `inbound` is false for mail handed to us to relay (submission, a
     // trusted network). The LIKE only narrows the scan; the domain is
     // compared exactly below.
@@ -313,9 +346,12 @@ fn submitters(c: &Connection, domain: &str, from: u64, to: u64, first: &mut Opti
     let rows = st.query_map(params![ts(from), ts(to), format!("%@{domain}%")], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, u64>(3)?, r.get::<_, u64>(4)?))
     })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn add_submitters(rows: Vec<SubmitterRow>, domain: &str, first: &mut Option<u64>) -> Vec<Submitter> {
     let mut by_ip: BTreeMap<String, Submitter> = BTreeMap::new();
-    for row in rows {
-        let (ip, user, from_field, count, seen) = row?;
+    for (ip, user, from_field, count, seen) in rows {
         if from_field.as_deref().and_then(from_domain).as_deref() != Some(domain) {
             continue;
         }
@@ -328,7 +364,7 @@ fn submitters(c: &Connection, domain: &str, from: u64, to: u64, first: &mut Opti
     }
     let mut out: Vec<Submitter> = by_ip.into_values().collect();
     out.sort_by(|a, b| b.messages.cmp(&a.messages).then_with(|| a.ip.cmp(&b.ip)));
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -378,7 +414,7 @@ mod tests {
     #[test]
     fn evidence_joins_evaluations_reports_and_relayed_mail() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sqlite::open(&dir.path().join(FILE)).unwrap();
+        let store = Sqlite::open(&dir.path().join(FILE), "n1").unwrap();
         let t = 10 * 3600;
         store
             .write(&[

@@ -16,6 +16,8 @@
 //! May import: `config`, `mailgate-core`.
 
 pub mod advice;
+pub mod buffer;
+pub mod pg;
 mod read;
 mod recorder;
 mod schema;
@@ -39,6 +41,8 @@ use serde::{Deserialize, Serialize};
 pub enum StoreError {
     #[error("report store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("report store (PostgreSQL): {0}")]
+    Postgres(#[from] postgres::Error),
     #[error("report store: {0}")]
     Io(#[from] std::io::Error),
     #[error("report store: {0}")]
@@ -144,8 +148,9 @@ pub struct TlsSession {
     pub policy_string: String,
 }
 
-/// What the writer task takes.
-#[derive(Debug, Clone)]
+/// What the writer task takes (and the on-disk buffer keeps, as JSON
+/// lines, while the database is away).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Event {
     Evaluation(Box<Evaluation>),
     Delivery(DeliveryAttempt),
@@ -173,7 +178,7 @@ impl ReportKind {
         }
     }
 
-    fn parse(s: &str) -> Result<Self> {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
         match s {
             "dmarc" => Ok(ReportKind::Dmarc),
             "tlsrpt" => Ok(ReportKind::Tlsrpt),
@@ -505,6 +510,51 @@ pub trait Store: advice::AdviceStore + suppression::SuppressionStore + Send + Sy
     /// The sources in the DMARC aggregate reports received about `domain`
     /// whose period overlaps `[from, to)`, busiest first, at most `limit`.
     fn reported_sources(&self, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<ReportedSource>>;
+
+    /// Messages received per node (`[cluster] node_id`) in `[from, to)`,
+    /// busiest first.
+    fn nodes(&self, from: u64, to: u64) -> Result<Vec<(String, u64)>>;
+
+    /// The right to build and send reports now: `None` when another node
+    /// holds it (it is sending them). Released when the guard drops.
+    fn try_report_lock(&self) -> Result<Option<ReportLock>>;
+}
+
+/// Messages per node over a range: one statement, the same in both stores.
+pub(crate) const NODES_SQL: &str =
+    "SELECT node, count(*) AS n FROM messages WHERE time >= ?1 AND time < ?2 GROUP BY node ORDER BY n DESC, node";
+
+/// Held while this node builds and sends reports; dropping it lets
+/// another node (or a later run) take it.
+pub struct ReportLock {
+    /// What holds the lock (PostgreSQL: the connection the advisory lock
+    /// lives on); nothing for a single node.
+    _held: Option<Box<dyn Send>>,
+}
+
+impl ReportLock {
+    /// The lock of a store no other node shares.
+    pub fn local() -> ReportLock {
+        ReportLock { _held: None }
+    }
+
+    pub(crate) fn holding(what: Box<dyn Send>) -> ReportLock {
+        ReportLock { _held: Some(what) }
+    }
+}
+
+impl Drop for ReportLock {
+    fn drop(&mut self) {
+        // Closing a PostgreSQL connection blocks: never on an async thread.
+        if let Some(held) = self._held.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || drop(held));
+                }
+                Err(_) => drop(held),
+            }
+        }
+    }
 }
 
 pub fn unix_now() -> u64 {

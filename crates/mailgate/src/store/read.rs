@@ -19,15 +19,15 @@ pub(super) fn ts(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Data(format!("bad JSON in the store: {e}")))
 }
 
-fn floor_hour(t: u64) -> u64 {
+pub(super) fn floor_hour(t: u64) -> u64 {
     t - t % HOUR
 }
 
-fn ceil_hour(t: u64) -> u64 {
+pub(super) fn ceil_hour(t: u64) -> u64 {
     floor_hour(t).saturating_add(if t.is_multiple_of(HOUR) { 0 } else { HOUR })
 }
 
@@ -49,7 +49,7 @@ const RAW_SCAN: &str = "SELECT header_from, source_ip, disposition, dkim_aligned
     FROM evaluations WHERE time >= ?1 AND time < ?2 AND (?3 IS NULL OR header_from = ?3)";
 
 /// A domain's rows as they gather.
-struct Gathering {
+pub(super) struct Gathering {
     domain: String,
     rows: Vec<DmarcRow>,
     /// A report record's fields joined → its index in `rows`.
@@ -65,12 +65,41 @@ impl Gathering {
     }
 }
 
+/// One row of a report scan (the columns of [`HOURLY_SCAN`] after the
+/// domain), as either store reads it.
+pub(super) struct ScanRow<'a> {
+    pub source_ip: &'a str,
+    pub disposition: &'a str,
+    pub dkim_aligned: bool,
+    pub spf_aligned: bool,
+    pub reason: &'a str,
+    pub envelope_from: &'a str,
+    pub dkim: i64,
+    pub spf_domain: &'a str,
+    pub spf_scope: &'a str,
+    pub spf_result: &'a str,
+    pub policy: i64,
+    pub count: u64,
+    pub first: u64,
+    pub last: u64,
+}
+
 /// The side tables, read once per scan (they hold one row per distinct
 /// DKIM set or policy: small).
-struct Interned {
-    dkim: HashMap<i64, Vec<DkimAuth>>,
+pub(super) struct Interned {
+    pub dkim: HashMap<i64, Vec<DkimAuth>>,
     /// id → (has_rua, JSON).
-    policies: HashMap<i64, (bool, String)>,
+    pub policies: HashMap<i64, (bool, String)>,
+}
+
+/// Where a report's rows come from: each store reads its tables its own
+/// way; the gathering into report rows ([`report_each`]) is shared.
+pub(super) trait Scan {
+    fn interned(&mut self) -> Result<Interned>;
+    /// The raw rows of `[lo, hi)`, `(header_from, row)` each.
+    fn raw(&mut self, lo: u64, hi: u64, domain: Option<&str>, f: &mut dyn FnMut(&str, &ScanRow<'_>) -> Result<()>) -> Result<()>;
+    /// The aggregates of the whole hours `[a, b)`, in domain order.
+    fn hourly(&mut self, a: u64, b: u64, domain: Option<&str>, f: &mut dyn FnMut(&str, &ScanRow<'_>) -> Result<()>) -> Result<()>;
 }
 
 impl Interned {
@@ -90,21 +119,24 @@ impl Interned {
         Ok(Interned { dkim, policies })
     }
 
-    /// Adds one scanned row (the columns of [`HOURLY_SCAN`]) to `g`.
-    fn add(&self, g: &mut Gathering, r: &rusqlite::Row<'_>, key: &mut String) -> Result<()> {
-        let text = |i: usize| -> Result<&str> {
-            r.get_ref(i)?.as_str().map_err(|e| StoreError::Data(format!("column {i} of the aggregates is not text: {e}")))
-        };
-        let (source_ip, disposition) = (text(1)?, text(2)?);
-        let dkim_aligned: bool = r.get(3)?;
-        let spf_aligned: bool = r.get(4)?;
-        let (reason, envelope_from) = (text(5)?, text(6)?);
-        let dkim: i64 = r.get(7)?;
-        let (spf_domain, spf_scope, spf_result) = (text(8)?, text(9)?, text(10)?);
-        let policy: i64 = r.get(11)?;
-        let count: u64 = r.get(12)?;
-        let first: u64 = r.get(13)?;
-        let last: u64 = r.get(14)?;
+    /// Adds one scanned row to `g`.
+    fn add(&self, g: &mut Gathering, r: &ScanRow<'_>, key: &mut String) {
+        let ScanRow {
+            source_ip,
+            disposition,
+            dkim_aligned,
+            spf_aligned,
+            reason,
+            envelope_from,
+            dkim,
+            spf_domain,
+            spf_scope,
+            spf_result,
+            policy,
+            count,
+            first,
+            last,
+        } = *r;
         g.first = g.first.min(first);
         if self.policies.get(&policy).is_some_and(|p| p.0) && g.policy.is_none_or(|(t, _)| last >= t) {
             g.policy = Some((last, policy));
@@ -134,7 +166,6 @@ impl Interned {
                 g.index.insert(key.clone(), g.rows.len() - 1);
             }
         }
-        Ok(())
     }
 
     fn finish(&self, mut g: Gathering) -> Result<DomainRows> {
@@ -147,12 +178,76 @@ impl Interned {
     }
 }
 
+/// SQLite's reads for [`report_each`].
+struct SqliteScan<'c>(&'c Connection);
+
+fn scan_row<'r>(r: &'r rusqlite::Row<'_>) -> Result<(&'r str, ScanRow<'r>)> {
+    let text = |i: usize| -> Result<&'r str> {
+        r.get_ref(i)?.as_str().map_err(|e| StoreError::Data(format!("column {i} of the aggregates is not text: {e}")))
+    };
+    Ok((
+        text(0)?,
+        ScanRow {
+            source_ip: text(1)?,
+            disposition: text(2)?,
+            dkim_aligned: r.get(3)?,
+            spf_aligned: r.get(4)?,
+            reason: text(5)?,
+            envelope_from: text(6)?,
+            dkim: r.get(7)?,
+            spf_domain: text(8)?,
+            spf_scope: text(9)?,
+            spf_result: text(10)?,
+            policy: r.get(11)?,
+            count: r.get(12)?,
+            first: r.get(13)?,
+            last: r.get(14)?,
+        },
+    ))
+}
+
+impl Scan for SqliteScan<'_> {
+    fn interned(&mut self) -> Result<Interned> {
+        Interned::load(self.0)
+    }
+
+    fn raw(&mut self, lo: u64, hi: u64, domain: Option<&str>, f: &mut dyn FnMut(&str, &ScanRow<'_>) -> Result<()>) -> Result<()> {
+        let mut st = self.0.prepare_cached(RAW_SCAN)?;
+        let mut rows = st.query(params![ts(lo), ts(hi), domain])?;
+        while let Some(r) = rows.next()? {
+            let (d, row) = scan_row(r)?;
+            f(d, &row)?;
+        }
+        Ok(())
+    }
+
+    fn hourly(&mut self, a: u64, b: u64, domain: Option<&str>, f: &mut dyn FnMut(&str, &ScanRow<'_>) -> Result<()>) -> Result<()> {
+        let mut st = self.0.prepare_cached(HOURLY_SCAN)?;
+        let mut rows = st.query(params![ts(a), ts(b), domain])?;
+        while let Some(r) = rows.next()? {
+            let (d, row) = scan_row(r)?;
+            f(d, &row)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn dmarc_report_each(
+    c: &Connection,
+    domain: Option<&str>,
+    from: u64,
+    to: u64,
+    each: &mut dyn FnMut(DomainRows) -> Result<()>,
+) -> Result<()> {
+    report_each(&mut SqliteScan(c), domain, from, to, each)
+}
+
 /// Streams each header-from domain's report rows for `[from, to)` to
 /// `each`, in domain order: the partial edge hours (raw rows, at most two
 /// hours) are gathered first, then the whole hours stream from one scan
 /// of the aggregates, a domain at a time.
-pub(super) fn dmarc_report_each(
-    c: &Connection,
+pub(super) fn report_each(
+    scan: &mut dyn Scan,
     domain: Option<&str>,
     from: u64,
     to: u64,
@@ -161,29 +256,25 @@ pub(super) fn dmarc_report_each(
     if from >= to {
         return Ok(());
     }
-    let interned = Interned::load(c)?;
+    let interned = scan.interned()?;
     let (a, b) = (ceil_hour(from), floor_hour(to));
     // Less than a whole hour: all of it from the raw rows.
     let (a, b, edges) = if a < b { (a, b, [(from, a), (b, to)]) } else { (from, from, [(from, to), (to, to)]) };
     let mut key = String::new();
     let mut pending: BTreeMap<String, Gathering> = BTreeMap::new();
     for (lo, hi) in edges.into_iter().filter(|(lo, hi)| lo < hi) {
-        let mut st = c.prepare_cached(RAW_SCAN)?;
-        let mut rows = st.query(params![ts(lo), ts(hi), domain])?;
-        while let Some(r) = rows.next()? {
-            let d = r.get_ref(0)?.as_str().map_err(|e| StoreError::Data(format!("header_from is not text: {e}")))?;
+        scan.raw(lo, hi, domain, &mut |d, r| {
             if !pending.contains_key(d) {
                 pending.insert(d.to_string(), Gathering::new(d));
             }
-            let Some(g) = pending.get_mut(d) else { continue };
-            interned.add(g, r, &mut key)?;
-        }
+            if let Some(g) = pending.get_mut(d) {
+                interned.add(g, r, &mut key);
+            }
+            Ok(())
+        })?;
     }
-    let mut st = c.prepare_cached(HOURLY_SCAN)?;
-    let mut rows = st.query(params![ts(a), ts(b), domain])?;
     let mut current: Option<Gathering> = None;
-    while let Some(r) = rows.next()? {
-        let d = r.get_ref(0)?.as_str().map_err(|e| StoreError::Data(format!("header_from is not text: {e}")))?;
+    scan.hourly(a, b, domain, &mut |d, r| {
         if current.as_ref().is_none_or(|g| g.domain != d) {
             if let Some(g) = current.take() {
                 each(interned.finish(g)?)?;
@@ -198,9 +289,10 @@ pub(super) fn dmarc_report_each(
             current = Some(pending.remove(d).unwrap_or_else(|| Gathering::new(d)));
         }
         if let Some(g) = current.as_mut() {
-            interned.add(g, r, &mut key)?;
+            interned.add(g, r, &mut key);
         }
-    }
+        Ok(())
+    })?;
     if let Some(g) = current.take() {
         each(interned.finish(g)?)?;
     }

@@ -235,6 +235,15 @@ pub const MIGRATIONS: &[&str] = &[
     // 4: one domain's hours (the dashboard's charts and spoofing counts)
     // without reading every domain's: the primary key starts with the hour.
     "CREATE INDEX domain_hourly_domain ON domain_hourly (header_from, hour);",
-    // 5: the suppression list (recipients not to mail again, per sending domain).
+    // 5: the node that wrote each record (`[cluster] node_id`), so rows
+    // from several nodes can be told apart; '' for rows from before.
+    "ALTER TABLE evaluations ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE deliveries ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tls_sessions ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE message_events ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE lookalike_hits ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sent_reports ADD COLUMN node TEXT NOT NULL DEFAULT '';",
+    // 6: the suppression list (recipients not to mail again, per sending domain).
     super::suppression::MIGRATION,
 ];

@@ -73,6 +73,22 @@ impl SourceCache {
 /// One domain's sources over the hours that overlap `[from, to)`, busiest
 /// first, at most `limit`.
 pub(super) fn sources(c: &Connection, cache: &SourceCache, domain: &str, from: u64, to: u64, limit: usize) -> Result<Vec<Source>> {
+    sources_with(&mut |m, d, a, b| add_hours(c, m, d, a, b), cache, domain, from, to, limit)
+}
+
+/// Adds the hourly rows of a domain with `hour` in `[a, b)` to a map:
+/// each store's read of `eval_hourly`.
+pub(super) type AddHours<'a> = dyn FnMut(&mut HashMap<IpAddr, Source>, &str, u64, u64) -> Result<()> + 'a;
+
+/// [`sources`] over any store's read of the aggregates.
+pub(super) fn sources_with(
+    c: &mut AddHours<'_>,
+    cache: &SourceCache,
+    domain: &str,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<Source>> {
     let lo = from - from % HOUR;
     let finished = {
         let t = unix_now().saturating_sub(SETTLE);
@@ -87,13 +103,13 @@ pub(super) fn sources(c: &Connection, cache: &SourceCache, domain: &str, from: u
         let cached = range(c, cache, domain, first_day, end_day)?;
         let mut m = (*cached).clone();
         if lo < first_day {
-            add_hours(c, &mut m, domain, lo, first_day)?;
+            c(&mut m, domain, lo, first_day)?;
         }
-        add_hours(c, &mut m, domain, end_day, to)?;
+        c(&mut m, domain, end_day, to)?;
         m
     } else {
         let mut m = HashMap::new();
-        add_hours(c, &mut m, domain, lo, to)?;
+        c(&mut m, domain, lo, to)?;
         m
     };
     let mut out: Vec<Source> = by_ip.drain().map(|(_, s)| s).collect();
@@ -104,7 +120,7 @@ pub(super) fn sources(c: &Connection, cache: &SourceCache, domain: &str, from: u
 
 /// The merged sums of the finished days `[first, end)`, from the cache or
 /// summed now.
-fn range(c: &Connection, cache: &SourceCache, domain: &str, first: u64, end: u64) -> Result<Sums> {
+fn range(c: &mut AddHours<'_>, cache: &SourceCache, domain: &str, first: u64, end: u64) -> Result<Sums> {
     let key = (domain.to_string(), first, end);
     if let Some(s) = cache.lock().ranges.get(&key) {
         return Ok(s.clone());
@@ -132,13 +148,13 @@ fn range(c: &Connection, cache: &SourceCache, domain: &str, first: u64, end: u64
     Ok(merged)
 }
 
-fn day_sums(c: &Connection, cache: &SourceCache, domain: &str, day: u64) -> Result<Sums> {
+fn day_sums(c: &mut AddHours<'_>, cache: &SourceCache, domain: &str, day: u64) -> Result<Sums> {
     let key = (domain.to_string(), day);
     if let Some(s) = cache.lock().days.get(&key) {
         return Ok(s.clone());
     }
     let mut m = HashMap::new();
-    add_hours(c, &mut m, domain, day, day + DAY)?;
+    c(&mut m, domain, day, day + DAY)?;
     let sums = Arc::new(m);
     let mut e = cache.lock();
     if e.days.len() >= MAX_ENTRIES {
@@ -176,24 +192,22 @@ fn add_hours(c: &Connection, m: &mut HashMap<IpAddr, Source>, domain: &str, a: u
     let mut rows = st.query(params![ts(a), ts(b), domain])?;
     while let Some(r) = rows.next()? {
         let ip: &str = r.get_ref(0)?.as_str().map_err(|e| StoreError::Data(format!("source_ip is not text: {e}")))?;
-        let Ok(source_ip) = ip.parse::<IpAddr>() else {
-            return Err(StoreError::Data(format!("bad source IP {ip:?} in the store")));
-        };
-        let disposition: String = r.get(1)?;
-        let s = Source {
-            source_ip,
-            messages: r.get(2)?,
-            spf_aligned: r.get(3)?,
-            dkim_aligned: r.get(4)?,
-            dmarc_pass: r.get(5)?,
-            dispositions: BTreeMap::new(),
-            helo: r.get(6)?,
-        };
-        let n = s.messages;
-        let entry =
-            m.entry(source_ip).or_insert_with(|| Source { messages: 0, spf_aligned: 0, dkim_aligned: 0, dmarc_pass: 0, ..s.clone() });
-        merge(entry, &s);
-        *entry.dispositions.entry(disposition).or_default() += n;
+        add_row(m, ip, r.get(1)?, [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?], r.get(6)?)?;
     }
+    Ok(())
+}
+
+/// Adds one `(source_ip, disposition)` group of [`SOURCES_SQL`] to `m`:
+/// `n` is messages, SPF aligned, DKIM aligned, DMARC pass.
+pub(super) fn add_row(m: &mut HashMap<IpAddr, Source>, ip: &str, disposition: String, n: [u64; 4], helo: String) -> Result<()> {
+    let Ok(source_ip) = ip.parse::<IpAddr>() else {
+        return Err(StoreError::Data(format!("bad source IP {ip:?} in the store")));
+    };
+    let s =
+        Source { source_ip, messages: n[0], spf_aligned: n[1], dkim_aligned: n[2], dmarc_pass: n[3], dispositions: BTreeMap::new(), helo };
+    let messages = s.messages;
+    let entry = m.entry(source_ip).or_insert_with(|| Source { messages: 0, spf_aligned: 0, dkim_aligned: 0, dmarc_pass: 0, ..s.clone() });
+    merge(entry, &s);
+    *entry.dispositions.entry(disposition).or_default() += messages;
     Ok(())
 }

@@ -17,6 +17,7 @@ pub struct Sqlite {
     writer: Mutex<Writer>,
     reader: Mutex<Connection>,
     path: std::path::PathBuf,
+    node: String,
     /// Finished days' sources, for the domain page.
     sources: super::sources::SourceCache,
 }
@@ -25,8 +26,9 @@ pub struct Sqlite {
 pub const FILE: &str = "reports.db";
 
 impl Sqlite {
-    /// Opens (creating if needed) and migrates the store at `path`.
-    pub fn open(path: &Path) -> Result<Sqlite> {
+    /// Opens (creating if needed) and migrates the store at `path`; rows
+    /// it writes carry `node` (`[cluster] node_id`).
+    pub fn open(path: &Path, node: &str) -> Result<Sqlite> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -40,7 +42,8 @@ impl Sqlite {
         let reader = Connection::open(path)?;
         configure(&reader)?;
         Ok(Sqlite {
-            writer: Mutex::new(Writer::new(writer)),
+            writer: Mutex::new(Writer::new(writer, node)),
+            node: node.to_string(),
             reader: Mutex::new(reader),
             path: path.to_path_buf(),
             sources: Default::default(),
@@ -248,8 +251,8 @@ impl Store for Sqlite {
             params![report.kind.as_str(), report.domain, report.end],
         )?;
         tx.execute(
-            "INSERT INTO sent_reports (time, kind, domain, report_id, begin, end, destinations, messages)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO sent_reports (time, kind, domain, report_id, begin, end, destinations, messages, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 unix_now(),
                 report.kind.as_str(),
@@ -258,7 +261,8 @@ impl Store for Sqlite {
                 report.begin,
                 report.end,
                 json(&report.destinations),
-                report.messages
+                report.messages,
+                self.node
             ],
         )?;
         tx.commit()?;
@@ -502,5 +506,17 @@ impl Store for Sqlite {
 
     fn lookalikes(&self, resembles: &str, from: u64, to: u64, limit: usize) -> Result<Vec<super::timeline::LookalikeHit>> {
         super::timeline::lookalikes(&self.reader(), resembles, from, to, limit)
+    }
+
+    fn nodes(&self, from: u64, to: u64) -> Result<Vec<(String, u64)>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(NODES_SQL)?;
+        let rows = st.query_map(params![ts(from), ts(to)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn try_report_lock(&self) -> Result<Option<ReportLock>> {
+        // One node: nobody else sends this store's reports.
+        Ok(Some(ReportLock::local()))
     }
 }

@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn add_lookup_list_remove_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Sqlite::open(&dir.path().join("r.db")).unwrap();
+        let s = Sqlite::open(&dir.path().join("r.db"), "test").unwrap();
         s.suppression_add(&entry("Example.com", "Bob@Elsewhere.test", 0)).unwrap();
         s.suppression_add(&entry("other.test", "bob@elsewhere.test", 150)).unwrap();
         assert!(s.suppression_lookup("example.com", "BOB@elsewhere.test", 1000).unwrap().is_some());

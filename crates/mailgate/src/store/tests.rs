@@ -1,6 +1,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
+use super::pg::Postgres;
 use super::sqlite::Sqlite;
 use super::*;
 
@@ -31,13 +34,36 @@ fn evaluation(time: u64, ip: &str, from: &str, dkim: &[(&str, &str)], dispositio
 
 fn open() -> (tempfile::TempDir, Sqlite) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Sqlite::open(&dir.path().join(sqlite::FILE)).unwrap();
+    let store = Sqlite::open(&dir.path().join(sqlite::FILE), "n1").unwrap();
     (dir, store)
 }
 
-#[test]
-fn evaluations_group_into_report_rows() {
-    let (_dir, store) = open();
+/// A PostgreSQL store in a new database of the test server.
+fn open_pg() -> Postgres {
+    Postgres::connect(&super::pg::testdb::database(), "n1").unwrap()
+}
+
+/// Runs each test against both stores: SQLite in a temporary directory,
+/// PostgreSQL in a database of its own on the test binary's server.
+macro_rules! both {
+    (sync: $($name:ident),* ; async: $($async_name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $( #[test] fn $name() { let (_dir, store) = super::open(); super::$name(&store); } )*
+            $( #[tokio::test] async fn $async_name() { let (_dir, store) = super::open(); super::$async_name(std::sync::Arc::new(store)).await; } )*
+        }
+        mod on_postgres {
+            $( #[test] fn $name() { let store = super::open_pg(); super::$name(&store); } )*
+            $( #[tokio::test] async fn $async_name() {
+                let store = tokio::task::spawn_blocking(super::open_pg).await.unwrap();
+                super::$async_name(std::sync::Arc::new(store)).await;
+            } )*
+        }
+    };
+}
+
+both!(sync: evaluations_group_into_report_rows, reported_marks_and_retention, dashboard_reads_come_from_the_hourly_aggregates, report_periods_are_exact_at_any_bounds, sources_of_finished_days_are_cached_and_exact, reported_days_sum_received_reports, reports_are_stored_once_and_read_back, nodes_count_messages; async: recorder_batches_and_flushes, recording_off_writes_nothing);
+
+fn evaluations_group_into_report_rows(store: &dyn Store) {
     let mut events = Vec::new();
     for i in 0..5 {
         events.push(Event::Evaluation(evaluation(1000 + i, "192.0.2.1", "a.test", &[("a.test", "pass"), ("esp.test", "pass")], "none")));
@@ -58,9 +84,7 @@ fn evaluations_group_into_report_rows() {
     assert_eq!((rows[1].source_ip.as_str(), rows[1].count, rows[1].disposition.as_str()), ("192.0.2.9", 1, "reject"));
 }
 
-#[test]
-fn reported_marks_and_retention() {
-    let (_dir, store) = open();
+fn reported_marks_and_retention(store: &dyn Store) {
     assert_eq!(store.reported_until(ReportKind::Dmarc, "a.test").unwrap(), None);
     let sent = SentReport {
         kind: ReportKind::Dmarc,
@@ -84,9 +108,7 @@ fn reported_marks_and_retention() {
     assert_eq!(store.dmarc_rows("a.test", 0, u64::MAX).unwrap().len(), 1);
 }
 
-#[test]
-fn reports_are_stored_once_and_read_back() {
-    let (dir, store) = open();
+fn reports_are_stored_once_and_read_back(store: &dyn Store) {
     let report = IngestedReport {
         kind: ReportKind::Dmarc,
         org_name: "google.com".into(),
@@ -118,24 +140,42 @@ fn reports_are_stored_once_and_read_back() {
     let listed = store.list_reports(&ReportQuery { domain: Some("a.test".into()), limit: 10, ..Default::default() }).unwrap();
     assert_eq!(listed, vec![summary]);
     assert!(store.list_reports(&ReportQuery { domain: Some("b.test".into()), limit: 10, ..Default::default() }).unwrap().is_empty());
-    drop(store);
-    // Reopening runs no migration twice and keeps the data.
-    let again = Sqlite::open(&dir.path().join(sqlite::FILE)).unwrap();
-    assert!(again.get_report(id).unwrap().is_some());
 }
 
-#[tokio::test]
-async fn recorder_batches_and_flushes() {
-    let (_dir, store) = open();
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
-    let recorder = start_writer(store.clone(), 90, true);
+#[test]
+fn reopening_keeps_the_data() {
+    let (dir, store) = open();
+    store
+        .mark_reported(&SentReport {
+            kind: ReportKind::Dmarc,
+            domain: "a.test".into(),
+            report_id: "r1".into(),
+            begin: 0,
+            end: 500,
+            destinations: vec![],
+            messages: 0,
+        })
+        .unwrap();
+    drop(store);
+    // Reopening runs no migration twice and keeps the data.
+    let again = Sqlite::open(&dir.path().join(sqlite::FILE), "n1").unwrap();
+    assert_eq!(again.reported_until(ReportKind::Dmarc, "a.test").unwrap(), Some(500));
+    let url = super::pg::testdb::database();
+    drop(Postgres::connect(&url, "n1").unwrap());
+    let again = Postgres::connect(&url, "n1").unwrap();
+    assert!(again.reported_until(ReportKind::Dmarc, "a.test").unwrap().is_none());
+}
+
+async fn recorder_batches_and_flushes(store: Arc<dyn Store>) {
+    let recorder = start_writer(store.clone(), 90, true, None);
     for i in 0..10_000 {
         recorder.record(Event::Evaluation(evaluation(unix_now() - 10 + (i % 5), "192.0.2.2", "c.test", &[], "none")));
     }
     recorder.flush().await;
     assert_eq!(recorder.written(), 10_000);
     assert_eq!(recorder.dropped(), 0);
-    let rows = store.dmarc_rows("c.test", 0, u64::MAX).unwrap();
+    let s = store.clone();
+    let rows = tokio::task::spawn_blocking(move || s.dmarc_rows("c.test", 0, u64::MAX)).await.unwrap().unwrap();
     assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 10_000);
 }
 
@@ -153,9 +193,7 @@ fn tls(time: u64, domain: &str, result: &str, policy: &str) -> Event {
 /// 2026-12-06 00:00 UTC, an hour boundary.
 const T0: u64 = 1_796_515_200;
 
-#[test]
-fn dashboard_reads_come_from_the_hourly_aggregates() {
-    let (_dir, store) = open();
+fn dashboard_reads_come_from_the_hourly_aggregates(store: &dyn Store) {
     let mut events = Vec::new();
     // Hour 0: a.test, 3 passing from .1, 2 rejected from .9 (one with a
     // look-alike finding); hour 1: a.test 1 from .1, b.test 4 from .5.
@@ -239,9 +277,7 @@ fn dashboard_reads_come_from_the_hourly_aggregates() {
 
 /// The report of any period counts exactly the evaluations in it: whole
 /// hours from the aggregates, the partial first and last from raw rows.
-#[test]
-fn report_periods_are_exact_at_any_bounds() {
-    let (_dir, store) = open();
+fn report_periods_are_exact_at_any_bounds(store: &dyn Store) {
     let times: Vec<u64> = (0..400).map(|i| T0 + i * 97).collect(); // about 10.8 hours
     let events: Vec<Event> = times
         .iter()
@@ -297,7 +333,7 @@ fn schema_1_data_migrates() {
         }
         c.execute("INSERT INTO tls_sessions VALUES (?1, 'a.test', 'mx.a.test', 'sts', 'success')", [T0]).unwrap();
     }
-    let store = Sqlite::open(&path).unwrap();
+    let store = Sqlite::open(&path, "n1").unwrap();
     let report = store.dmarc_report(None, T0, T0 + 86_400).unwrap();
     assert_eq!(report.len(), 1);
     assert_eq!(report[0].policy.as_ref().map(|p| p.p.as_str()), Some("reject"));
@@ -312,27 +348,27 @@ fn schema_1_data_migrates() {
     assert_eq!(store.dmarc_report(None, T0, T0 + 86_400).unwrap()[0].rows.len(), 2);
 }
 
-#[tokio::test]
-async fn recording_off_writes_nothing() {
-    let (_dir, store) = open();
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
-    let recorder = start_writer(store.clone(), 90, false);
+async fn recording_off_writes_nothing(store: Arc<dyn Store>) {
+    let recorder = start_writer(store.clone(), 90, false, None);
     for i in 0..100 {
         recorder.record(Event::Evaluation(evaluation(unix_now() - i, "192.0.2.2", "c.test", &[], "none")));
         recorder.record(tls(unix_now(), "c.test", "success", ""));
     }
     recorder.flush().await;
     assert_eq!((recorder.written(), recorder.dropped()), (0, 0));
-    assert!(store.dmarc_rows("c.test", 0, u64::MAX).unwrap().is_empty());
-    assert!(store.tls_summary(0, u64::MAX).unwrap().is_empty());
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        assert!(s.dmarc_rows("c.test", 0, u64::MAX).unwrap().is_empty());
+        assert!(s.tls_summary(0, u64::MAX).unwrap().is_empty());
+    })
+    .await
+    .unwrap();
 }
 
 /// Finished days come from the in-memory cache of the domain's sources,
 /// and still count exactly: a late write into a cached day and pruning
 /// both drop it.
-#[test]
-fn sources_of_finished_days_are_cached_and_exact() {
-    let (_dir, store) = open();
+fn sources_of_finished_days_are_cached_and_exact(store: &dyn Store) {
     let now = unix_now();
     let today = now - now % 86_400;
     let day = |d: u64| today - d * 86_400 + 3600;
@@ -365,9 +401,7 @@ fn sources_of_finished_days_are_cached_and_exact() {
 
 /// Received reports about a domain, per day: each on the day of its
 /// period's middle, passing rows where DKIM or SPF evaluated `pass`.
-#[test]
-fn reported_days_sum_received_reports() {
-    let (_dir, store) = open();
+fn reported_days_sum_received_reports(store: &dyn Store) {
     let row = |count: u64, dkim: &str, spf: &str| ReportRow {
         source_ip: "192.0.2.1".into(),
         count,
@@ -422,4 +456,24 @@ fn reported_days_sum_received_reports() {
             reporters: vec!["receiver.test".into()]
         }]
     );
+}
+
+fn message(time: u64, id: &str) -> Event {
+    Event::Timeline(Box::new(TimelineEvent::Message(timeline::MessageRecord {
+        time,
+        event_id: id.into(),
+        queue_id: Some(id.into()),
+        action: "accepted".into(),
+        inbound: true,
+        ..Default::default()
+    })))
+}
+
+fn nodes_count_messages(store: &dyn Store) {
+    store.write(&[message(T0, "q1"), message(T0 + 1, "q2"), message(T0 + 7200, "q3")]).unwrap();
+    assert_eq!(store.nodes(T0, T0 + 3600).unwrap(), vec![("n1".to_string(), 2)]);
+    assert!(store.nodes(T0 + 10_000, T0 + 20_000).unwrap().is_empty());
+    // One node alone always holds the report lock; a second try while the
+    // first is held is refused only where nodes share the store.
+    assert!(store.try_report_lock().unwrap().is_some());
 }

@@ -183,7 +183,7 @@ pub struct TrafficHour {
 }
 
 impl TrafficHour {
-    fn slot(&mut self, counter: &str) -> Option<&mut u64> {
+    pub(super) fn slot(&mut self, counter: &str) -> Option<&mut u64> {
         Some(match counter {
             "received_inbound" => &mut self.received_inbound,
             "received_submitted" => &mut self.received_submitted,
@@ -279,30 +279,41 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
 }
 
 /// Writes timeline events and their counts into an open transaction.
-pub fn insert(tx: &Transaction<'_>, events: &[&TimelineEvent]) -> Result<()> {
+pub fn insert(tx: &Transaction<'_>, events: &[&TimelineEvent], node: &str) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
     let mut message = tx.prepare_cached(
-        "INSERT OR REPLACE INTO messages (event_id, queue_id, time, client_ip, sender, message_id, action, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR REPLACE INTO messages (event_id, queue_id, time, client_ip, sender, message_id, action, detail, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut rcpt = tx.prepare_cached("INSERT INTO message_recipients (event_id, recipient) VALUES (?1, ?2)")?;
-    let mut later = tx.prepare_cached("INSERT INTO message_events (queue_id, time, detail) VALUES (?1, ?2, ?3)")?;
+    let mut later = tx.prepare_cached("INSERT INTO message_events (queue_id, time, detail, node) VALUES (?1, ?2, ?3, ?4)")?;
     let mut hit = tx.prepare_cached(
-        "INSERT INTO lookalike_hits (time, resembles, domain, rule, identity, client_ip, event_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO lookalike_hits (time, resembles, domain, rule, identity, client_ip, event_id, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut counts: HashMap<(u64, &'static str), u64> = HashMap::new();
     let mut count = |time: u64, counter: &'static str| *counts.entry((time - time % HOUR, counter)).or_default() += 1;
     for e in events {
         match e {
             TimelineEvent::Message(m) => {
-                message.execute(params![m.event_id, m.queue_id, ts(m.time), m.client_ip, m.sender, m.message_id, m.action, json(m)])?;
+                message.execute(params![
+                    m.event_id,
+                    m.queue_id,
+                    ts(m.time),
+                    m.client_ip,
+                    m.sender,
+                    m.message_id,
+                    m.action,
+                    json(m),
+                    node
+                ])?;
                 for r in m.recipients.iter().chain(&m.refused_recipients) {
                     rcpt.execute(params![m.event_id, r])?;
                 }
                 for h in &m.lookalike {
-                    hit.execute(params![ts(m.time), h.resembles, h.domain, h.rule, h.identity, m.client_ip, m.event_id])?;
+                    hit.execute(params![ts(m.time), h.resembles, h.domain, h.rule, h.identity, m.client_ip, m.event_id, node])?;
                 }
                 count(m.time, if m.inbound { "received_inbound" } else { "received_submitted" });
                 match m.action.as_str() {
@@ -315,7 +326,7 @@ pub fn insert(tx: &Transaction<'_>, events: &[&TimelineEvent]) -> Result<()> {
                 }
             }
             TimelineEvent::Attempt(a) => {
-                later.execute(params![a.queue_id, ts(a.time), json(e)])?;
+                later.execute(params![a.queue_id, ts(a.time), json(e), node])?;
                 for r in &a.recipients {
                     match r.outcome.as_str() {
                         "delivered" => count(a.time, "delivered"),
@@ -325,7 +336,7 @@ pub fn insert(tx: &Transaction<'_>, events: &[&TimelineEvent]) -> Result<()> {
                 }
             }
             TimelineEvent::Dsn(d) => {
-                later.execute(params![d.queue_id, ts(d.time), json(e)])?;
+                later.execute(params![d.queue_id, ts(d.time), json(e), node])?;
             }
         }
     }
@@ -481,7 +492,7 @@ mod tests {
     #[test]
     fn timelines_are_found_counted_and_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sqlite::open(&dir.path().join(FILE)).unwrap();
+        let store = Sqlite::open(&dir.path().join(FILE), "n1").unwrap();
         let hour = 1_800_000_000 - 1_800_000_000 % HOUR;
         let attempt = AttemptRecord {
             time: hour + 60,

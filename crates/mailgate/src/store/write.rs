@@ -18,6 +18,8 @@ pub(super) const HOUR: u64 = 3600;
 /// The writer connection and its interning maps.
 pub(super) struct Writer {
     pub conn: Connection,
+    /// `[cluster] node_id`, written into every row.
+    node: String,
     dkim: HashMap<String, i64>,
     policies: HashMap<String, i64>,
     tls_policies: HashMap<String, i64>,
@@ -95,8 +97,8 @@ fn intern(tx: &Transaction<'_>, map: &mut HashMap<String, i64>, sql: &str, key: 
 }
 
 impl Writer {
-    pub fn new(conn: Connection) -> Writer {
-        Writer { conn, dkim: HashMap::new(), policies: HashMap::new(), tls_policies: HashMap::new() }
+    pub fn new(conn: Connection, node: &str) -> Writer {
+        Writer { conn, node: node.to_string(), dkim: HashMap::new(), policies: HashMap::new(), tls_policies: HashMap::new() }
     }
 
     /// Writes a batch in one transaction.
@@ -113,20 +115,22 @@ impl Writer {
     }
 
     fn write_batch(&mut self, events: &[Event]) -> Result<()> {
-        let Writer { conn, dkim, policies, tls_policies } = self;
+        let Writer { conn, node, dkim, policies, tls_policies } = self;
+        let node = node.as_str();
         let tx = conn.transaction()?;
         {
             let mut eval = tx.prepare_cached(
                 "INSERT INTO evaluations (time, source_ip, helo, envelope_from, header_from, spf_domain, spf_scope, spf_result,
-                 dkim, arc, dmarc, spf_aligned, dkim_aligned, disposition, policy, override_reason, lookalike)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 dkim, arc, dmarc, spf_aligned, dkim_aligned, disposition, policy, override_reason, lookalike, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?;
             let mut delivery = tx.prepare_cached(
-                "INSERT INTO deliveries (time, queue_id, recipient_domain, recipients, mx_host, tls, reply_code, reply)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO deliveries (time, queue_id, recipient_domain, recipients, mx_host, tls, reply_code, reply, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut tls = tx.prepare_cached(
-                "INSERT INTO tls_sessions (time, policy_domain, mx_host, policy_type, result, policy) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO tls_sessions (time, policy_domain, mx_host, policy_type, result, policy, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut hourly: HashMap<EvalKey<'_>, EvalSum<'_>> = HashMap::new();
             let mut tls_hourly: HashMap<TlsKey<'_>, u64> = HashMap::new();
@@ -167,6 +171,7 @@ impl Writer {
                             policy_id,
                             reason,
                             lookalike,
+                            node,
                         ])?;
                         let key = EvalKey {
                             hour: v.time - v.time % HOUR,
@@ -213,7 +218,8 @@ impl Writer {
                             d.mx_host,
                             d.tls,
                             d.reply_code,
-                            d.reply
+                            d.reply,
+                            node
                         ])?;
                     }
                     Event::Tls(t) => {
@@ -222,7 +228,7 @@ impl Writer {
                         } else {
                             intern(&tx, tls_policies, TLS_POLICY_SQL, t.policy_string.clone(), None)?
                         };
-                        tls.execute(params![t.time, t.policy_domain, t.mx_host, t.policy_type, t.result, policy_id])?;
+                        tls.execute(params![t.time, t.policy_domain, t.mx_host, t.policy_type, t.result, policy_id, node])?;
                         let key = TlsKey {
                             hour: t.time - t.time % HOUR,
                             policy_domain: &t.policy_domain,
@@ -236,7 +242,7 @@ impl Writer {
                     Event::Timeline(t) => timelines.push(&**t),
                 }
             }
-            super::timeline::insert(&tx, &timelines)?;
+            super::timeline::insert(&tx, &timelines, node)?;
             let mut up = tx.prepare_cached(
                 "INSERT INTO eval_hourly (hour, header_from, source_ip, envelope_from, disposition, spf_domain, spf_scope,
                  spf_result, dkim, override_reason, policy, spf_aligned, dkim_aligned, dmarc, lookalike, helo, count, first, last)

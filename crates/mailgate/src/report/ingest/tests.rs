@@ -239,7 +239,7 @@ fn truncated_and_garbled_inputs_never_panic() {
 #[test]
 fn ingester_stores_once_and_keeps_rejects_aside() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(Sqlite::open(&dir.path().join("reports.db")).unwrap());
+    let store: Arc<dyn Store> = Arc::new(Sqlite::open(&dir.path().join("reports.db"), "n1").unwrap());
     let ing = Ingester::new(store.clone(), dir.path());
     let Outcome::Stored { reports, .. } = ing.ingest(REPORT.as_bytes(), "a.xml").unwrap() else { panic!() };
     assert!(reports[0].id.is_some());
