@@ -124,7 +124,22 @@ impl Store for Postgres {
 
     fn dmarc_report_each(&self, domain: Option<&str>, from: u64, to: u64, each: &mut dyn FnMut(DomainRows) -> Result<()>) -> Result<()> {
         let mut c = self.pool.reader()?;
-        let r = read::dmarc_report_each(c.client(), domain, from, to, each);
+        let mut emitted = false;
+        let r = read::dmarc_report_each(c.client(), domain, from, to, &mut |d| {
+            emitted = true;
+            each(d)
+        });
+        // A connection the server cut before anything was read: once more
+        // on a new one (see `Pool::read`).
+        if let Err(e) = &r
+            && !emitted
+            && pool::lost_connection(e)
+        {
+            drop(c);
+            let mut c = self.pool.fresh_reader()?;
+            let r = read::dmarc_report_each(c.client(), domain, from, to, each);
+            return c.check(r);
+        }
         c.check(r)
     }
 

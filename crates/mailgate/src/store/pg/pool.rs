@@ -107,6 +107,14 @@ impl Pool {
         Ok(ReaderConn { pool: self, client: Some(c) })
     }
 
+    /// A new reader, after one was found cut: the other idle connections
+    /// are as old (a restart of the server cut them all), so they go too.
+    pub fn fresh_reader(&self) -> Result<ReaderConn<'_>> {
+        let idle = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
+        idle.into_iter().for_each(discard);
+        Ok(ReaderConn { pool: self, client: Some(self.open()?) })
+    }
+
     /// A connection outside the pool (the report lock lives on one).
     pub fn dedicated(&self) -> Result<Client> {
         self.open()
@@ -119,13 +127,31 @@ impl Pool {
     pub fn read<T>(&self, f: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
         let mut c = self.reader()?;
         let r = f(c.client());
-        if r.is_err() && c.client().is_closed() {
-            let _ = c.check(r);
-            let mut c = self.reader()?;
+        if let Err(e) = &r
+            && (c.client().is_closed() || lost_connection(e))
+        {
+            c.client.take().into_iter().for_each(discard);
+            let mut c = self.fresh_reader()?;
             let r = f(c.client());
             return c.check(r);
         }
         c.check(r)
+    }
+}
+
+/// The error says the connection is gone (the server shut it, or it
+/// broke), not that the query was wrong: the client may not know yet.
+pub(super) fn lost_connection(e: &StoreError) -> bool {
+    match e {
+        StoreError::Postgres(e) => {
+            e.is_closed()
+                || e.code().is_some_and(|c| {
+                    let code = c.code();
+                    // 57P01-57P03: administrator or crash shutdown; 08: connection exception.
+                    code.starts_with("57P") || code.starts_with("08")
+                })
+        }
+        _ => false,
     }
 }
 
