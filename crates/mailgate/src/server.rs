@@ -82,8 +82,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let tls_files = config.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
     let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let suppressions = crate::suppression::Suppressions::new(&config, store.clone(), metrics.clone())
-        .context("cannot set up VERP and the suppression list")?;
+    let suppressions = {
+        // Reads the list from the store, whose PostgreSQL client blocks.
+        let (config, store, metrics) = (config.clone(), store.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || crate::suppression::Suppressions::new(&config, store, metrics))
+            .await
+            .context("suppression set-up task")?
+            .context("cannot set up VERP and the suppression list")?
+    };
     suppressions.start();
     let mut policy = RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone())
         .with_suppressions(suppressions.clone());

@@ -98,7 +98,11 @@ impl Suppressions {
             metrics,
             cache: RwLock::new(HashMap::new()),
         };
-        s.reload()?;
+        // A store that cannot be read yet (PostgreSQL still down) must not
+        // stop mail: the list is read again every REFRESH.
+        if let Err(e) = s.reload() {
+            tracing::warn!(error = %e, "cannot read the suppression list yet; starting with none, retrying in the background");
+        }
         Ok(Arc::new(s))
     }
 
