@@ -160,9 +160,14 @@ def test_wrong_user_and_wrong_password_take_the_same_time(mailgate_factory, mail
     srv = start(mailgate_factory, mailgate_bin)
     port = srv.submission_port
     samples: dict[str, list[float]] = {"wrong password": [], "unknown user": []}
-    # Each try from its own address: no delay from earlier failures.
-    for i in range(15):
-        for j, (kind, user) in enumerate((("wrong password", USER), ("unknown user", f"nobody{i}"))):
+    # Each try from its own address: no delay from earlier failures. The
+    # two kinds take turns going first, so a machine that is busier at one
+    # moment does not weigh on one kind only.
+    for i in range(25):
+        pair = [("wrong password", USER), ("unknown user", f"nobody{i}")]
+        if i % 2:
+            pair.reverse()
+        for j, (kind, user) in enumerate(pair):
             c = Conn(port, f"127.0.5.{2 * i + j + 1}")
             try:
                 t0 = time.monotonic()
@@ -174,6 +179,8 @@ def test_wrong_user_and_wrong_password_take_the_same_time(mailgate_factory, mail
     wrong_pw = statistics.median(samples["wrong password"])
     unknown = statistics.median(samples["unknown user"])
     print(f"\nAUTH timing medians: wrong password {wrong_pw * 1000:.1f} ms, unknown user {unknown * 1000:.1f} ms")
-    # Both verify an argon2 hash: an unknown user that skipped it would be
-    # several times faster.
-    assert abs(wrong_pw - unknown) <= max(0.25 * max(wrong_pw, unknown), 0.005), (wrong_pw, unknown)
+    # Both verify an argon2 hash (about 20 ms): an unknown user that skipped
+    # it would answer in well under a tenth of that. A shared CI machine
+    # moves medians by some milliseconds, so the bound is a ratio that
+    # such noise stays inside and a skipped hash does not.
+    assert min(wrong_pw, unknown) >= 0.6 * max(wrong_pw, unknown), (wrong_pw, unknown)
