@@ -40,6 +40,11 @@ import time
 import traceback
 from pathlib import Path
 
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import BIN, MailgateServer  # noqa: E402
@@ -155,29 +160,26 @@ def unbound_conf(work: Path, auth_port: int, anchor: Path, stubs: list[str]) -> 
 
 
 def start_unbound(work: Path, conf: str) -> subprocess.Popen:
+    """Checks the config, starts unbound and waits until it answers the
+    root's SOA validated (AD): the trust anchor works before any case runs."""
     path = work / "unbound.conf"
     path.write_text(conf)
     chk = run([shutil.which("unbound-checkconf") or "/usr/sbin/unbound-checkconf", str(path)])
     if chk.returncode != 0:
         raise RuntimeError(f"unbound-checkconf: {chk.stdout}{chk.stderr}")
-    proc = subprocess.Popen([shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c", str(path)],
-                            stdout=open(work / "unbound.out", "ab"), stderr=subprocess.STDOUT)
-    # Ready when it answers; dig is in bind9-utils, which .ci/run installs,
-    # but a query from Python needs nothing more.
-    import dns.message
-    import dns.query
+    with open(work / "unbound.out", "ab") as out:
+        proc = subprocess.Popen([shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c", str(path)],
+                                stdout=out, stderr=subprocess.STDOUT)
 
-    def ready():
+    def validated():
         try:
-            q = dns.message.make_query(".", "SOA", want_dnssec=True)
-            r = dns.query.udp(q, "127.0.0.1", port=53, timeout=1)
-            return r
-        except Exception:
+            r = dns.query.udp(dns.message.make_query(".", "SOA", want_dnssec=True), "127.0.0.1", port=53, timeout=1)
+        except (OSError, dns.exception.DNSException):
             return None
-    r = wait_for(ready, 10, 0.1)
-    if r is None or proc.poll() is not None:
-        raise RuntimeError("unbound did not answer on 127.0.0.1:53: " + (work / "unbound.log").read_text(errors="replace")[-3000:]
-                           if (work / "unbound.log").exists() else "unbound did not answer")
+        return r if r.flags & dns.flags.AD else None
+    if wait_for(validated, 10, 0.1) is None or proc.poll() is not None:
+        log = (work / "unbound.log").read_text(errors="replace")[-3000:] if (work / "unbound.log").exists() else ""
+        raise RuntimeError(f"unbound gave no validated (AD) answer for . SOA on 127.0.0.1:53:\n{log}")
     return proc
 
 
@@ -243,7 +245,8 @@ def start_mailgate(work: Path, mode: str, nameserver: str, anchor: Path) -> Mail
     text = srv.config_path.read_text()
     text = text.replace('nameservers = ["127.0.0.1:0"]', f'nameservers = ["{nameserver}"]')
     assert nameserver in text, text
-    text = re.sub(r"(?m)^mx_port = \d+$", f"mx_port = {PORT}", text)
+    text, n = re.subn(r"(?m)^mx_port = \d+$", f"mx_port = {PORT}", text)
+    assert n == 1, text
     dns = f'dnssec = "{mode}"\n' + (f'trust_anchor = "{anchor}"\n' if mode == "validate" else "")
     text = text.replace("[dns]\n", "[dns]\n" + dns, 1)
     # The first deferral is the verdict: no retry within the run.
@@ -264,12 +267,13 @@ def mailgate_send(srv: MailgateServer, sender: str, rcpt: str) -> str:
 
 
 def mailgate_state(srv: MailgateServer, qid: str):
-    """('delivered', None) once the message left the queue, ('deferred',
-    recipient) after a failed attempt, else None."""
+    """('left-queue', None) once the message left the queue (delivered if
+    the sink has it), ('deferred', recipient) after a failed attempt,
+    else None."""
     try:
         m = srv.queue_show(qid)
     except AssertionError:
-        return ("delivered", None)  # gone from the queue
+        return ("left-queue", None)
     for r in m.get("recipients") or []:
         if r.get("status") == "deferred" and (r.get("attempts") or 0) >= 1:
             return ("deferred", r)
@@ -279,8 +283,8 @@ def mailgate_state(srv: MailgateServer, qid: str):
 
 
 def tlsa_results(srv: MailgateServer, domain: str) -> dict:
-    """The TLS-RPT preview's `tlsa` policies for the domain: successes and
-    failure result types."""
+    """The domain's TLS-RPT preview by policy type (`tlsa`, `sts`,
+    `no-policy-found`): successful sessions and failure result types."""
     status, text = srv.http_get(f"/api/v1/reports/preview/{domain}")
     if status != 200:
         return {"preview": status}
@@ -346,8 +350,11 @@ def main(out_path: Path) -> int:
             entry = {"postfix": dict(pv[name], sink_tls=sink_tls(PF_FROM)), "sink_connections": sink.connections}
             for mode, srv in mgs.items():
                 state = ms.get((mode, name))
+                outcome = state[0] if state else None
+                if outcome == "left-queue" and sink_tls(MODES[mode]):
+                    outcome = "delivered"
                 entry[f"mailgate {mode}"] = {
-                    "outcome": state[0] if state else None,
+                    "outcome": outcome,
                     "reason": (state[1] or {}).get("last_reply") if state and state[1] else None,
                     "tlsrpt": tlsa_results(srv, name),
                     "sink_tls": sink_tls(MODES[mode]),
