@@ -16,6 +16,7 @@
 //! May import: `config`, `mailgate-core`.
 
 pub mod advice;
+mod aggregate;
 pub mod buffer;
 pub mod pg;
 mod read;

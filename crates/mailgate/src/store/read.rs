@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use rusqlite::{Connection, params};
 
-use super::write::HOUR;
+use super::aggregate::HOUR;
 use super::*;
 
 /// A time bound as SQLite's signed integer (`u64::MAX` means no bound).

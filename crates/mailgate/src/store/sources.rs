@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, params};
 
+use super::aggregate::HOUR;
 use super::read::ts;
-use super::write::HOUR;
 use super::{Event, Result, Source, StoreError, unix_now};
 
 const DAY: u64 = 86_400;

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::aggregate::json;
 use super::read::{self, ts};
 use super::schema::MIGRATIONS;
 use super::write::Writer;
@@ -86,10 +87,6 @@ fn migrate(c: &mut Connection) -> Result<()> {
         tracing::info!(version = i + 1, "report store migrated");
     }
     Ok(())
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
+use super::aggregate::json;
 use super::{Result, StoreError};
 
 /// A message as the inbound side finished it.
@@ -268,10 +269,6 @@ const HOUR: u64 = 3600;
 
 fn ts(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
-}
-
-fn json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {

@@ -1,8 +1,7 @@
 //! The SQLite writer's batch: raw rows with their repeated JSON interned
 //! as ids (an in-memory map in front of the side tables, so a known DKIM
 //! set or policy costs a hash lookup, not a row), and the hourly
-//! aggregates upserted in the same transaction, summed in memory first so
-//! a batch upserts each group once.
+//! aggregates ([`super::aggregate`]) upserted in the same transaction.
 //!
 //! May import: the rest of `store`.
 
@@ -10,75 +9,15 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, Transaction, params};
 
+use super::aggregate::{Aggregates, Interning, dkim_set, json, lookalike_json};
 use super::{Event, Result};
-
-/// Seconds per aggregate bucket.
-pub(super) const HOUR: u64 = 3600;
 
 /// The writer connection and its interning maps.
 pub(super) struct Writer {
     pub conn: Connection,
     /// `[cluster] node_id`, written into every row.
     node: String,
-    dkim: HashMap<String, i64>,
-    policies: HashMap<String, i64>,
-    tls_policies: HashMap<String, i64>,
-}
-
-/// One `eval_hourly` group.
-#[derive(PartialEq, Eq, Hash)]
-struct EvalKey<'a> {
-    hour: u64,
-    header_from: &'a str,
-    source_ip: String,
-    envelope_from: &'a str,
-    disposition: &'a str,
-    spf_domain: &'a str,
-    spf_scope: &'a str,
-    spf_result: &'a str,
-    dkim: i64,
-    override_reason: &'a str,
-    policy: i64,
-    spf_aligned: bool,
-    dkim_aligned: bool,
-    dmarc: &'a str,
-    lookalike: bool,
-}
-
-struct EvalSum<'a> {
-    helo: &'a str,
-    count: u64,
-    first: u64,
-    last: u64,
-}
-
-/// One `domain_hourly` row.
-#[derive(Default)]
-struct DomainSum {
-    messages: u64,
-    dmarc_pass: u64,
-    spf_aligned: u64,
-    dkim_aligned: u64,
-    rejected: u64,
-    quarantined: u64,
-    lookalike: u64,
-    first: u64,
-    last: u64,
-}
-
-/// One `tls_hourly` group.
-#[derive(PartialEq, Eq, Hash)]
-struct TlsKey<'a> {
-    hour: u64,
-    policy_domain: &'a str,
-    mx_host: &'a str,
-    policy_type: &'a str,
-    result: &'a str,
-    policy: i64,
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+    interned: Interning,
 }
 
 /// The id of `key` in a side table, inserting it when new. `sql` is an
@@ -98,7 +37,7 @@ fn intern(tx: &Transaction<'_>, map: &mut HashMap<String, i64>, sql: &str, key: 
 
 impl Writer {
     pub fn new(conn: Connection, node: &str) -> Writer {
-        Writer { conn, node: node.to_string(), dkim: HashMap::new(), policies: HashMap::new(), tls_policies: HashMap::new() }
+        Writer { conn, node: node.to_string(), interned: Interning::default() }
     }
 
     /// Writes a batch in one transaction.
@@ -107,15 +46,14 @@ impl Writer {
         if r.is_err() {
             // Ids handed out inside a transaction that rolled back name
             // nothing: forget them all.
-            self.dkim.clear();
-            self.policies.clear();
-            self.tls_policies.clear();
+            self.interned = Interning::default();
         }
         r
     }
 
     fn write_batch(&mut self, events: &[Event]) -> Result<()> {
-        let Writer { conn, node, dkim, policies, tls_policies } = self;
+        let Writer { conn, node, interned } = self;
+        let Interning { dkim, policies, tls_policies } = interned;
         let node = node.as_str();
         let tx = conn.transaction()?;
         {
@@ -132,27 +70,17 @@ impl Writer {
                 "INSERT INTO tls_sessions (time, policy_domain, mx_host, policy_type, result, policy, node)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut hourly: HashMap<EvalKey<'_>, EvalSum<'_>> = HashMap::new();
-            let mut tls_hourly: HashMap<TlsKey<'_>, u64> = HashMap::new();
+            let mut agg = Aggregates::default();
             let mut timelines = Vec::new();
-            let mut by_domain: HashMap<(u64, &str, i64), DomainSum> = HashMap::new();
             for e in events {
                 match e {
                     Event::Evaluation(v) => {
-                        let dkim_id = if v.dkim.is_empty() {
-                            intern(&tx, dkim, DKIM_SQL, "[]".into(), None)?
-                        } else {
-                            let mut set = v.dkim.clone();
-                            set.sort();
-                            intern(&tx, dkim, DKIM_SQL, json(&set), None)?
-                        };
+                        let dkim_id = intern(&tx, dkim, DKIM_SQL, dkim_set(v), None)?;
                         let policy_id = match &v.policy {
                             Some(p) => intern(&tx, policies, POLICY_SQL, json(p), Some(!p.rua.is_empty()))?,
                             None => 0,
                         };
                         let ip = v.source_ip.to_string();
-                        let reason = v.override_reason.as_deref().unwrap_or("");
-                        let lookalike = if v.lookalike.is_empty() { "[]".to_string() } else { json(&v.lookalike) };
                         eval.execute(params![
                             v.time,
                             ip,
@@ -169,45 +97,11 @@ impl Writer {
                             v.dkim_aligned,
                             v.disposition,
                             policy_id,
-                            reason,
-                            lookalike,
+                            v.override_reason.as_deref().unwrap_or(""),
+                            lookalike_json(v),
                             node,
                         ])?;
-                        let key = EvalKey {
-                            hour: v.time - v.time % HOUR,
-                            header_from: &v.header_from,
-                            source_ip: ip,
-                            envelope_from: &v.envelope_from,
-                            disposition: &v.disposition,
-                            spf_domain: &v.spf.domain,
-                            spf_scope: &v.spf.scope,
-                            spf_result: &v.spf.result,
-                            dkim: dkim_id,
-                            override_reason: reason,
-                            policy: policy_id,
-                            spf_aligned: v.spf_aligned,
-                            dkim_aligned: v.dkim_aligned,
-                            dmarc: &v.dmarc,
-                            lookalike: !v.lookalike.is_empty(),
-                        };
-                        let d = by_domain.entry((key.hour, &v.header_from, policy_id)).or_insert(DomainSum {
-                            first: v.time,
-                            last: v.time,
-                            ..Default::default()
-                        });
-                        d.messages += 1;
-                        d.dmarc_pass += u64::from(v.dmarc == "pass");
-                        d.spf_aligned += u64::from(v.spf_aligned);
-                        d.dkim_aligned += u64::from(v.dkim_aligned);
-                        d.rejected += u64::from(v.disposition == "reject");
-                        d.quarantined += u64::from(v.disposition == "quarantine");
-                        d.lookalike += u64::from(!v.lookalike.is_empty());
-                        d.first = d.first.min(v.time);
-                        d.last = d.last.max(v.time);
-                        let sum = hourly.entry(key).or_insert(EvalSum { helo: &v.helo, count: 0, first: v.time, last: v.time });
-                        sum.count += 1;
-                        sum.first = sum.first.min(v.time);
-                        sum.last = sum.last.max(v.time);
+                        agg.add_evaluation(v, ip, dkim_id, policy_id);
                     }
                     Event::Delivery(d) => {
                         delivery.execute(params![
@@ -229,15 +123,7 @@ impl Writer {
                             intern(&tx, tls_policies, TLS_POLICY_SQL, t.policy_string.clone(), None)?
                         };
                         tls.execute(params![t.time, t.policy_domain, t.mx_host, t.policy_type, t.result, policy_id, node])?;
-                        let key = TlsKey {
-                            hour: t.time - t.time % HOUR,
-                            policy_domain: &t.policy_domain,
-                            mx_host: &t.mx_host,
-                            policy_type: &t.policy_type,
-                            result: &t.result,
-                            policy: policy_id,
-                        };
-                        *tls_hourly.entry(key).or_default() += 1;
+                        agg.add_tls(t, policy_id);
                     }
                     Event::Timeline(t) => timelines.push(&**t),
                 }
@@ -250,7 +136,7 @@ impl Writer {
                  ON CONFLICT DO UPDATE SET count = count + excluded.count, first = min(first, excluded.first),
                  last = max(last, excluded.last)",
             )?;
-            for (k, s) in &hourly {
+            for (k, s) in agg.hourly() {
                 up.execute(params![
                     k.hour,
                     k.header_from,
@@ -281,7 +167,7 @@ impl Writer {
                  rejected = rejected + excluded.rejected, quarantined = quarantined + excluded.quarantined,
                  lookalike = lookalike + excluded.lookalike, first = min(first, excluded.first), last = max(last, excluded.last)",
             )?;
-            for ((hour, domain, policy), d) in &by_domain {
+            for ((hour, domain, policy), d) in agg.by_domain() {
                 up.execute(params![
                     hour,
                     domain,
@@ -301,7 +187,7 @@ impl Writer {
                 "INSERT INTO tls_hourly (hour, policy_domain, mx_host, policy_type, result, policy, count)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO UPDATE SET count = count + excluded.count",
             )?;
-            for (k, n) in &tls_hourly {
+            for (k, n) in agg.tls_hourly() {
                 up.execute(params![k.hour, k.policy_domain, k.mx_host, k.policy_type, k.result, k.policy, n])?;
             }
         }

@@ -32,6 +32,7 @@ use postgres::Row;
 use postgres::types::FromSql;
 
 use super::advice::{AdviceStore, Evidence};
+use super::aggregate::Interning;
 use super::sources::SourceCache;
 use super::*;
 use pool::Pool;
@@ -41,7 +42,7 @@ pub struct Postgres {
     node: String,
     /// The writer's interning maps (text → id of `dkim_sets`, `policies`,
     /// `tls_policies`), as the SQLite writer keeps them.
-    interned: Mutex<write::Interning>,
+    interned: Mutex<Interning>,
     /// Finished days' sources, for the domain page.
     sources: SourceCache,
 }
@@ -60,7 +61,7 @@ impl Postgres {
         Ok(Postgres {
             pool: Pool::new(url)?,
             node: node.to_string(),
-            interned: Mutex::new(write::Interning::default()),
+            interned: Mutex::new(Interning::default()),
             sources: SourceCache::default(),
         })
     }
@@ -88,9 +89,7 @@ pub(super) fn big(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
 }
 
-pub(super) fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
+pub(super) use super::aggregate::json;
 
 /// The DKIM result sets by id (small: one row per distinct set).
 pub(super) fn dkim_sets(c: &mut postgres::Client) -> Result<HashMap<i64, Vec<DkimAuth>>> {
@@ -117,7 +116,7 @@ impl Store for Postgres {
         if r.is_err() {
             // Ids handed out inside a transaction that rolled back name
             // nothing: forget them all.
-            *interned = write::Interning::default();
+            *interned = Interning::default();
         }
         w.check(r)
     }

@@ -10,57 +10,9 @@ use std::collections::HashMap;
 
 use postgres::{Client, Transaction};
 
-use super::super::write::HOUR;
+use super::super::aggregate::{Aggregates, Interning, dkim_set, json, lookalike_json};
 use super::super::{Event, Result};
-use super::{big, json};
-
-/// The writer's interning maps (text → id), as in the SQLite writer.
-#[derive(Default)]
-pub(super) struct Interning {
-    dkim: HashMap<String, i64>,
-    policies: HashMap<String, i64>,
-    tls_policies: HashMap<String, i64>,
-}
-
-/// One `eval_hourly` group (the SQLite writer's key).
-#[derive(PartialEq, Eq, Hash)]
-struct EvalKey<'a> {
-    hour: u64,
-    header_from: &'a str,
-    source_ip: String,
-    envelope_from: &'a str,
-    disposition: &'a str,
-    spf_domain: &'a str,
-    spf_scope: &'a str,
-    spf_result: &'a str,
-    dkim: i64,
-    override_reason: &'a str,
-    policy: i64,
-    spf_aligned: bool,
-    dkim_aligned: bool,
-    dmarc: &'a str,
-    lookalike: bool,
-}
-
-struct EvalSum<'a> {
-    helo: &'a str,
-    count: u64,
-    first: u64,
-    last: u64,
-}
-
-#[derive(Default)]
-struct DomainSum {
-    messages: u64,
-    dmarc_pass: u64,
-    spf_aligned: u64,
-    dkim_aligned: u64,
-    rejected: u64,
-    quarantined: u64,
-    lookalike: u64,
-    first: u64,
-    last: u64,
-}
+use super::big;
 
 // As in the SQLite writer: `DO UPDATE` so that RETURNING answers an
 // existing row's id too.
@@ -99,27 +51,19 @@ pub(super) fn write(c: &mut Client, interned: &mut Interning, node: &str, events
     let tls = tx.prepare(
         "INSERT INTO tls_sessions (time, policy_domain, mx_host, policy_type, result, policy, node) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )?;
-    let mut hourly: HashMap<EvalKey<'_>, EvalSum<'_>> = HashMap::new();
-    let mut tls_hourly: HashMap<(u64, &str, &str, &str, &str, i64), u64> = HashMap::new();
-    let mut by_domain: HashMap<(u64, &str, i64), DomainSum> = HashMap::new();
+    let mut agg = Aggregates::default();
     let mut timelines = Vec::new();
     for e in events {
         match e {
             Event::Evaluation(v) => {
-                let dkim_id = if v.dkim.is_empty() {
-                    intern(&mut tx, dkim, DKIM_SQL, "[]".into(), None)?
-                } else {
-                    let mut set = v.dkim.clone();
-                    set.sort();
-                    intern(&mut tx, dkim, DKIM_SQL, json(&set), None)?
-                };
+                let dkim_id = intern(&mut tx, dkim, DKIM_SQL, dkim_set(v), None)?;
                 let policy_id = match &v.policy {
                     Some(p) => intern(&mut tx, policies, POLICY_SQL, json(p), Some(!p.rua.is_empty()))?,
                     None => 0,
                 };
                 let ip = v.source_ip.to_string();
                 let reason = v.override_reason.as_deref().unwrap_or("");
-                let lookalike = if v.lookalike.is_empty() { "[]".to_string() } else { json(&v.lookalike) };
+                let lookalike = lookalike_json(v);
                 tx.execute(
                     &eval,
                     &[
@@ -143,41 +87,7 @@ pub(super) fn write(c: &mut Client, interned: &mut Interning, node: &str, events
                         &node,
                     ],
                 )?;
-                let key = EvalKey {
-                    hour: v.time - v.time % HOUR,
-                    header_from: &v.header_from,
-                    source_ip: ip,
-                    envelope_from: &v.envelope_from,
-                    disposition: &v.disposition,
-                    spf_domain: &v.spf.domain,
-                    spf_scope: &v.spf.scope,
-                    spf_result: &v.spf.result,
-                    dkim: dkim_id,
-                    override_reason: reason,
-                    policy: policy_id,
-                    spf_aligned: v.spf_aligned,
-                    dkim_aligned: v.dkim_aligned,
-                    dmarc: &v.dmarc,
-                    lookalike: !v.lookalike.is_empty(),
-                };
-                let d = by_domain.entry((key.hour, &v.header_from, policy_id)).or_insert(DomainSum {
-                    first: v.time,
-                    last: v.time,
-                    ..Default::default()
-                });
-                d.messages += 1;
-                d.dmarc_pass += u64::from(v.dmarc == "pass");
-                d.spf_aligned += u64::from(v.spf_aligned);
-                d.dkim_aligned += u64::from(v.dkim_aligned);
-                d.rejected += u64::from(v.disposition == "reject");
-                d.quarantined += u64::from(v.disposition == "quarantine");
-                d.lookalike += u64::from(!v.lookalike.is_empty());
-                d.first = d.first.min(v.time);
-                d.last = d.last.max(v.time);
-                let sum = hourly.entry(key).or_insert(EvalSum { helo: &v.helo, count: 0, first: v.time, last: v.time });
-                sum.count += 1;
-                sum.first = sum.first.min(v.time);
-                sum.last = sum.last.max(v.time);
+                agg.add_evaluation(v, ip, dkim_id, policy_id);
             }
             Event::Delivery(d) => {
                 tx.execute(
@@ -202,15 +112,7 @@ pub(super) fn write(c: &mut Client, interned: &mut Interning, node: &str, events
                     intern(&mut tx, tls_policies, TLS_POLICY_SQL, t.policy_string.clone(), None)?
                 };
                 tx.execute(&tls, &[&big(t.time), &t.policy_domain, &t.mx_host, &t.policy_type, &t.result, &policy_id, &node])?;
-                let key = (
-                    t.time - t.time % HOUR,
-                    t.policy_domain.as_str(),
-                    t.mx_host.as_str(),
-                    t.policy_type.as_str(),
-                    t.result.as_str(),
-                    policy_id,
-                );
-                *tls_hourly.entry(key).or_default() += 1;
+                agg.add_tls(t, policy_id);
             }
             Event::Timeline(t) => timelines.push(&**t),
         }
@@ -226,11 +128,9 @@ pub(super) fn write(c: &mut Client, interned: &mut Interning, node: &str, events
          DO UPDATE SET count = eval_hourly.count + excluded.count, first = least(eval_hourly.first, excluded.first),
          last = greatest(eval_hourly.last, excluded.last)",
     )?;
-    // A fixed order, so two nodes' batches take the rows' locks in the
-    // same order and cannot deadlock.
-    let mut groups: Vec<_> = hourly.iter().collect();
-    groups.sort_by(|a, b| (a.0.header_from, a.0.hour, &a.0.source_ip).cmp(&(b.0.header_from, b.0.hour, &b.0.source_ip)));
-    for (k, s) in groups {
+    // The aggregates come in a fixed order, so two nodes' batches take the
+    // rows' locks in the same order and cannot deadlock.
+    for (k, s) in agg.hourly() {
         tx.execute(
             &up,
             &[
@@ -266,9 +166,7 @@ pub(super) fn write(c: &mut Client, interned: &mut Interning, node: &str, events
          lookalike = domain_hourly.lookalike + excluded.lookalike, first = least(domain_hourly.first, excluded.first),
          last = greatest(domain_hourly.last, excluded.last)",
     )?;
-    let mut groups: Vec<_> = by_domain.iter().collect();
-    groups.sort_by_key(|(k, _)| *k);
-    for ((hour, domain, policy), d) in groups {
+    for ((hour, domain, policy), d) in agg.by_domain() {
         tx.execute(
             &up,
             &[
@@ -292,10 +190,8 @@ pub(super) fn write(c: &mut Client, interned: &mut Interning, node: &str, events
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (hour, policy_domain, mx_host, policy_type, result, policy) DO UPDATE SET count = tls_hourly.count + excluded.count",
     )?;
-    let mut groups: Vec<_> = tls_hourly.iter().collect();
-    groups.sort_by_key(|(k, _)| *k);
-    for ((hour, domain, mx, ptype, result, policy), n) in groups {
-        tx.execute(&up, &[&big(*hour), domain, mx, ptype, result, policy, &big(*n)])?;
+    for (k, n) in agg.tls_hourly() {
+        tx.execute(&up, &[&big(k.hour), &k.policy_domain, &k.mx_host, &k.policy_type, &k.result, &k.policy, &big(n)])?;
     }
     tx.commit()?;
     Ok(())
