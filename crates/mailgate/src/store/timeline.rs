@@ -147,6 +147,23 @@ pub struct MessageSummary {
     pub action: String,
 }
 
+impl From<MessageRecord> for MessageSummary {
+    fn from(m: MessageRecord) -> Self {
+        MessageSummary {
+            time: m.time,
+            event_id: m.event_id,
+            queue_id: m.queue_id,
+            client_ip: m.client_ip,
+            sender: m.sender,
+            recipients: m.recipients,
+            message_id: m.message_id,
+            subject: m.subject,
+            from: m.from,
+            action: m.action,
+        }
+    }
+}
+
 /// A search: `text` matches a queue or event id, a Message-ID (with or
 /// without the angle brackets), a sender or recipient address or a client
 /// IP exactly; empty, it matches everything. Newest first.
@@ -382,24 +399,7 @@ pub fn search(c: &Connection, q: &MessageQuery) -> Result<Vec<MessageSummary>> {
         let bracketed = format!("<{bare}>");
         st.query_map(params![text, bare, bracketed, ts(q.from), ts(to), limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
     };
-    details
-        .iter()
-        .map(|d| {
-            let m: MessageRecord = from_json(d)?;
-            Ok(MessageSummary {
-                time: m.time,
-                event_id: m.event_id,
-                queue_id: m.queue_id,
-                client_ip: m.client_ip,
-                sender: m.sender,
-                recipients: m.recipients,
-                message_id: m.message_id,
-                subject: m.subject,
-                from: m.from,
-                action: m.action,
-            })
-        })
-        .collect()
+    details.iter().map(|d| Ok(from_json::<MessageRecord>(d)?.into())).collect()
 }
 
 /// The timeline of a queue id or event id; `None` when nothing is known.

@@ -144,23 +144,7 @@ pub(super) fn search(c: &mut Client, q: &MessageQuery) -> Result<Vec<MessageSumm
             &[&text, &bare, &bracketed, &big(q.from), &big(to), &limit],
         )?
     };
-    rows.iter()
-        .map(|r| {
-            let m: MessageRecord = from_json(col(r, 0)?)?;
-            Ok(MessageSummary {
-                time: m.time,
-                event_id: m.event_id,
-                queue_id: m.queue_id,
-                client_ip: m.client_ip,
-                sender: m.sender,
-                recipients: m.recipients,
-                message_id: m.message_id,
-                subject: m.subject,
-                from: m.from,
-                action: m.action,
-            })
-        })
-        .collect()
+    rows.iter().map(|r| Ok(from_json::<MessageRecord>(col(r, 0)?)?.into())).collect()
 }
 
 pub(super) fn get(c: &mut Client, id: &str) -> Result<Option<Timeline>> {
