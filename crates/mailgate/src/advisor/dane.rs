@@ -5,8 +5,9 @@
 //! yet published makes every DANE sender defer our mail, so this is the
 //! warning before the change. With `--next-cert` the certificate to
 //! install next is compared too (`dane-next-ready`/`dane-next-missing`):
-//! the warning before the certificate is even installed. DNSSEC itself is not validated here (the
-//! records must also be signed; `[dns] dnssec` validates on delivery).
+//! the warning before the certificate is even installed. DNSSEC itself
+//! is not validated here (the records must also be signed; `[dns] dnssec`
+//! validates on delivery).
 //! May import: `advisor::lookup`, `outbound::dane`.
 
 use hickory_resolver::TokioResolver;

@@ -1,6 +1,6 @@
 //! `[delivery]`: how queued mail leaves (MX port, concurrency, timeouts,
 //! retries, TLS requirements, MTA-STS, DANE-only destinations, VERP),
-//! with every default. Imports only std, serde and `config::dns`.
+//! with every default. Imports only std, serde, idna and `config::dns`.
 
 use std::path::PathBuf;
 
@@ -88,14 +88,6 @@ impl Default for Delivery {
     }
 }
 
-impl Delivery {
-    /// Whether mail for `domain` (lower-case, no final dot) must go over
-    /// DANE: an MX host without secure, usable TLSA records is not used.
-    pub fn dane_required_for(&self, domain: &str) -> bool {
-        dane_required_matches(&self.dane_required, domain)
-    }
-}
-
 /// `domain` against `dane_required` patterns (validated: lower-case, no
 /// final dot).
 pub fn dane_required_matches(patterns: &[String], domain: &str) -> bool {
@@ -122,16 +114,21 @@ pub(super) fn dane_required(d: &Delivery, dnssec: super::DnssecMode) -> Result<V
     let mut problems = Vec::new();
     let mut out = Vec::new();
     for entry in &d.dane_required {
-        let p = entry.trim().trim_end_matches('.').to_ascii_lowercase();
-        let name = p.strip_prefix("*.").unwrap_or(&p);
-        let valid = p == "*"
-            || (!name.is_empty()
-                && !name.contains('*')
-                && name
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')));
-        if valid {
-            out.push(p);
+        let p = entry.trim().trim_end_matches('.');
+        let (wild, name) = match p.strip_prefix("*.") {
+            Some(rest) => ("*.", rest),
+            None => ("", p),
+        };
+        // Recipient domains are compared in their A-label form, as DNS has them.
+        let ascii = idna::domain_to_ascii(name).ok().filter(|n| {
+            !n.is_empty()
+                && n.split('.')
+                    .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        });
+        if p == "*" {
+            out.push(p.to_string());
+        } else if let Some(ascii) = ascii {
+            out.push(format!("{wild}{ascii}"));
         } else {
             problems.push((KEY.to_string(), format!("expected a domain name, \"*.\" and a domain name, or \"*\", not {entry:?}")));
         }
@@ -181,6 +178,7 @@ mod tests {
         assert!(off[0].1.contains("dnssec"), "{off:?}");
         assert!(dane_required(&d(&["a.*.test"]), DnssecMode::TrustAd).is_err());
         assert!(dane_required(&d(&["exa mple.net"]), DnssecMode::TrustAd).is_err());
+        assert_eq!(dane_required(&d(&["Bücher.example"]), DnssecMode::TrustAd), Ok(vec!["xn--bcher-kva.example".into()]));
         assert_eq!(dane_required(&d(&[]), DnssecMode::Off), Ok(vec![]));
         let relay = Delivery { smarthost: Some("smtp://relay.test:25".into()), ..d(&["example.net"]) };
         assert!(dane_required(&relay, DnssecMode::Validate).unwrap_err()[0].1.contains("smarthost"));

@@ -138,7 +138,7 @@ impl Outbound {
                 return Err(Outcome::Temporary(Reply::new(451, StatusCode::new(4, 7, 5), text)));
             }
             let mut hosts = plan.hosts;
-            if d.required(domain.as_str()) {
+            if d.required(&domain.to_ascii()) {
                 hosts = self.dane_required(domain.as_str(), hosts)?;
             }
             dane_hosts = hosts.iter().map(|(c, p)| (c.name.clone(), p.clone())).collect();
