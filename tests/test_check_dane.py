@@ -55,7 +55,12 @@ def self_signed(directory: Path, host: str):
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dane")
     ours = self_signed(tmp, "mx.ours.test")
-    other = key_311(ec.generate_private_key(ec.SECP256R1()).public_key())
+    # The certificates to install next: one whose key is published beside
+    # ours (a rollover under way), one whose key is nowhere.
+    (tmp / "next").mkdir()
+    other = self_signed(tmp / "next", "mx.ours.test")
+    (tmp / "unpublished").mkdir()
+    self_signed(tmp / "unpublished", "mx.ours.test")
     zone = Zone()
     tlsa = {
         "match": [(3, 1, 1, ours), (3, 1, 1, other)],
@@ -75,14 +80,20 @@ def env(tmp_path_factory):
     dns.stop()
 
 
-def check(env, domain: str, hostname: str):
-    tmp, port, _, _ = env
+def config_for(env, hostname: str) -> Path:
+    tmp = env[0]
     config = tmp / f"{hostname}.toml"
     config.write_text(f'[server]\nhostname = "{hostname}"\ndata_dir = "{tmp / "data"}"\n'
                       f'[tls]\ncert = "{tmp / "cert.pem"}"\nkey = "{tmp / "key.pem"}"\n'
                       '[dns]\nquery_timeout = 2\nquery_attempts = 1\n')
+    return config
+
+
+def check(env, domain: str, hostname: str, *extra: str):
+    _, port, _, _ = env
+    config = config_for(env, hostname)
     p = subprocess.run([str(BIN), "--config", str(config), "check", domain, "--nameserver", f"127.0.0.1:{port}",
-                        "--allow-private", "--json"], capture_output=True, text=True, timeout=60)
+                        "--allow-private", "--json", *extra], capture_output=True, text=True, timeout=60)
     assert p.stderr == "", p.stderr
     doc = json.loads(p.stdout)
     return p.returncode, {f["code"]: f for f in doc["findings"] if f["check"] == "dane"}
@@ -122,3 +133,52 @@ def test_no_tlsa_suggests_the_record_for_our_host(env):
 def test_someone_elses_mx_is_listed_not_compared(env):
     _, found = check(env, "mismatch.test", "mx.ours.test")
     assert set(found) == {"dane-tlsa"}, found
+
+
+def test_next_certificate_already_published_is_ready(env):
+    tmp, _, ours, other = env
+    _, found = check(env, "match.test", "mx.match.test", "--next-cert", str(tmp / "next" / "cert.pem"))
+    assert set(found) == {"dane-tlsa", "dane-match", "dane-next-ready"}, found
+    assert found["dane-next-ready"]["severity"] == "ok" and other in found["dane-next-ready"]["message"]
+
+
+def test_next_certificate_not_yet_published_is_a_warning_with_the_record(env):
+    tmp, _, _, _ = env
+    nxt = tmp / "unpublished" / "cert.pem"
+    want = key_311(x509.load_pem_x509_certificate(nxt.read_bytes()).public_key())
+    rc, found = check(env, "match.test", "mx.match.test", "--next-cert", str(nxt))
+    assert set(found) == {"dane-tlsa", "dane-match", "dane-next-missing"}, found
+    f = found["dane-next-missing"]
+    # (The exit status also reflects the other areas: this zone has no SPF.)
+    assert f["severity"] == "warning" and rc >= 1, (f, rc)
+    assert f"_25._tcp.mx.match.test. IN TLSA 3 1 1 {want}" in f["fix"], f
+
+
+def test_an_unreadable_next_certificate_cannot_be_checked(env):
+    tmp, port, _, _ = env
+    config = config_for(env, "mx.match.test")
+    p = subprocess.run([str(BIN), "--config", str(config), "check", "match.test", "--nameserver", f"127.0.0.1:{port}",
+                        "--allow-private", "--next-cert", str(tmp / "nope.pem")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and "--next-cert" in p.stderr and "nope.pem" in p.stderr, p
+
+
+def test_records_prints_the_next_certificates_tlsa_beside_the_current_one(env):
+    tmp, _, ours, _ = env
+    nxt = tmp / "unpublished" / "cert.pem"
+    want = key_311(x509.load_pem_x509_certificate(nxt.read_bytes()).public_key())
+    config = config_for(env, "mx.ours.test")
+    p = subprocess.run([str(BIN), "--config", str(config), "records", "--next-cert", str(nxt)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p
+    lines = [l for l in p.stdout.splitlines() if " IN TLSA " in l]
+    assert lines == [f"_25._tcp.mx.ours.test. 3600 IN TLSA 3 1 1 {ours}",
+                     f"_25._tcp.mx.ours.test. 3600 IN TLSA 3 1 1 {want}"], p.stdout
+    assert "two TTLs" in p.stdout, p.stdout
+    # The same key next: nothing to publish.
+    same = subprocess.run([str(BIN), "--config", str(config), "records", "--next-cert", str(tmp / "cert.pem")],
+                          capture_output=True, text=True, timeout=60)
+    assert [l for l in same.stdout.splitlines() if " IN TLSA " in l] == [f"_25._tcp.mx.ours.test. 3600 IN TLSA 3 1 1 {ours}"]
+    assert "keeps the key" in same.stdout, same.stdout
+    bad = subprocess.run([str(BIN), "--config", str(config), "records", "--next-cert", str(tmp / "nope.pem")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stdout == "" and "--next-cert" in bad.stderr, bad

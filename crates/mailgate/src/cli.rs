@@ -50,7 +50,13 @@ pub enum Command {
         action: DkimAction,
     },
     /// Print every DNS record to publish for the configured domains.
-    Records,
+    Records {
+        /// The certificate to install next (PEM): its DANE TLSA `3 1 1`
+        /// record is printed beside the current one, to publish two TTLs
+        /// before the switch.
+        #[arg(long, value_name = "FILE")]
+        next_cert: Option<PathBuf>,
+    },
     /// Check a domain's published mail records (MX, SPF, DKIM, DMARC,
     /// MTA-STS, TLS-RPT, BIMI) and print a verdict and a fix for each
     /// finding. Exit status: 0 ok, 1 warnings, 2 errors, 3 could not check.
@@ -528,8 +534,14 @@ pub fn dkim(config: &Config, action: DkimAction) -> anyhow::Result<()> {
 }
 
 /// Every record the operator must publish, in zone-file syntax.
-pub fn records(config: &Config) -> anyhow::Result<()> {
+pub fn records(config: &Config, next_cert: Option<&std::path::Path>) -> anyhow::Result<()> {
     use crate::sign::{backend, store};
+    // A next certificate that cannot be read is an error before anything
+    // is printed, not a comment at the end of a zone file.
+    let next = match next_cert {
+        Some(path) => Some((path, crate::outbound::dane::tlsa_311_from_pem(path).context("--next-cert")?)),
+        None => None,
+    };
     let keys = backend::open(config)?;
     let mx = format!("{}.", config.hostname.trim_end_matches('.'));
     let mut spf = String::from("v=spf1");
@@ -577,24 +589,39 @@ pub fn records(config: &Config) -> anyhow::Result<()> {
         println!(";   mx: {}", config.hostname);
         println!(";   max_age: 86400");
     }
-    print_tlsa(config, &mx);
+    print_tlsa(config, &mx, next);
     Ok(())
 }
 
 /// DANE (RFC 7672): the `3 1 1` TLSA record of our MX host, from the
-/// `[tls]` certificate (or the one generated in DATA_DIR/tls).
-fn print_tlsa(config: &Config, mx: &str) {
+/// `[tls]` certificate (or the one generated in DATA_DIR/tls), and with
+/// `--next-cert` the next certificate's record for the rollover.
+fn print_tlsa(config: &Config, mx: &str, next: Option<(&std::path::Path, String)>) {
     let cert = config.tls.as_ref().map(|t| t.cert.clone()).unwrap_or_else(|| config.data_dir.join("tls").join("cert.pem"));
     println!();
     println!("; ---- DANE for {mx} (only in a DNSSEC-signed zone) ----");
-    match crate::outbound::dane::tlsa_311_from_pem(&cert) {
+    let current = crate::outbound::dane::tlsa_311_from_pem(&cert);
+    match &current {
         Ok(data) => {
             println!("; TLSA 3 1 1: the SHA-256 of the public key of {}", cert.display());
             println!("_25._tcp.{mx} 3600 IN TLSA {data}");
-            println!("; Key rollover: before a certificate change with a new key, publish the next key's");
-            println!("; TLSA record beside this one and wait two TTLs; remove the old one after the switch.");
-            println!("; A renewal that keeps the key needs no change (3 1 1 pins the key, not the certificate).");
         }
         Err(e) => println!("; no TLSA record: {e:#} (start the server once to generate a certificate, or set [tls] cert)"),
+    }
+    match next {
+        Some((path, data)) if current.as_ref().is_ok_and(|c| *c == data) => {
+            println!("; The next certificate {} keeps the key: its TLSA record is the one above, nothing to change.", path.display());
+        }
+        Some((path, data)) => {
+            println!("; Next certificate {}: publish its record beside the current one now, wait two TTLs", path.display());
+            println!("; (2 x 3600 s here), then install the certificate and reload; remove the old record after the switch.");
+            println!("_25._tcp.{mx} 3600 IN TLSA {data}");
+        }
+        None => {
+            println!("; Key rollover: before a certificate change with a new key, publish the next key's");
+            println!("; TLSA record beside this one and wait two TTLs; remove the old one after the switch");
+            println!("; (`mailgate records --next-cert FILE` prints it).");
+            println!("; A renewal that keeps the key needs no change (3 1 1 pins the key, not the certificate).");
+        }
     }
 }

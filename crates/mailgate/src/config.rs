@@ -15,7 +15,7 @@ use mailgate_core::session::Role;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use delivery::Delivery;
+pub use delivery::{Delivery, dane_required_matches};
 pub use dns::{DnsSettings, DnssecMode, DnssecSettings};
 use dns::{RawDns, dns_settings, dnssec_settings};
 pub use limits::Limits;
@@ -507,6 +507,12 @@ impl Config {
         }
         let dns = dns_settings(&raw.dns, &mut problems);
         let dnssec = dnssec_settings(&raw.dns, &mut problems);
+        let dane_required = delivery::dane_required(&raw.delivery, dnssec.mode).unwrap_or_else(|list| {
+            for (key, message) in list {
+                problems.add(key, message);
+            }
+            Vec::new()
+        });
         let limits = raw.limits;
         limits.validate(&mut problems);
         rates.network = limits.network_rate(&mut problems);
@@ -590,6 +596,7 @@ impl Config {
                 ca_file: raw.delivery.ca_file.clone().map(&resolve),
                 require_tls: raw.delivery.require_tls.iter().map(|d| d.trim_end_matches('.').to_lowercase()).collect(),
                 return_path_domain,
+                dane_required,
                 ..raw.delivery
             },
             smarthost,

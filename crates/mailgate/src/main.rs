@@ -47,7 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Queue { action } => cli::queue(&config, cli.token_file.as_deref(), action),
         Command::Dkim { action } => cli::dkim(&config, action),
-        Command::Records => cli::records(&config),
+        Command::Records { next_cert } => cli::records(&config, next_cert.as_deref()),
         Command::Verify(args) => cli::verify(&config, args),
         Command::Reports { action } => cli::reports(&config, cli.token_file.as_deref(), action),
         Command::Suppression { action } => cli::suppression(&config, cli.token_file.as_deref(), action),

@@ -133,6 +133,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     reload_on_hup(signer.clone());
     let server_tls = ServerTls::new(tls_files, &config.data_dir, &config.hostname).context("cannot set up TLS")?;
     server_tls.watch();
+    crate::advisor::dane_watch::start(&server_tls, &config.hostname, config.nameservers.clone());
     let resolver = crate::dns::resolver(config.nameservers.as_deref()).context("cannot set up the DNS resolver")?;
     let d = &config.delivery;
     let trust = Arc::new(crate::outbound::tls::Trust::load(d.ca_file.as_deref()).context("cannot load trusted certificates")?);

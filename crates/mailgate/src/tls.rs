@@ -1,6 +1,8 @@
 //! Server-side TLS for the listeners: the certificate from `[tls]`, or a
 //! self-signed one generated into `data_dir/tls/` on first start, reloaded
 //! on SIGHUP or when the files change, without dropping connections.
+//! Each certificate loaded is also published on a watch channel
+//! ([`ServerTls::loaded`]), so others can look at it (the TLSA check).
 //!
 //! May import: `config`.
 
@@ -32,6 +34,8 @@ pub struct ServerTls {
     cert: PathBuf,
     key: PathBuf,
     resolver: Arc<Reloadable>,
+    /// The certificate in use, announced at start and on every reload.
+    loaded: tokio::sync::watch::Sender<Arc<CertifiedKey>>,
 }
 
 fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
@@ -81,24 +85,40 @@ impl ServerTls {
             Some(pair) => pair,
             None => ensure_self_signed(&data_dir.join("tls"), hostname)?,
         };
-        let resolver = Arc::new(Reloadable { current: RwLock::new(load(&cert, &key)?) });
+        let first = load(&cert, &key)?;
+        let (loaded, _) = tokio::sync::watch::channel(first.clone());
+        let resolver = Arc::new(Reloadable { current: RwLock::new(first) });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
-        Ok(Arc::new(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), cert, key, resolver }))
+        Ok(Arc::new(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), cert, key, resolver, loaded }))
     }
 
     /// Loads the files again; on error the old certificate stays in use.
     pub fn reload(&self) {
         match load(&self.cert, &self.key) {
             Ok(ck) => {
-                *self.resolver.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
+                *self.resolver.current.write().unwrap_or_else(|p| p.into_inner()) = ck.clone();
+                self.loaded.send_replace(ck);
                 tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the old one"),
         }
+    }
+
+    /// The certificate in use now (marked unseen) and every one loaded
+    /// after it.
+    pub fn loaded(&self) -> tokio::sync::watch::Receiver<Arc<CertifiedKey>> {
+        let mut rx = self.loaded.subscribe();
+        rx.mark_changed();
+        rx
+    }
+
+    /// The certificate file, for messages.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
     }
 
     fn mtime(&self) -> Option<SystemTime> {

@@ -29,6 +29,11 @@ pub struct CheckArgs {
     /// Private and loopback addresses are fine (internal domains, tests).
     #[arg(long)]
     pub allow_private: bool,
+    /// The certificate to install next (PEM): whether its key is already
+    /// in our MX host's TLSA records (`dane-next-ready`) or not yet
+    /// (`dane-next-missing`, with the record to publish).
+    #[arg(long, value_name = "FILE")]
+    pub next_cert: Option<std::path::PathBuf>,
 }
 
 /// Exit status when the check could not run.
@@ -88,13 +93,33 @@ fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<Report> {
     let domain = idna::domain_to_ascii(parsed.as_str()).map_err(|e| anyhow::anyhow!("{:?}: {e}", args.domain))?;
     let nameservers = args.nameserver.map(|ns| vec![ns]).or_else(|| config.nameservers.clone());
     let resolver = crate::dns::resolver_with(nameservers.as_deref(), crate::dns::Lookup::checks(&config))?;
+    // An unreadable next certificate means the check cannot answer what was asked.
+    let next = match &args.next_cert {
+        Some(path) => Some(dane::Next {
+            tlsa: crate::outbound::dane::tlsa_311_from_pem(path).map_err(|e| e.context("--next-cert"))?,
+            cert: path.display().to_string(),
+        }),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(report(&config, &resolver, &domain, args.allow_private))
+    runtime.block_on(report_with(&config, &resolver, &domain, args.allow_private, next))
 }
 
 /// Checks `domain` (lower-case A-labels) through `resolver`: what
 /// `mailgate check` prints and the dashboard's advice page shows.
 pub async fn report(config: &Config, resolver: &TokioResolver, domain: &str, allow_private: bool) -> anyhow::Result<Report> {
+    report_with(config, resolver, domain, allow_private, None).await
+}
+
+/// [`report`], with the certificate to install next (`--next-cert`)
+/// compared with our MX host's TLSA records.
+async fn report_with(
+    config: &Config,
+    resolver: &TokioResolver,
+    domain: &str,
+    allow_private: bool,
+    next: Option<dane::Next>,
+) -> anyhow::Result<Report> {
     let trust = crate::outbound::tls::Trust::load(config.delivery.ca_file.as_deref())?;
     let fetch = mtasts::Fetch {
         tls: trust.verifying.clone(),
@@ -111,7 +136,7 @@ pub async fn report(config: &Config, resolver: &TokioResolver, domain: &str, all
         tlsrpt::check(resolver, domain),
     );
     let bimi = bimi::check(resolver, domain, dmarc.policy).await;
-    let dane = dane::check(resolver, &mx.hosts, Some(&our_tlsa(config))).await;
+    let dane = dane::check(resolver, &mx.hosts, Some(&our_tlsa(config, next))).await;
     let mut findings = mx.findings;
     findings.extend(spf.findings.iter().cloned());
     findings.extend(dkim);
@@ -125,12 +150,13 @@ pub async fn report(config: &Config, resolver: &TokioResolver, domain: &str, all
 
 /// Our MX host (`[server] hostname`) and the TLSA record of the
 /// certificate it serves after the next start or reload.
-fn our_tlsa(config: &Config) -> dane::Ours {
+fn our_tlsa(config: &Config, next: Option<dane::Next>) -> dane::Ours {
     let cert = config.tls.as_ref().map(|t| t.cert.clone()).unwrap_or_else(|| config.data_dir.join("tls").join("cert.pem"));
     dane::Ours {
         host: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
         tlsa: crate::outbound::dane::tlsa_311_from_pem(&cert).map_err(|e| format!("{e:#}")),
         cert: cert.display().to_string(),
+        next,
     }
 }
 

@@ -3,8 +3,11 @@
 //! SMTP), and, for our own MX host, whether they match the key of the
 //! certificate in `[tls] cert`: a certificate with a new key that is not
 //! yet published makes every DANE sender defer our mail, so this is the
-//! warning before the change. DNSSEC itself is not validated here (the
-//! records must also be signed; `[dns] dnssec` validates on delivery).
+//! warning before the change. With `--next-cert` the certificate to
+//! install next is compared too (`dane-next-ready`/`dane-next-missing`):
+//! the warning before the certificate is even installed. DNSSEC itself
+//! is not validated here (the records must also be signed; `[dns] dnssec`
+//! validates on delivery).
 //! May import: `advisor::lookup`, `outbound::dane`.
 
 use hickory_resolver::TokioResolver;
@@ -20,6 +23,14 @@ pub struct Ours {
     /// `3 1 1 <hex>`, or why it could not be computed.
     pub tlsa: Result<String, String>,
     /// The certificate file, for messages.
+    pub cert: String,
+    /// `--next-cert`: the certificate to install next.
+    pub next: Option<Next>,
+}
+
+/// The certificate to install next and its `3 1 1` record.
+pub struct Next {
+    pub tlsa: String,
     pub cert: String,
 }
 
@@ -64,6 +75,9 @@ pub async fn check(resolver: &TokioResolver, hosts: &[String], ours: Option<&Our
                             "set [tls] cert to the certificate the server serves",
                         )),
                     }
+                    if let Some(n) = &o.next {
+                        findings.push(next_finding(&name, &records, n));
+                    }
                 }
             }
             Answer::NoName | Answer::NoData => {
@@ -82,4 +96,32 @@ pub async fn check(resolver: &TokioResolver, hosts: &[String], ours: Option<&Our
         }
     }
     findings
+}
+
+/// The rollover check: the next certificate's key must be published (and
+/// have been for two TTLs) before that certificate is served.
+fn next_finding(name: &str, records: &[crate::outbound::dane::Tlsa], next: &Next) -> Finding {
+    if records.iter().any(|r| r.to_string().eq_ignore_ascii_case(&next.tlsa)) {
+        Finding::ok(
+            CHECK,
+            "dane-next-ready",
+            format!(
+                "{name} already pins the key of the next certificate {} ({}): once the record has been published for two TTLs, install it",
+                next.cert, next.tlsa
+            ),
+        )
+    } else {
+        Finding::warning(
+            CHECK,
+            "dane-next-missing",
+            format!(
+                "no TLSA record of {name} matches the key of the next certificate {}: installing it now would make every DANE sender defer our mail",
+                next.cert
+            ),
+            format!(
+                "publish \"{name}. IN TLSA {}\" beside the current records, wait two TTLs, then install the certificate; remove the old record after the switch",
+                next.tlsa
+            ),
+        )
+    }
 }

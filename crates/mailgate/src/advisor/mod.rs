@@ -4,7 +4,8 @@
 //!
 //! May import: `config`, `dns`, `checks` (record parsers), `outbound::tls`
 //! and `outbound::mta_sts` (the policy fetch delivery uses), `outbound::dane`
-//! (TLSA records and our own key's record), `report::dest`
+//! (TLSA records and our own key's record), `tls` (the certificate the
+//! server loads, for `dane_watch`), `report::dest`
 //! (the RFC 9989 tree walk and report authorisation), `sign::store` (our
 //! selectors), `store` (read-only, for the report-driven views). Nothing
 //! here changes the queue or the spool.
@@ -13,6 +14,8 @@
 pub mod bimi;
 pub mod check;
 pub mod dane;
+// The server's own TLSA records against the certificate it loads.
+pub mod dane_watch;
 pub mod dkim;
 pub mod dmarc;
 pub mod lookup;

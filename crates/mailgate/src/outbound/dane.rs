@@ -8,6 +8,8 @@
 //! only PKIX-TA/EE (0, 1) records make TLS mandatory but unauthenticated
 //! (RFC 7672 §2.2); an insecure or absent set leaves the host to MTA-STS
 //! or opportunistic TLS. A bogus answer anywhere takes the host out.
+//! For a `[delivery] dane_required` destination a host without usable
+//! secure TLSA records is not used either ([`Dane::required`]).
 //!
 //! May import: `dnssec`, `outbound::route`, `config`.
 
@@ -87,8 +89,14 @@ pub fn tlsa_311_from_pem(path: &std::path::Path) -> anyhow::Result<String> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("no certificate in {}", path.display()))?
         .map_err(|e| anyhow::anyhow!("bad PEM in {}: {e}", path.display()))?;
-    let key = spki(&cert).ok_or_else(|| anyhow::anyhow!("{}: expected an X.509 certificate", path.display()))?;
-    Ok(format!("3 1 1 {}", hex(ring::digest::digest(&ring::digest::SHA256, &key).as_ref())))
+    tlsa_311(&cert).ok_or_else(|| anyhow::anyhow!("{}: expected an X.509 certificate", path.display()))
+}
+
+/// `3 1 1 <hex>`: the DANE-EE record data pinning `cert`'s public key
+/// (the end entity, DER), or `None` when it is not an X.509 certificate.
+pub fn tlsa_311(cert: &CertificateDer<'_>) -> Option<String> {
+    let key = spki(cert)?;
+    Some(format!("3 1 1 {}", hex(ring::digest::digest(&ring::digest::SHA256, &key).as_ref())))
 }
 
 /// What DANE says about one MX host.
@@ -111,6 +119,8 @@ pub struct Plan {
 /// DANE lookups for outbound delivery.
 pub struct Dane {
     resolver: SecureResolver,
+    /// `[delivery] dane_required`: destinations reached only over DANE.
+    required: Vec<String>,
 }
 
 fn addresses(answers: &[&Answer], port: u16) -> Vec<std::net::SocketAddr> {
@@ -145,10 +155,16 @@ pub async fn start(config: &crate::config::Config) -> anyhow::Result<Option<Arc<
             tracing::warn!(error = %e, "[dns] dnssec = \"trust-ad\": the resolver did not vouch for the trust anchor's DNSKEY set (no AD bit); DANE applies only where it sets AD")
         }
     }
-    Ok(Some(Arc::new(Dane { resolver })))
+    Ok(Some(Arc::new(Dane { resolver, required: config.delivery.dane_required.clone() })))
 }
 
 impl Dane {
+    /// Whether `domain` is a `[delivery] dane_required` destination: only
+    /// its MX hosts with secure, usable TLSA records may be used.
+    pub fn required(&self, domain: &str) -> bool {
+        crate::config::dane_required_matches(&self.required, domain)
+    }
+
     /// Judges every candidate of `domain` (in the order given), connecting
     /// on `port`.
     pub async fn plan(&self, domain: &str, candidates: Vec<Candidate>, port: u16) -> Plan {

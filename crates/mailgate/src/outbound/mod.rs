@@ -118,7 +118,7 @@ impl Outbound {
 
     /// Resolves and connects, applying the destination's TLS policy:
     /// DANE for hosts with signed TLSA records (RFC 8461 §2: before
-    /// MTA-STS), then `require_tls`, or its MTA-STS policy (enforce: only
+    /// MTA-STS; only those hosts for a `dane_required` domain), then `require_tls`, or its MTA-STS policy (enforce: only
     /// matching MX hosts, verified TLS or no delivery; testing: deliver,
     /// but check and report).
     async fn connect(&self, dest: &Destination) -> Result<Connection, Outcome> {
@@ -137,8 +137,12 @@ impl Outbound {
                 let text = format!("no MX host of {domain} has valid DNSSEC answers");
                 return Err(Outcome::Temporary(Reply::new(451, StatusCode::new(4, 7, 5), text)));
             }
-            dane_hosts = plan.hosts.iter().map(|(c, p)| (c.name.clone(), p.clone())).collect();
-            candidates = plan.hosts.into_iter().map(|(c, _)| c).collect();
+            let mut hosts = plan.hosts;
+            if d.required(&domain.to_ascii()) {
+                hosts = self.dane_required(domain.as_str(), hosts)?;
+            }
+            dane_hosts = hosts.iter().map(|(c, p)| (c.name.clone(), p.clone())).collect();
+            candidates = hosts.into_iter().map(|(c, _)| c).collect();
         }
         let has_tlsa = |name: &str| dane_hosts.iter().any(|(n, p)| n == name && matches!(p, dane::HostPolicy::Tlsa { .. }));
         let mut policy_name = "no-policy-found";
@@ -204,6 +208,36 @@ impl Outbound {
             }
         }
         Err(last)
+    }
+
+    /// `[delivery] dane_required` (Postfix's `dane-only`): only hosts with
+    /// secure, usable TLSA records stay; each other host is recorded as
+    /// `dane-required` (RFC 8460 §4.3.2) under policy type `tlsa`, and
+    /// with none left the mail is deferred.
+    fn dane_required(
+        &self,
+        domain: &str,
+        hosts: Vec<(route::Candidate, dane::HostPolicy)>,
+    ) -> Result<Vec<(route::Candidate, dane::HostPolicy)>, Outcome> {
+        let mut kept = Vec::with_capacity(hosts.len());
+        for (cand, policy) in hosts {
+            match &policy {
+                dane::HostPolicy::Tlsa { usable, .. } if !usable.is_empty() => kept.push((cand, policy)),
+                other => {
+                    let why = match other {
+                        dane::HostPolicy::Tlsa { .. } => "only TLSA records SMTP cannot use (PKIX-TA/EE)",
+                        dane::HostPolicy::None => "no DNSSEC-validated TLSA records",
+                    };
+                    tracing::warn!(domain = %domain, mx = %cand.name, reason = why, "[delivery] dane_required: MX host not used");
+                    self.tls_events.record(domain, &cand.name, "tlsa", "dane-required");
+                }
+            }
+        }
+        if kept.is_empty() {
+            let text = format!("no MX host of {domain} has DNSSEC-validated usable TLSA records, which [delivery] dane_required demands");
+            return Err(Outcome::Temporary(Reply::new(451, StatusCode::new(4, 7, 5), text)));
+        }
+        Ok(kept)
     }
 
     /// Settings for a host with secure TLSA records: TLS mandatory, the
