@@ -105,10 +105,12 @@ def test_a_silent_dns_does_not_hold_up_the_start(mailgate_factory, tmp_path):
                            extra_toml=f'[tls]\ncert = "{a / "cert.pem"}"\nkey = "{a / "key.pem"}"\n')
     try:
         t0 = time.monotonic()
-        srv.start(timeout=10)
-        assert time.monotonic() - t0 < 5, srv.log_text()
+        srv.start(timeout=15)
+        # A start that waited for the lookup would take its 10 s cap; a
+        # loaded machine can make a normal start take a few seconds.
+        assert time.monotonic() - t0 < 8, srv.log_text()
         # The lookup gives up in the background; nothing is claimed.
-        assert wait_for(lambda: "DANE self-check" in srv.log_text(), 20), srv.log_text()[-3000:]
+        assert wait_for(lambda: "DANE self-check" in srv.log_text(), 30), srv.log_text()[-3000:]
         assert not warnings(srv)
     finally:
         udp.close()

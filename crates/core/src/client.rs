@@ -508,10 +508,16 @@ impl Client {
     /// current message (undecided recipients get a temporary failure), if
     /// one was in progress.
     pub fn abort(&mut self, why: &str) -> Option<Vec<Outcome>> {
+        self.abort_with(StatusCode::new(4, 4, 2), why)
+    }
+
+    /// [`Client::abort`] with the enhanced status code of the failure
+    /// (e.g. 4.7.5 for a certificate that failed verification).
+    pub fn abort_with(&mut self, status: StatusCode, why: &str) -> Option<Vec<Outcome>> {
         self.closed = true;
         self.expect.clear();
         self.message.as_ref()?;
-        let temp = Outcome::Temporary(local(451, StatusCode::new(4, 4, 2), why));
+        let temp = Outcome::Temporary(local(451, status, why));
         // Recipients accepted at RCPT but without a final reply are not
         // delivered: the message may or may not have arrived.
         for i in self.accepted.drain(..) {

@@ -183,7 +183,16 @@ impl Connection {
                     }
                     ClientAction::StartTls => {
                         if let Err(e) = self.start_tls().await {
-                            return self.abort(&format!("TLS handshake with {} failed: {e}", self.remote));
+                            // A certificate that failed verification (PKIX,
+                            // MTA-STS or DANE) is a cryptographic failure
+                            // (RFC 3463 X.7.5), as Postfix reports it; any
+                            // other handshake failure a connection failure.
+                            let cert = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                            let status = match cert {
+                                Some(rustls::Error::InvalidCertificate(_)) => StatusCode::new(4, 7, 5),
+                                _ => StatusCode::new(4, 4, 2),
+                            };
+                            return self.abort_with(status, &format!("TLS handshake with {} failed: {e}", self.remote));
                         }
                         actions.extend(self.client.tls_established());
                     }
@@ -301,10 +310,14 @@ impl Connection {
     }
 
     fn abort(&mut self, why: &str) -> Stop {
+        self.abort_with(StatusCode::new(4, 4, 2), why)
+    }
+
+    fn abort_with(&mut self, status: StatusCode, why: &str) -> Stop {
         self.broken = true;
-        match self.client.abort(why) {
+        match self.client.abort_with(status, why) {
             Some(outcomes) => Stop::Finished(outcomes),
-            None => Stop::Closed(Some(temp(StatusCode::new(4, 4, 2), why.to_string()))),
+            None => Stop::Closed(Some(temp(status, why.to_string()))),
         }
     }
 }
