@@ -96,11 +96,13 @@ def cluster(tmp_path_factory):
             nodes.append(MailgateServer(BIN, tmp_path_factory.mktemp(name), extra_toml=toml).start())
         yield pg, nodes[0], nodes[1]
     finally:
+        codes = []
         for srv in nodes:
-            srv.stop()
+            codes.append(srv.stop())
             while srv in _RUNNING:
                 _RUNNING.remove(srv)
         pg.stop("immediate")
+    assert codes == [0, 0], f"nodes exited {codes} after SIGTERM:\n" + "\n".join(n.log_text()[-3000:] for n in nodes)
 
 
 def alternate(a: Submitter, b: Submitter, n: int, tag: str) -> list[tuple[str, int, str]]:

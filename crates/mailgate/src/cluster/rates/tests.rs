@@ -46,8 +46,21 @@ fn two_nodes_share_one_limit_and_fall_back_to_their_own_counts() {
     assert_eq!(admitted, 5, "5/hour in total over both nodes, not 5 each");
     assert!(refused.iter().all(|e| e.ask == 0 && e.retry_after > Duration::ZERO));
     assert_eq!(refused.iter().filter(|e| e.first_in_window).count(), 2, "one first refusal per node");
-    // Another key is untouched.
+    // Another key is untouched; node B hears of node A's send within
+    // milliseconds (the window the module header allows over-admission in).
+    let started = Instant::now();
     assert!(a.acquire(&[Ask { key: "user:other", rate: &r }], 1).is_ok());
+    let now_s = crate::cluster::now();
+    loop {
+        let seen =
+            b.inner.view.lock().unwrap().keys.get(&("rate:user:other".to_string(), 3600)).map_or(0, |s| s.total(now_s - now_s % 3600));
+        if seen == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "node B never heard of node A's send");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!("node B saw node A's send after {:?}", started.elapsed());
 
     // A node started later reads the counts at once.
     let c = SharedRates::start(&pg.url).unwrap();
