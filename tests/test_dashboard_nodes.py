@@ -3,7 +3,9 @@ one private PostgreSQL report store (`[cluster] store`,
 tests/pgserver.py); 3 messages go through node A and 2 through node B to
 a loopback sink. The overview of either node, as JSON (`/?format=json`,
 `nodes`) and as HTML (`table#nodes`), shows both nodes' figures for today
-(received, accepted, delivered) and a total equal to their sum.
+(received, accepted, delivered) and a total equal to their sum; each
+node's name links to the message search filtered on that node, which
+finds exactly that node's messages.
 """
 
 from __future__ import annotations
@@ -107,4 +109,12 @@ def test_the_overview_shows_each_node_and_their_total(cluster):
     for name, n in SENT.items():
         assert rows[name][:4] == [n, n, 0, 0] and rows[name][5] == n, (name, rows[name])
     assert rows["total"] == [a + b for a, b in zip(rows["node-a"], rows["node-b"])], rows
-    assert "node-a (this node)" in page
+    assert re.search(r'>node-a</a> \(this node\)', page), "the answering node is marked"
+
+    # The node filter of the message search, linked from the table.
+    assert '/messages?node=node-b&amp;from=' in page
+    for name, n in SENT.items():
+        status, body = nodes["node-a"].http_get(f"/messages?node={name}&format=json")
+        assert status == 200, body
+        found = json.loads(body)["messages"]
+        assert sorted(m["subject"] for m in found) == [f"{name}-{i}" for i in range(n)], found

@@ -350,7 +350,9 @@ fn nodes_table(n: &Nodes) -> maud::Markup {
                     @for f in &n.nodes {
                         tr data-node=(f.node) {
                             td {
-                                @if f.node.is_empty() { "(unnamed)" } @else { (f.node) }
+                                @if f.node.is_empty() { "(unnamed)" } @else {
+                                    a href={ "/messages?node=" (f.node) "&from=" (layout::date(n.since)) } { (f.node) }
+                                }
                                 @if f.node == n.this_node { " (this node)" }
                             }
                             (row(f))
