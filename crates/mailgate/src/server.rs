@@ -94,7 +94,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut policy = RelayPolicy::new(local_domains, free, config.spool.min_free_space, auth.clone(), budget.clone())
         .with_suppressions(suppressions.clone());
     if !config.rates.is_empty() {
-        let counter = Arc::new(crate::ratelimit::MemoryCounter::new());
+        // With `[cluster] store`, the limits count every node's sends.
+        let counter: Arc<dyn crate::ratelimit::RateCounter> = match config.cluster.store.as_deref() {
+            Some(url) => {
+                let shared = crate::cluster::SharedRates::start(url)?;
+                let waiting = shared.clone();
+                // Off the async threads: the first RCPT should see the counts the cluster has.
+                let _ = tokio::task::spawn_blocking(move || waiting.wait_synced(std::time::Duration::from_secs(2))).await;
+                shared
+            }
+            None => Arc::new(crate::ratelimit::MemoryCounter::new()),
+        };
         policy = policy.with_rate_limits(Arc::new(crate::checks::rate::RateLimiter::new(config.rates.clone(), counter, metrics.clone())));
     }
     let forwarding = match &config.srs {

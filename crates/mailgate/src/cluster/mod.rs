@@ -1,5 +1,6 @@
 //! Cluster services in PostgreSQL (`[cluster] store`): the shared DKIM key
-//! store ([`keys`]) and shared counters ([`counters`]). This module owns
+//! store ([`keys`]), shared counters ([`counters`], AUTH throttling) and
+//! shared submission rate limits ([`rates`]). This module owns
 //! its connections and its schema: tables prefixed `cluster_`, migrated
 //! under an advisory lock and recorded in `cluster_schema_version` (the
 //! report store in `store/` keeps its own).
@@ -9,10 +10,11 @@
 //! from the CLI, never on the async runtime.
 //!
 //! May import: `sign::store`, `sign::backend`, `sign::key` (the key types),
-//! `mailgate-core`.
+//! `ratelimit` (the counter trait [`rates`] implements), `mailgate-core`.
 
 pub mod counters;
 pub mod keys;
+pub mod rates;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +23,7 @@ use std::time::Duration;
 use postgres::{Client, NoTls};
 
 pub use counters::Counters;
+pub use rates::SharedRates;
 
 /// How long connecting may take: a store that is down must not hold up
 /// an AUTH attempt or a key reload for long.

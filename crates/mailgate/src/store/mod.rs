@@ -516,6 +516,11 @@ pub trait Store: advice::AdviceStore + suppression::SuppressionStore + Send + Sy
     /// busiest first.
     fn nodes(&self, from: u64, to: u64) -> Result<Vec<(String, u64)>>;
 
+    /// Each node's figures in `[from, to)` (messages, DMARC evaluations,
+    /// delivery outcomes), by node name. Reads the raw rows: meant for a
+    /// day, not for months.
+    fn node_figures(&self, from: u64, to: u64) -> Result<Vec<NodeFigures>>;
+
     /// The right to build and send reports now: `None` when another node
     /// holds it (it is sending them). Released when the guard drops.
     fn try_report_lock(&self) -> Result<Option<ReportLock>>;
@@ -524,6 +529,64 @@ pub trait Store: advice::AdviceStore + suppression::SuppressionStore + Send + Sy
 /// Messages per node over a range: one statement, the same in both stores.
 pub(crate) const NODES_SQL: &str =
     "SELECT node, count(*) AS n FROM messages WHERE time >= ?1 AND time < ?2 GROUP BY node ORDER BY n DESC, node";
+
+/// One node's figures over a period ([`Store::node_figures`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFigures {
+    /// `[cluster] node_id`; empty for rows written before nodes had names.
+    pub node: String,
+    /// Messages whose transaction ended (accepted, quarantined or refused).
+    pub received: u64,
+    /// Quarantined included.
+    pub accepted: u64,
+    pub quarantined: u64,
+    pub refused: u64,
+    /// Inbound DMARC evaluations.
+    pub evaluated: u64,
+    /// Recipients, by the reply of their delivery attempt: 2xx delivered,
+    /// 5xx bounced, anything else (4xx, no answer) deferred.
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+}
+
+impl NodeFigures {
+    /// Adds `o`'s figures to these (a total).
+    pub fn add(&mut self, o: &NodeFigures) {
+        self.received += o.received;
+        self.accepted += o.accepted;
+        self.quarantined += o.quarantined;
+        self.refused += o.refused;
+        self.evaluated += o.evaluated;
+        self.delivered += o.delivered;
+        self.deferred += o.deferred;
+        self.bounced += o.bounced;
+    }
+}
+
+/// Every node's figures over a range, by node: one statement, the same in
+/// both stores (CAST: PostgreSQL's sum of a bigint is a numeric).
+pub(crate) const NODE_FIGURES_SQL: &str = "
+    SELECT node, CAST(sum(received) AS BIGINT), CAST(sum(accepted) AS BIGINT), CAST(sum(quarantined) AS BIGINT),
+           CAST(sum(refused) AS BIGINT), CAST(sum(evaluated) AS BIGINT), CAST(sum(delivered) AS BIGINT),
+           CAST(sum(deferred) AS BIGINT), CAST(sum(bounced) AS BIGINT)
+    FROM (
+        SELECT node, 1 AS received,
+               CASE WHEN action IN ('accepted', 'quarantined') THEN 1 ELSE 0 END AS accepted,
+               CASE WHEN action = 'quarantined' THEN 1 ELSE 0 END AS quarantined,
+               CASE WHEN action IN ('accepted', 'quarantined') THEN 0 ELSE 1 END AS refused,
+               0 AS evaluated, 0 AS delivered, 0 AS deferred, 0 AS bounced
+        FROM messages WHERE time >= ?1 AND time < ?2
+        UNION ALL
+        SELECT node, 0, 0, 0, 0, 1, 0, 0, 0 FROM evaluations WHERE time >= ?1 AND time < ?2
+        UNION ALL
+        SELECT node, 0, 0, 0, 0, 0,
+               CASE WHEN reply_code BETWEEN 200 AND 299 THEN recipients ELSE 0 END,
+               CASE WHEN reply_code BETWEEN 500 AND 599 OR reply_code BETWEEN 200 AND 299 THEN 0 ELSE recipients END,
+               CASE WHEN reply_code BETWEEN 500 AND 599 THEN recipients ELSE 0 END
+        FROM deliveries WHERE time >= ?1 AND time < ?2
+    ) AS rows
+    GROUP BY node ORDER BY node";
 
 /// Held while this node builds and sends reports; dropping it lets
 /// another node (or a later run) take it.

@@ -512,6 +512,26 @@ impl Store for Sqlite {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn node_figures(&self, from: u64, to: u64) -> Result<Vec<super::NodeFigures>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(super::NODE_FIGURES_SQL)?;
+        let rows = st.query_map(params![ts(from), ts(to)], |r| {
+            let n = |i: usize| r.get::<_, Option<i64>>(i).map(|v| u64::try_from(v.unwrap_or(0)).unwrap_or(0));
+            Ok(super::NodeFigures {
+                node: r.get(0)?,
+                received: n(1)?,
+                accepted: n(2)?,
+                quarantined: n(3)?,
+                refused: n(4)?,
+                evaluated: n(5)?,
+                delivered: n(6)?,
+                deferred: n(7)?,
+                bounced: n(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn try_report_lock(&self) -> Result<Option<ReportLock>> {
         // One node: nobody else sends this store's reports.
         Ok(Some(ReportLock::local()))

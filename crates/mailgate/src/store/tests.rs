@@ -473,6 +473,30 @@ fn nodes_count_messages(store: &dyn Store) {
     store.write(&[message(T0, "q1"), message(T0 + 1, "q2"), message(T0 + 7200, "q3")]).unwrap();
     assert_eq!(store.nodes(T0, T0 + 3600).unwrap(), vec![("n1".to_string(), 2)]);
     assert!(store.nodes(T0 + 10_000, T0 + 20_000).unwrap().is_empty());
+    let attempt = |code: u16, recipients: u32| {
+        Event::Delivery(DeliveryAttempt {
+            time: T0 + 5,
+            queue_id: "q1".into(),
+            recipient_domain: "far.test".into(),
+            recipients,
+            mx_host: String::new(),
+            tls: false,
+            reply_code: code,
+            reply: String::new(),
+        })
+    };
+    store.write(&[attempt(250, 2), attempt(451, 1), attempt(0, 1), attempt(550, 3)]).unwrap();
+    let want = NodeFigures { node: "n1".into(), received: 2, accepted: 2, delivered: 2, deferred: 2, bounced: 3, ..Default::default() };
+    assert_eq!(store.node_figures(T0, T0 + 3600).unwrap(), vec![want]);
+    assert!(store.node_figures(T0 + 10_000, T0 + 20_000).unwrap().is_empty());
+    // The message search's node filter.
+    let search = |node: &str, text: &str| {
+        store.find_messages(&MessageQuery { node: node.into(), text: text.into(), limit: 10, ..Default::default() })
+    };
+    assert_eq!(search("n1", "").unwrap().len(), 3);
+    assert_eq!(search("n1", "q2").unwrap().len(), 1);
+    assert!(search("n2", "").unwrap().is_empty());
+    assert!(search("n2", "q2").unwrap().is_empty());
     // One node alone always holds the report lock; a second try while the
     // first is held is refused only where nodes share the store.
     assert!(store.try_report_lock().unwrap().is_some());

@@ -173,6 +173,8 @@ pub struct MessageQuery {
     pub from: u64,
     pub to: u64,
     pub limit: usize,
+    /// Only messages this node (`[cluster] node_id`) recorded; empty: any.
+    pub node: String,
 }
 
 /// A message's timeline: its record (when the inbound side recorded one)
@@ -384,20 +386,21 @@ pub fn search(c: &Connection, q: &MessageQuery) -> Result<Vec<MessageSummary>> {
     let to = if q.to == 0 { u64::MAX } else { q.to };
     let limit = q.limit.clamp(1, 1000) as i64;
     let details: Vec<String> = if text.is_empty() {
-        let mut st =
-            c.prepare_cached("SELECT detail FROM messages WHERE time >= ?1 AND time < ?2 ORDER BY time DESC, rowid DESC LIMIT ?3")?;
-        st.query_map(params![ts(q.from), ts(to), limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+        let mut st = c.prepare_cached(
+            "SELECT detail FROM messages WHERE time >= ?1 AND time < ?2 AND (?4 = '' OR node = ?4) ORDER BY time DESC, rowid DESC LIMIT ?3",
+        )?;
+        st.query_map(params![ts(q.from), ts(to), limit, q.node], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
     } else {
         // Each term uses its own index; SQLite unions them.
         let mut st = c.prepare_cached(
             "SELECT detail FROM messages
              WHERE (event_id = ?1 OR queue_id = ?1 OR message_id = ?2 OR message_id = ?3 OR sender = ?2 OR client_ip = ?1
                     OR event_id IN (SELECT event_id FROM message_recipients WHERE recipient = ?2))
-               AND time >= ?4 AND time < ?5
+               AND time >= ?4 AND time < ?5 AND (?7 = '' OR node = ?7)
              ORDER BY time DESC, rowid DESC LIMIT ?6",
         )?;
         let bracketed = format!("<{bare}>");
-        st.query_map(params![text, bare, bracketed, ts(q.from), ts(to), limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+        st.query_map(params![text, bare, bracketed, ts(q.from), ts(to), limit, q.node], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
     };
     details.iter().map(|d| Ok(from_json::<MessageRecord>(d)?.into())).collect()
 }

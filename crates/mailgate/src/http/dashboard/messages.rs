@@ -1,5 +1,5 @@
 //! `/messages?q=`: message search (queue or event id, Message-ID, sender,
-//! recipient, client IP, time range), and `/messages/<id>`: one message's
+//! recipient, client IP, time range, the node that took it), and `/messages/<id>`: one message's
 //! timeline (connection, checks, action, spooling, each delivery attempt
 //! per recipient, notices) with its live queue state, and Retry and
 //! Delete buttons that go through the scheduler, like the API's.
@@ -32,6 +32,8 @@ struct Search {
     q: String,
     from: String,
     to: String,
+    /// `[cluster] node_id` of the node that took the message; empty: any.
+    node: String,
     messages: Vec<MessageSummary>,
 }
 
@@ -63,7 +65,7 @@ fn parse_time(s: &str) -> Option<u64> {
 pub async fn search(State(api): State<Arc<Api>>, Extension(access): Extension<Access>, q: Params) -> Response {
     let json = wants_json(&q);
     let get = |k: &str| q.get(k).map(|s| s.trim().to_string()).unwrap_or_default();
-    let (text, from_s, to_s) = (get("q"), get("from"), get("to"));
+    let (text, from_s, to_s, node) = (get("q"), get("from"), get("to"), get("node"));
     let from = parse_time(&from_s).unwrap_or(0);
     // A date alone as the end means the whole of that day.
     let to = match parse_time(&to_s) {
@@ -71,13 +73,13 @@ pub async fn search(State(api): State<Arc<Api>>, Extension(access): Extension<Ac
         Some(t) => t,
         None => 0,
     };
-    let query = MessageQuery { text: text.clone(), from, to, limit: PAGE };
+    let query = MessageQuery { text: text.clone(), from, to, limit: PAGE, node: node.clone() };
     let store = api.store.clone();
     let messages = match blocking(move || store.find_messages(&query)).await {
         Ok(m) => m,
         Err(e) => return failure(json, &access, StatusCode::SERVICE_UNAVAILABLE, &e),
     };
-    let data = Search { q: text, from: from_s, to: to_s, messages };
+    let data = Search { q: text, from: from_s, to: to_s, node, messages };
     respond(json, &data, |d| {
         let body = html! {
             h1 { "Messages" }
@@ -86,6 +88,7 @@ pub async fn search(State(api): State<Arc<Api>>, Extension(access): Extension<Ac
                     input type="search" name="q" value=(d.q) placeholder="e.g. alice@example.com"; }
                 label { "From (UTC)" input type="text" name="from" value=(d.from) placeholder="2026-12-01"; }
                 label { "To (UTC)" input type="text" name="to" value=(d.to) placeholder="2026-12-06 18:00"; }
+                label { "Node" input type="text" name="node" value=(d.node) placeholder="any"; }
                 button type="submit" { "Search" }
             }
             @if d.messages.is_empty() {

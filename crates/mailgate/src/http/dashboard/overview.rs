@@ -2,7 +2,9 @@
 //! refused today and over 30 days (the store's hourly counters), the
 //! DMARC pass rate of each of our domains per day, from our own
 //! evaluations and from the aggregate reports other receivers sent us,
-//! the queue size, and the delivery and TLS success rates.
+//! the queue size, and the delivery and TLS success rates. With several
+//! nodes on one store (`[cluster] store`), each node's figures for today
+//! and their totals (read from the raw rows of the day, by node).
 //!
 //! May import: `store`, `spool`, `config`, maud.
 
@@ -19,7 +21,7 @@ use super::layout;
 use super::{DAY, Params, blocking, failure, now, respond, wants_json};
 use crate::http::Api;
 use crate::http::auth::Access;
-use crate::store::TrafficHour;
+use crate::store::{NodeFigures, TrafficHour};
 
 const DAYS: u64 = 30;
 
@@ -115,6 +117,18 @@ struct Overview {
     tls_sessions: u64,
     days: Vec<Day>,
     dmarc: Vec<DmarcSeries>,
+    nodes: Nodes,
+}
+
+/// Each node's figures today (UTC) and their sum.
+#[derive(Serialize)]
+struct Nodes {
+    /// The day's first second (Unix).
+    since: u64,
+    /// `[cluster] node_id` of the node answering.
+    this_node: String,
+    nodes: Vec<NodeFigures>,
+    total: NodeFigures,
 }
 
 fn rate(part: u64, whole: u64) -> Option<f64> {
@@ -132,10 +146,11 @@ pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Acce
         let traffic = store.traffic(from, now + 1)?;
         let (tls_ok, tls_all) = tls_counts(&*store, from, now + 1)?;
         let dmarc = dmarc_series(&*store, &domains, from, today)?;
-        Ok((traffic, tls_ok, tls_all, dmarc))
+        let nodes = store.node_figures(today, now + 1)?;
+        Ok((traffic, tls_ok, tls_all, dmarc, nodes))
     })
     .await;
-    let (traffic, tls_ok, tls_all, dmarc) = match read {
+    let (traffic, tls_ok, tls_all, dmarc, nodes) = match read {
         Ok(r) => r,
         Err(e) => return failure(json, &access, axum::http::StatusCode::SERVICE_UNAVAILABLE, &e),
     };
@@ -158,8 +173,18 @@ pub async fn page(State(api): State<Arc<Api>>, Extension(access): Extension<Acce
         tls_sessions: tls_all,
         days,
         dmarc,
+        nodes: Nodes {
+            since: today,
+            this_node: api.config.cluster.node_id.clone(),
+            total: nodes.iter().fold(NodeFigures { node: "total".into(), ..Default::default() }, |mut t, n| {
+                t.add(n);
+                t
+            }),
+            nodes,
+        },
     };
-    respond(json, &data, |d| render(d, &access))
+    let cluster = api.config.cluster.store.is_some();
+    respond(json, &data, |d| render(d, cluster, &access))
 }
 
 /// Successful and all outbound TLS sessions in `[from, to)`.
@@ -211,7 +236,7 @@ pub(super) fn dmarc_series(
     Ok(out)
 }
 
-fn render(d: &Overview, access: &Access) -> maud::Markup {
+fn render(d: &Overview, cluster: bool, access: &Access) -> maud::Markup {
     let labels: Vec<String> = d.days.iter().map(|day| day.date[5..].to_string()).collect();
     let stacks = [
         Stack { name: "accepted", color: "#1b7f3b", values: d.days.iter().map(|x| x.counts.accepted - x.counts.quarantined).collect() },
@@ -244,6 +269,10 @@ fn render(d: &Overview, access: &Access) -> maud::Markup {
                 div.value #tls-rate { (d.tls_success_rate.map(|r| format!("{r:.1} %")).unwrap_or_else(|| "–".into())) }
                 div.sub { (d.tls_sessions) " outbound sessions" }
             }
+        }
+        @if cluster || d.nodes.nodes.len() > 1 {
+            h2 { "Nodes today (UTC)" }
+            (nodes_table(&d.nodes))
         }
         h2 { "Messages per day" }
         (chart::stacked_bars("Messages received per day, by outcome", &labels, &stacks))
@@ -298,6 +327,42 @@ pub(super) fn dmarc_chart(dmarc: &[DmarcSeries]) -> maud::Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Each node's figures today and the totals; the answering node marked.
+fn nodes_table(n: &Nodes) -> maud::Markup {
+    let row = |f: &NodeFigures| {
+        html! {
+            td.num { (f.received) } td.num { (f.accepted) } td.num { (f.quarantined) } td.num { (f.refused) }
+            td.num { (f.evaluated) } td.num { (f.delivered) } td.num { (f.deferred) } td.num { (f.bounced) }
+        }
+    };
+    html! {
+        div.panel {
+            table #nodes {
+                thead { tr {
+                    th { "Node" } th.num { "Received" } th.num { "Accepted" } th.num { "Quarantined" } th.num { "Refused" }
+                    th.num { "DMARC evaluated" } th.num { "Delivered" } th.num { "Deferred" } th.num { "Bounced" }
+                } }
+                tbody {
+                    @for f in &n.nodes {
+                        tr data-node=(f.node) {
+                            td {
+                                @if f.node.is_empty() { "(unnamed)" } @else {
+                                    a href={ "/messages?node=" (f.node) "&from=" (layout::date(n.since)) } { (f.node) }
+                                }
+                                @if f.node == n.this_node { " (this node)" }
+                            }
+                            (row(f))
+                        }
+                    }
+                }
+                tfoot { tr #nodes-total { th { "Total" } (row(&n.total)) } }
+            }
+            @if n.nodes.is_empty() { p.note { "No traffic recorded today." } }
+            p.note { "Delivered, deferred and bounced count recipients by the reply of their delivery attempt." }
         }
     }
 }

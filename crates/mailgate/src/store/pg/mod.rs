@@ -259,6 +259,28 @@ impl Store for Postgres {
         })
     }
 
+    fn node_figures(&self, from: u64, to: u64) -> Result<Vec<NodeFigures>> {
+        self.pool.read(|c| {
+            let sql = pool::placeholders(NODE_FIGURES_SQL);
+            c.query(&sql, &[&big(from), &big(to)])?
+                .iter()
+                .map(|r| {
+                    Ok(NodeFigures {
+                        node: col(r, 0)?,
+                        received: num(r, 1)?,
+                        accepted: num(r, 2)?,
+                        quarantined: num(r, 3)?,
+                        refused: num(r, 4)?,
+                        evaluated: num(r, 5)?,
+                        delivered: num(r, 6)?,
+                        deferred: num(r, 7)?,
+                        bounced: num(r, 8)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn try_report_lock(&self) -> Result<Option<ReportLock>> {
         // A session-level advisory lock on a connection of its own, held
         // (with the connection) as long as the guard lives: if this node

@@ -60,6 +60,9 @@ fn two_nodes_share_one_database() {
         assert_eq!(s.traffic(T0, T0 + 3600).unwrap()[0].accepted, 3);
     }
     assert_eq!(a.nodes(T0, T0 + 3600).unwrap(), vec![("node-a".to_string(), 2), ("node-b".to_string(), 1)]);
+    let figures = b.node_figures(T0, T0 + 3600).unwrap();
+    let pick = |f: &NodeFigures| (f.node.clone(), f.received, f.accepted, f.evaluated);
+    assert_eq!(figures.iter().map(pick).collect::<Vec<_>>(), vec![("node-a".into(), 2, 2, 2), ("node-b".into(), 1, 1, 1)]);
     // One node reports; the mark it moves is the other's too.
     let lock = a.try_report_lock().unwrap().expect("the first node gets the lock");
     assert!(b.try_report_lock().unwrap().is_none(), "the second must not while the first holds it");

@@ -129,8 +129,9 @@ pub(super) fn search(c: &mut Client, q: &MessageQuery) -> Result<Vec<MessageSumm
     let limit = q.limit.clamp(1, 1000) as i64;
     let rows = if text.is_empty() {
         c.query(
-            "SELECT detail FROM messages WHERE time >= $1 AND time < $2 ORDER BY time DESC, seq DESC LIMIT $3",
-            &[&big(q.from), &big(to), &limit],
+            "SELECT detail FROM messages WHERE time >= $1 AND time < $2 AND ($4::text = '' OR node = $4::text)
+             ORDER BY time DESC, seq DESC LIMIT $3",
+            &[&big(q.from), &big(to), &limit, &q.node],
         )?
     } else {
         let bracketed = format!("<{bare}>");
@@ -139,9 +140,9 @@ pub(super) fn search(c: &mut Client, q: &MessageQuery) -> Result<Vec<MessageSumm
              WHERE (event_id = $1 OR queue_id = $1 OR message_id = $2 OR message_id = $3 OR lower(sender) = lower($2)
                     OR client_ip = $1
                     OR event_id IN (SELECT event_id FROM message_recipients WHERE lower(recipient) = lower($2)))
-               AND time >= $4 AND time < $5
+               AND time >= $4 AND time < $5 AND ($7::text = '' OR node = $7::text)
              ORDER BY time DESC, seq DESC LIMIT $6",
-            &[&text, &bare, &bracketed, &big(q.from), &big(to), &limit],
+            &[&text, &bare, &bracketed, &big(q.from), &big(to), &limit, &q.node],
         )?
     };
     rows.iter().map(|r| Ok(from_json::<MessageRecord>(col(r, 0)?)?.into())).collect()
