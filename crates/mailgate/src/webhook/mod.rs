@@ -18,6 +18,7 @@ mod outbox;
 mod sender;
 pub mod submission;
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -297,8 +298,12 @@ pub fn signature(secret: &str, t: u64, body: &str) -> String {
     ctx.update(b".");
     ctx.update(body.as_bytes());
     let tag = ctx.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},v1={hex}")
+    let mut out = String::with_capacity(80);
+    let _ = write!(out, "t={t},v1=");
+    for b in tag.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 pub(crate) fn unix_now() -> u64 {
