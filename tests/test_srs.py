@@ -23,7 +23,6 @@ import smtplib
 import socket
 import stat
 import threading
-import socketserver
 import time
 
 import pytest
@@ -34,7 +33,7 @@ from dnslib import A, MX, TXT  # noqa: E402
 from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import BIN, MailgateServer, free_port  # noqa: E402
-from helpers import Dialogue  # noqa: E402
+from helpers import Dialogue, RefusingSmtp  # noqa: E402
 from loopdns import Zone, pyspf_check  # noqa: E402
 from postfix import PySink, _PySinkHandler, _ThreadingServer  # noqa: E402
 
@@ -48,30 +47,6 @@ HOSTNAME = "mx.example.test"
 # A second forwarding address whose target's MX refuses every recipient.
 FORWARD_GONE = "gone@example.test"
 GONE = "nobody@refusing.example"
-
-
-class _Refusing(socketserver.StreamRequestHandler):
-    """An MX that answers every RCPT with 550 5.1.1."""
-
-    def handle(self):
-        def reply(text):
-            self.wfile.write(text.encode() + b"\r\n")
-            self.wfile.flush()
-
-        reply("220 mx.refusing.example ESMTP")
-        while line := self.rfile.readline(4096):
-            verb = line[:4].upper()
-            if verb in (b"EHLO", b"HELO"):
-                reply("250-mx.refusing.example\r\n250 ENHANCEDSTATUSCODES")
-            elif verb == b"RCPT":
-                reply("550 5.1.1 <nobody@refusing.example>: Recipient address rejected: User unknown")
-            elif verb == b"DATA":
-                reply("554 5.5.1 Error: no valid recipients")
-            elif verb == b"QUIT":
-                reply("221 2.0.0 Bye")
-                return
-            else:
-                reply("250 2.0.0 Ok")
 
 
 def sink_on(address: str, port: int) -> PySink:
@@ -107,7 +82,7 @@ def env(tmp_path_factory):
     # one setting for every destination).
     try:
         origin_mx = sink_on("127.0.0.2", final_hop.port)
-        refusing = _ThreadingServer(("127.0.0.3", final_hop.port), _Refusing)
+        refusing = _ThreadingServer(("127.0.0.3", final_hop.port), RefusingSmtp)
     except OSError as e:
         final_hop.stop()
         pytest.skip(f"cannot listen on 127.0.0.2 and 127.0.0.3: {e}")
@@ -249,7 +224,7 @@ def test_our_own_notice_about_forwarded_mail_goes_to_the_original_sender(env):
     assert "multipart/report" in content and "report-type=delivery-status" in content, content[:1500]
     assert f"To: <{ALICE}>" in content, content[:1500]
     assert f"Final-Recipient: rfc822; {GONE}" in content and "Action: failed" in content, content
-    assert "Status: 5.1.1" in content and "User unknown" in content, content
+    assert "Status: 5.1.1" in content and "No such user here" in content, content
     log = env.srv.log_text()
     assert "notice about forwarded mail goes to the original sender" in log
     # Nothing went (or tried to go) to our own SRS domain.
