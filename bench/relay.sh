@@ -27,6 +27,13 @@
 #                   delivered one per message) at bench/hook-sink.py, to
 #                   compare with `mailgate` in the same run:
 #                   SIDES="mailgate hooks" RUNS=1 MESSAGES=5000 bench/relay.sh
+#                   `verp` is mailgate with [delivery] verp = true (every
+#                   message is submitted mail here: trusted network), so
+#                   each recipient is a transaction of its own; with
+#                   RCPTS=N, compare with `mailgate`, which sends the N
+#                   recipients of one domain in one transaction:
+#                   SIDES="mailgate verp" RCPTS=10 MESSAGES=2000 bench/relay.sh
+#   RCPTS=1         recipients per message (smtp-source -r; all at dst.test)
 #   MG_DELIVERY='concurrency_per_destination = 20'   extra lines for mailgate's
 #                   [delivery] section (use \n between lines)
 #   MAILGATE_LOG=info                         passed through to mailgate
@@ -48,6 +55,7 @@ RUNS=${RUNS:-2}
 MESSAGES=${MESSAGES:-20000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-5120}
+RCPTS=${RCPTS:-1}
 SIDES=${SIDES:-"mailgate postfix sink"}
 MG_DELIVERY=${MG_DELIVERY:-}
 QUIET_PCT=${QUIET_PCT:-10}
@@ -251,23 +259,23 @@ wait_quiet() {
 # Runs the load and waits for the sink; sets SECS (end to end), RATE,
 # SRC_SECS (smtp-source wall time: the accept phase), SRC_RATE, SRC_CPU,
 # SYS_BUSY, SYS_IOWAIT, BUSY_S, KERNEL_S, LOAD.
-run_load() { # port dir sinkfile
-    local t0 t1 ts rc c0b c0w c0t c0i c0k c1b c1w c1t c1i c1k src
+run_load() { # port dir sinkfile [transactions the sink must count]
+    local want=${4:-$MESSAGES} t0 t1 ts rc c0b c0w c0t c0i c0k c1b c1w c1t c1i c1k src
     LOAD=$(cut -d' ' -f1 /proc/loadavg)
     read -r c0b c0w c0t c0i c0k < <(cpu_stat)
     t0=$(date +%s.%N)
     ( /usr/bin/time -f '%U %S' -o "$2/source.time" \
-        smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
+        smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -r "$RCPTS" \
         -f sender@src.test -t rcpt@dst.test "127.0.0.1:$1" > "$2/source.out" 2>&1
       echo $? > "$2/source.rc"; date +%s.%N > "$2/source.end" ) &
     src=$!
-    t1=$(python3 "$WORK/sinkwait.py" "$3" "$MESSAGES" "$DELIVER_TIMEOUT")
+    t1=$(python3 "$WORK/sinkwait.py" "$3" "$want" "$DELIVER_TIMEOUT")
     read -r c1b c1w c1t c1i c1k < <(cpu_stat)
     wait "$src" || true
     rc=$(cat "$2/source.rc")
     [ "$rc" = 0 ] || { cat "$2/source.out" >&2; die "smtp-source exited $rc"; }
     [ ! -s "$2/source.out" ] || { log "smtp-source said:"; head -5 "$2/source.out" >&2; }
-    [ "$t1" != timeout ] || die "the sink did not get $MESSAGES messages within ${DELIVER_TIMEOUT}s (has: $(sink_count "$3"))"
+    [ "$t1" != timeout ] || die "the sink did not get $want messages within ${DELIVER_TIMEOUT}s (has: $(sink_count "$3"))"
     ts=$(cat "$2/source.end")
     SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}')
     RATE=$(awk -v m="$MESSAGES" -v s="$SECS" 'BEGIN{printf "%.1f", m / s}')
@@ -319,12 +327,21 @@ run_hooks() { # run-number
     SIDE=hooks run_mailgate "$1"
 }
 
+# mailgate with VERP on: a transaction per recipient (see SIDES above).
+run_verp() { # run-number
+    SIDE=verp run_mailgate "$1"
+}
+
 run_mailgate() { # run-number
-    local side=${SIDE:-mailgate} hooks_port="" hooks_toml="" hook_pid=""
+    local side=${SIDE:-mailgate} hooks_port="" hooks_toml="" hook_pid="" verp_toml="" want=$MESSAGES t2
     local d=$WORK/$side$1 port http dns pid t0 t1 s0 s1 metrics fsyncs records accepted left hwm pss delivered deferred dups
     mkdir -p "$d"; chmod 755 "$d"
     start_sink "$d"
     port=$(free_port); http=$(free_port); dns=$(free_port)   # dns: nothing listens there
+    if [ "$side" = verp ]; then
+        verp_toml="verp = true"
+        want=$(( MESSAGES * RCPTS ))   # the sink counts transactions
+    fi
     if [ "$side" = hooks ]; then
         hooks_port=$(free_port)
         python3 "$ROOT/bench/hook-sink.py" "$hooks_port" "$d/hooks.count" 2> "$d/hooks.err" &
@@ -366,6 +383,7 @@ max_connections_per_ip = $(( SESSIONS * 2 > 100 ? SESSIONS * 2 : 100 ))
 connections_per_ip_per_minute = 0
 
 [delivery]
+$verp_toml
 $(printf '%b' "$MG_DELIVERY")
 
 $hooks_toml
@@ -377,7 +395,7 @@ EOF
     sampler "$pid" "$d/peak_rss" & PIDS+=($!)
     t0=$(ticks "$pid"); s0=$(ticks "$SINK_PID")
     log "$side run $1 (quiet: $QUIET): smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -> 127.0.0.1:$port -> smtp-sink 127.0.0.1:$SINK_PORT"
-    run_load "$port" "$d" "$d/sink.out"
+    run_load "$port" "$d" "$d/sink.out" "$want"
     t1=$(ticks "$pid"); s1=$(ticks "$SINK_PID")
     # The queue must empty (the last removals may trail the sink's count).
     left=-1
@@ -399,6 +417,10 @@ EOF
         hw1=$(date +%s.%N)
         log "hooks run $1: the receiver got $(cat "$d/hooks.count" 2>/dev/null || echo 0) webhook POSTs for $MESSAGES messages, $(awk -v a="$hw0" -v b="$hw1" 'BEGIN{printf "%.1f", b - a}') s after the sink had all messages"
     fi
+    # All the work done (queue empty, outbox drained): mailgate's CPU for
+    # the whole run, which the clock's figure above may cut short.
+    t2=$(ticks "$pid")
+    log "$side run $1: mailgate CPU until the queue and outbox drained: $(awk -v t="$(( t2 - t0 ))" -v hz="$HZ" 'BEGIN{printf "%.2f", t / hz}') s, $(awk -v t="$(( t2 - t0 ))" -v hz="$HZ" -v m="$MESSAGES" 'BEGIN{printf "%.3f", 1000 * t / hz / m}') ms per message"
     hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$pid/status")   # before the listing below allocates
     read -r _ _ pss < <(tree_mem "$pid")
     log "$side run $1: threads (CPU s): $(thread_cpu "$pid")"
@@ -426,7 +448,7 @@ EOF
     log "$(printf '%s run %s: %.0f msg/s end to end (%.2f s; accept phase %.0f msg/s), sink has %s messages in %s sessions, queue left %s, fsyncs %s for %s records, delivered %s (ids delivered twice: %s), deferred %s, peak RSS %s KiB' \
         "$side" "$1" "$RATE" "$SECS" "$SRC_RATE" "$SINK_MESG" "$SINK_SESS" "$left" "$fsyncs" "$records" "$delivered" "$dups" "$deferred" "$hwm")"
     [ "$left" = 0 ] || die "mailgate queue still holds $left messages"
-    [ "$SINK_MESG" = "$MESSAGES" ] || log "WARNING: sink counted $SINK_MESG messages, expected $MESSAGES (duplicates: $(( SINK_MESG - MESSAGES )))"
+    [ "$SINK_MESG" = "$want" ] || log "WARNING: sink counted $SINK_MESG messages, expected $want (duplicates: $(( SINK_MESG - MESSAGES )))"
     [ "${KEEP:-0}" = 1 ] || rm -rf "$d/data"
 }
 
@@ -546,7 +568,7 @@ done
 # ---------------------------------------------------------------- report
 best() { printf '%s\n' "${RESULTS[@]}" | awk -v s="$1" '$1==s && $3>b {b=$3} END {printf "%.0f", b}'; }
 echo
-echo "## relay: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -> MTA -> smtp-sink, clock stops when the sink has all $MESSAGES"
+echo "## relay: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -r $RCPTS -> MTA -> smtp-sink, clock stops when the sink has all $MESSAGES"
 echo "mailgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) vs Postfix $PF_VERSION; $(nproc) cores; scratch on $FS_TYPE ($FS_DEV); $(date -u '+%Y-%m-%d %H:%M UTC')"
 [ -z "$MG_DELIVERY" ] || echo "mailgate [delivery]: $(printf '%b' "$MG_DELIVERY" | tr '\n' ';')"
 echo

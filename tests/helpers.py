@@ -1,10 +1,12 @@
 """A raw SMTP client for the acceptance tests: shows exactly what the
-server sends, reply by reply."""
+server sends, reply by reply; and `RefusingSmtp`, a next hop that refuses
+every recipient with 550 5.1.1."""
 
 from __future__ import annotations
 
 import re
 import socket
+import socketserver
 
 REPLY_LINE = re.compile(rb"^(\d{3})([ -])(.*)$")
 ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
@@ -195,3 +197,27 @@ def pending_status_ok(rcpt: dict) -> bool:
         and (rcpt.get("attempts") or 0) >= 1
         and str(rcpt.get("last_reply") or "").startswith("4")
     )
+
+
+class RefusingSmtp(socketserver.StreamRequestHandler):
+    """An SMTP server that refuses every recipient for good."""
+
+    def handle(self):
+        def reply(text):
+            self.wfile.write(text.encode() + b"\r\n")
+            self.wfile.flush()
+
+        reply("220 refuser.test ESMTP")
+        while line := self.rfile.readline(4096):
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                reply("250 refuser.test")
+            elif verb == b"RCPT":
+                reply("550 5.1.1 No such user here")
+            elif verb == b"QUIT":
+                reply("221 2.0.0 Bye")
+                return
+            elif verb in (b"MAIL", b"RSET", b"NOOP"):
+                reply("250 2.0.0 Ok")
+            else:
+                reply("503 5.5.1 Nothing to send to")

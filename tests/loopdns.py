@@ -1,6 +1,10 @@
 """A loopback DNS server for tests (dnslib): TXT records from a dict,
 NXDOMAIN for every other name. Nothing leaves 127.0.0.1.
 
+`Zone` answers records of any type from a dict (for a test's own
+`DNSServer`); `pyspf_check` runs pyspf with its DNS pinned to such a
+server.
+
 `empty_dns_port()` is one process-wide server that answers SERVFAIL to
 everything, which the base test config points mailgate at: lookups fail
 at once, as an unreachable DNS would (delivery defers rather than
@@ -45,6 +49,56 @@ class ZoneResolver(BaseResolver):
             for strings in self.txt[qname]:
                 reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(strings), ttl=60))
         return reply
+
+
+class Zone(BaseResolver):
+    """TXT, MX and A records (dnslib rdata) from a dict; NXDOMAIN for
+    unknown names."""
+
+    def __init__(self):
+        self.records: dict[str, list[tuple[str, object]]] = {}
+
+    def add(self, name: str, rtype: str, rdata) -> None:
+        self.records.setdefault(name.lower(), []).append((rtype, rdata))
+
+    def resolve(self, request, handler):
+        reply = request.reply()
+        qname = str(request.q.qname).lower()
+        if qname not in self.records:
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        for rtype, rdata in self.records[qname]:
+            if QTYPE[request.q.qtype] in (rtype, "ANY"):
+                reply.add_answer(RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
+        return reply
+
+
+def pyspf_check(spf, port: int, ip: str, sender: str, helo: str) -> str:
+    """pyspf's check_host() result for `sender` from `ip`, its DNS asked
+    over UDP of the loopback server on `port` only (never the system's).
+    `spf` is the imported pyspf module (tests importorskip it)."""
+
+    def lookup(qname, qtype, strict=True, timeout=5):
+        q = dns.message.make_query(qname, qtype)
+        r = dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout)
+        out = []
+        for rrset in r.answer:
+            for rd in rrset:
+                if rrset.rdtype == dns.rdatatype.TXT:
+                    out.append(((qname, qtype), rd.strings))
+                elif rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                    out.append(((qname, qtype), rd.address))
+                elif rrset.rdtype == dns.rdatatype.MX:
+                    out.append(((qname, qtype), (rd.preference, rd.exchange)))
+        return out
+
+    saved = spf.DNSLookup
+    spf.DNSLookup = lookup
+    try:
+        result, _explanation = spf.check2(i=ip, s=sender, h=helo)
+    finally:
+        spf.DNSLookup = saved
+    return result
 
 
 class LoopbackDns:

@@ -30,10 +30,11 @@ pytest.importorskip("nacl.signing", reason="pip install pynacl")
 pytest.importorskip("dnslib", reason="pip install dnslib")
 parsedmarc = pytest.importorskip("parsedmarc", reason="pip install parsedmarc")
 
-from dnslib import A, MX, QTYPE, RCODE, RR, TXT  # noqa: E402
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+from dnslib import A, MX, TXT  # noqa: E402
+from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import BIN, _RUNNING, MailgateServer, free_port  # noqa: E402
+from loopdns import Zone  # noqa: E402
 from postfix import PySink  # noqa: E402
 from test_inbound_auth import Keys, message, sign  # noqa: E402
 
@@ -46,27 +47,6 @@ OURS = "inbox.test"                  # our report domain: reports are DKIM-signe
 REPORTS_FROM = f"dmarc-reports@{OURS}"
 INGEST = "dmarc@example.test"
 WAIT = 30.0
-
-
-class Zone(BaseResolver):
-    """TXT, MX and A records from a dict; NXDOMAIN for unknown names."""
-
-    def __init__(self):
-        self.records: dict[str, list[tuple[str, object]]] = {}
-
-    def add(self, name: str, rtype: str, rdata) -> None:
-        self.records.setdefault(name.lower(), []).append((rtype, rdata))
-
-    def resolve(self, request, handler):
-        reply = request.reply()
-        qname = str(request.q.qname).lower()
-        if qname not in self.records:
-            reply.header.rcode = RCODE.NXDOMAIN
-            return reply
-        for rtype, rdata in self.records[qname]:
-            if QTYPE[request.q.qtype] in (rtype, "ANY"):
-                reply.add_answer(RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
-        return reply
 
 
 class Env:

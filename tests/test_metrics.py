@@ -28,6 +28,7 @@ pytest.importorskip("dnslib", reason="pip install dnslib")
 parser = pytest.importorskip("prometheus_client.parser", reason="pip install prometheus_client")
 
 from conftest import ROOT, free_port  # noqa: E402
+from helpers import RefusingSmtp as _Refuser  # noqa: E402
 from helpers import Dialogue  # noqa: E402
 from loopdns import LoopbackDns  # noqa: E402
 from postfix import PySink  # noqa: E402
@@ -85,30 +86,6 @@ TLS_RESULTS = ["success", "starttls-not-supported", "certificate-host-mismatch",
                "sts-policy-fetch-error", "sts-policy-invalid"]
 TLS_POLICIES = ["sts", "no-policy-found", "require-tls"]
 ROLES = ["mx", "submission", "submissions"]
-
-
-class _Refuser(socketserver.StreamRequestHandler):
-    """An SMTP server that refuses every recipient for good."""
-
-    def handle(self):
-        def reply(text):
-            self.wfile.write(text.encode() + b"\r\n")
-            self.wfile.flush()
-
-        reply("220 refuser.test ESMTP")
-        while line := self.rfile.readline(4096):
-            verb = line[:4].upper()
-            if verb in (b"EHLO", b"HELO"):
-                reply("250 refuser.test")
-            elif verb == b"RCPT":
-                reply("550 5.1.1 No such user here")
-            elif verb == b"QUIT":
-                reply("221 2.0.0 Bye")
-                return
-            elif verb in (b"MAIL", b"RSET", b"NOOP"):
-                reply("250 2.0.0 Ok")
-            else:
-                reply("503 5.5.1 Nothing to send to")
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):

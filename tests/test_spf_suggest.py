@@ -30,17 +30,14 @@ pytest.importorskip("dkim", reason="pip install dkimpy")
 pytest.importorskip("nacl.signing", reason="pip install pynacl")
 pytest.importorskip("dnslib", reason="pip install dnslib")
 spf = pytest.importorskip("spf", reason="pip install pyspf")
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rdatatype  # noqa: E402
 
 from dnslib import TXT  # noqa: E402
 from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import BIN, _RUNNING, MailgateServer, free_port  # noqa: E402
+from loopdns import Zone, pyspf_check  # noqa: E402
 from postfix import PySink  # noqa: E402
 from test_dkim import hash_password  # noqa: E402
-from test_dmarc_reports import Zone  # noqa: E402
 from test_inbound_auth import Keys, message, sign  # noqa: E402
 
 OURS, FLAT = "advice.test", "flat.test"
@@ -210,28 +207,7 @@ def pyspf_result(e: Env, record: str, name: str, ip: str) -> str:
     zone; pyspf's DNS goes to that zone only."""
     e.zone.records.pop(f"{name}.", None)
     e.zone.add(f"{name}.", "TXT", txt(record))
-
-    def lookup(qname, qtype, strict=True, timeout=5):
-        q = dns.message.make_query(qname, qtype)
-        r = dns.query.udp(q, "127.0.0.1", port=e.port, timeout=timeout)
-        out = []
-        for rrset in r.answer:
-            for rd in rrset:
-                if rrset.rdtype == dns.rdatatype.TXT:
-                    out.append(((qname, qtype), rd.strings))
-                elif rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                    out.append(((qname, qtype), rd.address))
-                elif rrset.rdtype == dns.rdatatype.MX:
-                    out.append(((qname, qtype), (rd.preference, rd.exchange)))
-        return out
-
-    saved = spf.DNSLookup
-    spf.DNSLookup = lookup
-    try:
-        result, _explanation = spf.check2(i=ip, s=f"postmaster@{name}", h=HELO)
-    finally:
-        spf.DNSLookup = saved
-    return result
+    return pyspf_check(spf, e.port, ip, f"postmaster@{name}", HELO)
 
 
 def test_suggested_record_passes_the_legitimate_and_fails_spoofers(env):

@@ -29,14 +29,12 @@ import pytest
 
 pytest.importorskip("dnslib", reason="pip install dnslib")
 spf = pytest.importorskip("spf", reason="pip install pyspf")
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rdatatype  # noqa: E402
-from dnslib import A, MX, QTYPE, RCODE, RR, TXT  # noqa: E402
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+from dnslib import A, MX, TXT  # noqa: E402
+from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import BIN, MailgateServer, free_port  # noqa: E402
-from helpers import Dialogue  # noqa: E402
+from helpers import Dialogue, RefusingSmtp  # noqa: E402
+from loopdns import Zone, pyspf_check  # noqa: E402
 from postfix import PySink, _PySinkHandler, _ThreadingServer  # noqa: E402
 
 SRS_DOMAIN = "srs.example.test"
@@ -46,27 +44,9 @@ ALICE = "alice@origin.example"
 # The client that hands alice's mail to our MX: her domain's SPF lists it.
 ALICE_IP = "127.0.0.5"
 HOSTNAME = "mx.example.test"
-
-
-class Zone(BaseResolver):
-    """TXT, MX and A records from a dict; NXDOMAIN for other names."""
-
-    def __init__(self):
-        self.records: dict[str, list[tuple[str, object]]] = {}
-
-    def add(self, name: str, rtype: str, rdata) -> None:
-        self.records.setdefault(name.lower(), []).append((rtype, rdata))
-
-    def resolve(self, request, handler):
-        reply = request.reply()
-        qname = str(request.q.qname).lower()
-        if qname not in self.records:
-            reply.header.rcode = RCODE.NXDOMAIN
-            return reply
-        for rtype, rdata in self.records[qname]:
-            if QTYPE[request.q.qtype] in (rtype, "ANY"):
-                reply.add_answer(RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
-        return reply
+# A second forwarding address whose target's MX refuses every recipient.
+FORWARD_GONE = "gone@example.test"
+GONE = "nobody@refusing.example"
 
 
 def sink_on(address: str, port: int) -> PySink:
@@ -91,27 +71,7 @@ class Env:
         return path.read_text().splitlines()[0].strip().encode()
 
     def pyspf(self, ip: str, sender: str) -> str:
-        def lookup(qname, qtype, strict=True, timeout=5):
-            q = dns.message.make_query(qname, qtype)
-            r = dns.query.udp(q, "127.0.0.1", port=self.dns_port, timeout=timeout)
-            out = []
-            for rrset in r.answer:
-                for rd in rrset:
-                    if rrset.rdtype == dns.rdatatype.TXT:
-                        out.append(((qname, qtype), rd.strings))
-                    elif rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                        out.append(((qname, qtype), rd.address))
-                    elif rrset.rdtype == dns.rdatatype.MX:
-                        out.append(((qname, qtype), (rd.preference, rd.exchange)))
-            return out
-
-        saved = spf.DNSLookup
-        spf.DNSLookup = lookup
-        try:
-            result, _ = spf.check2(i=ip, s=sender, h=HOSTNAME)
-        finally:
-            spf.DNSLookup = saved
-        return result
+        return pyspf_check(spf, self.dns_port, ip, sender, HOSTNAME)
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +82,11 @@ def env(tmp_path_factory):
     # one setting for every destination).
     try:
         origin_mx = sink_on("127.0.0.2", final_hop.port)
+        refusing = _ThreadingServer(("127.0.0.3", final_hop.port), RefusingSmtp)
     except OSError as e:
         final_hop.stop()
-        pytest.skip(f"cannot listen on 127.0.0.2: {e}")
+        pytest.skip(f"cannot listen on 127.0.0.2 and 127.0.0.3: {e}")
+    threading.Thread(target=refusing.serve_forever, daemon=True).start()
     zone = Zone()
     dns_server = DNSServer(zone, port=free_port(), address="127.0.0.1", logger=DNSLogger(prefix=False, logf=lambda s: None))
     dns_server.start_thread()
@@ -134,12 +96,15 @@ def env(tmp_path_factory):
     zone.add("origin.example.", "MX", MX("mx.origin.example."))
     zone.add("mx.origin.example.", "A", A("127.0.0.2"))
     zone.add("origin.example.", "TXT", TXT([f"v=spf1 ip4:{ALICE_IP} -all"]))
+    zone.add("refusing.example.", "MX", MX("mx.refusing.example."))
+    zone.add("mx.refusing.example.", "A", A("127.0.0.3"))
     # The SRS domain's SPF covers us (we send from 127.0.0.1).
     zone.add(f"{SRS_DOMAIN}.", "TXT", TXT(["v=spf1 ip4:127.0.0.1 -all"]))
     srv = MailgateServer(
         BIN, tmp / "server", dns_port=dns_port, hostname=HOSTNAME,
         extra_toml=(f'[srs]\ndomain = "{SRS_DOMAIN}"\nmax_age_days = 21\n'
-                    f'[[forward]]\naddress = "{FORWARD}"\nto = ["{TARGET}"]\n'),
+                    f'[[forward]]\naddress = "{FORWARD}"\nto = ["{TARGET}"]\n'
+                    f'[[forward]]\naddress = "{FORWARD_GONE}"\nto = ["{GONE}"]\n'),
     )
     text = srv.config_path.read_text().replace(f"mx_port = {srv.mx_delivery_port}", f"mx_port = {final_hop.port}")
     srv.config_path.write_text(text)
@@ -148,6 +113,8 @@ def env(tmp_path_factory):
     srv.stop()
     final_hop.stop()
     origin_mx.stop()
+    refusing.shutdown()
+    refusing.server_close()
     dns_server.stop()
 
 
@@ -237,3 +204,46 @@ def test_forged_and_expired_srs_addresses_are_refused(env):
         # The control: the genuine address is accepted in the same session.
         assert d.cmd(f"RCPT TO:<{good}>").code == 250
         d.cmd("RSET")
+
+
+def test_our_own_notice_about_forwarded_mail_goes_to_the_original_sender(env):
+    """The onward delivery fails (550): mailgate's own DSN goes to alice,
+    whose address the SRS sender stands for, not to the SRS address."""
+    body = (f"From: Alice <{ALICE}>\r\nTo: {FORWARD_GONE}\r\nSubject: gone-1\r\n"
+            "Message-ID: <gone-1@origin.example>\r\n\r\nhello\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", env.srv.mx_port, local_hostname="mx.origin.example", timeout=30,
+                      source_address=(ALICE_IP, 0)) as s:
+        assert s.sendmail(ALICE, [FORWARD_GONE], body) == {}
+    got = env.origin_mx.wait_for(lambda m: b"gone-1@origin.example" in m["content"], timeout=20)
+    assert got, f"no notice reached alice's MX; log:\n{env.srv.log_text()[-3000:]}"
+    m = got[0]
+    assert envelope_sender(m) == "" and m["rcpts"] == [f"<{ALICE}>"], (m["sender"], m["rcpts"])
+    content = m["content"].decode(errors="replace")
+    # RFC 3464: a multipart/report of report-type delivery-status, naming
+    # the failed recipient, its status and the remote's reply.
+    assert "multipart/report" in content and "report-type=delivery-status" in content, content[:1500]
+    assert f"To: <{ALICE}>" in content, content[:1500]
+    assert f"Final-Recipient: rfc822; {GONE}" in content and "Action: failed" in content, content
+    assert "Status: 5.1.1" in content and "No such user here" in content, content
+    log = env.srv.log_text()
+    assert "notice about forwarded mail goes to the original sender" in log
+    # Nothing went (or tried to go) to our own SRS domain.
+    assert f"@{SRS_DOMAIN}" not in "".join(str(x["rcpts"]) for x in env.final_hop.messages + env.origin_mx.messages)
+
+
+def test_no_notice_to_a_forged_srs_sender(env):
+    """Mail whose sender is an SRS address of ours that does not verify is
+    forwarded as it is (it is already in our SRS domain); when it fails,
+    no notice is made: it would go to an address our MX refuses."""
+    forged = f"SRS0=AAAA=AA=origin.example=mallory@{SRS_DOMAIN}"
+    body = (f"From: <{forged}>\r\nTo: {FORWARD_GONE}\r\nSubject: gone-2\r\n"
+            "Message-ID: <gone-2@origin.example>\r\n\r\nhello\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", env.srv.mx_port, local_hostname="mx.srs.example.test", timeout=30) as s:
+        assert s.sendmail(forged, [FORWARD_GONE], body) == {}
+    deadline = time.monotonic() + 20
+    while "the SRS sender does not verify" not in env.srv.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = [l for l in env.srv.log_text().splitlines() if "the SRS sender does not verify" in l]
+    assert line and forged.split("@")[0] in line[0], env.srv.log_text()[-3000:]
+    assert not env.origin_mx.wait_for(lambda m: b"gone-2@origin.example" in m["content"], timeout=1)
+    assert not env.final_hop.wait_for(lambda m: b"gone-2@origin.example" in m["content"], timeout=0.1)

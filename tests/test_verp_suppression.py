@@ -109,8 +109,9 @@ def peer():
         p.server_close()
 
 
-def start(factory, name, peer_port, suppression: dict | None = None, verp: bool = True, deliver_ours_to_peer=False):
-    extra = f'[[domain]]\nname = "peer.test"\ndkim = false\ndeliver = "smtp://127.0.0.1:{peer_port}"\n'
+def start(factory, name, peer_port, suppression: dict | None = None, verp: bool = True, deliver_ours_to_peer=False,
+          extra_toml: str = ""):
+    extra = f'[[domain]]\nname = "peer.test"\ndkim = false\ndeliver = "smtp://127.0.0.1:{peer_port}"\n' + extra_toml
     if suppression:
         extra += "[suppression]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in suppression.items())
     srv = factory(name, relay=TRUSTED, extra_toml=extra)

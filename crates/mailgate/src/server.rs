@@ -148,6 +148,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let d = &config.delivery;
     let trust = Arc::new(crate::outbound::tls::Trust::load(d.ca_file.as_deref()).context("cannot load trusted certificates")?);
     let hooks = crate::webhook::Hooks::start(&config.webhooks, &config.data_dir, metrics.clone(), trust.verifying.clone())?;
+    if let Some(h) = &hooks {
+        suppressions.set_hooks(h.clone());
+    }
     let mta_sts = d.mta_sts.then(|| {
         crate::outbound::mta_sts::MtaSts::new(
             resolver.clone(),
@@ -200,7 +203,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.dkim.rotation_overlap),
     );
     let dash_resolver = outbound.resolver.clone();
-    let scheduler = scheduler::start(config.clone(), spool.clone(), outbound, metrics.clone(), signer.clone(), hooks.clone());
+    let scheduler = scheduler::start(
+        config.clone(),
+        spool.clone(),
+        outbound,
+        metrics.clone(),
+        signer.clone(),
+        hooks.clone(),
+        forwarding.as_ref().map(|f| f.srs.clone()),
+    );
     let limits = listener::Limits::new(
         config.limits.max_connections,
         config.limits.max_connections_per_ip,

@@ -10,7 +10,8 @@
 //!
 //! May import: `spool`, `outbound`, `config`, `metrics`, `webhook` (delivery events), `suppression`
 //! (hard bounces of submitted mail suppress; `action = "drop"` fails a
-//! suppressed recipient at once), `mailgate-core`.
+//! suppressed recipient at once), `srs` (the notice about forwarded mail
+//! goes to the original sender), `mailgate-core`.
 
 mod admin;
 mod due;
@@ -113,6 +114,12 @@ struct Scheduler {
     settled_tx: mpsc::UnboundedSender<(QueueId, bool)>,
     /// `[[webhook]]`s: delivered, deferred and bounced events.
     hooks: Option<Arc<Hooks>>,
+    /// `suppressed` events of recipients dropped at dispatch, emitted with
+    /// the message's other events (first: the bounce follows from them).
+    suppressed: HashMap<QueueId, Vec<(usize, WebhookEvent)>>,
+    /// `[srs]`: a notice about mail we forwarded goes to the original
+    /// sender, not to our SRS address.
+    srs: Option<Arc<crate::srs::Srs>>,
 }
 
 pub fn start(
@@ -122,6 +129,7 @@ pub fn start(
     metrics: Arc<Metrics>,
     signer: Arc<crate::sign::Signer>,
     hooks: Option<Arc<Hooks>>,
+    srs: Option<Arc<crate::srs::Srs>>,
 ) -> Handle {
     let (tx, commands) = mpsc::channel(64);
     let (results_tx, results) = mpsc::unbounded_channel();
@@ -144,6 +152,8 @@ pub fn start(
         results_tx,
         settled_tx,
         hooks,
+        suppressed: HashMap::new(),
+        srs,
     };
     // The recovered queue comes in from the index on the first dispatch.
     tokio::spawn(s.run(commands, results, settled, new_messages));
@@ -236,7 +246,7 @@ impl Scheduler {
             if !r.is_pending() || r.next_attempt > now {
                 continue;
             }
-            if let Some(reply) = self.dropped(&id, &envelope, &r.address) {
+            if let Some(reply) = self.dropped(&id, &envelope, i, &r.address) {
                 dropped.push((i, reply));
                 continue;
             }
@@ -283,21 +293,13 @@ impl Scheduler {
     }
 
     /// With `[suppression] action = "drop"`: the refusal a suppressed
-    /// recipient of a submitted message gets instead of an attempt.
-    fn dropped(&self, id: &QueueId, envelope: &Envelope, to: &mailgate_core::Mailbox) -> Option<Reply> {
-        let entry = self.outbound.suppressions.as_ref()?.drop_entry(envelope, to)?;
-        let reply = crate::suppression::refusal(&entry);
-        // webhook: suppressed
-        let event = crate::suppression::SuppressedEvent {
-            sender: envelope.sender.mailbox().map(|m| m.to_string()).unwrap_or_default(),
-            recipient: to.to_string(),
-            queue_id: Some(id.as_str().to_string()),
-            message_id: None,
-            action: "dropped",
-            reason: reply.lines.join(" "),
-        };
-        self.metrics.suppression("dropped");
-        tracing::info!(queue_id = %id, from = %event.sender, to = %event.recipient, reason = %event.reason, "suppressed recipient dropped");
+    /// recipient of a submitted message gets instead of an attempt; its
+    /// `suppressed` event waits in `suppressed` for the message's others.
+    fn dropped(&mut self, id: &QueueId, envelope: &Envelope, i: usize, to: &mailgate_core::Mailbox) -> Option<Reply> {
+        let (reply, event) = self.outbound.suppressions.as_ref()?.drop_recipient(id, envelope, to)?;
+        if let Some(e) = event {
+            self.suppressed.entry(id.clone()).or_default().push((i, e));
+        }
         Some(reply)
     }
 
@@ -328,13 +330,14 @@ impl Scheduler {
     /// Applies every outcome of an attempt, sends the notices it calls for,
     /// and either removes the message or files its next attempt.
     async fn finish(&mut self, id: QueueId, results: Vec<JobResult>) {
+        let suppressed = self.suppressed.remove(&id).unwrap_or_default();
         let Some(q) = self.spool.get(&id) else { return }; // deleted meanwhile
         let mut env: Envelope = q.envelope;
         let now = now_secs();
         let mut failed = Vec::new();
         let mut succeeded = Vec::new();
         // Webhook events, by recipient index.
-        let mut events: Vec<(usize, WebhookEvent)> = Vec::new();
+        let mut events: Vec<(usize, WebhookEvent)> = suppressed;
         // Hard bounces, for the suppression list (submitted mail only).
         let mut hard = Vec::new();
         for res in &results {
@@ -441,6 +444,7 @@ impl Scheduler {
         let hostname = self.config.hostname.clone();
         let settled = self.settled_tx.clone();
         let signer = self.signer.clone();
+        let srs = self.srs.clone();
         let recorder = self.outbound.recorder.clone();
         let hooks = self.hooks.clone().filter(|_| !events.is_empty());
         if let Some(sup) = self.outbound.suppressions.clone().filter(|s| !hard.is_empty() && s.submitted(&env.client)) {
@@ -464,7 +468,7 @@ impl Scheduler {
                 // past bounce_size_limit): the notice is built in memory.
                 let original = spool.read_limited(&id, NOTICE_QUOTE_LIMIT).ok().flatten().unwrap_or_default();
                 for (kind, which) in notices {
-                    let sent = notify_sender(&spool, &signer, &hostname, &id, &env, &original, kind, which).await;
+                    let sent = notify_sender(&spool, &signer, srs.as_deref(), &hostname, &id, &env, &original, kind, which).await;
                     if let (Some(recorder), Some(dsn)) = (&recorder, sent) {
                         recorder.record(crate::store::Event::Timeline(Box::new(crate::store::TimelineEvent::Dsn(dsn))));
                     }
@@ -536,6 +540,7 @@ impl Scheduler {
 async fn notify_sender(
     spool: &Spool,
     signer: &crate::sign::Signer,
+    srs: Option<&crate::srs::Srs>,
     hostname: &str,
     id: &QueueId,
     env: &Envelope,
@@ -546,6 +551,25 @@ async fn notify_sender(
     if which.is_empty() {
         return None;
     }
+    // Mail we forwarded has our SRS address as its sender: the notice goes
+    // to the address it stands for, as a remote bounce to that address
+    // does; a forged or expired one gets none (our MX would refuse it).
+    let reversed;
+    let env = match (srs, env.sender.mailbox()) {
+        (Some(srs), Some(m)) => match srs.reverse(m) {
+            None => env,
+            Some(Ok(original)) => {
+                tracing::info!(queue_id = %id, srs = %m, to = %original, kind = ?kind, "notice about forwarded mail goes to the original sender");
+                reversed = Envelope { sender: mailgate_core::ReversePath::Mailbox(original), ..env.clone() };
+                &reversed
+            }
+            Some(Err(e)) => {
+                tracing::warn!(queue_id = %id, srs = %m, error = %e, kind = ?kind, "no delivery status notification: the SRS sender does not verify");
+                return None;
+            }
+        },
+        _ => env,
+    };
     let entries: Vec<dsn::Entry<'_>> = which.iter().map(|&(i, action)| dsn::Entry { recipient: &env.recipients[i], action }).collect();
     // A `<>` sender never gets a notice: that is how bounce loops end.
     let (bounce_env, content) = dsn::build(hostname, id, env, original, kind, &entries, SystemTime::now())?;

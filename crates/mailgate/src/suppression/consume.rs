@@ -12,17 +12,20 @@
 //! category, suppresses the recipient for the sender's domain. `Action:
 //! delayed` is soft: recorded, never suppressed.
 //!
+//! A complaint emits a `complained` webhook event once it is recorded.
+//!
 //! May import: `suppression` (its parent), `store`, `spool`,
-//! `report::bounce`, `mailgate-core`.
+//! `report::bounce`, `webhook`, `mailgate-core`.
 
-use mailgate_core::bounce::{self, Kind};
+use mailgate_core::bounce::{self, Category, Kind};
 use mailgate_core::reply::{Reply, StatusCode};
 use mailgate_core::{Mailbox, QueueId, ReversePath};
 
-use super::{ComplaintEvent, Suppressions};
+use super::Suppressions;
 use crate::spool::Spool;
 use crate::store::Recorder;
 use crate::store::timeline::{AttemptRecord, RecipientResult};
+use crate::webhook::{Detail, EventKind, WebhookEvent};
 
 /// Octets of a bounce or complaint read: the parts that matter come first,
 /// and a quoted original may be large.
@@ -131,24 +134,33 @@ pub fn complaint(sup: &Suppressions, spool: &Spool, raw: &[u8]) -> Reply {
         tracing::warn!(feedback_type = %c.feedback_type, "complaint without a sender or recipient; discarded");
         return consumed("complaint names no sender or recipient, discarded".into());
     };
-    // webhook: complained
-    let event = ComplaintEvent {
-        sender,
-        recipient,
-        queue_id,
-        message_id: c.message_id.clone(),
-        feedback_type: c.feedback_type.clone(),
-        reporter: c.reporter.clone(),
-    };
     tracing::info!(
-        from = %event.sender, to = %event.recipient, feedback_type = %event.feedback_type,
-        queue_id = event.queue_id.as_deref().unwrap_or(""), "complaint"
+        from = %sender, to = %recipient, feedback_type = %c.feedback_type,
+        queue_id = queue_id.as_deref().unwrap_or(""), "complaint"
     );
-    if c.feedback_type == "not-spam" {
-        return consumed(format!("not-spam report for <{}> recorded", event.recipient));
+    // A `not-spam` report takes nobody off the list and puts nobody on it.
+    let suppress = c.feedback_type != "not-spam";
+    let reply = if suppress {
+        match sup.complaint(&sender, &recipient, &c.feedback_type) {
+            Ok(()) => consumed(format!("complaint about <{recipient}> recorded; suppressed")),
+            // The reporter tries again: the event waits for that attempt.
+            Err(e) => return Reply::new(451, StatusCode::new(4, 3, 0), format!("suppression list unavailable: {e}")),
+        }
+    } else {
+        consumed(format!("not-spam report for <{recipient}> recorded"))
+    };
+    if let Some(hooks) = sup.hooks_for(EventKind::Complained) {
+        let mut e = WebhookEvent::new(EventKind::Complained, &ReversePath::Null);
+        e.sender = sender;
+        e.recipient = Some(recipient);
+        e.queue_id = queue_id;
+        e.message_id = c.message_id.clone();
+        // A complaint is a permanent verdict on the mail, of the kind a
+        // spam block is: a consumer that stops mailing hard bounces stops
+        // here too. A not-spam report is no failure.
+        e.classification = suppress.then_some(crate::webhook::EventClass { kind: Kind::Hard, category: Category::PolicyOrSpam });
+        e.detail = Some(Detail::Complaint { feedback_type: c.feedback_type.clone(), reporter: c.reporter.clone(), suppressed: suppress });
+        hooks.emit(e);
     }
-    match sup.complaint(&event) {
-        Ok(()) => consumed(format!("complaint about <{}> recorded; suppressed", event.recipient)),
-        Err(e) => Reply::new(451, StatusCode::new(4, 3, 0), format!("suppression list unavailable: {e}")),
-    }
+    reply
 }

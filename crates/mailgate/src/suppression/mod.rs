@@ -12,15 +12,19 @@
 //!   reads without waiting on the store (re-read every
 //!   [`REFRESH`], so nodes sharing a store see each other's entries).
 //!
+//! `complained` and `suppressed` webhook events start here (see
+//! [`Suppressions::set_hooks`]).
+//!
 //! May import: `store`, `config`, `metrics`, `spool` (the envelope of a
-//! message a bounce names), `report::bounce`, `mailgate-core`.
+//! message a bounce names), `report::bounce`, `webhook` (events),
+//! `mailgate-core`.
 
 pub mod arf;
 pub mod consume;
 pub mod verp;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -33,6 +37,7 @@ use crate::config::{Config, SuppressAction, Suppression};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::suppression::Suppressed;
+use crate::webhook::{Detail, EventKind, Hooks, ListEntry, WebhookEvent};
 
 /// How often the in-memory copy is re-read from the store (and expired
 /// entries deleted there).
@@ -40,31 +45,6 @@ pub const REFRESH: Duration = Duration::from_secs(10);
 /// How long a VERP token stays good after its message arrived, beyond
 /// `[delivery] max_age`: receivers retry for days before they bounce.
 const VERP_GRACE: u64 = 7 * 86_400;
-
-/// A recipient refused or dropped because it is on the list: one place
-/// for what a `suppressed` webhook event carries.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SuppressedEvent {
-    pub sender: String,
-    pub recipient: String,
-    /// `None` when refused at RCPT (no queue id yet).
-    pub queue_id: Option<String>,
-    pub message_id: Option<String>,
-    /// `refused` or `dropped`.
-    pub action: &'static str,
-    pub reason: String,
-}
-
-/// A complaint consumed: what a `complained` webhook event carries.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ComplaintEvent {
-    pub sender: String,
-    pub recipient: String,
-    pub queue_id: Option<String>,
-    pub message_id: Option<String>,
-    pub feedback_type: String,
-    pub reporter: Option<String>,
-}
 
 /// The suppression list, VERP codec and settings, shared by the SMTP
 /// path, the scheduler, delivery and the admin API.
@@ -78,6 +58,9 @@ pub struct Suppressions {
     metrics: Arc<Metrics>,
     /// (domain, address), lower-cased: the entries in force when read.
     cache: RwLock<HashMap<(String, String), Suppressed>>,
+    /// `[[webhook]]`s, set once they are started (after the list, which
+    /// delivery needs first).
+    hooks: OnceLock<Arc<Hooks>>,
 }
 
 impl Suppressions {
@@ -97,6 +80,7 @@ impl Suppressions {
             trusted: config.trusted_networks.clone(),
             metrics,
             cache: RwLock::new(HashMap::new()),
+            hooks: OnceLock::new(),
         };
         // A store that cannot be read yet (PostgreSQL still down) must not
         // stop mail: the list is read again every REFRESH.
@@ -130,6 +114,16 @@ impl Suppressions {
         let map = entries.into_iter().map(|e| ((e.domain.clone(), e.address.clone()), e)).collect();
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = map;
         Ok(())
+    }
+
+    /// From now on `complained` and `suppressed` events go to `hooks`.
+    pub fn set_hooks(&self, hooks: Arc<Hooks>) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    /// The webhooks, if any receives events of `kind`.
+    pub fn hooks_for(&self, kind: EventKind) -> Option<&Hooks> {
+        self.hooks.get().map(Arc::as_ref).filter(|h| h.wants(kind))
     }
 
     pub fn settings(&self) -> &Suppression {
@@ -211,15 +205,16 @@ impl Suppressions {
         }
     }
 
-    /// A complaint about mail from `domain` to `recipient`. Blocks.
-    pub fn complaint(&self, event: &ComplaintEvent) -> crate::store::Result<()> {
-        let domain = event.sender.rsplit_once('@').map_or(event.sender.as_str(), |(_, d)| d).to_string();
+    /// A complaint (of `feedback_type`) about mail from `sender` to
+    /// `recipient`. Blocks.
+    pub fn complaint(&self, sender: &str, recipient: &str, feedback_type: &str) -> crate::store::Result<()> {
+        let domain = sender.rsplit_once('@').map_or(sender, |(_, d)| d).to_string();
         let now = crate::store::unix_now();
         self.add(Suppressed {
             domain,
-            address: event.recipient.clone(),
+            address: recipient.to_string(),
             category: "complaint".into(),
-            reason: clip(&format!("feedback type {}", event.feedback_type)),
+            reason: clip(&format!("feedback type {feedback_type}")),
             source: "complaint".into(),
             created: now,
             expires: self.expiry(now),
@@ -298,29 +293,59 @@ impl Suppressions {
         let Some(sender) = from.mailbox() else { return Ok(()) };
         let Some(entry) = self.lookup(&sender.host().to_string(), &to.to_string()) else { return Ok(()) };
         let reply = refusal(&entry);
-        // webhook: suppressed
-        let event = SuppressedEvent {
-            sender: sender.to_string(),
-            recipient: to.to_string(),
-            queue_id: None,
-            message_id: None,
-            action: "refused",
-            reason: reply.lines.join(" "),
-        };
         self.metrics.suppression("refused");
-        tracing::info!(from = %event.sender, to = %event.recipient, reason = %event.reason, "suppressed recipient refused");
+        tracing::info!(from = %sender, to = %to, reason = %reply.lines.join(" "), "suppressed recipient refused");
+        if let Some(hooks) = self.hooks_for(EventKind::Suppressed) {
+            hooks.emit(suppressed_event(from, to, &entry, &reply, None, "refused"));
+        }
         Err(reply)
     }
 
-    /// With `action = "drop"`: the entry that makes the scheduler fail
-    /// this recipient of a submitted message at once (with a notice).
-    pub fn drop_entry(&self, envelope: &mailgate_core::Envelope, to: &Mailbox) -> Option<Suppressed> {
+    /// With `[suppression] action = "drop"`: the refusal that makes the
+    /// scheduler fail this recipient of a submitted message at once (with
+    /// a notice), and the `suppressed` event to emit with the message's
+    /// other events (when a webhook wants it).
+    pub fn drop_recipient(&self, id: &QueueId, envelope: &mailgate_core::Envelope, to: &Mailbox) -> Option<(Reply, Option<WebhookEvent>)> {
         if self.settings.action != SuppressAction::Drop || !self.submitted(&envelope.client) {
             return None;
         }
         let sender = envelope.sender.mailbox()?;
-        self.lookup(&sender.host().to_string(), &to.to_string())
+        let entry = self.lookup(&sender.host().to_string(), &to.to_string())?;
+        let reply = refusal(&entry);
+        self.metrics.suppression("dropped");
+        tracing::info!(queue_id = %id, from = %sender, to = %to, reason = %reply.lines.join(" "), "suppressed recipient dropped");
+        let event =
+            self.hooks_for(EventKind::Suppressed).map(|_| suppressed_event(&envelope.sender, to, &entry, &reply, Some(id), "dropped"));
+        Some((reply, event))
     }
+}
+
+/// The `suppressed` event of a recipient `action` (`refused`, `dropped`)
+/// for being on the list as `entry`.
+fn suppressed_event(
+    sender: &ReversePath,
+    to: &Mailbox,
+    entry: &Suppressed,
+    reply: &Reply,
+    id: Option<&QueueId>,
+    action: &'static str,
+) -> WebhookEvent {
+    let mut e = WebhookEvent::new(EventKind::Suppressed, sender);
+    e.queue_id = id.map(|i| i.as_str().to_string());
+    e.recipient = Some(to.to_string());
+    e.reply = Some(reply.to_string().trim_end().to_string());
+    e.detail = Some(Detail::Suppression {
+        action,
+        suppression: ListEntry {
+            domain: entry.domain.clone(),
+            source: entry.source.clone(),
+            category: entry.category.clone(),
+            reason: entry.reason.clone(),
+            since: crate::webhook::rfc3339(entry.created),
+            expires: (entry.expires != 0).then(|| crate::webhook::rfc3339(entry.expires)),
+        },
+    });
+    e
 }
 
 /// The `550 5.1.1` a suppressed recipient gets, saying why and since when.

@@ -1,7 +1,8 @@
 //! Delivery webhooks (`[[webhook]]`): what happened to each message —
-//! delivered, deferred, bounced, rejected at submission, and (from the
-//! suppression work) complained and suppressed — POSTed as one signed JSON
-//! document per event to the applications that sent it.
+//! delivered, deferred, bounced, rejected at submission, complained about
+//! (an ARF report, from `suppression::consume`) and suppressed (refused or
+//! dropped by the suppression list, from `suppression`) — POSTed as one
+//! signed JSON document per event to the applications that sent it.
 //!
 //! [`Hooks::emit`] never waits: the event goes on a bounded channel to one
 //! writer task that commits whatever has gathered in one SQLite
@@ -17,6 +18,7 @@ mod outbox;
 mod sender;
 pub mod submission;
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,8 +101,44 @@ pub struct WebhookEvent {
     pub reply: Option<String>,
     pub classification: Option<EventClass>,
     /// Delivery attempts for this recipient so far (0 for a submission
-    /// refusal).
+    /// refusal, a complaint or a suppression).
     pub attempt: u32,
+    /// The fields only `complained` and `suppressed` events have, after
+    /// the common ones; absent from every other event.
+    #[serde(flatten)]
+    pub detail: Option<Detail>,
+}
+
+/// What a `complained` or a `suppressed` event adds to the common fields.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Detail {
+    /// `complained`: `"feedback_type"` as the report has it (`abuse`,
+    /// `fraud`, `not-spam`, ...), `"reporter"` (its `Reporting-MTA` or
+    /// `User-Agent`, or null) and `"suppressed"` (whether the recipient
+    /// was put on the sender domain's list: not for `not-spam`).
+    Complaint { feedback_type: String, reporter: Option<String>, suppressed: bool },
+    /// `suppressed`: `"action"` (`refused` at RCPT, or `dropped` from the
+    /// queue with `[suppression] action = "drop"`) and the list entry
+    /// that did it.
+    Suppression { action: &'static str, suppression: ListEntry },
+}
+
+/// A suppression-list entry as a `suppressed` event shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListEntry {
+    /// The sending domain whose list it is on.
+    pub domain: String,
+    /// `bounce`, `async-bounce`, `complaint` or `manual`.
+    pub source: String,
+    /// The bounce category, `complaint`, or `manual`.
+    pub category: String,
+    /// The bounce reply or feedback type it was added for.
+    pub reason: String,
+    /// When it was added, RFC 3339 in UTC.
+    pub since: String,
+    /// When it expires (RFC 3339), or null: never.
+    pub expires: Option<String>,
 }
 
 impl WebhookEvent {
@@ -120,6 +158,7 @@ impl WebhookEvent {
             reply: None,
             classification: None,
             attempt: 0,
+            detail: None,
         }
     }
 
@@ -259,8 +298,12 @@ pub fn signature(secret: &str, t: u64, body: &str) -> String {
     ctx.update(b".");
     ctx.update(body.as_bytes());
     let tag = ctx.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},v1={hex}")
+    let mut out = String::with_capacity(80);
+    let _ = write!(out, "t={t},v1=");
+    for b in tag.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -322,5 +365,29 @@ mod tests {
         let c = mailgate_core::bounce::classify_reply("550 5.1.1 no such user");
         let v = serde_json::to_value(e.classified(c)).unwrap();
         assert_eq!(v["classification"], serde_json::json!({"kind": "hard", "category": "no_such_user"}));
+        assert!(v.get("feedback_type").is_none() && v.get("action").is_none(), "no detail fields: {v}");
+    }
+
+    #[test]
+    fn detail_fields_follow_the_common_ones() {
+        let mut e = WebhookEvent::new(EventKind::Complained, &ReversePath::Null);
+        e.detail = Some(Detail::Complaint { feedback_type: "abuse".into(), reporter: None, suppressed: true });
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!((&v["event"], &v["feedback_type"], &v["suppressed"]), (&"complained".into(), &"abuse".into(), &true.into()));
+        assert!(v["reporter"].is_null() && v["queue_id"].is_null());
+        e.event = EventKind::Suppressed;
+        let entry = ListEntry {
+            domain: "example.com".into(),
+            source: "manual".into(),
+            category: "manual".into(),
+            reason: String::new(),
+            since: rfc3339(0),
+            expires: None,
+        };
+        e.detail = Some(Detail::Suppression { action: "refused", suppression: entry });
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["action"], "refused");
+        assert_eq!(v["suppression"]["since"], "1970-01-01T00:00:00Z");
+        assert_eq!(v.as_object().unwrap().len(), 12, "ten common fields and two of its own: {v}");
     }
 }

@@ -183,10 +183,14 @@ pub async fn run(
                         Settle::Retry { seq, attempts, next_try: now_ms().saturating_add(wait as i64) }
                     }
                 };
+                // No look at the outbox here: this row stays in it (and its
+                // message's next event is no head) until the writer has
+                // committed the outcome, which `committed` reports. Looking
+                // on every finished POST cost a blocking SQLite read per
+                // event when the receiver keeps up.
                 if writer.send(Msg::Settle(settle)).await.is_err() {
                     return;
                 }
-                look = true;
             }
             seqs = committed.recv() => {
                 let Some(seqs) = seqs else { return };
