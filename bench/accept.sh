@@ -13,6 +13,7 @@
 # Usage (as root):  bench/accept.sh
 # Environment:
 #   RUNS=2          runs per side, interleaved (mailgate, postfix, mailgate, ...)
+#   BUILD=0         do not build; use target/release/mailgate as it is
 #   MESSAGES=20000  SESSIONS=20  SIZE=5120   smtp-source -m / -s / -l
 #   SIDES="mailgate postfix sink"             which sides to run; "sink" is the
 #                   ceiling: smtp-source straight to smtp-sink, nothing stored
@@ -90,9 +91,13 @@ PF_MASTER_CF=/usr/share/postfix/master.cf.dist
 PF_VERSION=$(postconf -d -h mail_version 2>/dev/null || echo unknown)
 
 # ---------------------------------------------------------------- build
-log "building mailgate (release)"
-(cd "$ROOT" && cargo build --release -p mailgate) > "${TMPDIR:-/tmp}/mailgate-accept-build.log" 2>&1 ||
-    { tail -30 "${TMPDIR:-/tmp}/mailgate-accept-build.log" >&2; die "cargo build failed"; }
+# BUILD=0 uses target/release/mailgate as it is (built with the whole
+# workspace, `cargo build --release`), as bench/relay.sh does.
+if [ "${BUILD:-1}" != 0 ]; then
+    log "building mailgate (release)"
+    (cd "$ROOT" && cargo build --release -p mailgate) > "${TMPDIR:-/tmp}/mailgate-accept-build.log" 2>&1 ||
+        { tail -30 "${TMPDIR:-/tmp}/mailgate-accept-build.log" >&2; die "cargo build failed"; }
+fi
 [ -x "$MAILGATE" ] || die "no $MAILGATE after build"
 
 # ---------------------------------------------------------------- scratch
