@@ -59,7 +59,12 @@ class Zone(BaseResolver):
         self.records: dict[str, list[tuple[str, object]]] = {}
 
     def add(self, name: str, rtype: str, rdata) -> None:
-        self.records.setdefault(name.lower(), []).append((rtype, rdata))
+        # Stored as DNS asks: lower case, with the root's dot.
+        self.records.setdefault(name.lower().rstrip(".") + ".", []).append((rtype, rdata))
+
+    def txt(self, name: str, value: str) -> None:
+        """A TXT record of one string, split in 255-byte chunks."""
+        self.add(name, "TXT", TXT([value[i:i + 255] for i in range(0, len(value), 255)]))
 
     def resolve(self, request, handler):
         reply = request.reply()

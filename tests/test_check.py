@@ -33,39 +33,16 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
-from dnslib import A, MX, QTYPE, RCODE, RR, TXT  # noqa: E402
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+from dnslib import A, MX  # noqa: E402
+from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import BIN, free_port  # noqa: E402
+from loopdns import Zone  # noqa: E402
 
 GOOD = "good.test"
 CODES_OK = {"mx-ok", "spf-record", "spf-lookups", "spf-void-lookups", "spf-all", "dkim-key-ok", "dmarc-record",
             "dmarc-policy", "dmarc-alignment", "dmarc-destination", "mta-sts-txt", "mta-sts-mode", "mta-sts-mx",
             "mta-sts-max-age", "tls-rpt-ok", "bimi-absent"}
-
-
-class Zone(BaseResolver):
-    """TXT, MX and A records from a dict; NXDOMAIN for unknown names."""
-
-    def __init__(self):
-        self.records: dict[str, list[tuple[str, object]]] = {}
-
-    def add(self, name: str, rtype: str, rdata) -> None:
-        self.records.setdefault(name.lower().rstrip(".") + ".", []).append((rtype, rdata))
-
-    def txt(self, name: str, value: str) -> None:
-        self.add(name, "TXT", TXT([value[i:i + 255] for i in range(0, len(value), 255)]))
-
-    def resolve(self, request, handler):
-        reply = request.reply()
-        qname = str(request.q.qname).lower()
-        if qname not in self.records:
-            reply.header.rcode = RCODE.NXDOMAIN
-            return reply
-        for rtype, rdata in self.records[qname]:
-            if QTYPE[request.q.qtype] in (rtype, "ANY"):
-                reply.add_answer(RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
-        return reply
 
 
 def spki(public_key) -> str:

@@ -28,7 +28,7 @@ from dnslib import A, MX, TLSA  # noqa: E402
 from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import BIN, free_port  # noqa: E402
-from test_check import Zone  # noqa: E402
+from loopdns import Zone  # noqa: E402
 
 
 def key_311(public_key) -> str:

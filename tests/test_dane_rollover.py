@@ -24,7 +24,7 @@ from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import free_port  # noqa: E402
 from dnssec_dns import wait_for  # noqa: E402
-from test_check import Zone  # noqa: E402
+from loopdns import Zone  # noqa: E402
 from test_check_dane import key_311, self_signed  # noqa: E402
 
 HOST = "mx.roll.test"
