@@ -374,6 +374,25 @@ pub struct ReportSummary {
     pub messages: u64,
 }
 
+impl ReportSummary {
+    /// The stored report this summary heads, from the parts each store
+    /// reads apart.
+    fn report(&self, email: String, policy: Option<PolicyPublished>, rows: Vec<ReportRow>, tls: Vec<TlsPolicyResult>) -> IngestedReport {
+        IngestedReport {
+            kind: self.kind,
+            org_name: self.org_name.clone(),
+            report_id: self.report_id.clone(),
+            email,
+            begin: self.begin,
+            end: self.end,
+            policy_domain: self.policy_domain.clone(),
+            policy,
+            rows,
+            tls,
+        }
+    }
+}
+
 /// Which stored reports to list: newest first, `after` an id for paging.
 #[derive(Debug, Clone, Default)]
 pub struct ReportQuery {

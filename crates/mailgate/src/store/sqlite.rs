@@ -369,18 +369,7 @@ impl Store for Sqlite {
         let mut st = c.prepare_cached("SELECT detail FROM report_tls WHERE report = ?1 ORDER BY rowid")?;
         let tls =
             st.query_map(params![id], |r| r.get::<_, String>(0))?.map(|d| from_json(&d?)).collect::<Result<Vec<TlsPolicyResult>>>()?;
-        let report = IngestedReport {
-            kind: s.kind,
-            org_name: s.org_name.clone(),
-            report_id: s.report_id.clone(),
-            email,
-            begin: s.begin,
-            end: s.end,
-            policy_domain: s.policy_domain.clone(),
-            policy: policy.map(|p| from_json(&p)).transpose()?,
-            rows,
-            tls,
-        };
+        let report = s.report(email, policy.map(|p| from_json(&p)).transpose()?, rows, tls);
         Ok(Some((s, report)))
     }
 

@@ -185,18 +185,7 @@ pub(super) fn get_report(c: &mut Client, id: i64) -> Result<Option<(ReportSummar
         .iter()
         .map(|r| from_json(col(r, 0)?))
         .collect::<Result<Vec<TlsPolicyResult>>>()?;
-    let report = IngestedReport {
-        kind: s.kind,
-        org_name: s.org_name.clone(),
-        report_id: s.report_id.clone(),
-        email,
-        begin: s.begin,
-        end: s.end,
-        policy_domain: s.policy_domain.clone(),
-        policy: policy.map(|p| from_json(&p)).transpose()?,
-        rows,
-        tls,
-    };
+    let report = s.report(email, policy.map(|p| from_json(&p)).transpose()?, rows, tls);
     Ok(Some((s, report)))
 }
 
