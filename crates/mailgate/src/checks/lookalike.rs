@@ -28,7 +28,9 @@
 //!
 //! May import: `mailgate-core`. Pure: no I/O.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use unicode_security::skeleton;
 
@@ -127,7 +129,15 @@ struct Protected {
 /// The domains to protect: our `[[domain]]`s plus partner and brand names.
 pub struct Lookalikes {
     protected: Vec<Protected>,
+    /// [`Lookalikes::check_domain`]'s answers by domain as given: the same
+    /// few sender domains and HELO names come back message after message,
+    /// and working one out (IDNA, skeletons, edit distances) costs
+    /// microseconds. Emptied when full, so random names cannot grow it.
+    memo: Mutex<HashMap<String, Option<Finding>>>,
 }
+
+/// Most answers [`Lookalikes`] remembers.
+const MEMO_MAX: usize = 4096;
 
 /// Lower-cased Unicode form of a domain, `xn--` labels decoded.
 fn unicode_form(domain: &str) -> String {
@@ -219,7 +229,7 @@ impl Lookalikes {
                 Protected { name, label, tld, skeleton, folded_label, folded_name }
             })
             .collect();
-        Lookalikes { protected }
+        Lookalikes { protected, memo: Mutex::default() }
     }
 
     fn is_ours(&self, domain: &str) -> bool {
@@ -228,6 +238,20 @@ impl Lookalikes {
 
     /// Checks a sender domain (From:, MAIL FROM or DKIM `d=`).
     pub fn check_domain(&self, domain: &str) -> Option<Finding> {
+        if let Some(known) = self.memo.lock().ok().and_then(|m| m.get(domain).cloned()) {
+            return known;
+        }
+        let found = self.work_out(domain);
+        if let Ok(mut memo) = self.memo.lock() {
+            if memo.len() >= MEMO_MAX {
+                memo.clear();
+            }
+            memo.insert(domain.to_owned(), found.clone());
+        }
+        found
+    }
+
+    fn work_out(&self, domain: &str) -> Option<Finding> {
         let candidate = unicode_form(domain);
         if candidate.is_empty() || self.is_ours(&candidate) {
             return None;
@@ -336,6 +360,22 @@ mod tests {
 
     fn rule(d: &str) -> Option<Rule> {
         l().check_domain(d).map(|f| f.rule)
+    }
+
+    #[test]
+    fn remembered_answers_are_the_worked_out_ones_and_the_memo_stays_bounded() {
+        let l = l();
+        for d in ["PayPa1.com", "paypa1.com", "b1gbank.example", "unrelated.org", "EXAMPLE.TEST."] {
+            let first = l.check_domain(d);
+            assert_eq!(first, l.work_out(d), "{d}");
+            assert_eq!(l.check_domain(d), first, "{d}: a remembered answer");
+        }
+        assert_eq!(l.check_domain("PayPa1.com").map(|f| f.domain), Some("paypa1.com".into()));
+        for i in 0..MEMO_MAX + 10 {
+            l.check_domain(&format!("n{i}.invalid"));
+        }
+        assert!(l.memo.lock().unwrap().len() <= MEMO_MAX);
+        assert_eq!(l.check_domain("paypa1.com").map(|f| f.rule), Some(Rule::Confusable), "still right after emptying");
     }
 
     #[test]

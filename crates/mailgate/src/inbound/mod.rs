@@ -208,7 +208,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
         size_read_buffer(&mut buf, waiting);
         pending = loop {
             tokio::select! {
-                read = tokio::time::timeout_at(due.into(), stream.read(&mut buf)) => match read {
+                read = tokio::time::timeout_at(due.into(), stream.read_buf(&mut buf)) => match read {
                     Err(_) => {
                         // A rate window that ended well just starts the next.
                         if let Some(next) = clock.fired(expired, Instant::now()) {
@@ -240,8 +240,10 @@ fn size_read_buffer(buf: &mut Vec<u8>, waiting: Waiting) {
     const COMMANDS: usize = 4 * 1024;
     const CONTENT: usize = 64 * 1024;
     let want = if waiting == Waiting::Data { CONTENT } else { COMMANDS };
-    if buf.len() != want {
-        *buf = vec![0u8; want];
+    buf.clear();
+    // Capacity only: `read_buf` fills it without zeroing it first.
+    if buf.capacity() != want {
+        *buf = Vec::with_capacity(want);
     }
 }
 
