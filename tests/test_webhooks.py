@@ -50,6 +50,8 @@ class Receiver:
         self.posts: list[dict] = []
         self.lock = threading.Lock()
         self.fail = lambda event: False
+        self.delay = lambda event: 0.0  # seconds before answering
+        self.arrived: list[dict] = []  # events in the order their POSTs began
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +59,9 @@ class Receiver:
                 n = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(n)
                 event = json.loads(body)
+                with outer.lock:
+                    outer.arrived.append(event)
+                time.sleep(outer.delay(event))
                 post = {"body": body, "sig": self.headers.get("Mailgate-Signature", ""),
                         "ctype": self.headers.get("Content-Type", ""), "event": event}
                 failed = outer.fail(event)
@@ -291,6 +296,54 @@ def test_receiver_down_then_up_across_a_restart(mailgate_factory, peer, monkeypa
         while metric(srv, "mailgate_webhook_outbox_events") != 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert metric(srv, "mailgate_webhook_outbox_events") == 0
+    finally:
+        receiver.stop()
+
+
+def test_order_per_message_with_a_slow_receiver_and_a_refusal(mailgate_factory, peer, monkeypatch):
+    """While the receiver keeps up, events go straight from the writer's
+    commit to the sender; a message's second event still waits for its
+    first to be answered, and one refused POST (the sender falls back to
+    reading the outbox) neither loses nor reorders anything."""
+    monkeypatch.setenv("MAILGATE_WEBHOOK_RETRY_MS", "200")
+    receiver = Receiver()
+    # "delivered" answers slowly: a "bounced" of the same message sent
+    # without waiting for it would begin before it ends.
+    receiver.delay = lambda e: 0.3 if e["event"] == "delivered" else 0.0
+    refused: set[str] = set()
+
+    def fail(e):
+        # The third message's "delivered" is refused once.
+        if e["event"] == "delivered" and e["queue_id"] == qids[2] and not refused:
+            refused.add(e["queue_id"])
+            return True
+        return False
+
+    receiver.fail = fail
+    srv = make(mailgate_factory, peer, hook_toml(receiver.url()))
+    srv.start()
+    try:
+        qids: list[str] = []
+        for i in range(6):
+            qids.append(send(srv, ["ok@example.test", "hard@example.test"], f"o{i}"))
+        got = receiver.wait_for(12, timeout=30)
+        assert len(got) == 12, got
+        assert refused == {qids[2]}
+        for q in qids:
+            began = [e["event"] for e in receiver.arrived if e["queue_id"] == q]
+            ended = [e["event"] for e in got if e["queue_id"] == q]
+            want = ["delivered", "delivered", "bounced"] if q == qids[2] else ["delivered", "bounced"]
+            assert began == want, (q, began)
+            assert ended == ["delivered", "bounced"], (q, ended)
+        # After the outbox drained, later events flow again, in order.
+        more = send(srv, ["ok@example.test", "hard@example.test"], "late")
+        got = receiver.wait_for(14, timeout=30)
+        assert [e["event"] for e in receiver.arrived if e["queue_id"] == more] == ["delivered", "bounced"]
+        deadline = time.monotonic() + 5
+        while metric(srv, "mailgate_webhook_outbox_events") != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(srv, "mailgate_webhook_outbox_events") == 0
+        assert metric(srv, "mailgate_webhook_events_total", result="sent") == 14
     finally:
         receiver.stop()
 

@@ -52,6 +52,9 @@ pub struct JobResult {
     pub remote_dsn: bool,
     /// Final delivery here (maildir, LMTP) rather than relaying.
     pub local: bool,
+    /// The message's `Message-ID:` as written, when the worker read its
+    /// header block (for webhook events, without reading it again).
+    pub message_id: Option<String>,
 }
 
 /// Where workers get their jobs.
@@ -354,6 +357,7 @@ fn unsent(job: &Job, outcome: Outcome) -> JobResult {
         remote: None,
         remote_dsn: false,
         local: false,
+        message_id: None,
     }
 }
 
@@ -396,13 +400,15 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
         };
         if dest == Destination::Ingest {
             let outcomes = ingest::deliver(ob.ingester.clone(), &job, content).await;
-            let result = JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true };
+            let result =
+                JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true, message_id: None };
             ob.finish(&dest, &results, &job.envelope, false, result);
             continue;
         }
         if matches!(dest, Destination::Bounce | Destination::Complaint) {
             let outcomes = consume(&ob, &job, content, dest == Destination::Complaint).await;
-            let result = JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true };
+            let result =
+                JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true, message_id: None };
             ob.finish(&dest, &results, &job.envelope, false, result);
             continue;
         }
@@ -419,7 +425,7 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
                 &results,
                 &job.envelope,
                 false,
-                JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true },
+                JobResult { id: job.id, rcpts: job.rcpts, outcomes, remote: None, remote_dsn: false, local: true, message_id: None },
             );
             continue;
         }
@@ -460,6 +466,7 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             remote: Some(c.remote.clone()),
             remote_dsn: c.supports_dsn(),
             local: matches!(dest, Destination::Lmtp { .. }),
+            message_id: crate::webhook::message_id(content.prefix()),
         };
         ob.finish(&dest, &results, &job.envelope, c.tls_active(), result);
     }

@@ -267,7 +267,15 @@ impl Scheduler {
         self.in_flight.insert(id.clone(), InFlight { jobs_left: groups.len() + usize::from(!dropped.is_empty()), results: Vec::new() });
         if !dropped.is_empty() {
             let (rcpts, outcomes) = dropped.into_iter().map(|(i, r)| (i, Outcome::Permanent(r))).unzip();
-            let _ = self.results_tx.send(JobResult { id: id.clone(), rcpts, outcomes, remote: None, remote_dsn: false, local: true });
+            let _ = self.results_tx.send(JobResult {
+                id: id.clone(),
+                rcpts,
+                outcomes,
+                remote: None,
+                remote_dsn: false,
+                local: true,
+                message_id: None,
+            });
         }
         for (dest, rcpts) in groups {
             let job = Job { id: id.clone(), envelope: envelope.clone(), rcpts };
@@ -286,6 +294,7 @@ impl Scheduler {
                         remote: None,
                         remote_dsn: false,
                         local: false,
+                        message_id: None,
                     });
                 }
             }
@@ -447,6 +456,8 @@ impl Scheduler {
         let srs = self.srs.clone();
         let recorder = self.outbound.recorder.clone();
         let hooks = self.hooks.clone().filter(|_| !events.is_empty());
+        // As the delivery read it; else (nothing was sent) from the spool.
+        let message_id = results.iter().find_map(|r| r.message_id.clone());
         if let Some(sup) = self.outbound.suppressions.clone().filter(|s| !hard.is_empty() && s.submitted(&env.client)) {
             let sender = env.sender.clone();
             tokio::task::spawn_blocking(move || {
@@ -456,11 +467,13 @@ impl Scheduler {
             });
         }
         tokio::spawn(async move {
-            // Before the message may be removed: its Message-ID is read
-            // from the spool (the header block only).
+            // Before the message may be removed: without a delivery that
+            // read it, its Message-ID is read from the spool (the header
+            // block only).
             if let Some(hooks) = hooks {
-                let header = spool.read_limited(&id, 0).ok().flatten();
-                hooks.emit_for_message(events.into_iter().map(|(_, e)| e).collect(), header.as_deref());
+                let message_id =
+                    message_id.or_else(|| spool.read_limited(&id, 0).ok().flatten().and_then(|h| crate::webhook::message_id(&h)));
+                hooks.emit_for_message(events.into_iter().map(|(_, e)| e).collect(), message_id);
             }
             let notices = [(dsn::Kind::Failure, failure), (dsn::Kind::Success, succeeded), (dsn::Kind::Delay, delayed)];
             if notices.iter().any(|(_, which)| !which.is_empty()) {

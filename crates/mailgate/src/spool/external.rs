@@ -149,6 +149,12 @@ impl Content {
         self.body.is_none().then_some(&self.prefix[..])
     }
 
+    /// What is held in memory: the whole content, or (for a large message)
+    /// at least its header block.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
     /// Starts reading from the beginning again (a retry over a new
     /// connection).
     pub fn rewind(&mut self) {

@@ -262,10 +262,9 @@ impl Hooks {
         }
     }
 
-    /// Emits delivery events of one message, with its `Message-ID:` read
-    /// from `header` (its header block) when there is one.
-    pub fn emit_for_message(&self, events: Vec<WebhookEvent>, header: Option<&[u8]>) {
-        let message_id = header.and_then(message_id);
+    /// Emits delivery events of one message, with its `Message-ID:` (see
+    /// [`message_id`]) when it has one.
+    pub fn emit_for_message(&self, events: Vec<WebhookEvent>, message_id: Option<String>) {
         for mut e in events {
             e.message_id.clone_from(&message_id);
             self.emit(e);
@@ -282,18 +281,40 @@ impl Hooks {
     }
 }
 
-/// The `Message-ID:` field of a header block as written (unfolded).
+/// The first `Message-ID:` field of a message's header block as written,
+/// unfolded, its runs of white space made one space; `header` may go on
+/// past the header block (the body is not looked at). A plain scan, not a
+/// parse: it runs for every delivery a webhook hears of.
 pub fn message_id(header: &[u8]) -> Option<String> {
-    let m = mail_parser::MessageParser::new().parse_headers(header)?;
-    let raw = m.header_raw(mail_parser::HeaderName::MessageId)?;
-    let v = raw.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!v.is_empty()).then_some(v)
+    const NAME: &[u8] = b"message-id";
+    let mut lines = header.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            return None; // the end of the header block
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if !line[..colon].trim_ascii_end().eq_ignore_ascii_case(NAME) {
+            continue;
+        }
+        let mut value = String::from_utf8_lossy(&line[colon + 1..]).into_owned();
+        for more in lines.take_while(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t')) {
+            value.push(' ');
+            value.push_str(&String::from_utf8_lossy(more));
+        }
+        let v = value.split_whitespace().collect::<Vec<_>>().join(" ");
+        return (!v.is_empty()).then_some(v);
+    }
+    None
+}
+
+/// A webhook's `secret` as an HMAC-SHA256 key, prepared once.
+pub fn signing_key(secret: &str) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())
 }
 
 /// `Mailgate-Signature: t=<t>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
-pub fn signature(secret: &str, t: u64, body: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let mut ctx = ring::hmac::Context::with_key(&key);
+pub fn signature(key: &ring::hmac::Key, t: u64, body: &str) -> String {
+    let mut ctx = ring::hmac::Context::with_key(key);
     ctx.update(t.to_string().as_bytes());
     ctx.update(b".");
     ctx.update(body.as_bytes());
@@ -342,10 +363,10 @@ mod tests {
     #[test]
     fn signature_is_hmac_sha256_of_t_dot_body() {
         // As Python's hmac.new(b"Jefe", b"1700000000.{}", sha256) has it.
-        let sig = signature("Jefe", 1_700_000_000, "{}");
+        let sig = signature(&signing_key("Jefe"), 1_700_000_000, "{}");
         assert_eq!(sig, "t=1700000000,v1=d3793e2b4103edfbd98cc19591832f5fad701d413db9fcae0ae7dab8184ed207");
-        assert_ne!(sig, signature("jefe", 1_700_000_000, "{}"));
-        assert_ne!(sig, signature("Jefe", 1_700_000_001, "{}"));
+        assert_ne!(sig, signature(&signing_key("jefe"), 1_700_000_000, "{}"));
+        assert_ne!(sig, signature(&signing_key("Jefe"), 1_700_000_001, "{}"));
     }
 
     #[test]
@@ -353,6 +374,13 @@ mod tests {
         let h = b"From: a@b.test\r\nMessage-ID:\r\n <abc@b.test>\r\nSubject: x\r\n\r\n";
         assert_eq!(message_id(h).as_deref(), Some("<abc@b.test>"));
         assert_eq!(message_id(b"Subject: x\r\n\r\n"), None);
+        // The name in any case, folded over several lines, the first one.
+        let h = b"message-id :\t<a\r\n\t b@c.test>  \r\nMessage-Id: <second@c.test>\r\n\r\n";
+        assert_eq!(message_id(h).as_deref(), Some("<a b@c.test>"));
+        // Only the header block: a body line that looks like one is not it.
+        assert_eq!(message_id(b"Subject: x\r\n\r\nMessage-ID: <body@c.test>\r\n"), None);
+        assert_eq!(message_id(b"X-Message-ID: <x@c.test>\nMessage-ID:\n\n"), None, "empty, and bare LF lines");
+        assert_eq!(message_id(b"Message-ID: <whole@c.test>"), Some("<whole@c.test>".into()), "no header end");
     }
 
     #[test]

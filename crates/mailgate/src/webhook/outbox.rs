@@ -65,6 +65,17 @@ pub enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// What one commit did, for the sender: the rows it settled (they may be
+/// picked again, or are gone) and the rows it inserted, in the order they
+/// were emitted (so a sender that knows the whole outbox can send them
+/// without reading it back).
+#[derive(Default)]
+pub struct Committed {
+    pub settled: Vec<i64>,
+    /// (the event's key, its row).
+    pub rows: Vec<(String, Head)>,
+}
+
 /// The oldest unsent event of one (webhook, message).
 pub struct Head {
     pub seq: i64,
@@ -110,15 +121,16 @@ impl Outbox {
     }
 
     /// Writes new rows and the sender's decisions in one transaction;
-    /// answers how many rows were removed.
-    pub fn apply(&self, rows: &[NewRow], settles: &[Settle]) -> rusqlite::Result<u64> {
+    /// answers how many rows were removed and the new rows' `seq`s.
+    pub fn apply(&self, rows: &[NewRow], settles: &[Settle]) -> rusqlite::Result<(u64, Vec<i64>)> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut removed = 0;
+        let mut seqs = Vec::with_capacity(rows.len());
         {
             let mut insert = tx.prepare_cached("INSERT INTO outbox (url, msg, created, body) VALUES (?1, ?2, ?3, ?4)")?;
             for r in rows {
-                insert.execute(params![r.url, r.key, r.created, r.body])?;
+                seqs.push(insert.insert(params![r.url, r.key, r.created, r.body])?);
             }
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
             let mut retry = tx.prepare_cached("UPDATE outbox SET attempts = ?2, next_try = ?3 WHERE seq = ?1")?;
@@ -132,7 +144,12 @@ impl Outbox {
             }
         }
         tx.commit()?;
-        Ok(removed)
+        Ok((removed, seqs))
+    }
+
+    /// Whether the outbox holds no event at all (due or not).
+    pub fn is_empty(&self) -> rusqlite::Result<bool> {
+        self.lock().query_row("SELECT NOT EXISTS (SELECT 1 FROM outbox)", [], |r| r.get(0))
     }
 
     /// Up to `limit` events that may be sent at `now_ms`: for each
@@ -158,14 +175,12 @@ impl Outbox {
 }
 
 /// Starts the writer; `depth` is what the outbox holds now. After each
-/// commit it tells the sender, on `committed`, which rows it settled
-/// (so they may be picked again, or are gone) — an empty list just says
-/// new events are in.
+/// commit it tells the sender, on `committed`, what the commit did.
 pub fn start_writer(
     outbox: Arc<Outbox>,
     mut depth: u64,
     metrics: Arc<Metrics>,
-    committed: mpsc::UnboundedSender<Vec<i64>>,
+    committed: mpsc::UnboundedSender<Committed>,
 ) -> mpsc::Sender<Msg> {
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL);
     tokio::spawn(async move {
@@ -195,17 +210,27 @@ pub fn start_writer(
                     Msg::Flush(done) => flushes.push(done),
                 }
             }
-            let seqs: Vec<i64> = settles.iter().map(|s| s.seq()).collect();
+            let mut done = Committed { settled: settles.iter().map(|s| s.seq()).collect(), rows: Vec::new() };
             let inserted = rows.len() as u64;
             if inserted > 0 || !settles.is_empty() {
                 let o = outbox.clone();
-                match tokio::task::spawn_blocking(move || o.apply(&rows, &settles)).await {
-                    Ok(Ok(removed)) => {
+                match tokio::task::spawn_blocking(move || {
+                    let r = o.apply(&rows, &settles);
+                    (rows, r)
+                })
+                .await
+                {
+                    Ok((rows, Ok((removed, seqs)))) => {
                         metrics.webhook_events("queued", inserted);
                         depth = (depth + inserted).saturating_sub(removed);
                         metrics.set_webhook_outbox(depth);
+                        done.rows = rows
+                            .into_iter()
+                            .zip(seqs)
+                            .map(|(r, seq)| (r.key, Head { seq, url: r.url, created: r.created, attempts: 0, body: r.body }))
+                            .collect();
                     }
-                    Ok(Err(e)) => {
+                    Ok((_, Err(e))) => {
                         // The sender's decisions are lost too: those rows
                         // are sent again (at least once, never lost).
                         metrics.webhook_events("lost", inserted);
@@ -213,7 +238,7 @@ pub fn start_writer(
                     }
                     Err(e) => tracing::error!(error = %e, "webhook outbox writer panicked"),
                 }
-                let _ = committed.send(seqs);
+                let _ = committed.send(done);
             }
             for done in flushes {
                 let _ = done.send(());
@@ -235,7 +260,9 @@ mod tests {
     fn heads_are_the_oldest_event_of_each_message_once_due() {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(&dir.path().join("w.db")).unwrap();
-        o.apply(&[row("u", "m1", "a"), row("u", "m1", "b"), row("u", "m2", "c"), row("v", "m1", "d")], &[]).unwrap();
+        let (_, seqs) = o.apply(&[row("u", "m1", "a"), row("u", "m1", "b"), row("u", "m2", "c"), row("v", "m1", "d")], &[]).unwrap();
+        assert_eq!(seqs.len(), 4);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in the order given: {seqs:?}");
         let bodies = |h: Vec<Head>| h.into_iter().map(|h| h.body).collect::<Vec<_>>();
         assert_eq!(bodies(o.heads(0, 10).unwrap()), ["a", "c", "d"]);
         // m1's first event waits: its second is not sent before it.
@@ -243,12 +270,18 @@ mod tests {
         o.apply(&[], &[Settle::Retry { seq: first, attempts: 1, next_try: 5000 }]).unwrap();
         assert_eq!(bodies(o.heads(4999, 10).unwrap()), ["c", "d"]);
         assert_eq!(bodies(o.heads(5000, 10).unwrap()), ["c", "d", "a"]);
-        assert_eq!(o.apply(&[], &[Settle::Remove(first)]).unwrap(), 1);
+        assert_eq!(o.apply(&[], &[Settle::Remove(first)]).unwrap().0, 1);
         assert_eq!(bodies(o.heads(0, 10).unwrap()), ["b", "c", "d"]);
         assert_eq!(o.count().unwrap(), 3);
+        assert!(!o.is_empty().unwrap());
         drop(o);
         // What was committed is there after a reopen.
         let o = Outbox::open(&dir.path().join("w.db")).unwrap();
         assert_eq!(o.count().unwrap(), 3);
+        let seqs: Vec<i64> = o.heads(i64::MAX, 10).unwrap().iter().map(|h| h.seq).collect();
+        o.apply(&[], &[Settle::Retry { seq: seqs[0], attempts: 2, next_try: 9000 }]).unwrap();
+        o.apply(&[], &seqs[1..].iter().map(|&s| Settle::Remove(s)).collect::<Vec<_>>()).unwrap();
+        assert!(o.heads(0, 10).unwrap().is_empty(), "nothing due");
+        assert!(!o.is_empty().unwrap(), "but a retry waits");
     }
 }

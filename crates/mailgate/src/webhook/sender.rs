@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::outbox::{Head, Msg, Outbox, Settle};
+use super::outbox::{Committed, Head, Msg, Outbox, Settle};
 use super::{signature, unix_now};
 use crate::config::Webhook;
 use crate::metrics::Metrics;
@@ -36,6 +36,8 @@ const MAX_BACKOFF_MS: u64 = 600_000;
 /// One configured webhook, ready to POST to.
 pub struct Target {
     hook: Webhook,
+    /// `hook.secret`, ready to sign with.
+    key: ring::hmac::Key,
     client: reqwest::Client,
 }
 
@@ -54,7 +56,7 @@ pub fn targets(hooks: &[Webhook], tls: Arc<rustls::ClientConfig>) -> anyhow::Res
             .no_proxy()
             .build()
             .map_err(|e| anyhow::anyhow!("webhook {}: cannot set up an HTTP client: {e}", h.url))?;
-        out.push(Target { hook: h.clone(), client });
+        out.push(Target { hook: h.clone(), key: super::signing_key(&h.secret), client });
     }
     Ok(out.into())
 }
@@ -89,87 +91,115 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A finished POST: (row, webhook, key hash, attempts before, outcome).
+type Posted = (i64, usize, u64, u32, Result<(), String>);
+
+/// Rows held in memory while the sender knows the whole outbox; past
+/// this it reads the outbox again instead (see [`run`]).
+const KNOWN_MAX: usize = 4096;
+
 /// The sender's loop: picks due heads, POSTs them, and hands every
 /// outcome to the writer; a row stays `busy` from being picked until the
 /// writer has committed what became of it.
+///
+/// Two ways to find what to send:
+/// - *reading*: the outbox's heads are read back from SQLite, [`READY`]
+///   at a time, after each commit and on a timer (retries wait there);
+/// - *known*: once a read finds the outbox empty with nothing under way,
+///   every row there is one the writer has since reported committed, so
+///   the sender takes new rows from the writer's report and sends them in
+///   the order emitted, one at a time per (webhook, message), with no
+///   read per commit. A failed POST (its retry waits in SQLite) or more
+///   than [`KNOWN_MAX`] rows waiting drops back to reading.
 pub async fn run(
     outbox: Arc<Outbox>,
     targets: Arc<[Target]>,
     writer: mpsc::Sender<Msg>,
-    mut committed: mpsc::UnboundedReceiver<Vec<i64>>,
+    mut committed: mpsc::UnboundedReceiver<Committed>,
     metrics: Arc<Metrics>,
     timing: Timing,
 ) {
     let mut busy: HashSet<i64> = HashSet::new();
     let mut per_url: HashMap<usize, usize> = HashMap::new();
-    let mut running: JoinSet<(i64, usize, u32, Result<(), String>)> = JoinSet::new();
-    // Heads read and not yet sent, with their webhook: the outbox is read
-    // [`READY`] at a time, not once per POST (each read walks the index).
-    let mut ready: VecDeque<(usize, Head)> = VecDeque::new();
+    let mut running: JoinSet<Posted> = JoinSet::new();
+    // What to send next, with its webhook and its key's hash: heads read
+    // from the outbox ([`READY`] at a time, not once per POST: each read
+    // walks the index), or, when known, every committed row not yet started.
+    let mut ready: VecDeque<(usize, u64, Head)> = VecDeque::new();
+    // (webhook, key hash)s with a POST under way, while known. Two keys
+    // with one hash only make one wait for the other, never reorder.
+    let mut sending: HashSet<(usize, u64)> = HashSet::new();
+    let mut known = false;
     let mut look = true;
     loop {
-        if look && ready.is_empty() {
+        if !known && look && ready.is_empty() {
             look = false;
             let limit = READY + busy.len();
             let o = outbox.clone();
-            let heads = match tokio::task::spawn_blocking(move || o.heads(now_ms(), limit)).await {
-                Ok(Ok(h)) => h,
+            // Whether it holds anything at all, read after the heads: rows
+            // committed after that come in `committed`.
+            let read = tokio::task::spawn_blocking(move || o.heads(now_ms(), limit).and_then(|h| Ok((h, o.is_empty()?)))).await;
+            let (heads, empty) = match read {
+                Ok(Ok((h, empty))) => (Some(h), empty),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "webhook outbox unreadable; trying again");
-                    Vec::new()
+                    (None, false)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook outbox read panicked");
-                    Vec::new()
+                    (None, false)
                 }
             };
+            // Known from here: the outbox was empty, nothing under way.
+            known = empty && busy.is_empty();
+            let heads = heads.unwrap_or_default();
             for head in heads {
-                if busy.contains(&head.seq) {
-                    continue;
+                // A row for no webhook stays busy until its removal is
+                // committed; heads are one per key, so need no key hash.
+                if busy.insert(head.seq)
+                    && let Some(i) = target_of(&targets, &writer, &metrics, &head).await
+                {
+                    busy.remove(&head.seq);
+                    ready.push_back((i, 0, head));
                 }
-                busy.insert(head.seq);
-                let Some(i) = targets.iter().position(|t| t.hook.url == head.url) else {
-                    tracing::warn!(url = %head.url, "webhook event for a webhook no longer configured; discarded");
-                    metrics.webhook_events("discarded", 1);
-                    let _ = writer.send(Msg::Settle(Settle::Remove(head.seq))).await;
-                    continue;
-                };
-                let t = &targets[i];
-                if unix_now() as i64 >= head.created.saturating_add(t.hook.max_age as i64) {
-                    tracing::warn!(url = %t.hook.url, attempts = head.attempts, max_age_s = t.hook.max_age, event = %head.body,
-                        "webhook event undelivered for max_age; dropped");
-                    metrics.webhook_events("expired", 1);
-                    let _ = writer.send(Msg::Settle(Settle::Remove(head.seq))).await;
-                    continue;
-                }
-                ready.push_back((i, head));
             }
         }
         // Start what the limits allow, oldest first, skipping webhooks at
-        // their own limit.
+        // their own limit (and, when known, messages with a POST under way).
         let mut at = 0;
-        while running.len() < MAX_IN_FLIGHT && at < ready.len() {
-            let i = ready[at].0;
+        while running.len() < MAX_IN_FLIGHT && at < ready.len() && (0..targets.len()).any(|i| per_url.get(&i).is_none_or(|&n| n < PER_URL))
+        {
+            let (i, key) = (ready[at].0, ready[at].1);
             let n = per_url.entry(i).or_insert(0);
-            if *n >= PER_URL {
+            if *n >= PER_URL || (known && sending.contains(&(i, key))) {
                 at += 1;
                 continue;
             }
+            let Some((i, key, head)) = ready.remove(at) else { break };
+            if expired(&targets[i], &head, &metrics) {
+                busy.insert(head.seq);
+                let _ = writer.send(Msg::Settle(Settle::Remove(head.seq))).await;
+                continue;
+            }
             *n += 1;
-            let Some((_, head)) = ready.remove(at) else { break };
+            busy.insert(head.seq);
+            if known {
+                sending.insert((i, key));
+            }
             let target = targets.clone();
             let Head { seq, attempts, body, .. } = head;
             running.spawn(async move {
                 let t = &target[i];
-                (seq, i, attempts, post(t, &body).await)
+                (seq, i, key, attempts, post(t, body).await)
             });
         }
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => {
-                let Ok((seq, i, attempts, result)) = done else { continue };
+                let Ok((seq, i, key, attempts, result)) = done else { continue };
                 if let Some(n) = per_url.get_mut(&i) {
                     *n = n.saturating_sub(1);
                 }
+                sending.remove(&(i, key));
                 let settle = match result {
                     Ok(()) => {
                         metrics.webhook_events("sent", 1);
@@ -180,39 +210,96 @@ pub async fn run(
                         let attempts = attempts.saturating_add(1);
                         let wait = timing.backoff_ms(attempts);
                         tracing::info!(url = %targets[i].hook.url, attempts, retry_in_ms = wait, error = %why, "webhook POST failed; will retry");
+                        if known {
+                            // The retry waits in SQLite, and so does every
+                            // later event of its message: read from now on.
+                            known = false;
+                            sending.clear();
+                            ready.clear();
+                        }
                         Settle::Retry { seq, attempts, next_try: now_ms().saturating_add(wait as i64) }
                     }
                 };
-                // No look at the outbox here: this row stays in it (and its
-                // message's next event is no head) until the writer has
-                // committed the outcome, which `committed` reports. Looking
-                // on every finished POST cost a blocking SQLite read per
-                // event when the receiver keeps up.
+                // Reading, there is no look at the outbox here: this row
+                // stays in it (and its message's next event is no head)
+                // until the writer has committed the outcome, which
+                // `committed` reports. Looking on every finished POST cost
+                // a blocking SQLite read per event.
                 if writer.send(Msg::Settle(settle)).await.is_err() {
                     return;
                 }
             }
-            seqs = committed.recv() => {
-                let Some(seqs) = seqs else { return };
-                for s in seqs {
+            done = committed.recv() => {
+                let Some(done) = done else { return };
+                for s in done.settled {
                     busy.remove(&s);
+                }
+                if known {
+                    for (key, head) in done.rows {
+                        match target_of(&targets, &writer, &metrics, &head).await {
+                            Some(i) => ready.push_back((i, key_hash(&key), head)),
+                            None => {
+                                busy.insert(head.seq);
+                            }
+                        }
+                    }
+                    if ready.len() > KNOWN_MAX {
+                        // A receiver that does not keep up: what waits stays
+                        // in SQLite, not in memory.
+                        known = false;
+                        ready.clear();
+                        sending.clear();
+                    }
                 }
                 look = true;
             }
-            _ = tokio::time::sleep(timing.poll()) => look = true,
+            _ = tokio::time::sleep(timing.poll()), if !known => look = true,
         }
     }
 }
 
+/// The same on every thread (the task moves between workers); keys are
+/// our own queue ids, so nobody chooses them to collide.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// The webhook a row is for; a row for a webhook no longer configured is
+/// discarded.
+async fn target_of(targets: &[Target], writer: &mpsc::Sender<Msg>, metrics: &Metrics, head: &Head) -> Option<usize> {
+    let i = targets.iter().position(|t| t.hook.url == head.url);
+    if i.is_none() {
+        tracing::warn!(url = %head.url, "webhook event for a webhook no longer configured; discarded");
+        metrics.webhook_events("discarded", 1);
+        let _ = writer.send(Msg::Settle(Settle::Remove(head.seq))).await;
+    }
+    i
+}
+
+/// Whether a row has waited past its webhook's `max_age` (then it is
+/// dropped, with a log line).
+fn expired(t: &Target, head: &Head, metrics: &Metrics) -> bool {
+    if (unix_now() as i64) < head.created.saturating_add(t.hook.max_age as i64) {
+        return false;
+    }
+    tracing::warn!(url = %t.hook.url, attempts = head.attempts, max_age_s = t.hook.max_age, event = %head.body,
+        "webhook event undelivered for max_age; dropped");
+    metrics.webhook_events("expired", 1);
+    true
+}
+
 /// One POST; `Ok` on a 2xx.
-async fn post(t: &Target, body: &str) -> Result<(), String> {
-    let sig = signature(&t.hook.secret, unix_now(), body);
+async fn post(t: &Target, body: String) -> Result<(), String> {
+    let sig = signature(&t.key, unix_now(), &body);
     let resp = t
         .client
         .post(&t.hook.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("Mailgate-Signature", sig)
-        .body(body.to_string())
+        .body(body)
         .send()
         .await
         .map_err(|e| {
