@@ -2,9 +2,11 @@
 //! HTTP (reqwest, as MTA-STS and TLS-RPT use), retried with backoff (10 s
 //! doubling to 10 minutes) until the webhook's `max_age`.
 //!
-//! Bounded: at most [`READY`] events read ahead, [`MAX_IN_FLIGHT`] POSTs at once ([`PER_URL`] per
-//! webhook, so one hanging receiver does not stop the others), each cut
-//! off after [`TIMEOUT`]; what waits stays in SQLite, not in memory. A
+//! Bounded: at most [`READY`] events read ahead (or [`KNOWN_MAX`] taken
+//! from the writer while the receivers keep up; see [`run`]),
+//! [`MAX_IN_FLIGHT`] POSTs at once ([`PER_URL`] per webhook, so one
+//! hanging receiver does not stop the others), each cut off after
+//! [`TIMEOUT`]; what waits longer stays in SQLite, not in memory. A
 //! message whose event keeps failing holds back only its own later events.
 //!
 //! May import: `config`, `metrics`.
