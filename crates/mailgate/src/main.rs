@@ -10,13 +10,6 @@ use mailgate::cli::{self, Cli, Command, ConfigAction};
 use mailgate::config::{Config, LogFormat};
 use mailgate::server;
 
-/// mimalloc instead of glibc's malloc: a session allocates and frees many
-/// small buffers on whichever worker thread runs it, where glibc's arenas
-/// spent about a tenth of the accept path's CPU (BENCHMARKS.md, "Accept with
-/// the inbound checks on").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Check(args) = &cli.command {
