@@ -210,10 +210,11 @@ impl Hooks {
         if depth > 0 {
             tracing::info!(events = depth, "webhook outbox: sending what an earlier run left");
         }
-        let (committed_tx, committed_rx) = mpsc::unbounded_channel();
-        let tx = outbox::start_writer(outbox.clone(), depth, metrics.clone(), committed_tx);
+        let last_seq = outbox.last_seq().map_err(|e| anyhow::anyhow!("cannot read the webhook outbox {}: {e}", path.display()))?;
+        let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+        let tx = outbox::start_writer(outbox.clone(), depth, last_seq, metrics.clone(), notes_tx);
         let targets = sender::targets(hooks, tls)?;
-        tokio::spawn(sender::run(outbox, targets, tx.clone(), committed_rx, metrics.clone(), sender::Timing::from_env()));
+        tokio::spawn(sender::run(outbox, targets, tx.clone(), notes_rx, metrics.clone(), sender::Timing::from_env()));
         Ok(Some(Arc::new(Hooks { hooks: hooks.to_vec(), tx, metrics, lost: AtomicU64::new(0) })))
     }
 
@@ -225,7 +226,8 @@ impl Hooks {
 
     /// Queues `event` for every webhook that receives its kind; never
     /// blocks. The event is durable once the writer has committed it
-    /// (within about [`outbox::GATHER`] and an fsync); events of one
+    /// (within about [`outbox::GATHER`] and an fsync), or delivered
+    /// before that (then it is never written); events of one
     /// `queue_id` reach each receiver in the order they were emitted.
     /// Only when the outbox writer is a whole channel behind (the disk has
     /// stalled) is an event dropped, counted as `lost` and logged.
@@ -271,8 +273,8 @@ impl Hooks {
         }
     }
 
-    /// Waits until everything emitted before the call is committed (at
-    /// shutdown, and for tests).
+    /// Waits until everything emitted before the call is committed or
+    /// delivered (at shutdown, and for tests).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).await.is_ok() {

@@ -11,7 +11,12 @@
 //! Every write goes through one writer task ([`start_writer`]) that
 //! commits what has gathered (new events, and what the sender finished)
 //! in one transaction, so a busy relay pays one fsync per batch, not one
-//! per event.
+//! per event. A new event goes to the sender as soon as the writer has
+//! numbered it, while it waits for that commit: one the sender has
+//! already delivered by then is never written at all, so a receiver that
+//! keeps up costs no SQLite work. An event is never less durable for
+//! this: it is in SQLite by the end of the batch it came in (within
+//! [`GATHER`] and an fsync), unless it has been delivered by then.
 //!
 //! May import: `metrics`.
 
@@ -21,6 +26,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -28,8 +34,12 @@ use crate::metrics::Metrics;
 const CHANNEL: usize = 100_000;
 /// Most messages one transaction takes.
 const BATCH: usize = 4096;
-/// How long the writer lets a small batch grow before committing it.
+/// The longest a new row waits in memory before it is committed.
 pub const GATHER: Duration = Duration::from_millis(20);
+/// A commit writes only rows at least this old (unless flushing): the
+/// younger ones wait for the next, so that every row has had time to be
+/// delivered (and need not be written) while it waits.
+const MIN_AGE: Duration = Duration::from_millis(10);
 
 /// A new event for one webhook.
 pub struct NewRow {
@@ -65,18 +75,22 @@ pub enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// What one commit did, for the sender: the rows it settled (they may be
-/// picked again, or are gone) and the rows it inserted, in the order they
-/// were emitted (so a sender that knows the whole outbox can send them
-/// without reading it back).
-#[derive(Default)]
-pub struct Committed {
-    pub settled: Vec<i64>,
-    /// (the event's key, its row).
-    pub rows: Vec<(String, Head)>,
+/// What the writer tells the sender, in this order for any one row: the
+/// row as soon as it is numbered, then the commit that settled its fate.
+pub enum Note {
+    /// New rows, in the order they were emitted, each with its event's key
+    /// (a sender that knows the whole outbox sends them without reading
+    /// it back). They are not durable yet: see [`Note::Committed`].
+    Fresh(Vec<(String, Head)>),
+    /// What one commit did: `settled` are the rows whose [`Settle`] it
+    /// applied (they may be picked again, or are gone); `resolved` are the
+    /// fresh rows it took care of, each now either in SQLite or (already
+    /// removed by a settle in the same batch) never to be written.
+    Committed { settled: Vec<i64>, resolved: Vec<i64> },
 }
 
 /// The oldest unsent event of one (webhook, message).
+#[derive(Clone)]
 pub struct Head {
     pub seq: i64,
     pub url: String,
@@ -120,17 +134,31 @@ impl Outbox {
         self.lock().query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64)
     }
 
-    /// Writes new rows and the sender's decisions in one transaction;
-    /// answers how many rows were removed and the new rows' `seq`s.
-    pub fn apply(&self, rows: &[NewRow], settles: &[Settle]) -> rusqlite::Result<(u64, Vec<i64>)> {
+    /// The highest `seq` ever handed out (AUTOINCREMENT's record of it, as
+    /// rows removed since may have held it): the writer numbers new rows
+    /// from here.
+    pub fn last_seq(&self) -> rusqlite::Result<i64> {
+        let conn = self.lock();
+        let kept: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |r| r.get(0))?;
+        let ever: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'", [], |r| r.get(0)).unwrap_or(0);
+        Ok(kept.max(ever))
+    }
+
+    /// Writes new rows (numbered by the writer, some already tried) and
+    /// the sender's decisions about rows written earlier in one
+    /// transaction; answers how many rows were removed.
+    pub fn apply(&self, rows: &[Pending], settles: &[Settle]) -> rusqlite::Result<u64> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut removed = 0;
-        let mut seqs = Vec::with_capacity(rows.len());
         {
-            let mut insert = tx.prepare_cached("INSERT INTO outbox (url, msg, created, body) VALUES (?1, ?2, ?3, ?4)")?;
-            for r in rows {
-                seqs.push(insert.insert(params![r.url, r.key, r.created, r.body])?);
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (seq, url, msg, created, attempts, next_try, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for p in rows {
+                let r = &p.row;
+                insert.execute(params![p.seq, r.url, r.key, r.created, p.attempts, p.next_try, r.body])?;
             }
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
             let mut retry = tx.prepare_cached("UPDATE outbox SET attempts = ?2, next_try = ?3 WHERE seq = ?1")?;
@@ -144,7 +172,7 @@ impl Outbox {
             }
         }
         tx.commit()?;
-        Ok((removed, seqs))
+        Ok(removed)
     }
 
     /// Whether the outbox holds no event at all (due or not).
@@ -174,95 +202,195 @@ impl Outbox {
     }
 }
 
-/// Starts the writer; `depth` is what the outbox holds now. After each
-/// commit it tells the sender, on `committed`, what the commit did.
+/// A new row waiting for the end of its batch.
+pub struct Pending {
+    pub seq: i64,
+    pub row: NewRow,
+    /// Set when a POST of the row failed before it was written.
+    pub attempts: u32,
+    pub next_try: i64,
+}
+
+/// What has come in since the last commit.
+#[derive(Default)]
+struct Batch {
+    /// In `seq` order.
+    rows: Vec<Pending>,
+    /// When each row came in.
+    born: Vec<Instant>,
+    settles: Vec<Settle>,
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.rows.len() + self.settles.len()
+    }
+}
+
+/// Starts the writer; `depth` is what the outbox holds now and `last_seq`
+/// the highest row number ever given ([`Outbox::last_seq`]). It tells the
+/// sender, on `notes`, of each new row at once and of each commit.
 pub fn start_writer(
     outbox: Arc<Outbox>,
-    mut depth: u64,
+    depth: u64,
+    last_seq: i64,
     metrics: Arc<Metrics>,
-    committed: mpsc::UnboundedSender<Committed>,
+    notes: mpsc::UnboundedSender<Note>,
 ) -> mpsc::Sender<Msg> {
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL);
     tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut writer = Writer { outbox, depth, metrics, notes };
+        let mut next_seq = last_seq;
+        let mut incoming = Vec::with_capacity(BATCH);
+        let mut batch = Batch::default();
+        // When the batch is committed: a transaction per event would cost
+        // an fsync each, so a batch gathers for a moment (and meanwhile
+        // the sender may deliver its rows, which then are never written).
+        // At most [`GATHER`] after its oldest row came in.
+        let mut deadline: Option<Instant> = None;
         loop {
-            if rx.recv_many(&mut batch, BATCH).await == 0 {
-                return;
-            }
-            // A transaction per event would cost an fsync each: let a
-            // batch gather for a moment, unless someone waits on a flush.
-            if batch.len() < BATCH && !batch.iter().any(|m| matches!(m, Msg::Flush(_))) {
-                tokio::time::sleep(GATHER).await;
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
+            tokio::select! {
+                n = rx.recv_many(&mut incoming, BATCH) => {
+                    if n == 0 {
+                        writer.commit(&mut batch, Instant::now()).await;
+                        return;
                     }
-                }
-            }
-            let mut rows = Vec::new();
-            let mut settles = Vec::new();
-            let mut flushes = Vec::new();
-            for m in batch.drain(..) {
-                match m {
-                    Msg::Insert(r) => rows.extend(r),
-                    Msg::Settle(s) => settles.push(s),
-                    Msg::Flush(done) => flushes.push(done),
-                }
-            }
-            let mut done = Committed { settled: settles.iter().map(|s| s.seq()).collect(), rows: Vec::new() };
-            let inserted = rows.len() as u64;
-            if inserted > 0 || !settles.is_empty() {
-                let o = outbox.clone();
-                match tokio::task::spawn_blocking(move || {
-                    let r = o.apply(&rows, &settles);
-                    (rows, r)
-                })
-                .await
-                {
-                    Ok((rows, Ok((removed, seqs)))) => {
-                        metrics.webhook_events("queued", inserted);
-                        depth = (depth + inserted).saturating_sub(removed);
-                        metrics.set_webhook_outbox(depth);
-                        done.rows = rows
-                            .into_iter()
-                            .zip(seqs)
-                            .map(|(r, seq)| (r.key, Head { seq, url: r.url, created: r.created, attempts: 0, body: r.body }))
-                            .collect();
+                    let mut fresh = Vec::new();
+                    let now = Instant::now();
+                    for m in incoming.drain(..) {
+                        match m {
+                            Msg::Insert(rows) => {
+                                for row in rows {
+                                    next_seq += 1;
+                                    let head = Head { seq: next_seq, url: row.url.clone(), created: row.created, attempts: 0, body: row.body.clone() };
+                                    fresh.push((row.key.clone(), head));
+                                    batch.rows.push(Pending { seq: next_seq, row, attempts: 0, next_try: 0 });
+                                    batch.born.push(now);
+                                }
+                            }
+                            Msg::Settle(s) => batch.settles.push(s),
+                            Msg::Flush(done) => batch.flushes.push(done),
+                        }
                     }
-                    Ok((_, Err(e))) => {
-                        // The sender's decisions are lost too: those rows
-                        // are sent again (at least once, never lost).
-                        metrics.webhook_events("lost", inserted);
-                        tracing::error!(error = %e, events = inserted, "webhook outbox write failed; events lost");
+                    if !fresh.is_empty() {
+                        writer.metrics.webhook_events("queued", fresh.len() as u64);
+                        let _ = writer.notes.send(Note::Fresh(fresh));
                     }
-                    Err(e) => tracing::error!(error = %e, "webhook outbox writer panicked"),
+                    deadline.get_or_insert(now + GATHER);
                 }
-                let _ = committed.send(done);
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
             }
-            for done in flushes {
-                let _ = done.send(());
+            let now = Instant::now();
+            let flush = !batch.flushes.is_empty() || batch.len() >= BATCH;
+            if flush || deadline.is_some_and(|d| d <= now) {
+                let cut = if flush { now } else { now.checked_sub(MIN_AGE).unwrap_or(now) };
+                deadline = writer.commit(&mut batch, cut).await;
             }
         }
     });
     tx
 }
 
+struct Writer {
+    outbox: Arc<Outbox>,
+    /// Rows in SQLite.
+    depth: u64,
+    metrics: Arc<Metrics>,
+    notes: mpsc::UnboundedSender<Note>,
+}
+
+impl Writer {
+    /// Commits a batch's settles, and its new rows that came in by `cut`:
+    /// those the sender has already removed (delivered or given up) are
+    /// dropped, not written; those it tried and failed are written with
+    /// their retry state; younger ones stay in the batch. Answers when the
+    /// next commit is due.
+    async fn commit(&mut self, batch: &mut Batch, cut: Instant) -> Option<Instant> {
+        let settles = std::mem::take(&mut batch.settles);
+        let flushes = std::mem::take(&mut batch.flushes);
+        let settled: Vec<i64> = settles.iter().map(|s| s.seq()).collect();
+        let mut gone = vec![false; batch.rows.len()];
+        let mut earlier = Vec::new();
+        for s in settles {
+            match batch.rows.binary_search_by_key(&s.seq(), |p| p.seq) {
+                Ok(i) => match s {
+                    Settle::Remove(_) => gone[i] = true,
+                    Settle::Retry { attempts, next_try, .. } => {
+                        batch.rows[i].attempts = attempts;
+                        batch.rows[i].next_try = next_try;
+                    }
+                },
+                Err(_) => earlier.push(s),
+            }
+        }
+        let mut resolved = Vec::new();
+        let mut rows = Vec::new();
+        let (mut young, mut young_born) = (Vec::new(), Vec::new());
+        for ((p, born), gone) in batch.rows.drain(..).zip(batch.born.drain(..)).zip(gone) {
+            if gone {
+                resolved.push(p.seq);
+            } else if born <= cut {
+                resolved.push(p.seq);
+                rows.push(p);
+            } else {
+                young.push(p);
+                young_born.push(born);
+            }
+        }
+        batch.rows = young;
+        batch.born = young_born;
+        let inserted = rows.len() as u64;
+        if inserted > 0 || !earlier.is_empty() {
+            let o = self.outbox.clone();
+            match tokio::task::spawn_blocking(move || o.apply(&rows, &earlier)).await {
+                Ok(Ok(removed)) => {
+                    self.metrics.webhook_events("stored", inserted);
+                    self.depth = (self.depth + inserted).saturating_sub(removed);
+                    self.metrics.set_webhook_outbox(self.depth);
+                }
+                Ok(Err(e)) => {
+                    // The sender's decisions are lost too: those rows
+                    // are sent again (at least once, never lost).
+                    self.metrics.webhook_events("lost", inserted);
+                    tracing::error!(error = %e, events = inserted, "webhook outbox write failed; events lost");
+                }
+                Err(e) => tracing::error!(error = %e, "webhook outbox writer panicked"),
+            }
+        }
+        if !settled.is_empty() || !resolved.is_empty() {
+            let _ = self.notes.send(Note::Committed { settled, resolved });
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        batch.born.first().map(|&b| b + GATHER)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(url: &str, key: &str, body: &str) -> NewRow {
-        NewRow { url: url.into(), key: key.into(), created: 1, body: body.into() }
+    fn rows(from: i64, rows: &[(&str, &str, &str)]) -> Vec<Pending> {
+        (from..)
+            .zip(rows)
+            .map(|(seq, (url, key, body))| Pending {
+                seq,
+                row: NewRow { url: (*url).into(), key: (*key).into(), created: 1, body: (*body).into() },
+                attempts: 0,
+                next_try: 0,
+            })
+            .collect()
     }
 
     #[test]
     fn heads_are_the_oldest_event_of_each_message_once_due() {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(&dir.path().join("w.db")).unwrap();
-        let (_, seqs) = o.apply(&[row("u", "m1", "a"), row("u", "m1", "b"), row("u", "m2", "c"), row("v", "m1", "d")], &[]).unwrap();
-        assert_eq!(seqs.len(), 4);
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in the order given: {seqs:?}");
+        assert_eq!(o.last_seq().unwrap(), 0);
+        o.apply(&rows(1, &[("u", "m1", "a"), ("u", "m1", "b"), ("u", "m2", "c"), ("v", "m1", "d")]), &[]).unwrap();
+        assert_eq!(o.last_seq().unwrap(), 4);
         let bodies = |h: Vec<Head>| h.into_iter().map(|h| h.body).collect::<Vec<_>>();
         assert_eq!(bodies(o.heads(0, 10).unwrap()), ["a", "c", "d"]);
         // m1's first event waits: its second is not sent before it.
@@ -270,7 +398,7 @@ mod tests {
         o.apply(&[], &[Settle::Retry { seq: first, attempts: 1, next_try: 5000 }]).unwrap();
         assert_eq!(bodies(o.heads(4999, 10).unwrap()), ["c", "d"]);
         assert_eq!(bodies(o.heads(5000, 10).unwrap()), ["c", "d", "a"]);
-        assert_eq!(o.apply(&[], &[Settle::Remove(first)]).unwrap().0, 1);
+        assert_eq!(o.apply(&[], &[Settle::Remove(first)]).unwrap(), 1);
         assert_eq!(bodies(o.heads(0, 10).unwrap()), ["b", "c", "d"]);
         assert_eq!(o.count().unwrap(), 3);
         assert!(!o.is_empty().unwrap());
@@ -283,5 +411,56 @@ mod tests {
         o.apply(&[], &seqs[1..].iter().map(|&s| Settle::Remove(s)).collect::<Vec<_>>()).unwrap();
         assert!(o.heads(0, 10).unwrap().is_empty(), "nothing due");
         assert!(!o.is_empty().unwrap(), "but a retry waits");
+    }
+
+    #[test]
+    fn numbering_goes_on_past_removed_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(&dir.path().join("w.db")).unwrap();
+        o.apply(&rows(7, &[("u", "m1", "a"), ("u", "m2", "b")]), &[]).unwrap();
+        o.apply(&[], &[Settle::Remove(7), Settle::Remove(8)]).unwrap();
+        assert!(o.is_empty().unwrap());
+        assert_eq!(o.last_seq().unwrap(), 8, "a number once given is not given again");
+    }
+
+    /// The writer hands rows to the sender before writing them; what the
+    /// sender settles within the batch is written as settled (a removed
+    /// row not at all), what it settles later is changed in SQLite.
+    #[tokio::test]
+    async fn rows_settled_within_their_batch_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Arc::new(Outbox::open(&dir.path().join("w.db")).unwrap());
+        let (notes_tx, mut notes) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::new());
+        let tx = start_writer(o.clone(), 0, 41, metrics, notes_tx);
+        let new = |key: &str, body: &str| NewRow { url: "u".into(), key: key.into(), created: 1, body: body.into() };
+        // One batch (the writer, on this one-thread runtime, runs only
+        // once the test waits): three new rows, then the sender's verdict
+        // on the first two, before the batch is committed: delivered,
+        // failed; the third is not tried.
+        tx.send(Msg::Insert(vec![new("m1", "a"), new("m2", "b"), new("m3", "c")])).await.unwrap();
+        tx.send(Msg::Settle(Settle::Remove(42))).await.unwrap();
+        tx.send(Msg::Settle(Settle::Retry { seq: 43, attempts: 1, next_try: 5000 })).await.unwrap();
+        let Some(Note::Fresh(fresh)) = notes.recv().await else { panic!("no fresh rows") };
+        let seqs: Vec<i64> = fresh.iter().map(|(_, h)| h.seq).collect();
+        assert_eq!(seqs, [42, 43, 44], "numbered on from last_seq, in order");
+        assert_eq!(fresh[1].0, "m2");
+        assert_eq!(fresh[1].1.body, "b");
+        let Some(Note::Committed { settled, resolved }) = notes.recv().await else { panic!("no commit") };
+        assert_eq!(settled, [42, 43]);
+        assert_eq!(resolved, [42, 43, 44]);
+        assert_eq!(o.count().unwrap(), 2, "the delivered row was never written");
+        let heads = o.heads(i64::MAX, 10).unwrap();
+        let got: Vec<(i64, u32, &str)> = heads.iter().map(|h| (h.seq, h.attempts, h.body.as_str())).collect();
+        assert_eq!(got, [(44, 0, "c"), (43, 1, "b")], "the failed row waits with its retry time");
+        assert_eq!(o.heads(4999, 10).unwrap().len(), 1);
+        // Settled after its commit: changed in SQLite.
+        tx.send(Msg::Settle(Settle::Remove(44))).await.unwrap();
+        let (done, wait) = oneshot::channel();
+        tx.send(Msg::Flush(done)).await.unwrap();
+        wait.await.unwrap();
+        let Some(Note::Committed { settled, resolved }) = notes.recv().await else { panic!("no commit") };
+        assert_eq!((settled, resolved), (vec![44], vec![]));
+        assert_eq!(o.count().unwrap(), 1);
     }
 }

@@ -15,10 +15,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::{FutureExt, future::BoxFuture};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
-use super::outbox::{Committed, Head, Msg, Outbox, Settle};
+use super::outbox::{Head, Msg, Note, Outbox, Settle};
 use super::{signature, unix_now};
 use crate::config::Webhook;
 use crate::metrics::Metrics;
@@ -38,6 +39,8 @@ const MAX_BACKOFF_MS: u64 = 600_000;
 /// One configured webhook, ready to POST to.
 pub struct Target {
     hook: Webhook,
+    /// `hook.url`, parsed once (not per POST).
+    url: reqwest::Url,
     /// `hook.secret`, ready to sign with.
     key: ring::hmac::Key,
     client: reqwest::Client,
@@ -58,7 +61,8 @@ pub fn targets(hooks: &[Webhook], tls: Arc<rustls::ClientConfig>) -> anyhow::Res
             .no_proxy()
             .build()
             .map_err(|e| anyhow::anyhow!("webhook {}: cannot set up an HTTP client: {e}", h.url))?;
-        out.push(Target { hook: h.clone(), key: super::signing_key(&h.secret), client });
+        let url = reqwest::Url::parse(&h.url).map_err(|e| anyhow::anyhow!("webhook {}: {e}", h.url))?;
+        out.push(Target { hook: h.clone(), url, key: super::signing_key(&h.secret), client });
     }
     Ok(out.into())
 }
@@ -108,29 +112,39 @@ const KNOWN_MAX: usize = 4096;
 /// - *reading*: the outbox's heads are read back from SQLite, [`READY`]
 ///   at a time, after each commit and on a timer (retries wait there);
 /// - *known*: once a read finds the outbox empty with nothing under way,
-///   every row there is one the writer has since reported committed, so
-///   the sender takes new rows from the writer's report and sends them in
-///   the order emitted, one at a time per (webhook, message), with no
-///   read per commit. A failed POST (its retry waits in SQLite) or more
-///   than [`KNOWN_MAX`] rows waiting drops back to reading.
+///   every row there is one the writer has since told of, so the sender
+///   takes new rows from the writer as they come ([`Note::Fresh`], before
+///   they are committed: one delivered before its batch is committed is
+///   never written) and sends them in the order emitted, one at a time
+///   per (webhook, message), with no read at all. A failed POST (its
+///   retry waits in SQLite) or more than [`KNOWN_MAX`] rows waiting drops
+///   back to reading.
 pub async fn run(
     outbox: Arc<Outbox>,
     targets: Arc<[Target]>,
     writer: mpsc::Sender<Msg>,
-    mut committed: mpsc::UnboundedReceiver<Committed>,
+    mut notes: mpsc::UnboundedReceiver<Note>,
     metrics: Arc<Metrics>,
     timing: Timing,
 ) {
     let mut busy: HashSet<i64> = HashSet::new();
     let mut per_url: HashMap<usize, usize> = HashMap::new();
-    let mut running: JoinSet<Posted> = JoinSet::new();
+    // The POSTs under way, polled by this task (not a task each: one
+    // wake-up per response, not two).
+    let mut running: FuturesUnordered<BoxFuture<'static, Posted>> = FuturesUnordered::new();
     // What to send next, with its webhook and its key's hash: heads read
     // from the outbox ([`READY`] at a time, not once per POST: each read
-    // walks the index), or, when known, every committed row not yet started.
+    // walks the index), or, when known, every new row not yet started.
     let mut ready: VecDeque<(usize, u64, Head)> = VecDeque::new();
     // (webhook, key hash)s with a POST under way, while known. Two keys
     // with one hash only make one wait for the other, never reorder.
     let mut sending: HashSet<(usize, u64)> = HashSet::new();
+    // New rows whose batch is not committed yet.
+    let mut uncommitted: HashSet<i64> = HashSet::new();
+    // While reading, the new rows a read cannot see yet (not committed),
+    // in order: should a read find the outbox empty, they are what the
+    // sender must then send itself.
+    let mut held: VecDeque<(u64, Head)> = VecDeque::new();
     let mut known = false;
     let mut look = true;
     loop {
@@ -139,7 +153,7 @@ pub async fn run(
             let limit = READY + busy.len();
             let o = outbox.clone();
             // Whether it holds anything at all, read after the heads: rows
-            // committed after that come in `committed`.
+            // committed after that are still `held`.
             let read = tokio::task::spawn_blocking(move || o.heads(now_ms(), limit).and_then(|h| Ok((h, o.is_empty()?)))).await;
             let (heads, empty) = match read {
                 Ok(Ok((h, empty))) => (Some(h), empty),
@@ -154,6 +168,12 @@ pub async fn run(
             };
             // Known from here: the outbox was empty, nothing under way.
             known = empty && busy.is_empty();
+            if known {
+                tracing::debug!(held = held.len(), "webhook sender: the outbox is empty; taking new events as they come");
+                for (key, head) in std::mem::take(&mut held) {
+                    queue(&targets, &writer, &metrics, &mut busy, &mut ready, key, head).await;
+                }
+            }
             let heads = heads.unwrap_or_default();
             for head in heads {
                 // A row for no webhook stays busy until its removal is
@@ -190,14 +210,21 @@ pub async fn run(
             }
             let target = targets.clone();
             let Head { seq, attempts, body, .. } = head;
-            running.spawn(async move {
-                let t = &target[i];
-                (seq, i, key, attempts, post(t, body).await)
-            });
+            running.push(
+                async move {
+                    let t = &target[i];
+                    // A panic fails this POST, not the sender.
+                    let result = std::panic::AssertUnwindSafe(post(t, body))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| Err("the POST panicked".to_string()));
+                    (seq, i, key, attempts, result)
+                }
+                .boxed(),
+            );
         }
         tokio::select! {
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                let Ok((seq, i, key, attempts, result)) = done else { continue };
+            Some((seq, i, key, attempts, result)) = running.next(), if !running.is_empty() => {
                 if let Some(n) = per_url.get_mut(&i) {
                     *n = n.saturating_sub(1);
                 }
@@ -216,8 +243,7 @@ pub async fn run(
                             // The retry waits in SQLite, and so does every
                             // later event of its message: read from now on.
                             known = false;
-                            sending.clear();
-                            ready.clear();
+                            drop_to_reading(&mut ready, &mut sending, &uncommitted, &mut held);
                         }
                         Settle::Retry { seq, attempts, next_try: now_ms().saturating_add(wait as i64) }
                     }
@@ -225,37 +251,76 @@ pub async fn run(
                 // Reading, there is no look at the outbox here: this row
                 // stays in it (and its message's next event is no head)
                 // until the writer has committed the outcome, which
-                // `committed` reports. Looking on every finished POST cost
+                // `notes` reports. Looking on every finished POST cost
                 // a blocking SQLite read per event.
                 if writer.send(Msg::Settle(settle)).await.is_err() {
                     return;
                 }
             }
-            done = committed.recv() => {
-                let Some(done) = done else { return };
-                for s in done.settled {
-                    busy.remove(&s);
-                }
-                if known {
-                    for (key, head) in done.rows {
-                        match target_of(&targets, &writer, &metrics, &head).await {
-                            Some(i) => ready.push_back((i, key_hash(&key), head)),
-                            None => {
-                                busy.insert(head.seq);
-                            }
+            note = notes.recv() => match note {
+                None => return,
+                Some(Note::Fresh(rows)) => {
+                    for (key, head) in rows {
+                        uncommitted.insert(head.seq);
+                        let key = key_hash(&key);
+                        if known {
+                            queue(&targets, &writer, &metrics, &mut busy, &mut ready, key, head).await;
+                        } else {
+                            held.push_back((key, head));
                         }
                     }
-                    if ready.len() > KNOWN_MAX {
+                    if known && ready.len() > KNOWN_MAX {
                         // A receiver that does not keep up: what waits stays
                         // in SQLite, not in memory.
                         known = false;
-                        ready.clear();
-                        sending.clear();
+                        tracing::debug!(waiting = ready.len(), "webhook sender: receivers behind; reading the outbox");
+                        drop_to_reading(&mut ready, &mut sending, &uncommitted, &mut held);
                     }
                 }
-                look = true;
-            }
+                Some(Note::Committed { settled, resolved }) => {
+                    for s in settled {
+                        busy.remove(&s);
+                    }
+                    for s in resolved {
+                        uncommitted.remove(&s);
+                    }
+                    // Committed rows are for a read to find.
+                    held.retain(|(_, h)| uncommitted.contains(&h.seq));
+                    look = true;
+                }
+            },
             _ = tokio::time::sleep(timing.poll()), if !known => look = true,
+        }
+    }
+}
+
+/// Leaving known mode: what waits is for reading to find, once its batch
+/// is committed; until then it is held.
+fn drop_to_reading(
+    ready: &mut VecDeque<(usize, u64, Head)>,
+    sending: &mut HashSet<(usize, u64)>,
+    uncommitted: &HashSet<i64>,
+    held: &mut VecDeque<(u64, Head)>,
+) {
+    sending.clear();
+    held.extend(ready.drain(..).filter(|(_, _, h)| uncommitted.contains(&h.seq)).map(|(_, key, h)| (key, h)));
+}
+
+/// Queues a row to send while known; a row for no webhook stays busy
+/// until its removal is committed.
+async fn queue(
+    targets: &[Target],
+    writer: &mpsc::Sender<Msg>,
+    metrics: &Metrics,
+    busy: &mut HashSet<i64>,
+    ready: &mut VecDeque<(usize, u64, Head)>,
+    key: u64,
+    head: Head,
+) {
+    match target_of(targets, writer, metrics, &head).await {
+        Some(i) => ready.push_back((i, key, head)),
+        None => {
+            busy.insert(head.seq);
         }
     }
 }
@@ -298,7 +363,7 @@ async fn post(t: &Target, body: String) -> Result<(), String> {
     let sig = signature(&t.key, unix_now(), &body);
     let resp = t
         .client
-        .post(&t.hook.url)
+        .post(t.url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("Mailgate-Signature", sig)
         .body(body)
