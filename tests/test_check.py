@@ -16,7 +16,6 @@ DMARC parse are compared with ours.
 from __future__ import annotations
 
 import base64
-import datetime
 import http.server
 import json
 import ssl
@@ -29,15 +28,14 @@ import pytest
 pytest.importorskip("dnslib", reason="pip install dnslib")
 crypto = pytest.importorskip("cryptography", reason="pip install cryptography")
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 from dnslib import A, MX  # noqa: E402
 from dnslib.server import DNSLogger, DNSServer  # noqa: E402
 
 from conftest import BIN, free_port  # noqa: E402
 from loopdns import Zone  # noqa: E402
+from testca import make_ca  # noqa: E402
 
 GOOD = "good.test"
 CODES_OK = {"mx-ok", "spf-record", "spf-lookups", "spf-void-lookups", "spf-all", "dkim-key-ok", "dmarc-record",
@@ -104,37 +102,6 @@ def publish(zone: Zone, domain: str, policies: dict, keys: dict, change: dict | 
     zone.txt(f"_smtp._tls.{domain}", change.get("tlsrpt", f"v=TLSRPTv1; rua=mailto:tls@{domain}"))
     if "bimi" in change:
         zone.txt(f"default._bimi.{domain}", change["bimi"])
-
-
-def make_ca(directory: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
-    """A test CA and a server certificate for every policy host."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailgate check test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    ca_pem, cert_pem, key_pem = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return ca_pem, cert_pem, key_pem
 
 
 class PolicyServer:

@@ -396,3 +396,61 @@ def test_config_check_lists_webhook_problems(mailgate_factory, peer):
     out = p.stdout + p.stderr
     for key in ["webhook[0].url", "webhook[0].events", "webhook[0].secret", "webhook[0].max_age"]:
         assert key in out, out
+
+
+def test_https_receiver_with_keep_alive_and_a_response_body(mailgate_factory, peer, tmp_path):
+    """An HTTPS receiver (its certificate from a CA that `[delivery]
+    ca_file` trusts), named `localhost` (resolved by the system resolver,
+    which may answer ::1 first: the receiver listens on 127.0.0.1 only),
+    answering HTTP/1.1 `200` with a body, as web frameworks do. Each POST
+    arrives signed, and the events of four messages sent one after the
+    other share one kept-alive connection: the body is read so the
+    connection can carry the next POST."""
+    from testca import make_ca
+
+    ca, cert, key = make_ca(tmp_path, ["localhost"])
+    conns: list[int] = []
+    posts: list[tuple[bytes, str]] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                conns.append(self.client_address[1])
+                posts.append((body, self.headers.get("Mailgate-Signature", "")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    srv = make(mailgate_factory, peer, hook_toml(f"https://localhost:{port}/hook", ["delivered"]))
+    srv.config_path.write_text(srv.config_path.read_text().replace("[delivery]\n", f'[delivery]\nca_file = "{ca}"\n', 1))
+    srv.start()
+    try:
+        for n in range(4):
+            qid = send(srv, ["ok@example.test"], f"tls{n}")
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline and len(posts) < n + 1:
+                time.sleep(0.05)
+            assert len(posts) == n + 1, (n, posts, srv.log_text()[-3000:])
+            body, sig = posts[n]
+            assert json.loads(body)["queue_id"] == qid
+            assert verify(SECRET, sig, body)
+        assert len(set(conns)) == 1, f"a connection per POST: {conns}"
+        assert metric(srv, "mailgate_webhook_events_total", result="sent") == 4
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,6 +1,12 @@
 //! Sends the outbox: each (webhook, message)'s oldest event, signed, over
-//! HTTP (reqwest, as MTA-STS and TLS-RPT use), retried with backoff (10 s
-//! doubling to 10 minutes) until the webhook's `max_age`.
+//! HTTP/1.1 with keep-alive, retried with backoff (10 s doubling to 10
+//! minutes) until the webhook's `max_age`.
+//!
+//! The client is hyper's connection API (the HTTP implementation under
+//! reqwest, which MTA-STS and TLS-RPT use) with a few kept-alive
+//! connections per webhook: a POST per event to one receiver needs no
+//! pool keyed by host, redirect or retry layers, nor a URL parsed per
+//! request, and those cost as much as the POST's own I/O.
 //!
 //! Bounded: at most [`READY`] events read ahead (or [`KNOWN_MAX`] taken
 //! from the writer while the receivers keep up; see [`run`]),
@@ -12,11 +18,16 @@
 //! May import: `config`, `metrics`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::{FutureExt, future::BoxFuture};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::outbox::{Head, Msg, Note, Outbox, Settle};
@@ -28,43 +39,119 @@ use crate::metrics::Metrics;
 const MAX_IN_FLIGHT: usize = 32;
 /// Heads read from the outbox at a time (and held, bodies included).
 const READY: usize = 256;
-/// POSTs under way at once to one webhook.
+/// POSTs under way at once to one webhook (and connections kept open).
 const PER_URL: usize = 16;
-/// The whole POST, connection to status line.
+/// The whole POST, connection to the end of the response.
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts of one event.
 const MAX_BACKOFF_MS: u64 = 600_000;
+/// A response body longer than this is not read: the connection closes.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// One configured webhook, ready to POST to.
 pub struct Target {
     hook: Webhook,
-    /// `hook.url`, parsed once (not per POST).
-    url: reqwest::Url,
     /// `hook.secret`, ready to sign with.
     key: ring::hmac::Key,
-    client: reqwest::Client,
+    /// The host to resolve (no brackets around an IPv6 address) and port.
+    host: String,
+    port: u16,
+    /// The `Host:` field and the request target.
+    authority: String,
+    path: String,
+    /// For an `https` webhook: what delivery trusts, and the name to check.
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    /// Kept-alive connections not in use.
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
-/// Builds a client per webhook, trusting what delivery trusts. Hosts are
+/// A connection's transport: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Sets up each webhook, trusting what delivery trusts. Hosts are
 /// resolved by the system resolver: a webhook is usually an internal
 /// name (`/etc/hosts`, the site's DNS), not an internet one.
 pub fn targets(hooks: &[Webhook], tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Arc<[Target]>> {
     let mut out = Vec::new();
     for h in hooks {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls.as_ref().clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_max_idle_per_host(PER_URL)
-            .no_proxy()
-            .build()
-            .map_err(|e| anyhow::anyhow!("webhook {}: cannot set up an HTTP client: {e}", h.url))?;
-        let url = reqwest::Url::parse(&h.url).map_err(|e| anyhow::anyhow!("webhook {}: {e}", h.url))?;
-        out.push(Target { hook: h.clone(), url, key: super::signing_key(&h.secret), client });
+        let bad = |why: &str| anyhow::anyhow!("webhook {}: {why}", h.url);
+        let uri: hyper::Uri = h.url.parse().map_err(|e| bad(&format!("{e}")))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("the URL must be http or https")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("the URL has no host"))?;
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| bad(&format!("{e}")))?;
+            Some((tokio_rustls::TlsConnector::from(tls.clone()), name))
+        } else {
+            None
+        };
+        out.push(Target {
+            hook: h.clone(),
+            key: super::signing_key(&h.secret),
+            authority: authority.as_str().to_string(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            host,
+            port,
+            tls,
+            idle: Mutex::new(Vec::new()),
+        });
     }
     Ok(out.into())
+}
+
+impl Target {
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, c: SendRequest<Full<Bytes>>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < PER_URL {
+            idle.push(c);
+        }
+    }
+
+    /// A new connection, its I/O driven by a task of its own.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let addrs =
+            tokio::net::lookup_host((self.host.as_str(), self.port)).await.map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
+        let mut why = format!("no address for {}", self.host);
+        let mut tcp = None;
+        for addr in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => why = format!("cannot connect to {addr}: {e}"),
+                Err(_) => why = format!("cannot connect to {addr}: timed out"),
+            }
+        }
+        let tcp = tcp.ok_or(why)?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.tls {
+            Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?),
+            None => Box::new(tcp),
+        };
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| format!("HTTP: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    }
 }
 
 /// Retry timing: 10 s doubling, or `MAILGATE_WEBHOOK_RETRY_MS` for the
@@ -360,27 +447,48 @@ fn expired(t: &Target, head: &Head, metrics: &Metrics) -> bool {
 
 /// One POST; `Ok` on a 2xx.
 async fn post(t: &Target, body: String) -> Result<(), String> {
+    tokio::time::timeout(TIMEOUT, post_within(t, body)).await.unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}")))
+}
+
+async fn post_within(t: &Target, body: String) -> Result<(), String> {
     let sig = signature(&t.key, unix_now(), &body);
-    let resp = t
-        .client
-        .post(t.url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
+    let mut request = hyper::Request::post(t.path.as_str())
+        .header(hyper::header::HOST, t.authority.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, concat!("mailgate/", env!("CARGO_PKG_VERSION")))
         .header("Mailgate-Signature", sig)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            // reqwest's message names only the URL; the cause is in its sources.
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                why.push_str(&format!(": {s}"));
-                source = s.source();
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    // A kept-alive connection first; should the receiver have closed it
+    // before taking the request (hyper gives an unsent request back),
+    // the request goes again on a new one.
+    let (response, conn) = loop {
+        let (mut conn, reused) = match t.take_idle() {
+            Some(c) => (c, true),
+            None => (t.connect().await?, false),
+        };
+        if let Err(e) = conn.ready().await {
+            if reused {
+                continue;
             }
-            why
-        })?;
-    // The response body is not read: a receiver cannot make us hold it.
-    if resp.status().is_success() { Ok(()) } else { Err(format!("HTTP status {}", resp.status())) }
+            return Err(format!("HTTP: {e}"));
+        }
+        match conn.try_send_request(request).await {
+            Ok(r) => break (r, conn),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if reused => request = unsent,
+                _ => return Err(format!("HTTP: {}", e.error())),
+            },
+        }
+    };
+    let status = response.status();
+    // The body is read (up to a limit) so the connection can carry the
+    // next POST; a receiver cannot make us hold more.
+    let drained = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect().await.is_ok();
+    if drained && !conn.is_closed() {
+        t.put_idle(conn);
+    }
+    if status.is_success() { Ok(()) } else { Err(format!("HTTP status {status}")) }
 }
 
 #[cfg(test)]
