@@ -195,6 +195,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         recorder: Some(recorder.clone()),
         ingester: Some(Arc::new(crate::report::ingest::Ingester::new(store.clone(), &config.data_dir).with_metrics(metrics.clone()))),
         suppressions: Some(suppressions.clone()),
+        message_ids: hooks.is_some(),
     });
     crate::sign::rotation::watch(
         signer.clone(),

@@ -95,6 +95,8 @@ pub struct Outbound {
     pub ingester: Option<Arc<crate::report::ingest::Ingester>>,
     /// VERP senders, and the reader of bounces and complaints.
     pub suppressions: Option<Arc<crate::suppression::Suppressions>>,
+    /// Whether a delivery's `Message-ID:` is wanted (by webhook events).
+    pub message_ids: bool,
 }
 
 impl Outbound {
@@ -466,7 +468,7 @@ pub async fn worker(ob: Arc<Outbound>, source: Arc<dyn JobSource>, dest: Destina
             remote: Some(c.remote.clone()),
             remote_dsn: c.supports_dsn(),
             local: matches!(dest, Destination::Lmtp { .. }),
-            message_id: crate::webhook::message_id(content.prefix()),
+            message_id: if ob.message_ids { crate::webhook::message_id(content.prefix()) } else { None },
         };
         ob.finish(&dest, &results, &job.envelope, c.tls_active(), result);
     }
