@@ -209,6 +209,8 @@ pub struct Pending {
     /// Set when a POST of the row failed before it was written.
     pub attempts: u32,
     pub next_try: i64,
+    /// When the writer took it in.
+    pub born: Instant,
 }
 
 /// What has come in since the last commit.
@@ -216,8 +218,6 @@ pub struct Pending {
 struct Batch {
     /// In `seq` order.
     rows: Vec<Pending>,
-    /// When each row came in.
-    born: Vec<Instant>,
     settles: Vec<Settle>,
     flushes: Vec<oneshot::Sender<()>>,
 }
@@ -265,8 +265,7 @@ pub fn start_writer(
                                     next_seq += 1;
                                     let head = Head { seq: next_seq, url: row.url.clone(), created: row.created, attempts: 0, body: row.body.clone() };
                                     fresh.push((row.key.clone(), head));
-                                    batch.rows.push(Pending { seq: next_seq, row, attempts: 0, next_try: 0 });
-                                    batch.born.push(now);
+                                    batch.rows.push(Pending { seq: next_seq, row, attempts: 0, next_try: 0, born: now });
                                 }
                             }
                             Msg::Settle(s) => batch.settles.push(s),
@@ -326,20 +325,18 @@ impl Writer {
         }
         let mut resolved = Vec::new();
         let mut rows = Vec::new();
-        let (mut young, mut young_born) = (Vec::new(), Vec::new());
-        for ((p, born), gone) in batch.rows.drain(..).zip(batch.born.drain(..)).zip(gone) {
+        let mut young = Vec::new();
+        for (p, gone) in batch.rows.drain(..).zip(gone) {
             if gone {
                 resolved.push(p.seq);
-            } else if born <= cut {
+            } else if p.born <= cut {
                 resolved.push(p.seq);
                 rows.push(p);
             } else {
                 young.push(p);
-                young_born.push(born);
             }
         }
         batch.rows = young;
-        batch.born = young_born;
         let inserted = rows.len() as u64;
         if inserted > 0 || !earlier.is_empty() {
             let o = self.outbox.clone();
@@ -364,7 +361,7 @@ impl Writer {
         for done in flushes {
             let _ = done.send(());
         }
-        batch.born.first().map(|&b| b + GATHER)
+        batch.rows.first().map(|p| p.born + GATHER)
     }
 }
 
@@ -380,6 +377,7 @@ mod tests {
                 row: NewRow { url: (*url).into(), key: (*key).into(), created: 1, body: (*body).into() },
                 attempts: 0,
                 next_try: 0,
+                born: Instant::now(),
             })
             .collect()
     }
