@@ -6,7 +6,8 @@
 //! thread. Removal appends a tombstone, and once it is durable the removed
 //! record's content is punched out of its segment (see [`punch`]), so that
 //! deleting or delivering messages frees disk space at once, even on a full
-//! disk. A segment file is deleted once it is the oldest and holds no live
+//! disk (and a [`reserve`] file keeps room for the tombstones when the
+//! disk is full to its last block). A segment file is deleted once it is the oldest and holds no live
 //! message; segments are deleted oldest first so that a tombstone is never
 //! deleted before the message it cancels. On start-up every segment is
 //! replayed; a damaged one has its intact messages copied to a fresh segment
@@ -24,6 +25,7 @@ mod index;
 mod punch;
 mod record;
 mod recover;
+mod reserve;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -198,6 +200,8 @@ pub struct Spool {
     seq: AtomicU32,
     /// Cleared when the file system cannot punch holes.
     can_punch: AtomicBool,
+    /// Space held back for tombstones on a full disk.
+    reserve: reserve::Reserve,
 }
 
 impl Spool {
@@ -229,6 +233,7 @@ impl Spool {
             shared,
             seq: AtomicU32::new(rand::random::<u32>() & 0xFFFF),
             can_punch: AtomicBool::new(true),
+            reserve: reserve::Reserve::open(dir),
         };
         spool.collect_segments();
         Ok((spool, recovered.report))
@@ -355,7 +360,17 @@ impl Spool {
 
     /// The rest of [`Spool::remove`] once its tombstone was handed over.
     pub async fn finish_remove(&self, id: &QueueId, tombstone: Pending) -> Result<bool, SpoolError> {
-        if !tombstone.finish().await? {
+        let written = match tombstone.finish().await {
+            // The disk is full to the last block: give up the reserve (if
+            // another removal has not already) and try once more, so that
+            // what frees space is not what the full disk stops.
+            Err(SpoolError::Full(_)) => {
+                self.reserve.release();
+                self.begin_remove(id).finish().await?
+            }
+            done => done?,
+        };
+        if !written {
             return Ok(false);
         }
         let removed = {
@@ -384,6 +399,7 @@ impl Spool {
         }
         let removed = removed.is_some();
         self.collect_segments();
+        self.reserve.restore();
         Ok(removed)
     }
 
