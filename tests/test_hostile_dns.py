@@ -276,3 +276,22 @@ def test_bad_dns_settings_are_refused(tmp_path):
         srv.config_path.write_text(srv.config_path.read_text().replace("[dns]\n", f"[dns]\n{bad}\n"))
         p = subprocess.run([str(BIN), "--config", str(srv.config_path), "config", "check"], capture_output=True, text=True, timeout=30)
         assert p.returncode != 0 and "dns." + bad.split()[0] in (p.stdout + p.stderr), (bad, p.stdout, p.stderr)
+
+
+def test_concurrent_senders_of_one_domain_share_each_slow_query(hostile, tmp_path):
+    """A burst of sessions from one sender domain whose DNS is slow (2 s per
+    answer): the resolver shares a query in flight, so the checks ask each
+    name a few times at most, not once per session (a flood must not
+    multiply into queries)."""
+    srv = server(tmp_path / "srv", hostile, {"temperror": "defer"})
+    try:
+        n = 12
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(lambda i: send(srv.mx_port, "slow", f"burst-{i}"), range(n)))
+        assert all(code == 250 for code, _ in results), results
+        asked = {name: hostile.count(name, "TXT") for name in ("slow.test", "_dmarc.slow.test")}
+        # Once each, or a few times where the 2 s answer outlasts the
+        # resolver's per-query timeout and it asks again: never per session.
+        assert all(1 <= c <= 3 for c in asked.values()), (asked, results)
+    finally:
+        stop(srv)
