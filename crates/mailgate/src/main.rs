@@ -10,18 +10,6 @@ use mailgate::cli::{self, Cli, Command, ConfigAction};
 use mailgate::config::{Config, LogFormat};
 use mailgate::server;
 
-/// jemalloc instead of glibc's malloc. The report store's events are built
-/// by the sessions on one thread, kept for the writer's gathering window and
-/// freed on another; under glibc that made every session's allocations
-/// dearer (`malloc_consolidate`, bin searches), so recording cost 9-12 % of
-/// the accept rate even with the writer discarding the events. jemalloc
-/// takes such frees cheaply: with it recording costs nothing measurable,
-/// the accept path uses about 9 % less CPU, and 1,000 idle sessions stay at
-/// 37 MiB (glibc: 38; mimalloc, tried before: 46-51). BENCHMARKS.md,
-/// "Accept with recording on and off".
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Check(args) = &cli.command {
