@@ -286,10 +286,13 @@ def test_concurrent_senders_of_one_domain_share_each_slow_query(hostile, tmp_pat
     srv = server(tmp_path / "srv", hostile, {"temperror": "defer"})
     try:
         n = 12
+        names = ("slow.test", "_dmarc.slow.test")
+        # The DNS server is shared by the module's tests: count from here.
+        before = {name: hostile.count(name, "TXT") for name in names}
         with ThreadPoolExecutor(n) as pool:
             results = list(pool.map(lambda i: send(srv.mx_port, "slow", f"burst-{i}"), range(n)))
         assert all(code == 250 for code, _ in results), results
-        asked = {name: hostile.count(name, "TXT") for name in ("slow.test", "_dmarc.slow.test")}
+        asked = {name: hostile.count(name, "TXT") - before[name] for name in names}
         # Once each, or a few times where the 2 s answer outlasts the
         # resolver's per-query timeout and it asks again: never per session.
         assert all(1 <= c <= 3 for c in asked.values()), (asked, results)
