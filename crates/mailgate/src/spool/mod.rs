@@ -7,11 +7,11 @@
 //! record's content is punched out of its segment (see [`punch`]), so that
 //! deleting or delivering messages frees disk space at once, even on a full
 //! disk (and a [`reserve`] file keeps room for the tombstones when the
-//! disk is full to its last block). A segment file is deleted once it is the oldest and holds no live
-//! message; segments are deleted oldest first so that a tombstone is never
-//! deleted before the message it cancels. On start-up every segment is
-//! replayed; a damaged one has its intact messages copied to a fresh segment
-//! and is moved to `spool/corrupt/`.
+//! disk is full to its last block). A segment file is deleted once it is
+//! the oldest and holds no live message; segments are deleted oldest first
+//! so that a tombstone is never deleted before the message it cancels. On
+//! start-up every segment is replayed; a damaged one has its intact
+//! messages copied to a fresh segment and is moved to `spool/corrupt/`.
 //!
 //! Large messages live in files of their own (see [`external`]): received
 //! into `spool/staging/` as they arrive, renamed into `spool/msg/` when
