@@ -46,7 +46,17 @@ pub struct Connection {
     pub remote: String,
     pub sent: usize,
     broken: bool,
+    /// Buffers kept for the connection's life (it carries many messages):
+    /// replies are read into `replies`, content into `chunk`, and DATA's
+    /// dot-stuffed copy goes to `stuffed`. Allocated once, not zeroed again
+    /// for every command and message.
+    replies: Vec<u8>,
+    chunk: Vec<u8>,
+    stuffed: Vec<u8>,
 }
+
+/// Octets of replies read at a time.
+const REPLY_CHUNK: usize = 16 * 1024;
 
 fn temp(code: StatusCode, text: String) -> Outcome {
     Outcome::Temporary(Reply::new(451, code, text))
@@ -92,6 +102,9 @@ async fn connect_one(name: &str, addr: SocketAddr, settings: &Settings) -> Resul
         remote: format!("{name}[{}]:{}", addr.ip(), addr.port()),
         sent: 0,
         broken: false,
+        replies: vec![0; REPLY_CHUNK],
+        chunk: Vec::new(),
+        stuffed: Vec::new(),
     };
     let result = conn.run(Vec::new(), None).await;
     if let (Some(report), false) = (settings.report.as_ref(), conn.tls_active())
@@ -161,7 +174,6 @@ impl Connection {
     /// Carries out actions and feeds replies until the client is ready,
     /// has finished a message, or the connection ends.
     async fn run(&mut self, mut actions: Vec<ClientAction>, mut content: Option<&mut Content>) -> Stop {
-        let mut buf = vec![0u8; 16 * 1024];
         let mut finished = None;
         loop {
             let mut ready = false;
@@ -223,9 +235,9 @@ impl Connection {
                     Ok(None) => {}
                     Err(e) => return self.abort(&format!("{}: {}", self.remote, e.0)),
                 }
-                match timeout(self.settings.command_timeout, self.stream.read(&mut buf)).await {
+                match timeout(self.settings.command_timeout, self.stream.read(&mut self.replies)).await {
                     Ok(Ok(0)) => return self.abort(&format!("{} closed the connection", self.remote)),
-                    Ok(Ok(n)) => self.reader.feed(&buf[..n]),
+                    Ok(Ok(n)) => self.reader.feed(&self.replies[..n]),
                     Ok(Err(e)) => return self.abort(&format!("read from {} failed: {e}", self.remote)),
                     Err(_) => return self.abort(&format!("timeout waiting for {}", self.remote)),
                 }
@@ -237,11 +249,25 @@ impl Connection {
     /// Streams the content from the spool, a chunk at a time, so a large
     /// message is never held whole in memory (dot-stuffed for DATA).
     async fn write_content(&mut self, mode: ContentMode, content: &mut Content) -> std::io::Result<()> {
-        let mut chunk = vec![0u8; CONTENT_CHUNK];
-        let mut stuffed = Vec::with_capacity(CONTENT_CHUNK + CONTENT_CHUNK / 32);
+        let mut chunk = std::mem::take(&mut self.chunk);
+        let mut stuffed = std::mem::take(&mut self.stuffed);
+        chunk.resize(CONTENT_CHUNK, 0);
+        let result = self.write_chunks(mode, content, &mut chunk, &mut stuffed).await;
+        self.chunk = chunk;
+        self.stuffed = stuffed;
+        result
+    }
+
+    async fn write_chunks(
+        &mut self,
+        mode: ContentMode,
+        content: &mut Content,
+        chunk: &mut [u8],
+        stuffed: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         let mut stuffer = DotStuffer::default();
         loop {
-            let n = std::io::Read::read(content, &mut chunk)?;
+            let n = std::io::Read::read(content, chunk)?;
             if n == 0 {
                 break;
             }
@@ -249,15 +275,15 @@ impl Connection {
                 ContentMode::BdatLast => self.write(&chunk[..n]).await?,
                 ContentMode::Data => {
                     stuffed.clear();
-                    stuffer.push(&chunk[..n], &mut stuffed);
-                    self.write(&stuffed).await?;
+                    stuffer.push(&chunk[..n], stuffed);
+                    self.write(stuffed).await?;
                 }
             }
         }
         if matches!(mode, ContentMode::Data) {
             stuffed.clear();
-            stuffer.finish(&mut stuffed);
-            self.write(&stuffed).await?;
+            stuffer.finish(stuffed);
+            self.write(stuffed).await?;
         }
         Ok(())
     }
