@@ -53,7 +53,7 @@ impl Trace {
         self.rec.sender = path_text(&envelope.sender);
         self.rec.recipients = envelope.recipients.iter().map(|r| r.address.to_string()).collect();
         self.rec.size = size;
-        if let Some(m) = mail_parser::MessageParser::new().parse_headers(header) {
+        if let Some(m) = mail_parser::MessageParser::new().parse_headers(&searched_fields(header)) {
             // As written (unfolded): what the operator searches for and
             // sees, even when it is not a well-formed msg-id.
             let raw = m.header_raw(mail_parser::HeaderName::MessageId).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "));
@@ -143,6 +143,33 @@ impl Trace {
         }
         recorder.record(Event::Timeline(Box::new(TimelineEvent::Message(self.rec))));
     }
+}
+
+/// The `Message-ID:`, `Subject:` and `From:` of a header block (the last
+/// of each, as mail-parser picks from a whole header), as a header block
+/// of their own: parsing only these is a fraction of parsing every field
+/// (the `Received:` chain, DKIM signatures, dates), which the record does
+/// not keep.
+fn searched_fields(header: &[u8]) -> Vec<u8> {
+    const NAMES: [&[u8]; 3] = [b"message-id", b"subject", b"from"];
+    let mut last: [Option<(&[u8], &[u8])>; 3] = [None; 3];
+    for (name, value) in crate::checks::author::header_fields(header) {
+        let name = name.trim_ascii();
+        if let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) {
+            last[i] = Some((name, value));
+        }
+    }
+    let mut out = Vec::with_capacity(256);
+    for (name, value) in last.into_iter().flatten() {
+        out.extend_from_slice(name);
+        out.push(b':');
+        out.extend_from_slice(value);
+        if !value.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 fn yes(b: bool) -> &'static str {
@@ -284,4 +311,44 @@ fn path_text(from: &ReversePath) -> String {
 
 fn reply_text(reply: &Reply) -> String {
     clip(reply.to_string().trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_parser::{HeaderName, MessageParser};
+
+    /// The three fields parsed alone give what the whole header gives:
+    /// the encoded Subject decoded, the folded Message-ID as written, the
+    /// From with its display name, and the same one of a repeated field.
+    #[test]
+    fn searched_fields_parse_as_in_the_whole_header() {
+        let header = b"Received: from a.example by mx.example; Mon, 1 Jan 2024 00:00:00 +0000\r\n\
+            DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s;\r\n\tb=abc\r\n\
+            From: \"Ann Example\" <ann@example.com>\r\n\
+            Subject: =?utf-8?q?caf=C3=A9?= menu\r\n\
+            message-id :\r\n <abc@example.com>\r\n\
+            Subject: second\r\n\
+            To: bob@example.org\r\n\r\n";
+        let full = MessageParser::new().parse_headers(header).unwrap();
+        let fields = searched_fields(header);
+        let part = MessageParser::new().parse_headers(&fields).unwrap();
+        assert_eq!(part.subject(), full.subject());
+        assert_eq!(part.subject(), Some("second"));
+        assert_eq!(part.message_id(), Some("abc@example.com"));
+        assert_eq!(part.message_id(), full.message_id());
+        assert_eq!(part.header_raw(HeaderName::MessageId), full.header_raw(HeaderName::MessageId));
+        let from = part.from().and_then(|a| a.first()).unwrap();
+        assert_eq!((from.name(), from.address()), (Some("Ann Example"), Some("ann@example.com")));
+        assert!(!fields.windows(8).any(|w| w == b"Received"), "only the searched fields: {}", String::from_utf8_lossy(&fields));
+
+        // A header block without any of them, or with a last field that
+        // lacks its line end, still parses.
+        assert!(MessageParser::new().parse_headers(&searched_fields(b"To: x@example.org\r\n\r\n")).is_none_or(|m| m.subject().is_none()));
+        let encoded = searched_fields(b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n menu\r\n\r\n");
+        assert_eq!(MessageParser::new().parse_headers(&encoded).unwrap().subject(), Some("café menu"));
+        let cut = searched_fields(b"Subject: cut");
+        let part = MessageParser::new().parse_headers(&cut).unwrap();
+        assert_eq!(part.subject(), Some("cut"));
+    }
 }

@@ -246,4 +246,21 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE sent_reports ADD COLUMN node TEXT NOT NULL DEFAULT '';",
     // 6: the suppression list (recipients not to mail again, per sending domain).
     super::suppression::MIGRATION,
+    // 7: a message's queue id is its event id whenever it has one, so the
+    // event id's key finds it; a second index on the same value cost every
+    // recorded message a B-tree insert.
+    "DROP INDEX messages_queue_id;",
+    // 8: a message's recipients keyed by (recipient, event id) in one
+    // B-tree, instead of a rowid table with an index on each: a search by
+    // recipient reads the key alone, and each recipient recorded costs two
+    // B-tree inserts instead of three. Pruning finds rows by event id.
+    "CREATE TABLE message_recipients_v2 (
+        recipient TEXT NOT NULL COLLATE NOCASE,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (recipient, event_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO message_recipients_v2 (recipient, event_id) SELECT recipient, event_id FROM message_recipients;
+    DROP TABLE message_recipients;
+    ALTER TABLE message_recipients_v2 RENAME TO message_recipients;
+    CREATE INDEX message_recipients_event ON message_recipients (event_id);",
 ];

@@ -26,6 +26,8 @@ pub struct MessageRecord {
     pub time: u64,
     /// The queue id, or `r-<hex>` for a message refused before it had one.
     pub event_id: String,
+    /// The queue id when the message got one: then always `event_id`
+    /// (the SQLite store finds a message by queue id through `event_id`).
     pub queue_id: Option<String>,
     /// Received from the internet (an MX listener, untrusted client)
     /// rather than submitted by a user or a trusted network.
@@ -164,9 +166,10 @@ impl From<MessageRecord> for MessageSummary {
     }
 }
 
-/// A search: `text` matches a queue or event id, a Message-ID (with or
-/// without the angle brackets), a sender or recipient address or a client
-/// IP exactly; empty, it matches everything. Newest first.
+/// A search: `text` matches a queue or event id (the same value for a
+/// message that got one), a Message-ID (with or without the angle
+/// brackets), a sender or recipient address or a client IP exactly; empty,
+/// it matches everything. Newest first.
 #[derive(Debug, Clone, Default)]
 pub struct MessageQuery {
     pub text: String,
@@ -303,7 +306,7 @@ pub fn insert(tx: &Transaction<'_>, events: &[&TimelineEvent], node: &str) -> Re
         "INSERT OR REPLACE INTO messages (event_id, queue_id, time, client_ip, sender, message_id, action, detail, node)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut rcpt = tx.prepare_cached("INSERT INTO message_recipients (event_id, recipient) VALUES (?1, ?2)")?;
+    let mut rcpt = tx.prepare_cached("INSERT OR IGNORE INTO message_recipients (event_id, recipient) VALUES (?1, ?2)")?;
     let mut later = tx.prepare_cached("INSERT INTO message_events (queue_id, time, detail, node) VALUES (?1, ?2, ?3, ?4)")?;
     let mut hit = tx.prepare_cached(
         "INSERT INTO lookalike_hits (time, resembles, domain, rule, identity, client_ip, event_id, node)
@@ -394,7 +397,7 @@ pub fn search(c: &Connection, q: &MessageQuery) -> Result<Vec<MessageSummary>> {
         // Each term uses its own index; SQLite unions them.
         let mut st = c.prepare_cached(
             "SELECT detail FROM messages
-             WHERE (event_id = ?1 OR queue_id = ?1 OR message_id = ?2 OR message_id = ?3 OR sender = ?2 OR client_ip = ?1
+             WHERE (event_id = ?1 OR message_id = ?2 OR message_id = ?3 OR sender = ?2 OR client_ip = ?1
                     OR event_id IN (SELECT event_id FROM message_recipients WHERE recipient = ?2))
                AND time >= ?4 AND time < ?5 AND (?7 = '' OR node = ?7)
              ORDER BY time DESC, rowid DESC LIMIT ?6",
@@ -408,7 +411,7 @@ pub fn search(c: &Connection, q: &MessageQuery) -> Result<Vec<MessageSummary>> {
 /// The timeline of a queue id or event id; `None` when nothing is known.
 pub fn get(c: &Connection, id: &str) -> Result<Option<Timeline>> {
     let message: Option<MessageRecord> = c
-        .query_row("SELECT detail FROM messages WHERE event_id = ?1 OR queue_id = ?1 LIMIT 1", params![id], |r| r.get::<_, String>(0))
+        .query_row("SELECT detail FROM messages WHERE event_id = ?1 LIMIT 1", params![id], |r| r.get::<_, String>(0))
         .optional()?
         .map(|d| from_json(&d))
         .transpose()?;
