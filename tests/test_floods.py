@@ -18,6 +18,7 @@ import time
 import pytest
 
 from helpers import Dialogue
+from conftest import free_port as conftest_free_port  # noqa: E402
 
 
 def greet(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
@@ -28,9 +29,9 @@ def greet(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # conftest's: never a port handed out before in this run (two
+    # listeners of one config once got the same just-closed port).
+    return conftest_free_port()
 
 
 def metric(srv, name: str, **labels) -> float:

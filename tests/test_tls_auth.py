@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ConnectionClosed, Dialogue, Reply, queue_id
+from conftest import free_port as conftest_free_port  # noqa: E402
 
 HOST = "mx.example.test"          # conftest's default mailgate hostname
 SECRET = "correct horse battery"  # app's password
@@ -47,9 +48,9 @@ WAIT = 10.0
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # conftest's: never a port handed out before in this run (two
+    # listeners of one config once got the same just-closed port).
+    return conftest_free_port()
 
 
 def openssl() -> str:

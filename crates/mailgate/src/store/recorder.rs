@@ -87,6 +87,14 @@ impl Recorder {
             let _ = wait.await;
         }
     }
+
+    /// [`Recorder::flush`] for a blocking thread (never a runtime worker).
+    pub fn flush_blocking(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.blocking_send(Msg::Flush(done)).is_ok() {
+            let _ = wait.blocking_recv();
+        }
+    }
 }
 
 /// Where the writer's batches go: the store, or the buffer while the

@@ -61,7 +61,13 @@ pub fn bounce(sup: &Suppressions, spool: &Spool, recorder: Option<&Recorder>, to
         }
         None => return consumed("discarded: not a VERP address".into()),
     };
-    let Some((sender, recipient)) = resolve(sup, spool, &id, index) else {
+    // Delivered a moment ago, the message's record may still wait in the
+    // recorder's batch: write what is pending and look once more.
+    let found = resolve(sup, spool, &id, index).or_else(|| {
+        recorder?.flush_blocking();
+        resolve(sup, spool, &id, index)
+    });
+    let Some((sender, recipient)) = found else {
         tracing::warn!(queue_id = %id, index, "asynchronous bounce for a message no longer known; discarded");
         return consumed(format!("bounce for {id} recipient {index}: message unknown, discarded"));
     };
