@@ -524,7 +524,7 @@ async fn consume(ob: &Outbound, job: &Job, content: Content, complaint: bool) ->
         rcpts
             .iter()
             .map(|to| match complaint {
-                true => consume::complaint(&sup, &spool, &raw),
+                true => consume::complaint(&sup, &spool, recorder.as_deref(), &raw),
                 false => consume::bounce(&sup, &spool, recorder.as_deref(), to, &raw),
             })
             .collect()

@@ -232,7 +232,7 @@ impl Scheduler {
             if self.spool.due(&id) != Some(due) || self.in_flight.contains_key(&id) || self.settling.contains(&id) {
                 continue;
             }
-            let Some(q) = self.spool.get(&id) else { continue };
+            let Some(q) = self.spool.claim(&id) else { continue };
             self.dispatch(id, Arc::new(q.envelope), now);
         }
     }

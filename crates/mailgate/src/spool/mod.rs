@@ -28,7 +28,7 @@ mod recover;
 mod reserve;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -175,7 +175,15 @@ struct State {
     /// Live messages per segment; every existing segment has an entry.
     live: BTreeMap<u64, usize>,
     active: u64,
+    /// The envelopes of new messages the scheduler has not yet looked at
+    /// ([`Spool::claim`]), so that it does not read back from disk what was
+    /// written a moment ago. At most [`FRESH_MAX`]; any change of the
+    /// message drops its entry.
+    fresh: HashMap<QueueId, Envelope>,
 }
+
+/// The most envelopes [`State::fresh`] holds; beyond, they are read back.
+pub(super) const FRESH_MAX: usize = 4096;
 
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -264,6 +272,7 @@ impl Spool {
             env_offset,
             due: due_of(&envelope),
             external: None,
+            envelope: Box::new(envelope),
         };
         self.write(bytes, change).await?;
         self.announce(id);
@@ -313,6 +322,7 @@ impl Spool {
             env_offset,
             due: due_of(&envelope),
             external: Some((start, len)),
+            envelope: Box::new(envelope),
         };
         // On failure `staged` is dropped and takes the renamed file along.
         self.write(bytes, change).await?;
@@ -330,8 +340,12 @@ impl Spool {
     /// returns (see [`Spool::begin_remove`]); `finish` waits until it is
     /// durable.
     pub fn begin_update(&self, id: &QueueId, envelope: &Envelope) -> Pending {
-        if !self.shared.lock().index.contains_key(id) {
-            return Pending(None);
+        {
+            let mut state = self.shared.lock();
+            state.fresh.remove(id);
+            if !state.index.contains_key(id) {
+                return Pending(None);
+            }
         }
         let bytes = record::encode_update(id, envelope);
         let env_offset = record::UPDATE_ENV_OFFSET;
@@ -352,8 +366,12 @@ impl Spool {
     /// runtime, since a crash in between delivers the message again.
     /// [`Spool::finish_remove`] waits for it and frees the space.
     pub fn begin_remove(&self, id: &QueueId) -> Pending {
-        if !self.shared.lock().index.contains_key(id) {
-            return Pending(None);
+        {
+            let mut state = self.shared.lock();
+            state.fresh.remove(id);
+            if !state.index.contains_key(id) {
+                return Pending(None);
+            }
         }
         Pending(Some(self.send(record::encode_remove(id), writer::IndexChange::None)))
     }
@@ -588,6 +606,20 @@ impl Spool {
         if let Some(e) = self.shared.lock().index.get_mut(id) {
             e.due = due;
         }
+    }
+
+    /// [`Spool::get`] for the scheduler's first look at a message: a new
+    /// message's envelope comes from memory (the copy kept when it was
+    /// stored, given up now) instead of being read back from disk.
+    pub fn claim(&self, id: &QueueId) -> Option<Queued> {
+        {
+            let mut state = self.shared.lock();
+            let size = state.index.get(id)?.size();
+            if let Some(envelope) = state.fresh.remove(id) {
+                return Some(Queued { id: id.clone(), envelope, size });
+            }
+        }
+        self.get(id)
     }
 
     /// One message with its current envelope, read from disk.

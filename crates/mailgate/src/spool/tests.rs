@@ -392,3 +392,47 @@ async fn segments_with_no_live_message_are_deleted_at_start() {
     assert_eq!(report.messages, 0);
     assert!(!segment_path(dir.path(), 1).exists(), "an empty segment outlived the restart");
 }
+
+#[tokio::test]
+async fn a_new_message_envelope_is_kept_until_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let id = spool.new_id();
+    spool.store(&id, envelope(), b"x\r\n").await.unwrap();
+    assert!(spool.shared.lock().fresh.contains_key(&id));
+    let mut changed = spool.claim(&id).unwrap().envelope;
+    assert_eq!(changed, envelope());
+    // Claimed: given up, so it is read from disk from now on.
+    assert!(!spool.shared.lock().fresh.contains_key(&id));
+    assert_eq!(spool.claim(&id).unwrap().envelope, envelope());
+    changed.recipients[0].attempts += 3;
+    assert!(spool.update(&id, changed.clone()).await.unwrap());
+    assert_eq!(spool.claim(&id).unwrap().envelope, changed);
+    let other = spool.new_id();
+    spool.store(&other, envelope(), b"y\r\n").await.unwrap();
+    let mut unclaimed = envelope();
+    unclaimed.recipients[0].attempts = 7;
+    assert!(spool.update(&other, unclaimed.clone()).await.unwrap());
+    // Changed before the scheduler looked: the kept copy went with it.
+    assert!(!spool.shared.lock().fresh.contains_key(&other));
+    assert_eq!(spool.claim(&other).unwrap().envelope, unclaimed);
+    assert!(spool.remove(&other).await.unwrap());
+    assert!(spool.claim(&other).is_none());
+}
+
+#[tokio::test]
+async fn kept_envelopes_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), 1 << 24).unwrap();
+    let mut last = None;
+    for _ in 0..FRESH_MAX + 50 {
+        let id = spool.new_id();
+        spool.store(&id, envelope(), b"x\r\n").await.unwrap();
+        last = Some(id);
+    }
+    assert_eq!(spool.shared.lock().fresh.len(), FRESH_MAX);
+    // One past the bound is read back from disk, the same.
+    let last = last.unwrap();
+    assert!(!spool.shared.lock().fresh.contains_key(&last));
+    assert_eq!(spool.claim(&last).unwrap().envelope, envelope());
+}

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Entry, Shared, SpoolError, segment_path, sync_dir};
-use mailgate_core::QueueId;
+use super::{Entry, FRESH_MAX, Shared, SpoolError, segment_path, sync_dir};
+use mailgate_core::{Envelope, QueueId};
 
 /// Most bytes gathered into one batch before it is written.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -35,6 +35,8 @@ pub(super) enum IndexChange {
         env_offset: usize,
         due: u64,
         external: Option<(u64, u64)>,
+        /// Kept in memory for the scheduler's first look (`State::fresh`).
+        envelope: Box<Envelope>,
     },
     Envelope {
         id: QueueId,
@@ -223,8 +225,11 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
         let at = |offset: usize| base + offset as u64;
         match std::mem::replace(&mut op.change, IndexChange::None) {
             IndexChange::None => {}
-            IndexChange::Insert { id, data_offset, data_len, env_offset, due, external } => {
+            IndexChange::Insert { id, data_offset, data_len, env_offset, due, external, envelope } => {
                 *state.live.entry(segment).or_insert(0) += 1;
+                if state.fresh.len() < FRESH_MAX {
+                    state.fresh.insert(id.clone(), *envelope);
+                }
                 state.index.insert(id, Entry::at(segment, base, env_offset, data_offset, data_len, due, external));
             }
             IndexChange::Move { id, from, data_offset, data_len, env_offset, due, external } => {

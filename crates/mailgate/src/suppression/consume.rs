@@ -35,8 +35,19 @@ fn consumed(text: String) -> Reply {
     Reply::new(250, StatusCode::new(2, 0, 0), super::clip(&text))
 }
 
-/// The message and recipient a bounce is about: (sender, recipient).
-fn resolve(sup: &Suppressions, spool: &Spool, id: &QueueId, index: usize) -> Option<(ReversePath, String)> {
+/// The message and recipient a bounce or complaint is about: (sender,
+/// recipient). Looked up in the spool, then in the report store. A
+/// message delivered a moment ago may have left the spool while its record
+/// still waits in the recorder's batch: then what is pending is written
+/// and the store is asked once more.
+fn resolve(sup: &Suppressions, spool: &Spool, recorder: Option<&Recorder>, id: &QueueId, index: usize) -> Option<(ReversePath, String)> {
+    lookup(sup, spool, id, index).or_else(|| {
+        recorder?.flush_blocking();
+        lookup(sup, spool, id, index)
+    })
+}
+
+fn lookup(sup: &Suppressions, spool: &Spool, id: &QueueId, index: usize) -> Option<(ReversePath, String)> {
     if let Some(q) = spool.get(id) {
         let r = q.envelope.recipients.get(index)?;
         return Some((q.envelope.sender, r.address.to_string()));
@@ -61,13 +72,7 @@ pub fn bounce(sup: &Suppressions, spool: &Spool, recorder: Option<&Recorder>, to
         }
         None => return consumed("discarded: not a VERP address".into()),
     };
-    // Delivered a moment ago, the message's record may still wait in the
-    // recorder's batch: write what is pending and look once more.
-    let found = resolve(sup, spool, &id, index).or_else(|| {
-        recorder?.flush_blocking();
-        resolve(sup, spool, &id, index)
-    });
-    let Some((sender, recipient)) = found else {
+    let Some((sender, recipient)) = resolve(sup, spool, recorder, &id, index) else {
         tracing::warn!(queue_id = %id, index, "asynchronous bounce for a message no longer known; discarded");
         return consumed(format!("bounce for {id} recipient {index}: message unknown, discarded"));
     };
@@ -117,7 +122,7 @@ pub fn bounce(sup: &Suppressions, spool: &Spool, recorder: Option<&Recorder>, to
 }
 
 /// Consumes an ARF complaint. Blocks.
-pub fn complaint(sup: &Suppressions, spool: &Spool, raw: &[u8]) -> Reply {
+pub fn complaint(sup: &Suppressions, spool: &Spool, recorder: Option<&Recorder>, raw: &[u8]) -> Reply {
     let Some(c) = super::arf::read(raw) else {
         tracing::info!("message to the complaints address is not an ARF report; discarded");
         return consumed("not an ARF report, discarded".into());
@@ -130,7 +135,7 @@ pub fn complaint(sup: &Suppressions, spool: &Spool, raw: &[u8]) -> Reply {
         .and_then(|a| Mailbox::parse(a, true).ok())
         .and_then(|m| sup.verp_target(&m))
         .and_then(Result::ok)
-        .and_then(|(id, i)| resolve(sup, spool, &id, i).map(|(s, r)| (id, s, r)));
+        .and_then(|(id, i)| resolve(sup, spool, recorder, &id, i).map(|(s, r)| (id, s, r)));
     let (queue_id, sender, recipient) = match verp {
         Some((id, s, r)) => (Some(id.as_str().to_string()), s.mailbox().map(|m| m.to_string()), Some(r)),
         // The envelope sender's domain is the list the submission path reads.
