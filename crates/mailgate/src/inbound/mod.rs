@@ -234,11 +234,13 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Inbound>, mut shutdo
 }
 
 /// A read buffer for what the session waits for: commands come in small
-/// pieces, content in large ones. Shrunk again after content, so an idle
-/// session holds 4 KiB, not 64.
+/// pieces, content in larger ones. Shrunk again after content, so an idle
+/// session holds 4 KiB, not 32. 32 KiB is the largest size jemalloc keeps
+/// in its per-thread cache: a larger buffer per message went through its
+/// slower large-allocation path.
 fn size_read_buffer(buf: &mut Vec<u8>, waiting: Waiting) {
     const COMMANDS: usize = 4 * 1024;
-    const CONTENT: usize = 64 * 1024;
+    const CONTENT: usize = 32 * 1024;
     let want = if waiting == Waiting::Data { CONTENT } else { COMMANDS };
     buf.clear();
     // Capacity only: `read_buf` fills it without zeroing it first.

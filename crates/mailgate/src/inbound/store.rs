@@ -91,8 +91,8 @@ pub async fn store(
     trace.message(&envelope, &header, header.len() as u64 + body.len());
     check_sender(ctx, authenticated_as, &header)?;
     // Inbound mail is judged as received, before anything is added.
-    let checks = if outbound {
-        String::new()
+    let (checks, verdict) = if outbound {
+        (String::new(), None)
     } else {
         let verdict = check(ctx, peer, helo, &envelope, &header, body.clone(), trace).await?;
         envelope.quarantine = verdict.action == Disposition::Quarantine && ctx.quarantine;
@@ -100,7 +100,7 @@ pub async fn store(
             tracing::info!(client = %peer, fields = n, "removed incoming header fields claiming our authserv-id");
             header = clean;
         }
-        verdict_headers(&verdict)
+        (verdict_headers(&verdict), Some(verdict))
     };
     let now = SystemTime::now();
     envelope.received_at = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -147,6 +147,7 @@ pub async fn store(
         (Some(staged), Body::File { start, .. }) => ctx.spool.store_staged(&id, envelope, &prefix, staged, *start).await,
         _ => {
             let mut content = prefix;
+            content.reserve(usize::try_from(body.len()).unwrap_or(0));
             body.for_each_chunk(|chunk| content.extend_from_slice(chunk)).map_err(|e| spool_reply(&SpoolError::Io(e.to_string())))?;
             ctx.spool.store(&id, envelope, &content).await
         }
@@ -154,7 +155,25 @@ pub async fn store(
     match stored {
         Ok(()) => {
             ctx.metrics.message_accepted(size);
-            tracing::info!(queue_id = %id, client = %peer, from = %sender, to = %rcpts, size, "accepted");
+            match &verdict {
+                // One line per accepted message, with what the checks found.
+                Some(v) => tracing::info!(
+                    queue_id = %id,
+                    client = %peer,
+                    from = %sender,
+                    to = %rcpts,
+                    size,
+                    spf = v.spf.result,
+                    dkim = %dkim_results(v),
+                    arc = v.arc.result,
+                    dmarc = v.dmarc.result,
+                    header_from = %v.dmarc.from_domain,
+                    action = v.action.as_str(),
+                    reason = v.reason.as_deref().unwrap_or(""),
+                    "accepted"
+                ),
+                None => tracing::info!(queue_id = %id, client = %peer, from = %sender, to = %rcpts, size, "accepted"),
+            }
             Ok(id)
         }
         Err(e) => {
@@ -239,20 +258,23 @@ async fn check(
     super::count::verdict(&ctx.metrics, &verdict, started.elapsed().as_secs_f64());
     trace.verdict(&verdict);
     let reason = verdict.reason.as_deref().unwrap_or("");
-    let dkim: Vec<String> = verdict.dkim.iter().map(|d| format!("{}:{}", d.domain, d.result)).collect();
-    tracing::info!(
-        client = %peer,
-        from = %mail_from,
-        spf = verdict.spf.result,
-        dkim = %dkim.join(","),
-        arc = verdict.arc.result,
-        dmarc = verdict.dmarc.result,
-        header_from = %verdict.dmarc.from_domain,
-        action = verdict.action.as_str(),
-        temporary = verdict.temporary,
-        reason,
-        "checked"
-    );
+    // A refusal is logged here; a message kept is logged once, as
+    // `accepted`, with the same results.
+    if verdict.action == Disposition::Reject {
+        tracing::info!(
+            client = %peer,
+            from = %mail_from,
+            spf = verdict.spf.result,
+            dkim = %dkim_results(&verdict),
+            arc = verdict.arc.result,
+            dmarc = verdict.dmarc.result,
+            header_from = %verdict.dmarc.from_domain,
+            action = verdict.action.as_str(),
+            temporary = verdict.temporary,
+            reason,
+            "checked"
+        );
+    }
     for f in &verdict.lookalike {
         tracing::warn!(client = %peer, domain = %f.domain, resembles = %f.resembles, rule = %f.rule, identity = f.identity, "look-alike sender domain");
     }
@@ -263,6 +285,12 @@ async fn check(
         Disposition::Reject => Err(Reply::new(550, StatusCode::new(5, 7, 1), format!("Message refused: {}", printable(reason)))),
         _ => Ok(verdict),
     }
+}
+
+/// The DKIM results for a log line: `domain:result`, comma-separated.
+fn dkim_results(verdict: &Verdict) -> String {
+    let dkim: Vec<String> = verdict.dkim.iter().map(|d| format!("{}:{}", d.domain, d.result)).collect();
+    dkim.join(",")
 }
 
 fn printable(s: &str) -> String {
