@@ -209,7 +209,7 @@ pub struct Spool {
     /// Cleared when the file system cannot punch holes.
     can_punch: AtomicBool,
     /// Space held back for tombstones on a full disk.
-    reserve: reserve::Reserve,
+    reserve: Arc<reserve::Reserve>,
 }
 
 impl Spool {
@@ -241,7 +241,7 @@ impl Spool {
             shared,
             seq: AtomicU32::new(rand::random::<u32>() & 0xFFFF),
             can_punch: AtomicBool::new(true),
-            reserve: reserve::Reserve::open(dir),
+            reserve: Arc::new(reserve::Reserve::open(dir)),
         };
         spool.collect_segments();
         Ok((spool, recovered.report))
@@ -417,7 +417,10 @@ impl Spool {
         }
         let removed = removed.is_some();
         self.collect_segments();
-        self.reserve.restore();
+        if self.reserve.restore_due() {
+            let reserve = self.reserve.clone();
+            tokio::task::spawn_blocking(move || reserve.restore());
+        }
         Ok(removed)
     }
 

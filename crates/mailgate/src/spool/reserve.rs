@@ -15,22 +15,33 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Octets held back. A tombstone is under 100 octets; this holds
 /// thousands, and the envelope records of a batch of deliveries.
 pub(super) const SIZE: u64 = 256 * 1024;
 
+/// How often a released reserve is tried again: removals come by the
+/// thousand, and each try asks the file system for its free space.
+const RETRY: Duration = Duration::from_secs(10);
+
 pub(super) struct Reserve {
     path: PathBuf,
     held: AtomicBool,
+    /// When [`Reserve::restore_due`] last said yes.
+    last_try: Mutex<Option<Instant>>,
+    /// A failed allocation was logged; logged again only after a success.
+    warned: AtomicBool,
 }
 
 impl Reserve {
     /// Allocates the reserve under `dir` if it is not there yet. A disk too
     /// full for it leaves the spool without one (and says so).
     pub(super) fn open(dir: &Path) -> Reserve {
-        let reserve = Reserve { path: dir.join("reserve"), held: AtomicBool::new(false) };
+        let reserve =
+            Reserve { path: dir.join("reserve"), held: AtomicBool::new(false), last_try: Mutex::new(None), warned: AtomicBool::new(false) };
         reserve.restore();
         reserve
     }
@@ -57,8 +68,25 @@ impl Reserve {
         }
     }
 
+    /// Whether to try [`Reserve::restore`] now: the reserve was released
+    /// and the last try is [`RETRY`] ago. Cheap; answers yes at most once
+    /// per interval, so the caller runs the try (an allocation and an
+    /// fsync) off the async threads, and only then.
+    pub(super) fn restore_due(&self) -> bool {
+        if self.held() {
+            return false;
+        }
+        let mut last = self.last_try.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < RETRY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// Allocates the reserve again after a release, once the disk has room
-    /// for it and a little more. Cheap when the reserve is held.
+    /// for it and a little more. Cheap when the reserve is held. Blocks.
     pub(super) fn restore(&self) {
         if self.held() {
             return;
@@ -67,10 +95,15 @@ impl Reserve {
             return;
         }
         match allocate(&self.path) {
-            Ok(()) => self.held.store(true, Ordering::Relaxed),
+            Ok(()) => {
+                self.held.store(true, Ordering::Relaxed);
+                self.warned.store(false, Ordering::Relaxed);
+            }
             Err(e) => {
                 let _ = fs::remove_file(&self.path);
-                tracing::warn!(error = %e, "spool: cannot allocate the reserve kept for removals on a full disk");
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "spool: cannot allocate the reserve kept for removals on a full disk; trying again every 10 s");
+                }
             }
         }
     }
@@ -112,5 +145,22 @@ mod tests {
         reserve.restore();
         assert!(reserve.held());
         assert_eq!(fs::metadata(dir.path().join("reserve")).unwrap().len(), SIZE);
+    }
+
+    #[test]
+    fn a_released_reserve_is_tried_again_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = Reserve::open(dir.path());
+        assert!(!reserve.restore_due(), "held: nothing to restore");
+        assert!(reserve.release());
+        assert!(reserve.restore_due());
+        // Thousands of removals in the next seconds do not try again.
+        for _ in 0..1000 {
+            assert!(!reserve.restore_due());
+        }
+        *reserve.last_try.lock().unwrap() = Some(Instant::now() - RETRY);
+        assert!(reserve.restore_due());
+        reserve.restore();
+        assert!(reserve.held() && !reserve.restore_due());
     }
 }
