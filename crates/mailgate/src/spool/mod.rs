@@ -183,7 +183,9 @@ struct State {
 }
 
 /// The most envelopes [`State::fresh`] holds; beyond, they are read back.
-pub(super) const FRESH_MAX: usize = 4096;
+/// The scheduler claims a new message within milliseconds unless its
+/// delivery window is full; then this bounds what waits (about 2 MB).
+pub(super) const FRESH_MAX: usize = 1024;
 
 pub(crate) struct Shared {
     state: Mutex<State>,
