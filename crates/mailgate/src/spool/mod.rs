@@ -342,18 +342,22 @@ impl Spool {
     /// returns (see [`Spool::begin_remove`]); `finish` waits until it is
     /// durable.
     pub fn begin_update(&self, id: &QueueId, envelope: &Envelope) -> Pending {
-        {
-            let mut state = self.shared.lock();
-            state.fresh.remove(id);
-            if !state.index.contains_key(id) {
-                return Pending(None);
-            }
+        if !self.about_to_change(id) {
+            return Pending(None);
         }
         let bytes = record::encode_update(id, envelope);
         let env_offset = record::UPDATE_ENV_OFFSET;
         let env_len = bytes.len() - env_offset - (record::OVERHEAD - 9);
         let change = writer::IndexChange::Envelope { id: id.clone(), env_offset, env_len, due: due_of(envelope) };
         Pending(Some(self.send(bytes, change)))
+    }
+
+    /// Whether `id` is queued, before a record changes it: the envelope
+    /// kept for the scheduler (if any) is dropped, since it is stale now.
+    fn about_to_change(&self, id: &QueueId) -> bool {
+        let mut state = self.shared.lock();
+        state.fresh.remove(id);
+        state.index.contains_key(id)
     }
 
     /// Removes a message; `false` if it was not queued.
@@ -368,12 +372,8 @@ impl Spool {
     /// runtime, since a crash in between delivers the message again.
     /// [`Spool::finish_remove`] waits for it and frees the space.
     pub fn begin_remove(&self, id: &QueueId) -> Pending {
-        {
-            let mut state = self.shared.lock();
-            state.fresh.remove(id);
-            if !state.index.contains_key(id) {
-                return Pending(None);
-            }
+        if !self.about_to_change(id) {
+            return Pending(None);
         }
         Pending(Some(self.send(record::encode_remove(id), writer::IndexChange::None)))
     }
