@@ -421,9 +421,21 @@ pub fn was_killed(status: &ExitStatus) -> bool {
     status.signal() == Some(libc::SIGKILL)
 }
 
-/// Opens `path` for appending, for tests that damage spool files.
-pub fn append_to(path: &Path, bytes: &[u8]) {
-    let mut f: File = OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.write_all(bytes).expect("append");
+/// The records of a spool segment: its bytes up to the last one that is
+/// not zero (the writer keeps zeros written ahead of its records).
+pub fn segment_records(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes.truncate(end);
+    bytes
+}
+
+/// Writes `bytes` right after the last record of a spool segment, where
+/// the next record would go, for tests that damage spool files.
+pub fn write_after_records(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let end = segment_records(path).len() as u64;
+    let f: File = OpenOptions::new().write(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all_at(bytes, end).expect("write");
     f.sync_all().expect("sync");
 }

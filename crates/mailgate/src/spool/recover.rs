@@ -89,7 +89,7 @@ impl Window {
 
     fn open(path: &Path) -> io::Result<Window> {
         let file = fs::File::open(path)?;
-        let file_len = file.metadata()?.len();
+        let file_len = records_end(&file, file.metadata()?.len())?;
         Ok(Window { file, file_len, buf: Vec::new(), base: 0 })
     }
 
@@ -105,16 +105,39 @@ impl Window {
 
     /// Drops what lies before `pos` and reads on; `false` at the end.
     fn fill(&mut self, pos: u64) -> io::Result<bool> {
-        use std::io::Read;
+        use std::os::unix::fs::FileExt;
         let drop = usize::try_from(pos.saturating_sub(self.base)).unwrap_or(usize::MAX).min(self.buf.len());
         self.buf.drain(..drop);
         self.base += drop as u64;
         let have = self.buf.len();
-        self.buf.resize(have + Self::READ, 0);
-        let n = self.file.read(&mut self.buf[have..])?;
+        let at = self.base + have as u64;
+        let want = self.file_len.saturating_sub(at).min(Self::READ as u64) as usize;
+        self.buf.resize(have + want, 0);
+        let n = self.file.read_at(&mut self.buf[have..], at)?;
         self.buf.truncate(have + n);
         Ok(n > 0)
     }
+}
+
+/// Where a segment's records end: after its last byte that is not zero.
+/// The writer keeps zeros written ahead of the records (see `writer`), and
+/// a record ends with [`record::END`], never with a zero byte. So a segment
+/// cut short by a crash still ends inside its last, incomplete record, and
+/// garbage after the last record is still found.
+fn records_end(file: &fs::File, len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {

@@ -54,11 +54,10 @@ async fn torn_tail_is_moved_aside_and_intact_messages_kept() {
         id
     };
     let seg = segment_path(dir.path(), 1);
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    std::io::Write::write_all(&mut f, b"MGR1\x01\xff\xff").unwrap();
-    drop(f);
+    mailgate_testkit::process::write_after_records(&seg, b"MGR1\x01\xff\xff");
     let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.corrupt[0].reason, "incomplete record at end of file");
     assert_eq!(report.corrupt[0].rescued, 1);
     assert!(report.corrupt[0].moved_to.exists());
     assert!(!seg.exists());
@@ -108,9 +107,7 @@ async fn update_in_a_damaged_segment_survives_recovery() {
             spool.update(&id, env).await.unwrap();
         }
     }
-    let mut f = std::fs::OpenOptions::new().append(true).open(segment_path(dir.path(), 2)).unwrap();
-    std::io::Write::write_all(&mut f, b"garbage").unwrap();
-    drop(f);
+    mailgate_testkit::process::write_after_records(&segment_path(dir.path(), 2), b"garbage");
     for _ in 0..2 {
         let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
         let q = spool.get(&id).expect("message still queued");
@@ -435,4 +432,69 @@ async fn kept_envelopes_are_bounded() {
     let last = last.unwrap();
     assert!(!spool.shared.lock().fresh.contains_key(&last));
     assert_eq!(spool.claim(&last).unwrap().envelope, envelope());
+}
+
+#[tokio::test]
+async fn zeros_written_ahead_end_the_segment_at_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment_path(dir.path(), 1);
+    let ids = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let id = spool.new_id();
+            spool.store(&id, envelope(), format!("message {i}\r\n").as_bytes()).await.unwrap();
+            ids.push(id);
+        }
+        ids
+    };
+    let records = mailgate_testkit::process::segment_records(&seg).len() as u64;
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // 1 MiB segments: chunks of 64 KiB, at least two of them ahead.
+    assert!((records + 128 * 1024..records + 192 * 1024).contains(&len), "{len} bytes for {records} bytes of records");
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+    assert_eq!(spool.len(), 3);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(spool.read_data(id).unwrap().unwrap(), format!("message {i}\r\n").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_record_cut_short_inside_the_zeros_is_an_incomplete_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = segment_path(dir.path(), 1);
+    let (kept, torn) = {
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let id = spool.new_id();
+        spool.store(&id, envelope(), b"keep me\r\n").await.unwrap();
+        (id, spool.new_id())
+    };
+    // What a kill -9 in the middle of the next write leaves: the first part
+    // of a record, then the zeros that were there.
+    let (whole, _) = record::encode_message(&torn, &envelope(), &[b'x'; 9000]);
+    mailgate_testkit::process::write_after_records(&seg, &whole[..4096]);
+    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.corrupt.len(), 1, "{:?}", report.corrupt);
+    assert_eq!(report.corrupt[0].reason, "incomplete record at end of file");
+    assert_eq!(report.corrupt[0].rescued, 1);
+    assert_eq!(spool.len(), 1);
+    assert_eq!(spool.read_data(&kept).unwrap().unwrap(), b"keep me\r\n");
+}
+
+#[tokio::test]
+async fn a_full_segment_is_cut_back_to_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let big = vec![b'x'; 300 * 1024];
+    // Four of them pass 1 MiB: the fifth starts segment 2.
+    for _ in 0..5 {
+        let id = spool.new_id();
+        spool.store(&id, envelope(), &big).await.unwrap();
+    }
+    let first = segment_path(dir.path(), 1);
+    assert!(segment_path(dir.path(), 2).exists());
+    let records = mailgate_testkit::process::segment_records(&first).len() as u64;
+    assert!(records > 1 << 20);
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), records);
 }
