@@ -218,6 +218,13 @@ impl Spool {
     /// Opens the spool under `dir`, recovering what a previous run left.
     pub fn open(dir: &Path, segment_size: u64) -> io::Result<(Spool, Recovery)> {
         std::fs::create_dir_all(dir)?;
+        Spool::open_with(dir, segment_size, overwrites_in_place(dir))
+    }
+
+    /// [`Spool::open`], saying whether the writer keeps zeros written
+    /// ahead of its records (see `writer`).
+    pub(crate) fn open_with(dir: &Path, segment_size: u64, zeros_ahead: bool) -> io::Result<(Spool, Recovery)> {
+        std::fs::create_dir_all(dir)?;
         external::prepare(dir)?;
         let recovered = recover::recover(dir)?;
         let mut state = State::default();
@@ -235,7 +242,7 @@ impl Spool {
         // stop or crash) can go now, not only after the first new write.
         state.active = recovered.next_segment;
         let shared = Arc::new(Shared { state: Mutex::new(state), fsyncs: AtomicU64::new(0), records: AtomicU64::new(0) });
-        let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, shared.clone())?;
+        let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, zeros_ahead, shared.clone())?;
         let spool = Spool {
             new_messages: std::sync::OnceLock::new(),
             dir: dir.to_path_buf(),
@@ -730,6 +737,24 @@ pub fn free_space(dir: &Path) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Whether records written over zeros spare the syncs an inode update on
+/// the file system holding `dir`: only where an overwrite stays in place
+/// (ext4, XFS). On tmpfs a sync writes nothing; on a copy-on-write file
+/// system (btrfs, ZFS) every write goes to new blocks, so zeros written
+/// ahead would only double the writes.
+fn overwrites_in_place(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() }; // SAFETY: plain C struct, all-zero is valid
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, EXT4 | XFS)
 }
 
 #[cfg(test)]

@@ -434,12 +434,15 @@ async fn kept_envelopes_are_bounded() {
     assert_eq!(spool.claim(&last).unwrap().envelope, envelope());
 }
 
+// The three tests below make the writer keep zeros ahead of its records
+// whatever file system holds the test's directory.
+
 #[tokio::test]
 async fn zeros_written_ahead_end_the_segment_at_replay() {
     let dir = tempfile::tempdir().unwrap();
     let seg = segment_path(dir.path(), 1);
     let ids = {
-        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (spool, _) = Spool::open_with(dir.path(), 1 << 20, true).unwrap();
         let mut ids = Vec::new();
         for i in 0..3 {
             let id = spool.new_id();
@@ -452,7 +455,7 @@ async fn zeros_written_ahead_end_the_segment_at_replay() {
     let len = std::fs::metadata(&seg).unwrap().len();
     // 1 MiB segments: chunks of 64 KiB, at least two of them ahead.
     assert!((records + 128 * 1024..records + 192 * 1024).contains(&len), "{len} bytes for {records} bytes of records");
-    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let (spool, report) = Spool::open_with(dir.path(), 1 << 20, true).unwrap();
     assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
     assert_eq!(spool.len(), 3);
     for (i, id) in ids.iter().enumerate() {
@@ -465,7 +468,7 @@ async fn a_record_cut_short_inside_the_zeros_is_an_incomplete_tail() {
     let dir = tempfile::tempdir().unwrap();
     let seg = segment_path(dir.path(), 1);
     let (kept, torn) = {
-        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (spool, _) = Spool::open_with(dir.path(), 1 << 20, true).unwrap();
         let id = spool.new_id();
         spool.store(&id, envelope(), b"keep me\r\n").await.unwrap();
         (id, spool.new_id())
@@ -474,7 +477,7 @@ async fn a_record_cut_short_inside_the_zeros_is_an_incomplete_tail() {
     // of a record, then the zeros that were there.
     let (whole, _) = record::encode_message(&torn, &envelope(), &[b'x'; 9000]);
     mailgate_testkit::process::write_after_records(&seg, &whole[..4096]);
-    let (spool, report) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let (spool, report) = Spool::open_with(dir.path(), 1 << 20, true).unwrap();
     assert_eq!(report.corrupt.len(), 1, "{:?}", report.corrupt);
     assert_eq!(report.corrupt[0].reason, "incomplete record at end of file");
     assert_eq!(report.corrupt[0].rescued, 1);
@@ -485,7 +488,7 @@ async fn a_record_cut_short_inside_the_zeros_is_an_incomplete_tail() {
 #[tokio::test]
 async fn a_full_segment_is_cut_back_to_its_records() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+    let (spool, _) = Spool::open_with(dir.path(), 1 << 20, true).unwrap();
     let big = vec![b'x'; 300 * 1024];
     // Four of them pass 1 MiB: the fifth starts segment 2.
     for _ in 0..5 {
@@ -497,4 +500,14 @@ async fn a_full_segment_is_cut_back_to_its_records() {
     let records = mailgate_testkit::process::segment_records(&first).len() as u64;
     assert!(records > 1 << 20);
     assert_eq!(std::fs::metadata(&first).unwrap().len(), records);
+}
+
+#[tokio::test]
+async fn no_zeros_are_written_ahead_where_they_would_not_pay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open_with(dir.path(), 1 << 20, false).unwrap();
+    let id = spool.new_id();
+    spool.store(&id, envelope(), b"no zeros\r\n").await.unwrap();
+    let seg = segment_path(dir.path(), 1);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), mailgate_testkit::process::segment_records(&seg).len() as u64);
 }
