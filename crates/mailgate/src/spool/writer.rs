@@ -14,11 +14,12 @@
 //! land there, the blocks are allocated and initialized on disk and the
 //! file's size is durable, so the `fdatasync` that makes a batch durable
 //! writes data only: no inode update, no journal commit. On this path that
-//! made each sync about 40 % faster and cheaper. Only on file systems that
-//! overwrite in place (ext4, XFS; see `overwrites_in_place`). Replay takes the zeros
-//! after the last record as the end of the segment (see `recover`). A full
-//! segment is cut back to its records; the one in use keeps at most two
-//! chunks of zeros (2 MiB with the default segment size).
+//! made each sync about 40 % faster and cheaper. This is done only on file
+//! systems that overwrite in place (ext4, XFS; see `overwrites_in_place`).
+//! Replay takes the zeros after the last record as the end of the segment
+//! (see `recover`). A full segment is cut back to its records; the one in
+//! use keeps fewer than three chunks of zeros past them (under 3 MiB with
+//! the default segment size).
 
 use std::fs::{File, OpenOptions};
 use std::io;
