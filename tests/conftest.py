@@ -136,6 +136,7 @@ class MailgateServer:
         dns_port: int | None = None,
         policy: dict | None = None,
         http_tls: bool = False,
+        server: dict | None = None,
     ):
         self.binary = binary
         self.http_tls = http_tls
@@ -161,7 +162,8 @@ class MailgateServer:
         sp.update(spool or {})
         parts = [
             toml_table(
-                "server", {"hostname": hostname, "data_dir": str(self.data_dir)}
+                "server",
+                {"hostname": hostname, "data_dir": str(self.data_dir), **(server or {})},
             ),
             "[[listener]]\nrole = \"mx\"\n"
             f"bind = \"127.0.0.1:{self.mx_port}\"\n",

@@ -275,8 +275,13 @@ def test_postfix_relays_to_mailgate(mailgate_factory, postfix_factory, pysink):
     mg_ids = re.findall(r"queued as (\S+?)\)?$", line.group(1))
     assert mg_ids, line.group(0)
     mg_id = mg_ids[0]
-    assert re.search(rf"queue_id={re.escape(mg_id)}.*to=dave@mg\.test.*delivered|"
-                     rf"delivered.*queue_id={re.escape(mg_id)}", srv.log_text()), diag()
+    # The sink stores the message before its 250, and mailgate logs the
+    # delivery after it: wait for the line.
+    delivered = rf"queue_id={re.escape(mg_id)}.*to=dave@mg\.test.*delivered|delivered.*queue_id={re.escape(mg_id)}"
+    deadline = time.monotonic() + 10
+    while not re.search(delivered, srv.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert re.search(delivered, srv.log_text()), diag()
     wait_queue_empty(srv, extra=diag())
     assert pf.queued_files() == [], diag()
 

@@ -132,6 +132,9 @@ impl Default for DkimGlobal {
     }
 }
 
+/// `[server] smtp_threads` at most: each is a thread and a runtime.
+const MAX_SMTP_THREADS: usize = 256;
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -142,6 +145,9 @@ struct RawServer {
     /// The user `serve` runs as once its listeners are bound, when started
     /// as root.
     user: Option<String>,
+    /// Threads that run SMTP sessions; 0 = half the cores, at least one.
+    #[serde(default)]
+    smtp_threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,6 +333,9 @@ pub struct Config {
     pub http_admin_password: Option<String>,
     /// `[server] user`: None means "mailgate" if that user exists.
     pub user: Option<String>,
+    /// `[server] smtp_threads`: the threads that accept and run SMTP
+    /// sessions (resolved: never 0).
+    pub smtp_threads: usize,
     pub limits: Limits,
     pub spool: SpoolConfig,
     pub log_format: LogFormat,
@@ -407,6 +416,14 @@ impl Config {
             None => system_hostname(),
         };
         let data_dir = resolve(raw.server.data_dir.unwrap_or_else(|| PathBuf::from("mailgate-data")));
+        let smtp_threads = match raw.server.smtp_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1),
+            n if n > MAX_SMTP_THREADS => {
+                problems.add("server.smtp_threads", format!("{n}: at most {MAX_SMTP_THREADS}"));
+                1
+            }
+            n => n,
+        };
 
         let listeners = match raw.listener {
             Some(list) => list.into_iter().map(|l| Listener { role: l.role, bind: l.bind }).collect(),
@@ -606,6 +623,7 @@ impl Config {
             http_tls: raw.http.tls,
             http_admin_password: raw.http.admin_password,
             user: raw.server.user,
+            smtp_threads,
             limits,
             spool: SpoolConfig { min_free_space: raw.spool.min_free_space, segment_size: raw.spool.segment_size },
             log_format: raw.log.format,

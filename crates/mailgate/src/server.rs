@@ -221,6 +221,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks = Vec::new();
+    let receivers = listener::Receivers::start(config.smtp_threads).context("cannot start the SMTP threads")?;
+    tracing::info!(threads = config.smtp_threads, "SMTP sessions run on their own threads ([server] smtp_threads)");
     for (l, socket) in config.listeners.iter().zip(smtp_sockets) {
         let mut session = SessionConfig::new(config.hostname.clone(), l.role);
         session.max_message_size = config.limits.max_message_size;
@@ -253,7 +255,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             forwarding: forwarding.clone(),
         });
         tracing::info!(role = l.role.as_str(), addr = %socket.local_addr()?, "listening");
-        tasks.push(tokio::spawn(listener::serve(socket, ctx, limits.clone(), metrics.clone(), stop_rx.clone())));
+        tasks.extend(receivers.serve(socket.into_std()?, &ctx, &limits, &metrics, &stop_rx)?);
     }
 
     if let (Some(socket), Some(token)) = (http_socket, admin_token) {
@@ -289,6 +291,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Events emitted so far are written before we exit.
         h.flush().await;
     }
+    drop(receivers);
     tracing::info!(queued = spool.len(), "stopped");
     Ok(())
 }

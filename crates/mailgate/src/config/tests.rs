@@ -16,6 +16,16 @@ fn defaults() {
 }
 
 #[test]
+fn smtp_threads_are_half_the_cores_unless_set() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(parse("").unwrap().smtp_threads, (cores / 2).max(1));
+    assert_eq!(parse("[server]\nsmtp_threads = 0\n").unwrap().smtp_threads, (cores / 2).max(1));
+    assert_eq!(parse("[server]\nsmtp_threads = 3\n").unwrap().smtp_threads, 3);
+    let e = parse("[server]\nsmtp_threads = 257\n").unwrap_err().to_string();
+    assert!(e.contains("server.smtp_threads") && e.contains("at most 256"), "{e}");
+}
+
+#[test]
 fn unknown_key_names_key_and_file() {
     let e = parse("[server]\nhostnme = \"x\"\n").unwrap_err().to_string();
     assert!(e.contains("/etc/mailgate/test.toml"), "{e}");
