@@ -191,8 +191,13 @@ pub async fn serve(
                 let limits = limits.clone();
                 let shutdown = shutdown.clone();
                 let open = metrics.open_connection(role);
+                // A session's future is large (11 KiB: every state of the
+                // dialogue and the checks). Boxed once here, the task moves
+                // a pointer instead of copying it at each step of spawning,
+                // finishing and joining.
+                let session = Box::pin(inbound::run(stream, peer, ctx, shutdown));
                 sessions.spawn(async move {
-                    inbound::run(stream, peer, ctx, shutdown).await;
+                    session.await;
                     limits.release_ip(peer.ip());
                     drop(permit);
                     drop(open);
