@@ -11,8 +11,9 @@
 //! spool), each a few microseconds of work. Spread over a pool, each step
 //! tends to wake a parked worker on another core, and on a small machine
 //! those wake-ups cost more than the steps: on 2 cores the accept benchmark
-//! ran 10 to 15 % faster on one thread than on a pool of two. A session
-//! stays on the thread that accepted it, from the greeting to the close.
+//! ran 6 to 14 % faster with its sessions on one thread of their own than
+//! on the pool of two (BENCHMARKS.md, "Session threads"). A session stays
+//! on the thread that accepted it, from the greeting to the close.
 //!
 //! May import: `inbound`, `metrics`, `mailgate-core`.
 
@@ -145,13 +146,7 @@ fn rate_key(ip: IpAddr) -> IpAddr {
 
 /// Accepts connections until `shutdown` turns true; returns once every
 /// session it started has finished.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: Arc<Inbound>,
-    limits: Arc<Limits>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve(listener: TcpListener, ctx: Arc<Inbound>, limits: Arc<Limits>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
     let mut sessions = JoinSet::new();
     let role = ctx.session.role;
     loop {
@@ -212,9 +207,11 @@ pub async fn serve(
 }
 
 /// The threads that accept and run SMTP sessions: each a single-threaded
-/// runtime that accepts on every listener (all of them share each
-/// listening socket, so a connection goes to whichever thread is free to
-/// accept it first) and runs the sessions it accepted. Their spool writes,
+/// runtime that accepts on every listener and runs the sessions it
+/// accepted. The threads share each listening socket: a new connection
+/// wakes them all and goes to whichever accepts it first (no
+/// `SO_REUSEPORT`, so a second server on the same port still fails to
+/// bind instead of silently taking half the connections). Their spool writes,
 /// DNS queries and report events go to the same spool, resolver and
 /// recorder as everything else. Dropping this stops the threads; sessions
 /// still running then are cut off, as they are when the main runtime stops.
