@@ -44,11 +44,13 @@ fn wait_all_deferred(server: &Server, ids: &[String]) {
 #[test]
 fn messages_beyond_the_horizon_are_delivered_when_due() {
     // Every first attempt is deferred, so each message comes back later,
-    // filed beyond the two-message horizon.
+    // filed beyond the two-message horizon. The first retry comes after
+    // seconds, not one: all eight must be seen deferred at once, and a
+    // retry due at the next whole second could come before the last poll.
     let sink = SmtpSink::with_replies(SinkReplies { data_end_first: vec!["451 4.3.0 later".into(); N], ..SinkReplies::default() });
     let config = format!(
         "[[domain]]\nname = \"example.test\"\ndeliver = \"{}\"\ndkim = false\n\
-         [delivery]\nretry_initial = 2\nretry_max = 4\nidle_timeout = 1\nconnect_timeout = 2\n",
+         [delivery]\nretry_initial = 8\nretry_max = 8\nidle_timeout = 1\nconnect_timeout = 2\n",
         sink.url()
     );
     let mut server = Server::builder(BIN).config(&config).env("MAILGATE_SCHEDULER_HORIZON", "2").start();
