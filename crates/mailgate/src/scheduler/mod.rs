@@ -166,7 +166,7 @@ impl Scheduler {
         mut commands: mpsc::Receiver<Command>,
         mut results: mpsc::UnboundedReceiver<JobResult>,
         mut settled: mpsc::UnboundedReceiver<(QueueId, bool)>,
-        mut new_messages: Option<mpsc::UnboundedReceiver<QueueId>>,
+        mut new_messages: Option<mpsc::UnboundedReceiver<Vec<QueueId>>>,
     ) {
         loop {
             self.dispatch_due();
@@ -177,8 +177,10 @@ impl Scheduler {
             let next = self.next_wakeup();
             tokio::select! {
                 Some(cmd) = commands.recv() => self.command(cmd).await,
-                Some(id) = async { match new_messages.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
-                    self.schedule(id);
+                Some(ids) = async { match new_messages.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    for id in ids {
+                        self.schedule(id);
+                    }
                 }
                 Some(result) = results.recv() => self.result(result).await,
                 Some((id, pending)) = settled.recv() => {

@@ -191,6 +191,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     fsyncs: AtomicU64,
     records: AtomicU64,
+    /// Told the ids of newly stored messages (the scheduler listens), by
+    /// the syncer: once for each group it makes durable, not once for each
+    /// message, so a busy receiver wakes the scheduler a few times less.
+    new_messages: std::sync::OnceLock<mpsc::UnboundedSender<Vec<QueueId>>>,
 }
 
 impl Shared {
@@ -202,8 +206,6 @@ impl Shared {
 }
 
 pub struct Spool {
-    /// Told the id of every newly stored message (the scheduler listens).
-    new_messages: std::sync::OnceLock<mpsc::UnboundedSender<QueueId>>,
     dir: PathBuf,
     writer: mpsc::UnboundedSender<writer::WriteOp>,
     shared: Arc<Shared>,
@@ -241,10 +243,14 @@ impl Spool {
         // next: those left with no live message (the queue drained before a
         // stop or crash) can go now, not only after the first new write.
         state.active = recovered.next_segment;
-        let shared = Arc::new(Shared { state: Mutex::new(state), fsyncs: AtomicU64::new(0), records: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            fsyncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            new_messages: std::sync::OnceLock::new(),
+        });
         let writer = writer::spawn(dir.to_path_buf(), recovered.next_segment, segment_size, zeros_ahead, shared.clone())?;
         let spool = Spool {
-            new_messages: std::sync::OnceLock::new(),
             dir: dir.to_path_buf(),
             writer,
             shared,
@@ -256,10 +262,11 @@ impl Spool {
         Ok((spool, recovered.report))
     }
 
-    /// Subscribes to the ids of messages stored from now on.
-    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<QueueId>> {
+    /// Subscribes to the ids of messages stored from now on, in groups
+    /// (those made durable by one fsync). Only the first caller gets them.
+    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Vec<QueueId>>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.new_messages.set(tx).ok().map(|_| rx)
+        self.shared.new_messages.set(tx).ok().map(|_| rx)
     }
 
     /// A fresh queue id. Time-ordered; unique within this process and, by
@@ -283,15 +290,7 @@ impl Spool {
             external: None,
             envelope: Box::new(envelope),
         };
-        self.write(bytes, change).await?;
-        self.announce(id);
-        Ok(())
-    }
-
-    fn announce(&self, id: &QueueId) {
-        if let Some(tx) = self.new_messages.get() {
-            let _ = tx.send(id.clone());
-        }
+        self.write(bytes, change).await
     }
 
     /// A staging file for content that is too large to hold in memory.
@@ -336,7 +335,6 @@ impl Spool {
         // On failure `staged` is dropped and takes the renamed file along.
         self.write(bytes, change).await?;
         staged.keep();
-        self.announce(id);
         Ok(())
     }
 

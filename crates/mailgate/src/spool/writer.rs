@@ -262,6 +262,7 @@ fn sync_loop(shared: &Shared, rx: &std::sync::mpsc::Receiver<Written>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
+        let mut stored = Vec::new();
         let mut i = 0;
         while i < group.len() {
             // The run of batches in this segment (segments only move on).
@@ -279,7 +280,7 @@ fn sync_loop(shared: &Shared, rx: &std::sync::mpsc::Receiver<Written>) {
                     Ok(()) => {
                         shared.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         let mut batch = batch;
-                        index_batch(shared, number, w.start, &mut batch);
+                        index_batch(shared, number, w.start, &mut batch, &mut stored);
                         for op in batch {
                             let _ = op.ack.send(Ok(()));
                         }
@@ -295,10 +296,16 @@ fn sync_loop(shared: &Shared, rx: &std::sync::mpsc::Receiver<Written>) {
             }
             i = end;
         }
+        if !stored.is_empty()
+            && let Some(tx) = shared.new_messages.get()
+        {
+            let _ = tx.send(stored);
+        }
     }
 }
 
-fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp]) {
+/// Indexes a durable batch; the ids of new messages go to `stored`.
+fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp], stored: &mut Vec<QueueId>) {
     let mut state = shared.lock();
     let mut next = start;
     let seg = segment as u32; // see Entry::segment
@@ -313,6 +320,7 @@ fn index_batch(shared: &Shared, segment: u64, start: u64, batch: &mut [WriteOp])
                 if state.fresh.len() < FRESH_MAX {
                     state.fresh.insert(id.clone(), *envelope);
                 }
+                stored.push(id.clone());
                 state.index.insert(id, Entry::at(segment, base, env_offset, data_offset, data_len, due, external));
             }
             IndexChange::Move { id, from, data_offset, data_len, env_offset, due, external } => {
