@@ -104,7 +104,7 @@ impl DataReader {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 // An incomplete line: wait for more unless it is already too
                 // long, in which case drop what we have and remember.
                 self.check.long_lines |= rest.len() > RFC_LINE;
@@ -136,10 +136,14 @@ impl DataReader {
             if self.after_crlf && line == b".\r\n" {
                 return DataProgress::Done { consumed: pos };
             }
-            if !crlf || has_bare_cr(line, crlf) {
-                self.check.bare_line_ending = true;
+            // One pass finds both a bare CR and a NUL (the line ending
+            // itself holds neither); only a hit needs telling them apart.
+            let end = line.len() - 1 - usize::from(crlf);
+            if memchr::memchr2(b'\r', 0, &line[..end]).is_some() {
+                self.check.bare_line_ending |= has_bare_cr(line, crlf);
+                self.check.nul |= line.contains(&0);
             }
-            self.check.nul |= line.contains(&0);
+            self.check.bare_line_ending |= !crlf;
             if line.len() > self.max_line {
                 self.check.line_too_long = true;
             }
@@ -161,7 +165,7 @@ impl DataReader {
 /// in CRLF, whose CR is fine.
 fn has_bare_cr(line: &[u8], crlf: bool) -> bool {
     let end = if crlf { line.len() - 2 } else { line.len() };
-    line[..end].contains(&b'\r')
+    memchr::memchr(b'\r', &line[..end]).is_some()
 }
 
 /// Checks BDAT chunk content, which may split a CRLF across chunks.
