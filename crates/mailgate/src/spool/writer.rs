@@ -27,6 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -253,15 +254,61 @@ impl Active {
     }
 }
 
+/// The longest a group gathers before its sync (see [`Gather`]).
+const MAX_GATHER: Duration = Duration::from_millis(1);
+
+/// How long the syncer lets a group gather before its `fdatasync`.
+///
+/// A sync costs about the same however many records it covers (on a
+/// virtual disk most of it is the flush request and its exit to the host),
+/// and when the disk is quick the syncer wakes and syncs for every record
+/// or two even with many sessions storing at once. So while groups hold
+/// several records on average (concurrent writers), each group first
+/// gathers for twice the recent sync time, at most [`MAX_GATHER`]: a
+/// record waits at most that long on top of its own sync. A lone writer
+/// (groups of one) never waits. On the accept benchmark (2 cores, virtual
+/// disk, 20 sessions) this took the syncs from about 9,400 to 3,400 for
+/// 20,000 messages and mailgate's CPU per message down by about a tenth.
+#[derive(Debug, Default)]
+struct Gather {
+    /// Moving average of records per group.
+    group_avg: f64,
+    /// Moving average of the time from taking a group to its last ack.
+    sync_time: Duration,
+}
+
+impl Gather {
+    /// How long the next group gathers; zero while groups are single.
+    fn wait(&self) -> Duration {
+        if self.group_avg > 1.5 { (self.sync_time * 2).min(MAX_GATHER) } else { Duration::ZERO }
+    }
+
+    /// Notes a group of `records` and how long its sync took.
+    fn synced(&mut self, records: usize, took: Duration) {
+        self.group_avg = (self.group_avg * 7.0 + records as f64) / 8.0;
+        self.sync_time = (self.sync_time * 7 + took) / 8;
+    }
+}
+
 /// The second stage: takes every batch written meanwhile, makes each
 /// segment's share durable with one `fdatasync`, and only then indexes and
 /// acknowledges the batches, in the order they were written. While it
 /// syncs, the writer appends the next batches, so concurrent sessions
-/// share fsyncs without any added delay.
+/// share fsyncs; while several store at once, a group first gathers for
+/// a moment ([`Gather`]).
 fn sync_loop(shared: &Shared, rx: &std::sync::mpsc::Receiver<Written>) {
+    let mut gather = Gather::default();
     while let Ok(first) = rx.recv() {
+        let wait = gather.wait();
+        if !wait.is_zero() {
+            // Asleep, not waiting on the channel: records that arrive
+            // meanwhile cost their writer no wake-up call.
+            std::thread::sleep(wait);
+        }
         let mut group = vec![first];
         group.extend(rx.try_iter());
+        let records = group.iter().map(|w| w.batch.len()).sum();
+        let started = Instant::now();
         let mut stored = Vec::new();
         let mut i = 0;
         while i < group.len() {
@@ -296,6 +343,7 @@ fn sync_loop(shared: &Shared, rx: &std::sync::mpsc::Receiver<Written>) {
             }
             i = end;
         }
+        gather.synced(records, started.elapsed());
         if !stored.is_empty()
             && let Some(tx) = shared.new_messages.get()
         {
@@ -357,5 +405,43 @@ fn open_segment(dir: &std::path::Path, number: u64, shared: &Shared) -> io::Resu
 fn fail(batch: Vec<WriteOp>, e: &io::Error) {
     for op in batch {
         let _ = op.ack.send(Err(SpoolError::from_io(e)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_gather_for_twice_a_sync_only_while_writers_are_concurrent() {
+        let mut g = Gather::default();
+        assert_eq!(g.wait(), Duration::ZERO, "the first group syncs at once");
+        for _ in 0..64 {
+            g.synced(1, Duration::from_micros(300));
+        }
+        assert_eq!(g.wait(), Duration::ZERO, "a lone writer never waits");
+        // Groups of several: the average passes 1.5 within a few groups.
+        for _ in 0..4 {
+            g.synced(4, Duration::from_micros(300));
+        }
+        let w = g.wait();
+        assert!(w > Duration::from_micros(500) && w <= Duration::from_micros(600), "{w:?}");
+        // One small group alone does not stop the gathering.
+        g.synced(1, Duration::from_micros(300));
+        assert!(g.wait() > Duration::ZERO);
+        // The wait follows the sync times, and never passes the cap.
+        for _ in 0..64 {
+            g.synced(5, Duration::from_millis(50));
+        }
+        assert_eq!(g.wait(), MAX_GATHER);
+        for _ in 0..64 {
+            g.synced(5, Duration::from_micros(40));
+        }
+        assert!(g.wait() < Duration::from_micros(100), "{:?}", g.wait());
+        // Back to one writer: the average falls under 1.5 and waiting stops.
+        for _ in 0..32 {
+            g.synced(1, Duration::from_micros(40));
+        }
+        assert_eq!(g.wait(), Duration::ZERO);
     }
 }
