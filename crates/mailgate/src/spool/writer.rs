@@ -7,7 +7,9 @@
 //! `fdatasync` per segment and only then indexes and acknowledges each
 //! record. While one batch syncs, the next is already written, so a record
 //! reaches the kernel at once (a killed process loses nothing it asked to
-//! write) and concurrent sessions share fsyncs without any added delay.
+//! write) and concurrent sessions share fsyncs. While several store at
+//! once, the syncer lets each group gather for about two sync times first
+//! (see `Gather`); a lone writer's record is synced at once.
 //!
 //! The writer keeps zeros written a little ahead of the records in the
 //! active segment, and starts their writeback at once. By the time records
